@@ -1,0 +1,673 @@
+"""A minimal io_uring binding for zero-copy sends (IORING_OP_SEND_ZC), in cffi ABI mode.
+
+Why it looks like this
+----------------------
+* The package must install without a compiler, so there is no liburing and no cffi API mode:
+  the three io_uring syscalls go through libc's variadic ``syscall()`` (``ffi.dlopen(None)``),
+  the rings are mapped with libc ``mmap``, and the uapi structs from
+  ``include/uapi/linux/io_uring.h`` are declared below by hand.  Their sizes are checked at
+  import time against the kernel ABI (sqe 64, cqe 16, params 120 bytes), so a typo in a
+  declaration fails loudly instead of corrupting the ring.
+* It is sans-loop: nothing here imports asyncio.  An engine registers the eventfd from
+  :meth:`Ring.register_eventfd` with its loop and calls :meth:`Ring.reap` when it fires.  The
+  eventfd, not the ring fd, is the wakeup to use: with ``IORING_SETUP_DEFER_TASKRUN`` a ring
+  fd watched with ``add_reader`` was seen to miss a delayed notification (PLATFORM.md).
+* A :class:`Ring` is not thread-safe; use it from one thread.  Calls that block in the kernel
+  (:meth:`Ring.submit` with ``wait_nr > 0``) release the GIL, as every cffi call does.
+
+Memory ordering
+---------------
+The SQ tail and the CQ head are written, and the SQ head / CQ tail read, through plain cffi
+``uint32_t *`` loads and stores.  That is sound on x86_64: TSO makes every aligned 4-byte load
+an acquire and every store a release, and CPython cannot reorder across the cffi calls.  On
+aarch64 a plain load/store is *not* acquire/release; there, the SQ side is still safe because
+without SQPOLL the kernel only reads the SQ tail inside ``io_uring_enter`` (a full barrier),
+but reading a CQE right after loading the CQ tail is formally racy.  We accept that and note
+it; a fix would need ``__atomic`` helpers, i.e. a compiler.
+
+SEND_ZC semantics (what callers must handle)
+--------------------------------------------
+Each SEND_ZC produces a *result* CQE: ``res`` is bytes sent (possibly partial on a stream
+socket) or ``-errno``.  If its flags carry :data:`IORING_CQE_F_MORE`, a *notification* CQE
+with :data:`IORING_CQE_F_NOTIF` and the same ``user_data`` follows later, when the kernel no
+longer references the buffer.  Always decide from ``F_MORE``: failed sends (e.g.
+``-ECONNRESET``) carry it too.  With ``report_usage`` the notification's ``res`` has
+:data:`IORING_NOTIF_USAGE_ZC_COPIED` set if the data was (at least partly) copied after all,
+as loopback always does.  Until the notification arrives the caller must keep the buffer alive
+and unmodified: the Ring keeps no reference to it.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import platform
+import socket
+import struct
+from typing import Final
+
+import cffi
+
+__all__ = [
+    "UringUnavailable",
+    "probe",
+    "Ring",
+    "pack_sockaddr",
+    "IORING_CQE_F_MORE",
+    "IORING_CQE_F_NOTIF",
+    "IORING_SEND_ZC_REPORT_USAGE",
+    "IORING_NOTIF_USAGE_ZC_COPIED",
+    "IORING_SETUP_COOP_TASKRUN",
+    "IORING_SETUP_SINGLE_ISSUER",
+    "IORING_SETUP_DEFER_TASKRUN",
+]
+
+# --- syscall numbers: the same on x86_64 and aarch64 (unified numbering since 5.1) --------
+_SYSCALLS: Final = {"x86_64": (425, 426, 427), "aarch64": (425, 426, 427)}
+_NR_SETUP, _NR_ENTER, _NR_REGISTER = _SYSCALLS.get(platform.machine(), (-1, -1, -1))
+
+# --- uapi constants (include/uapi/linux/io_uring.h) --------------------------------------
+IORING_SETUP_CQSIZE: Final = 1 << 3
+IORING_SETUP_CLAMP: Final = 1 << 4
+IORING_SETUP_SUBMIT_ALL: Final = 1 << 7
+IORING_SETUP_COOP_TASKRUN: Final = 1 << 8
+IORING_SETUP_TASKRUN_FLAG: Final = 1 << 9
+IORING_SETUP_SINGLE_ISSUER: Final = 1 << 12
+IORING_SETUP_DEFER_TASKRUN: Final = 1 << 13
+# Setup flags this binding can drive.  SQPOLL/IOPOLL need a different submit protocol and
+# SQE128/CQE32/NO_MMAP/NO_SQARRAY a different ring layout; they are rejected, not half-supported.
+_SUPPORTED_SETUP: Final = (
+    IORING_SETUP_CLAMP
+    | IORING_SETUP_SUBMIT_ALL
+    | IORING_SETUP_COOP_TASKRUN
+    | IORING_SETUP_TASKRUN_FLAG
+    | IORING_SETUP_SINGLE_ISSUER
+    | IORING_SETUP_DEFER_TASKRUN
+)
+
+IORING_FEAT_SINGLE_MMAP: Final = 1 << 0
+IORING_FEAT_NODROP: Final = 1 << 1
+
+IORING_OFF_SQ_RING: Final = 0
+IORING_OFF_CQ_RING: Final = 0x8000000
+IORING_OFF_SQES: Final = 0x10000000
+
+IORING_SQ_CQ_OVERFLOW: Final = 1 << 1
+IORING_SQ_TASKRUN: Final = 1 << 2
+
+IORING_ENTER_GETEVENTS: Final = 1 << 0
+
+IORING_REGISTER_BUFFERS: Final = 0
+IORING_UNREGISTER_BUFFERS: Final = 1
+IORING_REGISTER_EVENTFD: Final = 4
+IORING_UNREGISTER_EVENTFD: Final = 5
+IORING_REGISTER_PROBE: Final = 8
+IO_URING_OP_SUPPORTED: Final = 1 << 0
+
+IORING_OP_NOP: Final = 0
+IORING_OP_SEND: Final = 26
+IORING_OP_SEND_ZC: Final = 47
+
+# sqe->ioprio for send/recv
+IORING_RECVSEND_POLL_FIRST: Final = 1 << 0
+IORING_RECVSEND_FIXED_BUF: Final = 1 << 2
+IORING_SEND_ZC_REPORT_USAGE: Final = 1 << 3  # absent from liburing-dev 2.3 headers
+# notification cqe->res when REPORT_USAGE was requested (a flag; other bits reserved)
+IORING_NOTIF_USAGE_ZC_COPIED: Final = 1 << 31  # absent from liburing-dev 2.3 headers
+
+IORING_CQE_F_BUFFER: Final = 1 << 0
+IORING_CQE_F_MORE: Final = 1 << 1
+IORING_CQE_F_SOCK_NONEMPTY: Final = 1 << 2
+IORING_CQE_F_NOTIF: Final = 1 << 3
+
+_PROT_READ, _PROT_WRITE = 0x1, 0x2
+_MAP_SHARED, _MAP_POPULATE = 0x01, 0x8000
+_PROBE_OPS: Final = 256
+
+ffi = cffi.FFI()
+ffi.cdef(
+    """
+    struct io_sqring_offsets {
+        uint32_t head, tail, ring_mask, ring_entries, flags, dropped, array, resv1;
+        uint64_t user_addr;
+    };
+    struct io_cqring_offsets {
+        uint32_t head, tail, ring_mask, ring_entries, overflow, cqes, flags, resv1;
+        uint64_t user_addr;
+    };
+    struct io_uring_params {
+        uint32_t sq_entries, cq_entries, flags, sq_thread_cpu, sq_thread_idle;
+        uint32_t features, wq_fd, resv[3];
+        struct io_sqring_offsets sq_off;
+        struct io_cqring_offsets cq_off;
+    };
+    /* Only the union members a send needs; offsets match the uapi header. */
+    struct io_uring_sqe {
+        uint8_t  opcode;
+        uint8_t  flags;
+        uint16_t ioprio;       /* send: IORING_RECVSEND_* / IORING_SEND_ZC_REPORT_USAGE */
+        int32_t  fd;
+        union { uint64_t off; uint64_t addr2; };   /* send: dest sockaddr pointer */
+        union { uint64_t addr; uint64_t splice_off_in; };
+        uint32_t len;
+        union { uint32_t rw_flags; uint32_t msg_flags; };
+        uint64_t user_data;
+        uint16_t buf_index;    /* packed union with buf_group in the header */
+        uint16_t personality;
+        union {
+            int32_t  splice_fd_in;
+            uint32_t file_index;
+            struct { uint16_t addr_len; uint16_t pad3; };
+        };
+        uint64_t addr3;
+        uint64_t pad2;
+    };
+    struct io_uring_cqe {
+        uint64_t user_data;
+        int32_t  res;
+        uint32_t flags;
+    };
+    struct io_uring_probe_op { uint8_t op, resv; uint16_t flags; uint32_t resv2; };
+    struct io_uring_probe {
+        uint8_t last_op, ops_len; uint16_t resv; uint32_t resv2[3];
+        struct io_uring_probe_op ops[];
+    };
+    struct iovec { void *iov_base; size_t iov_len; };
+
+    long syscall(long number, ...);
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
+    int munmap(void *addr, size_t length);
+    """
+)
+_libc = ffi.dlopen(None)
+
+for _name, _size in (
+    ("struct io_uring_sqe", 64),
+    ("struct io_uring_cqe", 16),
+    ("struct io_uring_params", 120),
+    ("struct io_sqring_offsets", 40),
+    ("struct io_uring_probe", 16),
+    ("struct io_uring_probe_op", 8),
+):
+    if ffi.sizeof(_name) != _size:  # pragma: no cover - a declaration bug, not a runtime state
+        raise ImportError(f"aiozc._uring: sizeof({_name}) = {ffi.sizeof(_name)}, want {_size}")
+for _field, _off in (("addr2", 8), ("addr", 16), ("len", 24), ("msg_flags", 28),
+                     ("user_data", 32), ("buf_index", 40), ("addr_len", 44), ("addr3", 48)):
+    if ffi.offsetof("struct io_uring_sqe", _field) != _off:  # pragma: no cover
+        raise ImportError(f"aiozc._uring: io_uring_sqe.{_field} at wrong offset")
+
+_ZERO_SQE: Final = bytes(64)
+_MAP_FAILED: Final = ffi.cast("void *", -1)
+
+
+class UringUnavailable(OSError):
+    """io_uring (or SEND_ZC) cannot be used here; ``str(exc)`` says why in plain words."""
+
+
+# --- raw syscalls ------------------------------------------------------------------------
+
+def _u32(v: int) -> object:
+    return ffi.cast("unsigned int", v)
+
+
+def _check(ret: int, what: str) -> int:
+    """Turn a ``-1``/errno return into OSError, keeping the errno for callers to classify."""
+    if ret < 0:
+        err = ffi.errno
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def _sys_setup(entries: int, params: object) -> int:
+    return _check(_libc.syscall(_NR_SETUP, _u32(entries), params), "io_uring_setup")
+
+
+def _sys_enter(fd: int, to_submit: int, min_complete: int, flags: int) -> int:
+    """io_uring_enter, retried on EINTR (a signal must not look like a failed submit)."""
+    while True:
+        ret = _libc.syscall(
+            _NR_ENTER, ffi.cast("int", fd), _u32(to_submit), _u32(min_complete), _u32(flags),
+            ffi.NULL, ffi.cast("size_t", 0),
+        )
+        if ret >= 0:
+            return ret
+        if ffi.errno != _errno.EINTR:
+            return _check(ret, "io_uring_enter")
+
+
+def _sys_register(fd: int, opcode: int, arg: object, nr_args: int) -> int:
+    return _check(
+        _libc.syscall(_NR_REGISTER, ffi.cast("int", fd), _u32(opcode), arg, _u32(nr_args)),
+        f"io_uring_register({opcode})",
+    )
+
+
+def _mmap(fd: int, length: int, offset: int) -> object:
+    ptr = _libc.mmap(ffi.NULL, length, _PROT_READ | _PROT_WRITE, _MAP_SHARED | _MAP_POPULATE,
+                     fd, offset)
+    if ptr == _MAP_FAILED:
+        err = ffi.errno
+        raise OSError(err, f"mmap io_uring region {offset:#x}: {os.strerror(err)}")
+    return ptr
+
+
+# --- availability ------------------------------------------------------------------------
+
+def _explain(err: OSError) -> str:
+    """A human reason for a failed io_uring_setup, because bare EPERM helps nobody."""
+    code = err.errno
+    if code == _errno.ENOSYS:
+        return "io_uring_setup: ENOSYS (kernel built without io_uring, or a seccomp filter)"
+    if code == _errno.EPERM:
+        return ("io_uring_setup: EPERM (kernel.io_uring_disabled restricts it to "
+                "kernel.io_uring_group, or a container seccomp profile blocks io_uring)")
+    if code == _errno.ENOMEM:
+        return "io_uring_setup: ENOMEM (RLIMIT_MEMLOCK too low for the rings on kernels < 5.12)"
+    return f"io_uring_setup failed: {err}"
+
+
+def _disabled_sysctl() -> str | None:
+    try:
+        with open("/proc/sys/kernel/io_uring_disabled") as f:
+            value = f.read().strip()
+    except OSError:
+        return None  # sysctl predates 6.6: io_uring is not disabled by it
+    if value == "2":
+        return "io_uring is disabled (/proc/sys/kernel/io_uring_disabled = 2)"
+    return None  # "1" still allows root / io_uring_group members; setup will tell
+
+
+def _supported_ops(ring_fd: int) -> set[int]:
+    buf = ffi.new("char[]", ffi.sizeof("struct io_uring_probe") + _PROBE_OPS * 8)
+    p = ffi.cast("struct io_uring_probe *", buf)
+    _sys_register(ring_fd, IORING_REGISTER_PROBE, p, _PROBE_OPS)
+    return {p.ops[i].op for i in range(p.ops_len) if p.ops[i].flags & IO_URING_OP_SUPPORTED}
+
+
+_probe_result: list[str | None] = []
+
+
+def probe() -> str | None:
+    """Return ``None`` if SEND_ZC works here, else the reason it does not (cached)."""
+    if not _probe_result:
+        _probe_result.append(_probe_uncached())
+    return _probe_result[0]
+
+
+def _probe_uncached() -> str | None:
+    if _NR_SETUP < 0:
+        return f"io_uring syscall numbers unknown for architecture {platform.machine()!r}"
+    reason = _disabled_sysctl()
+    if reason:
+        return reason
+    try:
+        ring = Ring(2)
+    except UringUnavailable as exc:
+        return str(exc)
+    try:
+        if IORING_OP_SEND_ZC not in _supported_ops(ring.fd):
+            return "kernel io_uring lacks IORING_OP_SEND_ZC (needs Linux 6.0+)"
+    except OSError as exc:
+        return f"IORING_REGISTER_PROBE failed: {exc}"
+    finally:
+        ring.close()
+    return None
+
+
+def pack_sockaddr(family: int, address: tuple) -> bytes:
+    """Pack an AF_INET/AF_INET6 address (as given to ``sendto``) into a ``struct sockaddr``.
+
+    SEND_ZC takes the destination as raw bytes (sqe->addr2/addr_len); numeric hosts only,
+    so packing never blocks on DNS.
+    """
+    if family == socket.AF_INET:
+        host, port = address[0], address[1]
+        return struct.pack("=HH4s8x", family, socket.htons(port), socket.inet_pton(family, host))
+    if family == socket.AF_INET6:
+        host, port = address[0], address[1]
+        flowinfo = address[2] if len(address) > 2 else 0
+        scope_id = address[3] if len(address) > 3 else 0
+        return struct.pack("=HHI16sI", family, socket.htons(port), socket.htonl(flowinfo),
+                           socket.inet_pton(family, host), scope_id)
+    raise ValueError(f"unsupported address family {family}")
+
+
+# --- the ring ----------------------------------------------------------------------------
+
+class Ring:
+    """One io_uring instance: an SQ to prepare sends into and a CQ to reap completions from.
+
+    ``entries`` is the SQ size (the kernel rounds it up to a power of two); the CQ defaults to
+    twice that, or ``cq_entries``.  Each SEND_ZC needs two CQ slots (result + notification),
+    and notifications may be held for as long as a peer does not read, so size the CQ for the
+    sends in flight.  Overflow is not lost on kernels with IORING_FEAT_NODROP (5.5+):
+    :meth:`reap` flushes it.
+    """
+
+    def __init__(self, entries: int = 256, *, flags: int = 0, cq_entries: int | None = None):
+        if flags & ~_SUPPORTED_SETUP:
+            raise ValueError(f"unsupported io_uring setup flags {flags & ~_SUPPORTED_SETUP:#x}")
+        self._closed = True  # until fully set up, so close() from __del__ paths is safe
+        self._maps: list[tuple[object, int]] = []
+        self._eventfd = -1
+        self._buffers: list[object] = []          # from_buffer cdata of registered buffers
+        self._buf_ranges: list[tuple[int, int]] = []
+        self._dests: dict[int, list[object]] = {}  # user_data -> sockaddr kept until result CQE
+        params = ffi.new("struct io_uring_params *")
+        params.flags = flags
+        if cq_entries is not None:
+            params.flags |= IORING_SETUP_CQSIZE
+            params.cq_entries = cq_entries
+        if _NR_SETUP < 0:
+            raise UringUnavailable(_errno.ENOSYS, f"no io_uring on {platform.machine()!r}")
+        try:
+            self.fd = _sys_setup(entries, params)  # the kernel sets O_CLOEXEC on it
+        except OSError as exc:
+            raise UringUnavailable(exc.errno, _explain(exc)) from exc
+        self.setup_flags = params.flags
+        self.features = params.features
+        try:
+            self._map_rings(params)
+        except BaseException:
+            self._unmap()
+            os.close(self.fd)
+            raise
+        self._closed = False
+
+    def _map_rings(self, p: object) -> None:
+        """mmap the SQ ring, CQ ring (one region with FEAT_SINGLE_MMAP) and the SQE array."""
+        sq_size = p.sq_off.array + p.sq_entries * 4
+        cq_size = p.cq_off.cqes + p.cq_entries * ffi.sizeof("struct io_uring_cqe")
+        if p.features & IORING_FEAT_SINGLE_MMAP:
+            sq_size = cq_size = max(sq_size, cq_size)
+        sq = self._map(sq_size, IORING_OFF_SQ_RING)
+        cq = sq if p.features & IORING_FEAT_SINGLE_MMAP else self._map(cq_size, IORING_OFF_CQ_RING)
+        sqes = self._map(p.sq_entries * ffi.sizeof("struct io_uring_sqe"), IORING_OFF_SQES)
+
+        def u32(base: object, off: int) -> object:
+            return ffi.cast("uint32_t *", ffi.cast("char *", base) + off)
+
+        self._sq_khead = u32(sq, p.sq_off.head)
+        self._sq_ktail = u32(sq, p.sq_off.tail)
+        self._sq_kflags = u32(sq, p.sq_off.flags)
+        self._sq_mask = u32(sq, p.sq_off.ring_mask)[0]
+        self._sq_entries = u32(sq, p.sq_off.ring_entries)[0]
+        array = u32(sq, p.sq_off.array)
+        for i in range(self._sq_entries):  # identity map, as liburing does: SQE i is slot i
+            array[i] = i
+        self._sqes = ffi.cast("struct io_uring_sqe *", sqes)
+        self._sq_tail = self._sq_ktail[0]  # local tail; published to the kernel in submit()
+
+        self._cq_khead = u32(cq, p.cq_off.head)
+        self._cq_ktail = u32(cq, p.cq_off.tail)
+        self._cq_mask = u32(cq, p.cq_off.ring_mask)[0]
+        self.cq_entries = u32(cq, p.cq_off.ring_entries)[0]
+        self._cqes = ffi.cast("struct io_uring_cqe *", ffi.cast("char *", cq) + p.cq_off.cqes)
+
+    def _map(self, length: int, offset: int) -> object:
+        ptr = _mmap(self.fd, length, offset)
+        self._maps.append((ptr, length))
+        return ptr
+
+    def _unmap(self) -> None:
+        for ptr, length in self._maps:
+            _libc.munmap(ptr, length)
+        self._maps.clear()
+
+    # -- lifecycle --
+
+    @property
+    def sq_entries(self) -> int:
+        return self._sq_entries
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Unmap the rings and close the ring fd and eventfd; idempotent.
+
+        In-flight sends are cancelled or completed by the kernel on its own; their CQEs are
+        lost.  The kernel holds its own page references for un-notified buffers, so this is
+        memory-safe, but data sent from a buffer reused after close() may be the new data.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._unmap()
+        self._buffers.clear()  # releases the Py_buffer exports (e.g. lets an mmap close)
+        self._buf_ranges.clear()
+        self._dests.clear()
+        if self._eventfd >= 0:
+            os.close(self._eventfd)
+            self._eventfd = -1
+        os.close(self.fd)
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("io_uring Ring is closed")
+
+    # -- registration --
+
+    def register_eventfd(self) -> int:
+        """Create and register an eventfd that becomes readable when CQEs are posted.
+
+        This is the wakeup an event loop should watch (``add_reader``); drain it with
+        ``os.eventfd_read`` then call :meth:`reap`.  The Ring owns and closes the fd.
+        """
+        self._check_open()
+        if self._eventfd >= 0:
+            return self._eventfd
+        efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            _sys_register(self.fd, IORING_REGISTER_EVENTFD, ffi.new("int *", efd), 1)
+        except BaseException:
+            os.close(efd)
+            raise
+        self._eventfd = efd
+        return efd
+
+    @property
+    def eventfd(self) -> int:
+        """The registered eventfd, or -1."""
+        return self._eventfd
+
+    def register_buffers(self, buffers: list[memoryview]) -> None:
+        """Register fixed buffers (IORING_REGISTER_BUFFERS) for ``prep_send_zc(fixed_index=)``.
+
+        The kernel pins the pages once here instead of on every send.  Buffers must be
+        writable (the kernel pins with FOLL_WRITE) and should be page-aligned (e.g. an
+        anonymous ``mmap``).  The Ring holds the buffer exports until :meth:`unregister_buffers`
+        or :meth:`close`, so e.g. an ``mmap`` cannot be closed underneath it.
+        """
+        self._check_open()
+        if self._buffers:
+            raise ValueError("buffers already registered; unregister_buffers() first")
+        holders = [ffi.from_buffer(b, require_writable=True) for b in buffers]
+        iovecs = ffi.new("struct iovec[]", len(holders))
+        for iov, h in zip(iovecs, holders):
+            iov.iov_base = h
+            iov.iov_len = len(h)
+        _sys_register(self.fd, IORING_REGISTER_BUFFERS, iovecs, len(holders))
+        self._buffers = holders
+        self._buf_ranges = [(_address(h), len(h)) for h in holders]
+
+    def unregister_buffers(self) -> None:
+        """Drop the fixed buffers (no send may still be using them) and release their exports."""
+        self._check_open()
+        if self._buffers:
+            _sys_register(self.fd, IORING_UNREGISTER_BUFFERS, ffi.NULL, 0)
+            self._buffers = []
+            self._buf_ranges = []
+
+    # -- submission --
+
+    def space_left(self) -> int:
+        """Free SQ slots (what prep_* can still fill before submit())."""
+        return self._sq_entries - (self._sq_tail - self._sq_khead[0]) % (1 << 32)
+
+    def _get_sqe(self) -> object | None:
+        if self.space_left() <= 0:
+            return None
+        sqe = self._sqes + (self._sq_tail & self._sq_mask)
+        ffi.memmove(sqe, _ZERO_SQE, 64)
+        self._sq_tail = (self._sq_tail + 1) & 0xFFFFFFFF
+        return sqe
+
+    def _prep_send(self, opcode: int, fd: int, buf: memoryview | bytes | bytearray, flags: int,
+                   user_data: int, dest: bytes | None) -> object | None:
+        self._check_open()
+        # Before taking a slot: a failing from_buffer must not leave a zeroed SQE (a NOP).
+        ptr = ffi.from_buffer(buf)  # released when `ptr` dies; the caller keeps `buf` alive
+        sqe = self._get_sqe()
+        if sqe is None:
+            return None
+        sqe.opcode = opcode
+        sqe.fd = fd
+        sqe.addr = _address(ptr)
+        sqe.len = len(ptr)
+        sqe.msg_flags = flags
+        sqe.user_data = user_data
+        if dest is not None:
+            # Kept until the result CQE: older kernels read the sockaddr at issue time,
+            # which may be after submit() returned (poll-armed retry).
+            holder = ffi.new("char[]", dest)
+            self._dests.setdefault(user_data, []).append(holder)
+            sqe.addr2 = _address(holder)
+            sqe.addr_len = len(dest)
+        return sqe
+
+    def prep_send_zc(self, fd: int, buf: memoryview | bytes | bytearray, flags: int,
+                     user_data: int, *, report_usage: bool = True,
+                     fixed_index: int | None = None, dest: bytes | None = None) -> bool:
+        """Queue an IORING_OP_SEND_ZC of ``buf`` on socket ``fd``; False if the SQ is full.
+
+        ``flags`` are send(2) flags; pass ``socket.MSG_NOSIGNAL`` for stream sockets (io_uring
+        does not add it).  ``dest`` is a packed sockaddr (:func:`pack_sockaddr`) for an
+        unconnected datagram socket.  With ``fixed_index`` the bytes must lie inside the fixed
+        buffer of that index (:meth:`register_buffers`); the kernel then skips pinning.  The
+        caller must keep ``buf`` alive and unchanged until the notification CQE (see module
+        docstring); nothing is sent before :meth:`submit`.
+        """
+        if fixed_index is not None:
+            self._check_fixed(buf, fixed_index)
+        sqe = self._prep_send(IORING_OP_SEND_ZC, fd, buf, flags, user_data, dest)
+        if sqe is None:
+            return False
+        ioprio = IORING_SEND_ZC_REPORT_USAGE if report_usage else 0
+        if fixed_index is not None:
+            ioprio |= IORING_RECVSEND_FIXED_BUF
+            sqe.buf_index = fixed_index
+        sqe.ioprio = ioprio
+        return True
+
+    def prep_send(self, fd: int, buf: memoryview | bytes | bytearray, flags: int,
+                  user_data: int, dest: bytes | None = None) -> bool:
+        """Queue a plain, copying IORING_OP_SEND (one CQE, no notification); False if SQ full.
+
+        The kernel copies ``buf`` while executing the request, so it must stay alive until
+        the result CQE.  ``dest`` with IORING_OP_SEND needs Linux 6.1+.
+        """
+        return self._prep_send(IORING_OP_SEND, fd, buf, flags, user_data, dest) is not None
+
+    def prep_nop(self, user_data: int) -> bool:
+        """Queue a no-op (one CQE with res 0): useful to wake a reaper or test plumbing."""
+        self._check_open()
+        sqe = self._get_sqe()
+        if sqe is None:
+            return False
+        sqe.opcode = IORING_OP_NOP
+        sqe.fd = -1
+        sqe.user_data = user_data
+        return True
+
+    def _check_fixed(self, buf: memoryview | bytes | bytearray, index: int) -> None:
+        """Fail in Python rather than with a bare EFAULT CQE when a slice is out of range."""
+        if not 0 <= index < len(self._buf_ranges):
+            raise IndexError(f"no registered buffer {index}")
+        start, size = self._buf_ranges[index]
+        with ffi.from_buffer(buf) as p:
+            addr, n = _address(p), len(p)
+        if addr < start or addr + n > start + size:
+            raise ValueError(f"buffer is not inside registered buffer {index}")
+
+    def pending(self) -> int:
+        """SQEs prepared but not yet consumed by the kernel."""
+        return (self._sq_tail - self._sq_khead[0]) % (1 << 32)
+
+    def submit(self, wait_nr: int = 0) -> int:
+        """Publish prepared SQEs and enter the kernel; return how many it consumed.
+
+        With ``wait_nr > 0`` block (GIL released) until that many CQEs are available.
+        SQEs the kernel did not consume (e.g. after an SQE error) stay queued for next time.
+        """
+        self._check_open()
+        self._sq_ktail[0] = self._sq_tail  # release-store on x86 TSO (see module docstring)
+        to_submit = self.pending()
+        if to_submit == 0 and wait_nr == 0 and not self._needs_enter():
+            return 0
+        flags = IORING_ENTER_GETEVENTS if wait_nr > 0 or self._needs_enter() else 0
+        return _sys_enter(self.fd, to_submit, wait_nr, flags)
+
+    def _needs_enter(self) -> bool:
+        """Whether completions are parked in the kernel until we enter with GETEVENTS.
+
+        DEFER_TASKRUN runs completion task work only inside io_uring_enter(GETEVENTS);
+        COOP_TASKRUN|TASKRUN_FLAG advertises pending work with IORING_SQ_TASKRUN; and with
+        NODROP an overflowed CQ is only flushed back into the ring on GETEVENTS.
+        """
+        if self.setup_flags & IORING_SETUP_DEFER_TASKRUN:
+            return True
+        return bool(self._sq_kflags[0] & (IORING_SQ_CQ_OVERFLOW | IORING_SQ_TASKRUN))
+
+    # -- completion --
+
+    def reap(self) -> list[tuple[int, int, int]]:
+        """Return ``(user_data, res, flags)`` for every available CQE, advancing the CQ head.
+
+        Enters the kernel first only if completions are parked there (see ``_needs_enter``).
+        """
+        self._check_open()
+        if self._needs_enter():
+            _sys_enter(self.fd, 0, 0, IORING_ENTER_GETEVENTS)
+        out: list[tuple[int, int, int]] = []
+        while True:
+            batch = self._reap_ring()
+            if not batch:
+                return out
+            out.extend(batch)
+            # The ring was full: overflowed CQEs are flushed back only on GETEVENTS.
+            if not self._sq_kflags[0] & IORING_SQ_CQ_OVERFLOW:
+                return out
+            _sys_enter(self.fd, 0, 0, IORING_ENTER_GETEVENTS)
+
+    def _reap_ring(self) -> list[tuple[int, int, int]]:
+        head = self._cq_khead[0]
+        tail = self._cq_ktail[0]  # acquire-load on x86 TSO
+        out = []
+        while head != tail:
+            cqe = self._cqes[head & self._cq_mask]
+            entry = (cqe.user_data, cqe.res, cqe.flags)
+            out.append(entry)
+            head = (head + 1) & 0xFFFFFFFF
+            if self._dests and not entry[2] & IORING_CQE_F_NOTIF:
+                self._drop_dest(entry[0])
+        self._cq_khead[0] = head  # release-store: the kernel may now reuse those slots
+        return out
+
+    def _drop_dest(self, user_data: int) -> None:
+        held = self._dests.get(user_data)
+        if held:
+            held.pop(0)
+            if not held:
+                del self._dests[user_data]
+
+
+def _address(cdata: object) -> int:
+    return int(ffi.cast("uintptr_t", cdata))
