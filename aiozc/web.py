@@ -1,0 +1,524 @@
+"""aiohttp on aiozc transports: a site, ``run_app``, zero-copy bodies and file responses.
+
+Three things stand between an unchanged aiohttp app and zero-copy sends, and this module handles
+each one per site (nothing global is patched):
+
+* Bodies. On Python < 3.12.9 aiohttp's ``StreamWriter`` joins the headers and the body into one
+  new ``bytes`` before writing (``SKIP_WRITELINES``, CVE-2024-12254 in asyncio's own
+  ``writelines``). That copy alone costs as much as the send. The site's connections get a writer
+  that hands the chunks to aiozc's ``writelines``, which has no such bug, so the user's body object
+  reaches the transport untouched and the transport can send it without copying.
+* Buffers (numpy arrays, mutable memory). The asyncio contract lets a caller reuse a buffer as
+  soon as ``write`` returns, so the transport copies mutable inputs. :func:`write_buffer` and
+  :func:`buffer_response` opt out of that contract explicitly: they send through ``write_zc`` and
+  await the kernel's release, so the buffer is never pinned past the ``await``.
+* Files. ``web.FileResponse`` calls ``loop.sendfile(transport, ...)``. The site installs, on its
+  own loop object only, a ``sendfile`` that sends an aiozc transport's file with the transport's
+  ``sendfile`` (``os.sendfile`` in order with the queued writes, zero-copy from the page cache) and
+  passes every other transport to the loop's own method. A transport without ``sendfile`` gets
+  ``NotImplementedError``, the one error aiohttp turns into its chunked-read fallback; asyncio's
+  own fallback would instead reuse one 16 KiB bytearray for every chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import suppress
+from typing import Any, Optional, Union
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_writer import MIN_PAYLOAD_FOR_WRITELINES, StreamWriter
+from aiohttp.payload import Payload
+from aiohttp.web_log import AccessLogger
+from aiohttp.web_runner import BaseRunner
+from aiohttp.client_exceptions import ClientConnectionResetError
+
+import aiozc
+
+__all__ = [
+    "ZeroCopySite",
+    "ZeroCopyStreamWriter",
+    "BufferPayload",
+    "buffer_response",
+    "write_buffer",
+    "install_sendfile",
+    "is_zerocopy_transport",
+    "run_app",
+]
+
+log = logging.getLogger("aiozc.web")
+
+BufferLike = Union[bytes, bytearray, memoryview, Any]  # anything with the buffer protocol
+
+
+def is_zerocopy_transport(transport: Optional[asyncio.BaseTransport]) -> bool:
+    """True for aiozc transports (they, and only they, offer per-write completions)."""
+    return transport is not None and callable(getattr(transport, "write_zc", None))
+
+
+def _nbytes(chunk: BufferLike) -> int:
+    return chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
+
+
+def _immutable_view_of_bytes(chunk: BufferLike) -> bool:
+    """A memoryview over exact ``bytes``: nobody can change it, so pinning it is safe."""
+    return isinstance(chunk, memoryview) and type(chunk.obj) is bytes and chunk.c_contiguous
+
+
+def _swallow_result(fut: asyncio.Future[Any]) -> None:
+    # Completions of fire-and-forget sends of immutable data: the outcome already reaches the
+    # protocol through connection_lost; retrieving it keeps asyncio from logging it again.
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _send_chunk(transport: asyncio.Transport, chunk: BufferLike) -> None:
+    """Queue one chunk in order, keeping immutable data zero-copy-eligible."""
+    if _immutable_view_of_bytes(chunk):
+        view: memoryview = chunk
+        if view.nbytes == len(view.obj):
+            # The whole object: the transport's own exact-bytes rule applies.
+            transport.write(view.obj)
+        else:
+            # A slice of immutable bytes may be pinned without asking the caller to wait.
+            transport.write_zc(view).add_done_callback(_swallow_result)  # type: ignore[attr-defined]
+        return
+    transport.write(chunk)
+
+
+class ZeroCopyStreamWriter(StreamWriter):
+    """aiohttp's writer, minus the header+body join on old Pythons, for aiozc transports only."""
+
+    def _live_transport(self) -> asyncio.Transport:
+        transport = self._protocol.transport
+        if transport is None or transport.is_closing():
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        return transport
+
+    def _write(self, chunk: BufferLike) -> None:
+        size = _nbytes(chunk)
+        self.buffer_size += size
+        self.output_size += size
+        transport = self._live_transport()
+        if not is_zerocopy_transport(transport):
+            transport.write(chunk)
+            return
+        _send_chunk(transport, chunk)
+
+    def _writelines(self, chunks: Iterable[BufferLike]) -> None:
+        chunks = tuple(chunks)
+        size = sum(_nbytes(c) for c in chunks)
+        self.buffer_size += size
+        self.output_size += size
+        transport = self._live_transport()
+        if size < MIN_PAYLOAD_FOR_WRITELINES or not is_zerocopy_transport(transport):
+            # Small, or not ours: joining is what aiohttp does and is safe everywhere.
+            transport.write(b"".join(chunks))
+            return
+        if any(_immutable_view_of_bytes(c) and c.nbytes != len(c.obj) for c in chunks):
+            for chunk in chunks:  # keep slices of bytes on the zero-copy path
+                _send_chunk(transport, chunk)
+            return
+        transport.writelines(chunks)
+
+
+def _wrap_request_factory(factory: Callable[..., web.BaseRequest]) -> Callable[..., web.BaseRequest]:
+    """Give every request of one connection a :class:`ZeroCopyStreamWriter`."""
+
+    def make_request(
+        message: Any, payload: Any, protocol: Any, writer: AbstractStreamWriter, task: Any
+    ) -> web.BaseRequest:
+        if type(writer) is StreamWriter:
+            writer = ZeroCopyStreamWriter(protocol, writer.loop)
+        return factory(message, payload, protocol, writer, task)
+
+    return make_request
+
+
+# --------------------------------------------------------------------------------------------
+# Buffers: explicit zero-copy with a completion the caller awaits
+
+
+async def _await_release(transport: asyncio.Transport, fut: asyncio.Future[Any]) -> Any:
+    """Wait until the kernel released the buffer, even if our task is cancelled meanwhile.
+
+    Returning earlier would hand a pinned buffer back to a caller that may overwrite it. On
+    cancellation the connection is aborted (the response can't complete anyway), which makes the
+    transport resolve the future promptly, and only then is the cancellation passed on.
+    """
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        if fut.done():
+            raise
+        transport.abort()
+        with suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(fut), 30.0)
+        raise
+
+
+def _flat_view(buf: BufferLike) -> memoryview:
+    view = memoryview(buf)
+    if not view.c_contiguous:
+        raise ValueError("zero-copy buffers must be C-contiguous (use numpy.ascontiguousarray)")
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+async def _write_view(writer: AbstractStreamWriter, view: memoryview) -> None:
+    """Send ``view`` as (part of) the body through write_zc and wait for its release."""
+    transport = getattr(writer, "transport", None)
+    if (
+        not isinstance(writer, StreamWriter)
+        or not is_zerocopy_transport(transport)
+        or writer._compress is not None
+    ):
+        # Stock transports and compressed bodies copy under the asyncio contract.
+        await writer.write(view)
+        return
+    if writer.length is not None:  # Content-Length clipping, as StreamWriter.write does it
+        view = view[: writer.length]
+        writer.length -= view.nbytes
+    if not view.nbytes:
+        return
+    assert transport is not None
+    if transport.is_closing():
+        raise ClientConnectionResetError("Cannot write to closing transport")
+    writer.send_headers()  # flushes buffered headers ahead of the body, in order
+    if writer.chunked:
+        transport.write(f"{view.nbytes:x}\r\n".encode("ascii"))
+    fut = transport.write_zc(view)  # type: ignore[attr-defined]
+    if writer.chunked:
+        transport.write(b"\r\n")
+    writer.output_size += view.nbytes
+    if writer.on_body_write is not None:
+        writer.on_body_write(view.nbytes, writer.output_size)
+    await _await_release(transport, fut)
+
+
+async def write_buffer(response: web.StreamResponse, buf: BufferLike) -> None:
+    """``await response.write(buf)`` without the copy: returns once the kernel released ``buf``.
+
+    The response must be prepared. ``buf`` is anything with the C-contiguous buffer protocol
+    (bytes, bytearray, memoryview, numpy arrays); it must not change until this returns.
+    """
+    writer = response._payload_writer
+    if writer is None:
+        raise RuntimeError("Cannot call write_buffer() before prepare()")
+    if response._eof_sent:
+        raise RuntimeError("Cannot call write_buffer() after write_eof()")
+    await _write_view(writer, _flat_view(buf))
+
+
+class BufferPayload(Payload):
+    """A body payload sent with ``write_zc``; writing it returns when the kernel released it."""
+
+    def __init__(self, value: BufferLike, *args: Any, **kwargs: Any) -> None:
+        view = _flat_view(value)
+        kwargs.setdefault("content_type", "application/octet-stream")
+        super().__init__(view, *args, **kwargs)
+        self._size = view.nbytes
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._value).decode(encoding, errors)
+
+    async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return bytes(self._value)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await _write_view(writer, self._value)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: Optional[int]
+    ) -> None:
+        view = self._value if content_length is None else self._value[:content_length]
+        await _write_view(writer, view)
+
+
+def buffer_response(
+    buf: BufferLike,
+    *,
+    status: int = 200,
+    reason: Optional[str] = None,
+    headers: Optional[Mapping[str, str]] = None,
+    content_type: str = "application/octet-stream",
+) -> web.Response:
+    """A ``web.Response`` whose body is ``buf``, sent zero-copy on aiozc transports.
+
+    The handler that returns it may reuse ``buf`` once the response was sent (aiohttp awaits the
+    body write, which awaits the kernel's release); on other transports the body is copied.
+    """
+    payload = BufferPayload(buf, content_type=content_type)
+    return web.Response(body=payload, status=status, reason=reason, headers=headers)
+
+
+# --------------------------------------------------------------------------------------------
+# Files: loop.sendfile -> transport.sendfile, on the site's loop object only
+
+
+class _SendfileHook:
+    """Stands in for ``loop.sendfile`` on one loop object; other transports pass straight on."""
+
+    def __init__(self, original: Callable[..., Awaitable[int]]) -> None:
+        self.original = original
+
+    async def __call__(
+        self,
+        transport: asyncio.WriteTransport,
+        file: io.BufferedIOBase,
+        offset: int = 0,
+        count: Optional[int] = None,
+        *,
+        fallback: bool = True,
+    ) -> int:
+        if not is_zerocopy_transport(transport):
+            return await self.original(transport, file, offset, count, fallback=fallback)
+        native = getattr(transport, "sendfile", None)
+        if native is None:
+            # aiohttp falls back to reading fresh bytes chunks for exactly this error.
+            raise NotImplementedError("this aiozc transport has no sendfile")
+        sent: int = await native(file, offset, count)
+        if sent:
+            file.seek(offset + sent)  # loop.sendfile's contract: position after the last byte
+        return sent
+
+
+def install_sendfile(loop: asyncio.AbstractEventLoop) -> None:
+    """Make ``loop.sendfile`` use aiozc transports' own sendfile. Idempotent, this loop only.
+
+    Set as an attribute of the loop object (asyncio's and uvloop's loops both take one), so it
+    lives and dies with that loop and no class or module is patched.
+    """
+    if isinstance(vars(loop).get("sendfile"), _SendfileHook):
+        return
+    loop.sendfile = _SendfileHook(loop.sendfile)  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------------------------
+# The site and run_app
+
+
+class ZeroCopySite(web.BaseSite):
+    """``web.TCPSite`` on an aiozc server: ``ZeroCopySite(runner, host, port, **transport_options)``."""
+
+    __slots__ = ("_host", "_port", "_sock", "_bound_port", "_reuse_address", "_reuse_port",
+                 "_transport_options")
+
+    def __init__(
+        self,
+        runner: BaseRunner,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
+        *,
+        sock: Optional[socket.socket] = None,
+        backlog: int = 128,
+        reuse_address: Optional[bool] = None,
+        reuse_port: Optional[bool] = None,
+        **transport_options: Any,
+    ) -> None:
+        if transport_options.pop("ssl_context", None) is not None:
+            raise ValueError("ZeroCopySite does not do TLS (MSG_ZEROCOPY sends plaintext pages)")
+        super().__init__(runner, backlog=backlog)
+        self._host = host
+        self._port = 8080 if port is None and sock is None else port
+        self._sock = sock
+        self._bound_port: Optional[int] = None
+        self._reuse_address = reuse_address
+        self._reuse_port = reuse_port
+        self._transport_options = transport_options
+
+    @property
+    def port(self) -> int:
+        """The bound port once started (useful with ``port=0``), else the requested one."""
+        if self._bound_port is not None:
+            return self._bound_port
+        return self._port or 0
+
+    @property
+    def name(self) -> str:
+        host = self._host or "0.0.0.0"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def server(self) -> Optional[asyncio.AbstractServer]:
+        """The aiozc server (``asyncio.AbstractServer``-compatible) once started."""
+        return self._server
+
+    def _protocol_factory(self) -> asyncio.Protocol:
+        server = self._runner.server
+        assert server is not None
+        handler = server()
+        # Per connection, not per app: stock sites of the same runner keep aiohttp's writer.
+        handler._request_factory = _wrap_request_factory(handler._request_factory)
+        return handler
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        install_sendfile(loop)
+        address: dict[str, Any] = {"sock": self._sock} if self._sock is not None else {}
+        self._server = await aiozc.create_server(  # type: ignore[attr-defined]
+            self._protocol_factory,
+            None if self._sock is not None else self._host,
+            None if self._sock is not None else self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+            **address,
+            **self._transport_options,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+
+def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``zc_*`` keywords configure the transport; the rest go to ``AppRunner`` like in aiohttp."""
+    transport = {k: v for k, v in kwargs.items() if k.startswith("zc_")}
+    runner = {k: v for k, v in kwargs.items() if not k.startswith("zc_")}
+    return transport, runner
+
+
+def _make_sites(
+    runner: web.AppRunner,
+    host: Union[str, Iterable[str], None],
+    port: Optional[int],
+    path: Optional[str],
+    sock: Optional[socket.socket],
+    backlog: int,
+    reuse_address: Optional[bool],
+    reuse_port: Optional[bool],
+    transport_options: dict[str, Any],
+) -> list[web.BaseSite]:
+    common = dict(backlog=backlog, reuse_address=reuse_address, reuse_port=reuse_port)
+    sites: list[web.BaseSite] = []
+    hosts: list[Optional[str]] = [host] if isinstance(host, str) or host is None else list(host)
+    if host is not None or (path is None and sock is None) or port is not None:
+        for h in hosts:
+            sites.append(ZeroCopySite(runner, h, port, **common, **transport_options))
+    if path is not None:
+        # AF_UNIX has no SO_ZEROCOPY: a Unix socket is served by aiohttp's own site.
+        sites.append(web.UnixSite(runner, path, backlog=backlog))
+    if sock is not None:
+        sites.append(ZeroCopySite(runner, sock=sock, backlog=backlog, **transport_options))
+    return sites
+
+
+async def _run_app(
+    app: Union[web.Application, Awaitable[web.Application]],
+    *,
+    host: Union[str, Iterable[str], None],
+    port: Optional[int],
+    path: Optional[str],
+    sock: Optional[socket.socket],
+    print: Optional[Callable[..., None]],
+    backlog: int,
+    reuse_address: Optional[bool],
+    reuse_port: Optional[bool],
+    transport_options: dict[str, Any],
+    **runner_kwargs: Any,
+) -> None:
+    if asyncio.iscoroutine(app):
+        app = await app
+    assert isinstance(app, web.Application)
+    runner = web.AppRunner(app, **runner_kwargs)
+    await runner.setup()
+    try:
+        sites = _make_sites(runner, host, port, path, sock, backlog, reuse_address, reuse_port,
+                            transport_options)
+        for site in sites:
+            await site.start()
+        if print:
+            names = sorted(str(s.name) for s in runner.sites)
+            print(
+                "======== Running on {} (aiozc zero-copy) ========\n"
+                "(Press CTRL+C to quit)".format(", ".join(names))
+            )
+        while True:  # until cancelled or GracefulExit, as aiohttp does it
+            await asyncio.sleep(3600)
+    finally:
+        await runner.cleanup()  # graceful: stop accepting, finish handlers, close connections
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+def run_app(
+    app: Union[web.Application, Awaitable[web.Application]],
+    *,
+    host: Union[str, Iterable[str], None] = None,
+    port: Optional[int] = None,
+    path: Optional[str] = None,
+    sock: Optional[socket.socket] = None,
+    shutdown_timeout: float = 60.0,
+    keepalive_timeout: float = 75.0,
+    print: Optional[Callable[..., None]] = print,
+    backlog: int = 128,
+    access_log_class: type = AccessLogger,
+    access_log_format: str = AccessLogger.LOG_FORMAT,
+    access_log: Optional[logging.Logger] = logging.getLogger("aiohttp.access"),
+    handle_signals: bool = True,
+    reuse_address: Optional[bool] = None,
+    reuse_port: Optional[bool] = None,
+    handler_cancellation: bool = False,
+    loop: Optional[asyncio.AbstractEventLoop] = None,
+    transport_options: Optional[Mapping[str, Any]] = None,
+    **kwargs: Any,
+) -> None:
+    """``aiohttp.web.run_app`` on aiozc transports; same keywords, same graceful shutdown.
+
+    Transport options come as ``transport_options={...}`` or as ``zc_*`` keywords (for example
+    ``zc_threshold=65536``). Pass ``loop=uvloop.new_event_loop()`` to run on uvloop.
+    """
+    zc_kwargs, runner_kwargs = _split_options(kwargs)
+    options = {**(transport_options or {}), **zc_kwargs}
+    if loop is None:
+        loop = asyncio.new_event_loop()
+    main_task = loop.create_task(
+        _run_app(
+            app,
+            host=host,
+            port=port,
+            path=path,
+            sock=sock,
+            print=print,
+            backlog=backlog,
+            reuse_address=reuse_address,
+            reuse_port=reuse_port,
+            transport_options=options,
+            shutdown_timeout=shutdown_timeout,
+            keepalive_timeout=keepalive_timeout,
+            access_log_class=access_log_class,
+            access_log_format=access_log_format,
+            access_log=access_log,
+            handle_signals=handle_signals,
+            handler_cancellation=handler_cancellation,
+            **runner_kwargs,
+        )
+    )
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main_task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            if not main_task.done():
+                main_task.cancel()
+                with suppress(asyncio.CancelledError):
+                    loop.run_until_complete(main_task)
+        finally:
+            _cancel_all_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()

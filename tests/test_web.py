@@ -1,0 +1,502 @@
+"""aiozc.web with aiohttp's real client; every async test runs on asyncio's loop and on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+
+import aiozc.web as zweb
+
+MiB = 1 << 20
+BIG = 64 * MiB
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def blob() -> bytes:
+    return np.random.default_rng(5).integers(0, 256, BIG, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory: pytest.TempPathFactory, blob: bytes) -> Path:
+    path = tmp_path_factory.mktemp("web") / "big.bin"
+    # Not the blob itself: a file and a body with equal bytes could mask a mix-up.
+    path.write_bytes(blob[::-1])
+    return path
+
+
+def sha(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Recorder:
+    """Server-side transports and what reached them, for leak and no-copy checks."""
+
+    def __init__(self) -> None:
+        self.transports: list[asyncio.Transport] = []
+        self.written: list[Any] = []  # objects handed to write / writelines / write_zc
+        self.futures: list[asyncio.Future[Any]] = []  # every write_zc future
+        self.sendfiles = 0
+
+    def watch(self, request: web.BaseRequest) -> None:
+        transport = request.transport
+        assert transport is not None
+        if any(t is transport for t in self.transports):
+            return
+        self.transports.append(transport)
+        self._spy(transport)
+
+    def _spy(self, transport: asyncio.Transport) -> None:
+        rec = self
+        write, writelines, write_zc = transport.write, transport.writelines, transport.write_zc
+        sendfile = getattr(transport, "sendfile", None)
+
+        def spy_write(data: Any) -> None:
+            rec.written.append(data)
+            write(data)
+
+        def spy_writelines(chunks: Any) -> None:
+            chunks = list(chunks)
+            rec.written.extend(chunks)
+            writelines(chunks)
+
+        def spy_write_zc(data: Any) -> asyncio.Future[Any]:
+            rec.written.append(data)
+            fut = write_zc(data)
+            rec.futures.append(fut)
+            return fut
+
+        async def spy_sendfile(*args: Any, **kwargs: Any) -> int:
+            rec.sendfiles += 1
+            assert sendfile is not None
+            return await sendfile(*args, **kwargs)
+
+        transport.write = spy_write  # type: ignore[method-assign]
+        transport.writelines = spy_writelines  # type: ignore[method-assign]
+        transport.write_zc = spy_write_zc  # type: ignore[attr-defined]
+        if sendfile is not None:
+            transport.sendfile = spy_sendfile  # type: ignore[attr-defined]
+
+    def reached_transport(self, obj: Any) -> bool:
+        """Was ``obj`` itself (or a memoryview over it) handed to the transport?"""
+        for item in self.written:
+            if item is obj or (isinstance(item, memoryview) and item.obj is obj):
+                return True
+        return False
+
+    async def assert_clean(self, timeout: float = 10.0) -> None:
+        """Every transport closed, every write future resolved, nothing left pinned."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._clean():
+                return
+            await asyncio.sleep(0.02)
+        assert self._clean(), self._describe()
+
+    def _clean(self) -> bool:
+        return all(f.done() for f in self.futures) and all(
+            t.is_closing() and _stats(t).pinned_bytes == 0 and t.get_write_buffer_size() == 0
+            for t in self.transports
+        )
+
+    def _describe(self) -> str:
+        return "; ".join(
+            f"closing={t.is_closing()} pinned={_stats(t).pinned_bytes} "
+            f"buffered={t.get_write_buffer_size()}"
+            for t in self.transports
+        ) + f"; futures pending={sum(not f.done() for f in self.futures)}"
+
+
+def _stats(transport: asyncio.Transport) -> Any:
+    return transport.get_extra_info("aiozc_stats")
+
+
+@asynccontextmanager
+async def serve(app: web.Application, **options: Any) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, shutdown_timeout=5)
+    await runner.setup()
+    site = zweb.ZeroCopySite(runner, "127.0.0.1", 0, **options)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site.port}"
+    finally:
+        await runner.cleanup()
+
+
+async def fetch_sha(
+    session: aiohttp.ClientSession, url: str, **kwargs: Any
+) -> tuple[aiohttp.ClientResponse, str, int]:
+    async with session.get(url, **kwargs) as resp:
+        h = hashlib.sha256()
+        n = 0
+        async for chunk in resp.content.iter_chunked(MiB):
+            h.update(chunk)
+            n += len(chunk)
+        return resp, h.hexdigest(), n
+
+
+def make_app(rec: Recorder, blob: bytes, big_file: Path) -> web.Application:
+    async def body(request: web.Request) -> web.Response:
+        rec.watch(request)
+        return web.Response(body=blob)
+
+    async def views(request: web.Request) -> web.StreamResponse:
+        # memoryview slices of bytes: immutable, so they may go out without a copy
+        rec.watch(request)
+        resp = web.StreamResponse()
+        resp.content_length = len(blob)
+        await resp.prepare(request)
+        view = memoryview(blob)
+        for start in range(0, len(blob), 8 * MiB):
+            await resp.write(view[start : start + 8 * MiB])
+        await resp.write_eof()
+        return resp
+
+    async def file(request: web.Request) -> web.FileResponse:
+        rec.watch(request)
+        return web.FileResponse(big_file)
+
+    async def small(request: web.Request) -> web.Response:
+        rec.watch(request)
+        n = int(request.query.get("n", "10"))
+        return web.Response(body=blob[:n])
+
+    app = web.Application()
+    app.router.add_get("/body", body)
+    app.router.add_get("/views", views)
+    app.router.add_get("/file", file)
+    app.router.add_get("/small", small)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# bodies
+
+
+async def test_large_bytes_body_intact_and_not_copied(blob: bytes, big_file: Path) -> None:
+    rec = Recorder()
+    async with serve(make_app(rec, blob, big_file)) as url, aiohttp.ClientSession() as s:
+        resp, digest, n = await fetch_sha(s, url + "/body")
+        assert resp.status == 200 and n == BIG and digest == sha(blob)
+        # The user's bytes object itself reached the transport: aiohttp's header+body join is gone.
+        assert rec.reached_transport(blob)
+    await rec.assert_clean()
+
+
+async def test_memoryview_slices_of_bytes_intact_and_not_copied(
+    blob: bytes, big_file: Path
+) -> None:
+    rec = Recorder()
+    async with serve(make_app(rec, blob, big_file)) as url, aiohttp.ClientSession() as s:
+        resp, digest, n = await fetch_sha(s, url + "/views")
+        assert resp.status == 200 and n == BIG and digest == sha(blob)
+        assert rec.reached_transport(blob)
+    await rec.assert_clean()
+
+
+async def test_write_buffer_numpy_is_released_before_return() -> None:
+    """After ``await write_buffer`` the array may be overwritten: the peer still gets the old data."""
+    arr = np.arange(BIG // 8, dtype=np.uint64)
+    first = sha(arr.tobytes())
+    rec = Recorder()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        rec.watch(request)
+        resp = web.StreamResponse()
+        resp.content_length = 2 * arr.nbytes
+        await resp.prepare(request)
+        await zweb.write_buffer(resp, arr)
+        arr[:] = 7  # legal now: the kernel released the pages
+        await zweb.write_buffer(resp, arr)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with serve(app) as url, aiohttp.ClientSession() as s:
+        async with s.get(url) as resp:
+            data = await resp.read()
+    assert len(data) == 2 * BIG
+    assert sha(data[:BIG]) == first
+    assert data[BIG:] == np.full(BIG // 8, 7, dtype=np.uint64).tobytes()
+    assert rec.reached_transport(arr) or any(
+        isinstance(w, memoryview) and w.nbytes == BIG for w in rec.written
+    )
+    await rec.assert_clean()
+
+
+async def test_buffer_response_numpy(blob: bytes) -> None:
+    arr = np.frombuffer(blob, dtype=np.uint8).reshape(-1, 4096).copy()  # writable, 2-D
+    expected = sha(arr.tobytes())
+
+    async def handler(request: web.Request) -> web.Response:
+        return zweb.buffer_response(arr, headers={"X-Shape": "x".join(map(str, arr.shape))})
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with serve(app) as url, aiohttp.ClientSession() as s:
+        resp, digest, n = await fetch_sha(s, url)
+        assert resp.status == 200 and n == BIG and digest == expected
+        assert resp.headers["Content-Length"] == str(BIG)
+        assert resp.headers["Content-Type"] == "application/octet-stream"
+        async with s.head(url) as head:
+            assert head.status == 200 and await head.read() == b""
+
+
+async def test_mutable_write_keeps_asyncio_contract() -> None:
+    """A bytearray overwritten right after ``await resp.write`` must go out as it was."""
+    buf = bytearray(b"a" * (4 * MiB))
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = 2 * len(buf)
+        await resp.prepare(request)
+        await resp.write(buf)
+        buf[:] = b"b" * len(buf)
+        await resp.write(buf)
+        buf[:] = b"c" * len(buf)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with serve(app) as url, aiohttp.ClientSession() as s:
+        async with s.get(url) as resp:
+            data = await resp.read()
+    assert data == b"a" * (4 * MiB) + b"b" * (4 * MiB)
+
+
+def test_non_contiguous_buffer_rejected() -> None:
+    arr = np.zeros((64, 64), dtype=np.uint8)[:, ::2]
+    with pytest.raises(ValueError):
+        zweb.buffer_response(arr)
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+async def test_file_response_intact_ranges_head(blob: bytes, big_file: Path) -> None:
+    data = big_file.read_bytes()
+    rec = Recorder()
+    async with serve(make_app(rec, blob, big_file)) as url, aiohttp.ClientSession() as s:
+        resp, digest, n = await fetch_sha(s, url + "/file")
+        assert resp.status == 200 and n == BIG and digest == sha(data)
+
+        for rng, lo, hi in (
+            ("bytes=1000-2999999", 1000, 3000000),
+            ("bytes=-12345", BIG - 12345, BIG),
+            (f"bytes={BIG - 5 * MiB}-", BIG - 5 * MiB, BIG),
+        ):
+            async with s.get(url + "/file", headers={"Range": rng}) as part:
+                assert part.status == 206
+                assert part.headers["Content-Range"] == f"bytes {lo}-{hi - 1}/{BIG}"
+                assert await part.read() == data[lo:hi]
+
+        async with s.head(url + "/file") as head:
+            assert head.status == 200
+            assert head.headers["Content-Length"] == str(BIG)
+            assert await head.read() == b""
+
+        # the connection is still usable after all of that (keep-alive, framing intact)
+        resp, digest, n = await fetch_sha(s, url + "/file")
+        assert n == BIG and digest == sha(data)
+    if any(hasattr(t, "sendfile") for t in rec.transports):
+        assert rec.sendfiles >= 5  # FileResponse went through the transport's sendfile
+    await rec.assert_clean()
+
+
+async def test_file_response_without_transport_sendfile_falls_back(
+    blob: bytes, big_file: Path
+) -> None:
+    """An aiozc transport lacking sendfile: aiohttp's chunked fallback, never a truncated body."""
+    data = big_file.read_bytes()
+
+    async def file(request: web.Request) -> web.FileResponse:
+        transport = request.transport
+        assert transport is not None
+        transport.sendfile = None  # type: ignore[attr-defined]
+        return web.FileResponse(big_file)
+
+    app = web.Application()
+    app.router.add_get("/file", file)
+    async with serve(app) as url, aiohttp.ClientSession() as s:
+        resp, digest, n = await fetch_sha(s, url + "/file")
+        assert resp.status == 200 and n == BIG and digest == sha(data)
+        async with s.get(url + "/file", headers={"Range": "bytes=10-19"}) as part:
+            assert await part.read() == data[10:20]
+
+
+async def test_stock_site_on_same_loop_unaffected(blob: bytes, big_file: Path) -> None:
+    """The sendfile hook only diverts aiozc transports; a TCPSite next to it keeps working."""
+    data = big_file.read_bytes()
+    rec = Recorder()
+    app = make_app(rec, blob, big_file)
+    runner = web.AppRunner(app, shutdown_timeout=5)
+    await runner.setup()
+    zsite = zweb.ZeroCopySite(runner, "127.0.0.1", 0)
+    stock = web.TCPSite(runner, "127.0.0.1", 0)
+    await zsite.start()
+    await stock.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            for port in (zsite.port, stock.port):
+                resp, digest, n = await fetch_sha(s, f"http://127.0.0.1:{port}/file")
+                assert n == BIG and digest == sha(data)
+                resp, digest, n = await fetch_sha(s, f"http://127.0.0.1:{port}/body")
+                assert n == BIG and digest == sha(blob)
+    finally:
+        await runner.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------
+# disconnects and keep-alive
+
+
+@pytest.mark.parametrize("path", ["/body", "/views", "/file", "/array"])
+async def test_client_disconnect_mid_body(blob: bytes, big_file: Path, path: str) -> None:
+    rec = Recorder()
+    app = make_app(rec, blob, big_file)
+    handler_done = asyncio.Event()
+    arr = np.frombuffer(blob, dtype=np.uint8).copy()
+
+    async def array(request: web.Request) -> web.StreamResponse:
+        rec.watch(request)
+        resp = web.StreamResponse()
+        resp.content_length = 4 * arr.nbytes
+        try:
+            await resp.prepare(request)
+            for _ in range(4):
+                await zweb.write_buffer(resp, arr)
+            await resp.write_eof()
+        finally:
+            handler_done.set()
+        return resp
+
+    app.router.add_get("/array", array)
+    async with serve(app) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = 0
+        while got < 2 * MiB:  # a little of the body, then hang up without reading the rest
+            chunk = await reader.read(256 * 1024)
+            assert chunk
+            got += len(chunk)
+        writer.transport.abort()
+        await rec.assert_clean(timeout=20)
+        if path == "/array":
+            await asyncio.wait_for(handler_done.wait(), 20)
+        # the server still serves after the disconnect
+        async with aiohttp.ClientSession() as s:
+            resp, digest, n = await fetch_sha(s, url + "/small?n=100000")
+            assert n == 100000 and digest == sha(blob[:100000])
+    await rec.assert_clean()
+
+
+async def test_keep_alive_many_requests(blob: bytes, big_file: Path) -> None:
+    rec = Recorder()
+    data = big_file.read_bytes()
+    sizes = [0, 1, 100, 2047, 2048, 16383, 16384, 65536, 300_000, 2 * MiB]
+    conn = aiohttp.TCPConnector(limit=1)
+    async with serve(make_app(rec, blob, big_file)) as url, aiohttp.ClientSession(
+        connector=conn
+    ) as s:
+        for i in range(300):
+            n = sizes[i % len(sizes)]
+            async with s.get(f"{url}/small?n={n}") as resp:
+                assert await resp.read() == blob[:n]
+            if i % 50 == 0:  # mix in files and ranges on the same connection
+                lo = i * 1000
+                async with s.get(url + "/file", headers={"Range": f"bytes={lo}-{lo + 99999}"}) as r:
+                    assert await r.read() == data[lo : lo + 100000]
+    assert len(rec.transports) == 1  # one connection served everything
+    await rec.assert_clean()
+
+
+async def test_concurrent_clients(blob: bytes, big_file: Path) -> None:
+    rec = Recorder()
+    data_sha = sha(big_file.read_bytes())
+    async with serve(make_app(rec, blob, big_file)) as url, aiohttp.ClientSession() as s:
+        results = await asyncio.gather(
+            *(fetch_sha(s, url + ("/file" if i % 2 else "/body")) for i in range(4))
+        )
+    for i, (resp, digest, n) in enumerate(results):
+        assert n == BIG and digest == (data_sha if i % 2 else sha(blob))
+    await rec.assert_clean()
+
+
+# ---------------------------------------------------------------------------------------------
+# run_app
+
+
+RUN_APP_SCRIPT = textwrap.dedent(
+    """
+    import sys, asyncio, uvloop
+    from aiohttp import web
+    from aiozc.web import run_app
+
+    async def hello(request):
+        return web.Response(body=b"z" * 100000)
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    loop = uvloop.new_event_loop() if sys.argv[2] == "uvloop" else asyncio.new_event_loop()
+    run_app(app, host="127.0.0.1", port=int(sys.argv[1]), loop=loop, zc_threshold=16384,
+            print=lambda msg: print(msg, flush=True))
+    print("graceful exit", flush=True)
+    """
+)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_run_app_banner_serves_and_shuts_down(loop_name: str) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_APP_SCRIPT, str(port), loop_name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        assert f"Running on http://127.0.0.1:{port}" in banner, banner + proc.stderr.read()
+
+        async def get() -> bytes:
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/") as r:
+                return await r.read()
+
+        assert asyncio.run(get()) == b"z" * 100000
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "graceful exit" in out
+        assert "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
