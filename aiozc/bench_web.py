@@ -1,0 +1,253 @@
+"""``python -m aiozc bench aiohttp``: stock aiohttp vs :class:`aiozc.web.ZeroCopySite`.
+
+One app, two sites on the same loop (aiohttp's ``TCPSite`` and ``ZeroCopySite``), two workloads:
+a large in-memory ``web.Response(body=bytes)`` and a large ``web.FileResponse``. The clients live
+in a separate process (plain blocking sockets, one thread per connection, ``recv_into`` one reused
+buffer) so they cost the server nothing but the cores they share; the server's CPU time is the
+bench process's own ``process_time`` over the run (executor threads included), measured per case.
+Each case runs ``repeat`` times and the median counts. Ratios are aiozc / stock on the same loop;
+the file ratio is also given against stock aiohttp on asyncio's loop, the one where it uses
+native ``sendfile`` (on uvloop stock aiohttp reads the file in chunks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+
+# The client: stdlib only, so its start-up is quick and it imports nothing of ours.
+CLIENT = r"""
+import json, socket, sys, threading, time
+host, port, path, clients, rounds, expected = sys.argv[1:7]
+port, clients, rounds, expected = int(port), int(clients), int(rounds), int(expected)
+buf = None
+
+def get(sock, view):
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed in headers")
+        head += chunk
+    head, _, body = head.partition(b"\r\n\r\n")
+    length = next(int(l.split(b":")[1]) for l in head.split(b"\r\n")
+                  if l.lower().startswith(b"content-length:"))
+    assert head.startswith(b"HTTP/1.1 200"), head[:40]
+    got = len(body)
+    while got < length:
+        n = sock.recv_into(view)
+        if not n:
+            raise ConnectionError("closed in body")
+        got += n
+    assert got == length == expected, (got, length, expected)
+    return got
+
+def worker(results, i):
+    view = memoryview(bytearray(1 << 20))
+    with socket.create_connection((host, port)) as sock:
+        results[i] = sum(get(sock, view) for _ in range(rounds))
+
+results = [0] * clients
+threads = [threading.Thread(target=worker, args=(results, i)) for i in range(clients)]
+t0 = time.perf_counter(); c0 = time.process_time()
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps({"bytes": sum(results), "seconds": time.perf_counter() - t0,
+                  "client_cpu": time.process_time() - c0}))
+"""
+
+
+@dataclass
+class Case:
+    workload: str  # body | file
+    loop: str  # asyncio | uvloop
+    server: str  # stock | aiozc
+    gbps: float  # GB/s (1e9) delivered to the clients, median over repeats
+    server_cpu_s: float  # server process CPU seconds, median
+    cpu_s_per_gib: float
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.SelectorEventLoop
+
+
+def _make_app(body: bytes, file: Path) -> Any:
+    from aiohttp import web
+
+    async def body_handler(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    async def file_handler(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(file)
+
+    app = web.Application()
+    app.router.add_get("/body", body_handler)
+    app.router.add_get("/file", file_handler)
+    return app
+
+
+async def _run_client(port: int, path: str, clients: int, rounds: int, size: int) -> dict:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT, "127.0.0.1", str(port), path, str(clients), str(rounds),
+        str(size), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench client failed: {err.decode()[-2000:]}")
+    return json.loads(out)
+
+
+async def _measure(port: int, path: str, clients: int, rounds: int, size: int) -> tuple[float, float]:
+    cpu0 = time.process_time()
+    result = await _run_client(port, path, clients, rounds, size)
+    cpu = time.process_time() - cpu0
+    return result["bytes"] / result["seconds"] / 1e9, cpu
+
+
+async def _bench_loop(loop_name: str, opts: argparse.Namespace, body: bytes, file: Path) -> list[Case]:
+    from aiohttp import web
+
+    from aiozc.web import ZeroCopySite
+
+    runner = web.AppRunner(_make_app(body, file), access_log=None)
+    await runner.setup()
+    stock = web.TCPSite(runner, "127.0.0.1", 0)
+    zc = ZeroCopySite(runner, "127.0.0.1", 0)
+    await stock.start()
+    await zc.start()
+    size = len(body)
+    cases: list[Case] = []
+    try:
+        for workload in ("body", "file"):
+            for server, site in (("stock", stock), ("aiozc", zc)):
+                runs = [
+                    await _measure(site.port, "/" + workload, opts.clients, opts.rounds, size)
+                    for _ in range(opts.repeat)
+                ]
+                gbps = statistics.median(r[0] for r in runs)
+                cpu = statistics.median(r[1] for r in runs)
+                total_gib = opts.clients * opts.rounds * size / (1 << 30)
+                cases.append(Case(workload, loop_name, server, gbps, cpu, cpu / total_gib))
+    finally:
+        await runner.cleanup()
+    return cases
+
+
+def _ratios(cases: list[Case]) -> dict[str, float]:
+    by = {(c.workload, c.loop, c.server): c for c in cases}
+    ratios: dict[str, float] = {}
+    for (workload, loop, server), case in by.items():
+        if server != "aiozc":
+            continue
+        ratios[f"{workload}/{loop}"] = case.gbps / by[(workload, loop, "stock")].gbps
+        if workload == "file" and ("file", "asyncio", "stock") in by:
+            ratios[f"file/{loop} vs stock sendfile"] = (
+                case.gbps / by[("file", "asyncio", "stock")].gbps
+            )
+    return ratios
+
+
+def _print_table(cases: list[Case], ratios: dict[str, float], opts: argparse.Namespace) -> None:
+    print(
+        f"aiohttp: {opts.size_mib} MiB responses, {opts.clients} clients x {opts.rounds} requests, "
+        f"median of {opts.repeat} (loopback; client in a separate process)"
+    )
+    print(f"{'workload':<9}{'loop':<9}{'server':<8}{'GB/s':>8}{'server CPU s':>14}{'CPU s/GiB':>11}")
+    for c in cases:
+        print(
+            f"{c.workload:<9}{c.loop:<9}{c.server:<8}{c.gbps:>8.2f}{c.server_cpu_s:>14.3f}"
+            f"{c.cpu_s_per_gib:>11.3f}"
+        )
+    print("ratios (aiozc / stock, throughput):")
+    for name, value in ratios.items():
+        print(f"  {name:<32}{value:>6.2f}x")
+
+
+def _make_inputs(size: int, workdir: Path) -> tuple[bytes, Path]:
+    body = os.urandom(size)
+    file = workdir / "bench-file.bin"
+    file.write_bytes(body[::-1])
+    with open(file, "rb") as f:  # warm the page cache: we measure sending, not the disk
+        while f.read(16 * MiB):
+            pass
+    return body, file
+
+
+def _options(args: Any) -> argparse.Namespace:
+    """Defaults for every knob, so ``run`` takes the CLI's namespace or anything with some."""
+    return argparse.Namespace(
+        size_mib=getattr(args, "size_mib", 256),
+        clients=getattr(args, "clients", 2),
+        rounds=getattr(args, "rounds", 2),
+        repeat=getattr(args, "repeat", 3),
+        loops=getattr(args, "loops", ["asyncio", "uvloop"]),
+    )
+
+
+def run(args: Any) -> dict[str, Any]:
+    """Run the benchmark, print the table, return the numbers (cases, ratios, targets)."""
+    opts = _options(args)
+    with tempfile.TemporaryDirectory(prefix="aiozc-bench-web-") as tmp:
+        body, file = _make_inputs(opts.size_mib * MiB, Path(tmp))
+        cases: list[Case] = []
+        for loop_name in opts.loops:
+            with asyncio.Runner(loop_factory=_loop_factory(loop_name)) as runner:
+                cases += runner.run(_bench_loop(loop_name, opts, body, file))
+    ratios = _ratios(cases)
+    _print_table(cases, ratios, opts)
+    targets = {
+        "body >= 1.0x stock": all(v >= 1.0 for k, v in ratios.items() if k.startswith("body/")),
+        "file >= 0.95x stock sendfile": all(
+            v >= 0.95 for k, v in ratios.items() if k.endswith("vs stock sendfile")
+        ),
+    }
+    for name, ok in targets.items():
+        print(f"target {name}: {'met' if ok else 'MISSED'}")
+    return {
+        "options": vars(opts),
+        "cases": [asdict(c) for c in cases],
+        "ratios": ratios,
+        "targets": targets,
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The knobs, for whoever wires the CLI (``python -m aiozc bench aiohttp``)."""
+    parser.add_argument("--size-mib", type=int, default=256, help="response size (MiB)")
+    parser.add_argument("--clients", type=int, default=2, help="concurrent connections")
+    parser.add_argument("--rounds", type=int, default=2, help="requests per connection")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case (median counts)")
+    parser.add_argument("--loops", nargs="+", default=["asyncio", "uvloop"],
+                        choices=["asyncio", "uvloop"])
+    parser.add_argument("--json", action="store_true", help="also print the result as JSON")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m aiozc.bench_web", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
