@@ -51,7 +51,9 @@ __all__ = [
     "NamespaceCallError",
     "SinkNamespace",
     "VethPair",
+    "list_namespaces",
     "netns_available",
+    "reap_stale_namespaces",
     "OPTMEM_ONE_PENDING_NOTIFICATION",
     "OPTMEM_NO_ZEROCOPY",
 ]
@@ -60,13 +62,16 @@ T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 
-# Measured on kernel 6.18 (x86_64): one MSG_ZEROCOPY notification skb costs between 513 and 576
-# bytes of option memory and stays charged while it sits undrained on the error queue
-# (contiguous completions coalesce into that one skb). With optmem_max = 768 the first zero-copy
-# send succeeds and every later one fails with ENOBUFS until the error queue is drained; with 4096
-# nothing fails because the queue never holds more than one coalesced skb. With 0 every
-# MSG_ZEROCOPY send fails with ENOBUFS. Plain sends are unaffected either way.
-OPTMEM_ONE_PENDING_NOTIFICATION = 768
+# Measured on kernel 6.18 (x86_64), UDP into the ifb sink. Option memory is checked before each
+# MSG_ZEROCOPY send; a zero-copy send needs optmem_max >= 576 (one notification skb), and while
+# one notification sits undrained on the error queue the next send needs optmem_max >= ~1408.
+# Contiguous completions coalesce into the queued skb, so the queue never grows: with 4096 (or
+# anything >= ~1408) no send ever fails. Hence:
+# - 1024 (middle of 576..1407): the first MSG_ZEROCOPY send of a socket succeeds, every later
+#   one fails with ENOBUFS until the error queue is drained; deterministic.
+# - 0: every MSG_ZEROCOPY send fails with ENOBUFS.
+# ENOBUFS sends consume no id; plain (copying) sends are unaffected either way.
+OPTMEM_ONE_PENDING_NOTIFICATION = 1024
 OPTMEM_NO_ZEROCOPY = 0
 
 _CMD_TIMEOUT = 30.0
@@ -159,6 +164,26 @@ def _cleanup_at_exit() -> None:
             ns.close()
         except Exception:  # noqa: BLE001 - best effort at interpreter exit
             pass
+
+
+def reap_stale_namespaces(prefixes: Sequence[str] = ("aiozc-sink", "aiozc-veth", "aiozc-probe")
+                          ) -> list[str]:
+    """Delete rig namespaces left behind by processes that died without cleanup (SIGKILL).
+
+    A name ``PREFIX-PID-N...`` is deleted only when no process PID exists. Not called
+    automatically: a process in another PID namespace sharing /run/netns would look dead.
+    Returns the names deleted.
+    """
+    gone = []
+    for name in list_namespaces():
+        for prefix in prefixes:
+            rest = name[len(prefix) + 1:] if name.startswith(prefix + "-") else ""
+            pid = rest.split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+                if _ip("netns", "del", name, check=False).returncode == 0:
+                    gone.append(name)
+                break
+    return gone
 
 
 # --------------------------------------------------------------------------------------------

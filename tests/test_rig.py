@@ -90,6 +90,55 @@ def test_netns_available_gives_none_or_reason() -> None:
     assert reason is None or (isinstance(reason, str) and reason)
 
 
+def test_netns_unavailable_reason_when_not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiozc._netns as netns
+
+    netns_available.cache_clear()
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    try:
+        reason = netns_available()
+    finally:
+        monkeypatch.undo()
+        netns_available.cache_clear()
+    assert reason is not None and "root" in reason
+
+
+def test_enter_in_forked_child(sink_ns: SinkNamespace) -> None:
+    """``enter()`` switches a forked single-threaded child; the parent stays where it was."""
+    host = os.readlink("/proc/thread-self/ns/net")
+    target = sink_ns.call(whoami_netns)["netns"]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        try:
+            sink_ns.enter()
+            os.write(w, os.readlink("/proc/thread-self/ns/net").encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        child_ns = f.read()
+    os.waitpid(pid, 0)
+    assert child_ns == target != host
+    assert os.readlink("/proc/thread-self/ns/net") == host
+
+
+def test_reap_stale_namespaces_only_touches_dead_pids() -> None:
+    require_netns()
+    from aiozc._netns import _ip, reap_stale_namespaces
+
+    dead = 4194304  # above pid_max's hard limit (2**22): never a live pid
+    stale = f"aiozc-sink-{dead}-0"
+    _ip("netns", "add", stale)
+    try:
+        with SinkNamespace() as ns:
+            assert stale in reap_stale_namespaces()
+            assert ns.name in list_namespaces()
+    finally:
+        _ip("netns", "del", stale, check=False)
+    assert stale not in list_namespaces()
+
+
 def test_sink_namespace_shape(sink_ns: SinkNamespace) -> None:
     assert sink_ns.name.startswith(f"aiozc-sink-{os.getpid()}-")
     assert sink_ns.name in list_namespaces()
