@@ -1,0 +1,421 @@
+"""What TCP and UDP zero-copy transports share: completions, policy, readiness, close.
+
+A transport turns the sans-I/O pieces into behaviour: it hands chunks to its engine, feeds the
+:class:`~aiozc.completions.CompletionTracker` with "send call N moved n bytes of write W" and
+"ids lo..hi done", resolves the futures the tracker names, and keeps the caller's buffers alive
+until then. The stream and datagram transports only add how data is queued and read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from dataclasses import dataclass, fields
+from typing import Any
+
+from . import _kernel
+from .completions import Completion, CompletionTracker, WriteHandle, range_length
+from .engines import Engine, get_engine
+from .policy import PolicyOptions, ZeroCopyPolicy, ZeroCopyState
+from .readiness import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Multiplexer
+from .stats import TransportStats
+
+logger = logging.getLogger("aiozc")
+
+_ERRQUEUE_BATCH = 64
+
+
+class TransportClosedError(ConnectionError):
+    """write_zc()/sendto_zc() on a transport that is closing or closed."""
+
+
+@dataclass
+class TransportOptions:
+    """Keyword options of every aiozc transport, with their defaults (see README)."""
+
+    zc_threshold: int = PolicyOptions.threshold
+    fallback_after: int = PolicyOptions.fallback_after
+    reprobe_bytes: int = PolicyOptions.reprobe_bytes
+    # close() keeps the fd open until the kernel released every pinned buffer, at most this long.
+    close_timeout: float = 30.0
+    # Above this many pinned bytes further zero-copy-eligible data is sent by copy instead.
+    max_pinned_bytes: int = 64 * 1024 * 1024
+    # Drain the error queue after this many zero-copy sends even without EPOLLERR having been
+    # dispatched yet; draining after every send would defeat the kernel's range merging.
+    errqueue_drain_every: int = 32
+    engine: str = "auto"
+    read_size: int = 256 * 1024
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> TransportOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = set(kwargs) - known
+        if unknown:
+            raise TypeError(f"unexpected aiozc transport option(s): {', '.join(sorted(unknown))}")
+        opts = cls(**kwargs)
+        if opts.close_timeout < 0 or opts.max_pinned_bytes < 0 or opts.read_size < 1:
+            raise ValueError("close_timeout and max_pinned_bytes must be >= 0, read_size >= 1")
+        return opts
+
+    def policy_options(self) -> PolicyOptions:
+        return PolicyOptions(self.zc_threshold, self.fallback_after, self.reprobe_bytes)
+
+
+class _Held:
+    """What a pending write keeps alive until the kernel is done with it."""
+
+    __slots__ = ("future", "view")
+
+    def __init__(self, future: asyncio.Future[Completion] | None, view: memoryview) -> None:
+        self.future = future
+        self.view = view
+
+
+def byte_view(buf: Any) -> memoryview:
+    """A flat unsigned-byte view of any C-contiguous buffer (numpy arrays, mmap, bytes...)."""
+    try:
+        view = memoryview(buf)
+    except TypeError:
+        raise TypeError(f"expected a bytes-like object, got {type(buf).__name__}") from None
+    if not view.c_contiguous:
+        view.release()
+        raise ValueError("zero-copy send needs a C-contiguous buffer; pass a contiguous copy")
+    if view.format != "B" or view.ndim != 1:
+        # Slicing a multi-dimensional or typed view would slice elements/rows, not bytes.
+        flat = view.cast("B")
+        view.release()
+        return flat
+    return view
+
+
+class ZeroCopyTransportBase:
+    """Shared machinery; subclasses implement ``_read_ready`` and ``_write_ready``."""
+
+    _sock: socket.socket | None
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        options: TransportOptions,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._options = options
+        self._extra: dict[str, Any] = dict(extra or {})
+        self._engine: Engine = get_engine(options.engine)
+        self._policy = ZeroCopyPolicy(options.policy_options())
+        self._tracker: CompletionTracker[_Held] = CompletionTracker()
+        self.stats = TransportStats(engine=self._engine.name)
+        # MSG_ERRQUEUE on AF_UNIX returns application data: only read it where it means errors.
+        self._errqueue_ok = _kernel.is_zerocopy_capable(sock) is None
+        reason = self._engine.prepare(sock)
+        if reason is not None:
+            self._policy.disable(reason)
+        self._sync_state()
+        self._closing = False
+        self._conn_lost = False
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._zc_since_drain = 0
+        self._mux = Multiplexer.for_loop(loop)
+        self._mux.register(self._fd, self, self._mask())
+        self._extra.setdefault("socket", sock)
+        self._extra.setdefault("sockname", _safe_name(sock.getsockname))
+        self._extra.setdefault("peername", _safe_name(sock.getpeername))
+
+    # -- asyncio.BaseTransport -------------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "aiozc_stats":
+            return self.stats
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def abort(self) -> None:
+        self._force_close(ConnectionAbortedError("transport aborted"))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else "closing" if self._closing else "open"
+        return f"<{type(self).__name__} fd={self._fd} {state} {self.stats.state}>"
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def _mask(self) -> int:
+        """Which events to watch; subclasses override with their read/write interest."""
+        return Multiplexer.mask(read=False, write=False)
+
+    def _update_mask(self) -> None:
+        if self._sock is not None:
+            self._mux.modify(self._fd, self._mask())
+
+    def on_readiness(self, events: int) -> None:
+        if events & EPOLLERR:
+            self._on_error_event()
+        if self._sock is not None and events & (EPOLLIN | EPOLLHUP):
+            self._read_ready(events)
+        if self._sock is not None and events & EPOLLOUT:
+            self._write_ready()
+
+    def _read_ready(self, events: int) -> None:
+        raise NotImplementedError
+
+    def _write_ready(self) -> None:
+        raise NotImplementedError
+
+    def _on_error_event(self) -> None:
+        if self._drain_errqueue() or self._sock is None:
+            return
+        # EPOLLERR with an empty error queue is a real socket error: read (and clear) it.
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._fatal_error(_oserror(err))
+
+    # -- completions -----------------------------------------------------------------------
+
+    def _drain_errqueue(self) -> int:
+        """Read everything on the error queue; returns how many messages were handled."""
+        if self._sock is None or not self._errqueue_ok:
+            return 0
+        self._zc_since_drain = 0
+        try:
+            messages = _kernel.read_errqueue(self._sock, _ERRQUEUE_BATCH)
+        except _kernel.ErrQueueTruncated as exc:
+            self._fatal_error(exc)
+            return 0
+        self.stats.errqueue_reads += len(messages) + (len(messages) < _ERRQUEUE_BATCH)
+        for message in messages:
+            if isinstance(message, _kernel.ZeroCopyRange):
+                self.on_zerocopy_range(message.lo, message.hi, message.copied)
+            else:
+                self.stats.socket_errors += 1
+                self._on_socket_error_message(message)
+        return len(messages)
+
+    def _on_socket_error_message(self, message: _kernel.SocketError) -> None:
+        """An ICMP or local error from the error queue; datagram transports report it."""
+
+    def on_zerocopy_range(self, lo: int, hi: int, copied: bool) -> None:
+        """Ids ``lo..hi`` (u32, inclusive) are done; called by error-queue and io_uring engines."""
+        ids = range_length(lo, hi)
+        self.stats.notifications += 1
+        if copied:
+            self.stats.ids_copied += ids
+        else:
+            self.stats.ids_zerocopy += ids
+        self._policy.on_completed(ids, copied=copied)
+        self._sync_state()
+        self._resolve(self._tracker.on_range(lo, hi, copied))
+        self._after_completions()
+
+    def _after_completions(self) -> None:
+        """Pinned bytes went down: resume writers, finish a pending close."""
+        if self._closing and self._tracker.outstanding_ids == 0 and self._flushed():
+            self._call_connection_lost(None)
+
+    def _resolve(self, done: list[tuple[_Held, Completion]]) -> None:
+        for held, completion in done:
+            if completion.zerocopy:
+                self.stats.zc_writes += 1
+            else:
+                self.stats.copy_writes += 1
+            held.view.release()
+            future = held.future
+            if future is not None and not future.done():
+                future.set_result(completion)
+        self.stats.pinned_bytes = self._tracker.pinned_bytes
+
+    def _sync_state(self) -> None:
+        self.stats.state = self._policy.state.value
+        self.stats.reason = self._policy.reason
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _open_write(self, view: memoryview, future: asyncio.Future[Completion] | None) -> WriteHandle:
+        return self._tracker.open_write(_Held(future, view), len(view))
+
+    def _wants_zerocopy(self, nbytes: int) -> bool:
+        if self._tracker.pinned_bytes >= self._options.max_pinned_bytes:
+            return False
+        return self._policy.wants_zerocopy(nbytes)
+
+    def _send_chunk(self, write: WriteHandle | None, chunk: memoryview, address: Any = None) -> int:
+        """One send call of (part of) ``write``; the only path data takes to the kernel.
+
+        ``write`` is None for data the transport copied itself: it is never sent zero-copy and
+        has no completion to track.
+
+        Returns bytes accepted. Raises BlockingIOError when the socket is full and OSError on
+        failure. ENOBUFS on a zero-copy send is retried at once by copy, so no byte waits for a
+        notification that may never come.
+        """
+        assert self._sock is not None
+        zerocopy = write is not None and self._wants_zerocopy(len(chunk))
+        if zerocopy:
+            try:
+                sent = self._engine.send(self._sock, chunk, zerocopy=True, address=address)
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self._on_enobufs()
+                zerocopy = False
+        if not zerocopy:
+            sent = self._engine.send(self._sock, chunk, zerocopy=False, address=address)
+        self._account_send(write, sent, zerocopy)
+        return sent
+
+    def _on_enobufs(self) -> None:
+        self.stats.enobufs += 1
+        # Reading the queue frees the notification skbs charged to optmem before the retry.
+        self._drain_errqueue()
+        self._policy.on_enobufs(outstanding_ids=self._tracker.outstanding_ids)
+        self._sync_state()
+
+    def _account_send(self, write: WriteHandle | None, sent: int, zerocopy: bool) -> None:
+        if sent <= 0:
+            return
+        if write is not None:
+            self._tracker.on_sent(write, sent, zerocopy=zerocopy)
+        self._policy.on_sent(sent, zerocopy=zerocopy)
+        if zerocopy:
+            self.stats.zc_sends += 1
+            self.stats.zc_bytes += sent
+            pinned = self._tracker.pinned_bytes
+            self.stats.pinned_bytes = pinned
+            if pinned > self.stats.peak_pinned_bytes:
+                self.stats.peak_pinned_bytes = pinned
+            self._zc_since_drain += 1
+        else:
+            self.stats.copy_sends += 1
+            self.stats.copy_bytes += sent
+
+    def _close_write(self, write: WriteHandle) -> None:
+        self._resolve(self._tracker.close_write(write))
+        if self._zc_since_drain >= self._options.errqueue_drain_every:
+            self._drain_errqueue()
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def _flushed(self) -> bool:
+        """Nothing is queued for sending any more."""
+        raise NotImplementedError
+
+    def _start_close(self) -> None:
+        """Queue is flushed: wait for outstanding completions, bounded by close_timeout."""
+        if self._tracker.outstanding_ids == 0:
+            self._call_connection_lost(None)
+            return
+        self._update_mask()
+        if self._close_timer is None:
+            self._close_timer = self._loop.call_later(
+                self._options.close_timeout, self._close_deadline_passed
+            )
+
+    def _close_deadline_passed(self) -> None:
+        self._close_timer = None
+        if self._conn_lost:
+            return
+        pending = self._tracker.outstanding_ids
+        logger.warning(
+            "%r: closing with %d zero-copy send(s) never reported complete after %.1fs; "
+            "their buffers are released now",
+            self,
+            pending,
+            self._options.close_timeout,
+        )
+        self._call_connection_lost(
+            None, TimeoutError(f"kernel did not release the buffer within {self._options.close_timeout}s")
+        )
+
+    def _fatal_error(self, exc: BaseException) -> None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE):
+            logger.debug("%r: %s", self, exc)
+        elif not isinstance(exc, (ConnectionError, TimeoutError)):
+            self._loop.call_exception_handler(
+                {"message": "aiozc transport error", "exception": exc, "transport": self}
+            )
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._conn_lost:
+            return
+        self._closing = True
+        self._discard_queue()
+        self._call_connection_lost(exc, exc)
+
+    def _discard_queue(self) -> None:
+        """Drop data not yet handed to the kernel (abort, fatal error)."""
+
+    def _call_connection_lost(
+        self, exc: BaseException | None, pending_error: BaseException | None = None
+    ) -> None:
+        if self._conn_lost:
+            return
+        self._conn_lost = True
+        self._closing = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self._fail_pending(pending_error)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self._mux.unregister(self._fd)
+            sock.close()
+        self._loop.call_soon(self._notify_connection_lost, exc)
+
+    def _fail_pending(self, exc: BaseException | None) -> None:
+        error = exc or ConnectionAbortedError("transport closed before the write completed")
+        if not isinstance(error, Exception):
+            error = ConnectionAbortedError(str(error))
+        for held in self._tracker.abandon():
+            held.view.release()
+            if held.future is not None and not held.future.done():
+                held.future.set_exception(error)
+        self.stats.pinned_bytes = 0
+
+    def _notify_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc if isinstance(exc, Exception) else None)
+        finally:
+            self._protocol = None  # type: ignore[assignment]
+
+    # -- helpers for subclasses ------------------------------------------------------------
+
+    def _new_future(self) -> asyncio.Future[Completion]:
+        return self._loop.create_future()
+
+    def _done_future(self, completion: Completion) -> asyncio.Future[Completion]:
+        future = self._loop.create_future()
+        future.set_result(completion)
+        return future
+
+    def _check_writable(self, what: str) -> None:
+        if self._closing or self._sock is None:
+            raise TransportClosedError(f"{what}() on a closing or closed transport")
+
+
+def _oserror(err: int) -> OSError:
+    import os
+
+    cls = {errno.ECONNRESET: ConnectionResetError, errno.EPIPE: BrokenPipeError}.get(err, OSError)
+    return cls(err, os.strerror(err))
+
+
+def _safe_name(getter: Any) -> Any:
+    try:
+        return getter()
+    except OSError:
+        return None

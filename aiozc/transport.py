@@ -1,0 +1,380 @@
+"""The zero-copy TCP transport: asyncio.Transport plus ``write_zc(buf) -> Future[Completion]``.
+
+Ordering: every byte given to write(), writelines() and write_zc() leaves in call order through
+one queue. Each queue entry is either a *held* buffer (write_zc, or an immutable ``bytes`` from
+write() at or above the threshold) that may be sent zero-copy and stays referenced until the
+kernel releases it, or a *copy* buffer of our own (what asyncio's contract lets the caller mutate
+after write() returns), which is only ever sent by plain copying sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import struct
+from typing import Any, Iterable
+
+from .base import TransportOptions, ZeroCopyTransportBase, byte_view, logger
+from .completions import Completion, WriteHandle
+from .policy import ZeroCopyState
+from .readiness import EPOLLHUP, Multiplexer
+
+_DEFAULT_HIGH_WATER = 64 * 1024
+
+
+class _Segment:
+    """One queue entry. ``write`` is None for our own copy buffers (a bytearray we may extend)."""
+
+    __slots__ = ("data", "offset", "write")
+
+    def __init__(self, data: memoryview | bytearray, write: WriteHandle | None) -> None:
+        self.data = data
+        self.offset = 0
+        self.write = write
+
+    def remaining(self) -> int:
+        return len(self.data) - self.offset
+
+
+class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
+    """TCP transport over MSG_ZEROCOPY (or another engine); see the module docstring."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        options: TransportOptions | None = None,
+        *,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> None:
+        self._queue: collections.deque[_Segment] = collections.deque()
+        self._queued = 0
+        self._reading = False
+        self._eof_received = False
+        self._hup = False
+        self._eof = False
+        self._protocol_paused = False
+        self._high_water = _DEFAULT_HIGH_WATER
+        self._low_water = _DEFAULT_HIGH_WATER // 4
+        self._lost_writes = 0
+        self._server = server
+        asyncio.Transport.__init__(self, extra)
+        ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options or TransportOptions(), extra)
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        if server is not None:
+            server._attach(self)
+        loop.call_soon(self._connection_made, waiter)
+
+    def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
+        if self._sock is None:
+            return
+        self._protocol.connection_made(self)
+        if not self._closing:
+            self._reading = True
+            self._update_mask()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def _mask(self) -> int:
+        read = self._reading and not self._eof_received and not self._closing
+        write = bool(self._queue)
+        # A hung-up socket stays readable/EPOLLHUP forever; edge-triggered while we are not
+        # reading keeps that from spinning the loop while completions can still arrive.
+        edge = self._closing or (self._hup and not read)
+        return Multiplexer.mask(read=read, write=write, edge=edge)
+
+    def _read_ready(self, events: int) -> None:
+        if not self._reading or self._eof_received or self._closing:
+            if events & EPOLLHUP and not self._hup:
+                self._hup = True
+                self._update_mask()
+            return
+        assert self._sock is not None
+        try:
+            if self._buffered:
+                nbytes = self._recv_into_protocol()
+            else:
+                data = self._sock.recv(self._options.read_size)
+                nbytes = len(data)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal_error(exc)
+            return
+        if nbytes == 0:
+            self._on_eof()
+        elif self._buffered:
+            self._protocol.buffer_updated(nbytes)  # type: ignore[attr-defined]
+        else:
+            self._protocol.data_received(data)  # type: ignore[attr-defined]
+
+    def _recv_into_protocol(self) -> int:
+        assert self._sock is not None
+        buf = self._protocol.get_buffer(-1)  # type: ignore[attr-defined]
+        if not len(buf):
+            raise RuntimeError("get_buffer() returned an empty buffer")
+        return self._sock.recv_into(buf)
+
+    def _on_eof(self) -> None:
+        self._eof_received = True
+        self._update_mask()
+        keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        if not keep_open:
+            self.close()
+
+    def _write_ready(self) -> None:
+        self._flush()
+
+    # -- reading control -------------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    def pause_reading(self) -> None:
+        # Completions keep flowing: EPOLLERR is reported whatever the mask says.
+        self._reading = False
+        self._update_mask()
+
+    def resume_reading(self) -> None:
+        if self._closing:
+            return
+        self._reading = True
+        self._update_mask()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._closing or self._sock is None:
+            self._lost_writes += 1
+            if self._lost_writes == 5:
+                logger.warning("%r: write() on a closing or closed transport", self)
+            return
+        if not data:
+            return
+        # An exact bytes object cannot change under us, so holding a reference is as good as
+        # a copy: it may go zero-copy. Anything mutable must be copied if it has to wait.
+        if type(data) is bytes and len(data) >= self._options.zc_threshold and self._zc_possible():
+            self._enqueue_held(byte_view(data), None)
+        else:
+            self._enqueue_copy(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def write_zc(self, buf: Any) -> asyncio.Future[Completion]:
+        """Send ``buf`` without copying it where the kernel allows.
+
+        ``buf`` is any C-contiguous buffer; it stays referenced (a ``bytearray`` cannot be
+        resized) until the returned future resolves, after which it may be reused or mutated.
+        The future's :class:`Completion` says how many bytes and whether the kernel really sent
+        them from ``buf`` (``zerocopy``) or copied them.
+        """
+        self._check_writable("write_zc")
+        if self._eof:
+            raise RuntimeError("Cannot call write_zc() after write_eof()")
+        view = byte_view(buf)
+        if not len(view):
+            view.release()
+            return self._done_future(Completion(0, False))
+        future = self._new_future()
+        self._enqueue_held(view, future)
+        return future
+
+    def _zc_possible(self) -> bool:
+        return self._policy.state is not ZeroCopyState.DISABLED
+
+    def _enqueue_held(self, view: memoryview, future: asyncio.Future[Completion] | None) -> None:
+        self._queue.append(_Segment(view, self._open_write(view, future)))
+        self._queued += len(view)
+        if len(self._queue) == 1:
+            self._flush()
+        self._maybe_pause_protocol()
+
+    def _enqueue_copy(self, data: bytes | bytearray | memoryview) -> None:
+        view = byte_view(data) if isinstance(data, memoryview) else memoryview(data)
+        with view:
+            sent = 0
+            if not self._queue:
+                sent = self._try_send_now(view)
+                if sent < 0:
+                    return
+            if sent == len(view):
+                return
+            self._append_copy(view[sent:])
+        self._update_mask()
+        self._maybe_pause_protocol()
+
+    def _try_send_now(self, view: memoryview) -> int:
+        """Send mutable data at once (no queue ahead of it); -1 after a fatal error."""
+        try:
+            return self._send_chunk(None, view)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self._fatal_error(exc)
+            return -1
+
+    def _append_copy(self, view: memoryview) -> None:
+        tail = self._queue[-1] if self._queue else None
+        if tail is not None and tail.write is None and isinstance(tail.data, bytearray):
+            tail.data += view
+        else:
+            self._queue.append(_Segment(bytearray(view), None))
+        self._queued += len(view)
+
+    def _flush(self) -> None:
+        try:
+            while self._queue and self._send_head():
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._fatal_error(exc)
+            return
+        self._after_flush()
+
+    def _send_head(self) -> bool:
+        """Send from the head segment; True if it was sent whole (try the next one)."""
+        seg = self._queue[0]
+        if seg.write is None:
+            data = seg.data
+            assert isinstance(data, bytearray)
+            with memoryview(data) as view:
+                sent = self._send_chunk(None, view)
+            del data[:sent]
+            done = not data
+        else:
+            sent = self._send_chunk(seg.write, seg.data[seg.offset :])
+            seg.offset += sent
+            done = seg.offset == len(seg.data)
+        self._queued -= sent
+        if not done:
+            return False
+        self._queue.popleft()
+        if seg.write is not None:
+            self._close_write(seg.write)
+        return True
+
+    def _after_flush(self) -> None:
+        if self._sock is None:
+            return
+        if not self._queue:
+            if self._eof:
+                self._shutdown_write()
+            if self._closing:
+                self._start_close()
+                return
+        self._update_mask()
+        self._maybe_resume_protocol()
+
+    def _shutdown_write(self) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fatal_error(exc)
+
+    def _flushed(self) -> bool:
+        return not self._queue
+
+    def _discard_queue(self) -> None:
+        self._queue.clear()
+        self._queued = 0
+
+    def _after_completions(self) -> None:
+        super()._after_completions()
+        if not self._conn_lost:
+            self._maybe_resume_protocol()
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued plus bytes sent zero-copy whose pages the kernel still holds."""
+        return self._queued + self._tracker.pinned_bytes
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = _DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water, self._low_water = high, low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._protocol_paused or self._conn_lost:
+            return
+        if self.get_write_buffer_size() <= self._high_water:
+            return
+        self._protocol_paused = True
+        self._call_protocol("pause_writing")
+
+    def _maybe_resume_protocol(self) -> None:
+        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
+            self._protocol_paused = False
+            self._call_protocol("resume_writing")
+
+    def _call_protocol(self, name: str) -> None:
+        try:
+            getattr(self._protocol, name)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {"message": f"protocol.{name}() failed", "exception": exc, "transport": self}
+            )
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if not self._queue:
+            self._shutdown_write()
+
+    def close(self) -> None:
+        """Flush queued data, wait until the kernel released every pinned buffer (at most
+        ``close_timeout`` seconds), then close the socket and call connection_lost."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._queue:
+            self._update_mask()
+        else:
+            self._start_close()
+
+    def abort(self) -> None:
+        """Close at once with RST; pending write futures fail with ConnectionAbortedError."""
+        if self._sock is not None and self._sock.type == socket.SOCK_STREAM:
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        super().abort()
+
+    def _notify_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            super()._notify_connection_lost(exc)
+        finally:
+            if self._server is not None:
+                self._server._detach(self)
+                self._server = None
