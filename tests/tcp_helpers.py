@@ -1,0 +1,93 @@
+"""A zero-copy client transport connected to a plain peer socket the test drives by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiozc
+
+
+class RecordingProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.received = bytearray()
+        self.events: list[str] = []
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self.eof = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.events.append("made")
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+    def eof_received(self) -> bool:
+        self.eof.set()
+        return True
+
+    def pause_writing(self) -> None:
+        self.events.append("pause")
+
+    def resume_writing(self) -> None:
+        self.events.append("resume")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.events.append("lost")
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+@dataclass
+class Pair:
+    transport: aiozc.ZeroCopyTransport
+    protocol: RecordingProtocol
+    peer: socket.socket
+    received: bytearray = field(default_factory=bytearray)
+
+    async def read_all(self, nbytes: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        while len(self.received) < nbytes:
+            chunk = await loop.sock_recv(self.peer, 1 << 20)
+            if not chunk:
+                break
+            self.received += chunk
+        return bytes(self.received)
+
+    async def read_until_eof(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        while True:
+            chunk = await loop.sock_recv(self.peer, 1 << 20)
+            if not chunk:
+                return bytes(self.received)
+            self.received += chunk
+
+    def close(self) -> None:
+        self.transport.abort()
+        self.peer.close()
+
+
+async def connect_pair(protocol_cls: type = RecordingProtocol, **options: Any) -> Pair:
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    try:
+        accept = asyncio.ensure_future(loop.sock_accept(listener))
+        transport, protocol = await aiozc.create_connection(
+            protocol_cls, *listener.getsockname(), **options
+        )
+        peer, _ = await accept
+    finally:
+        listener.close()
+    peer.setblocking(False)
+    return Pair(transport, protocol, peer)  # type: ignore[arg-type]
+
+
+def sha(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
