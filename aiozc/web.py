@@ -28,6 +28,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
+from dataclasses import fields
 from typing import Any, Optional, Union
 
 from aiohttp import web
@@ -120,11 +121,8 @@ class ZeroCopyStreamWriter(StreamWriter):
             # Small, or not ours: joining is what aiohttp does and is safe everywhere.
             transport.write(b"".join(chunks))
             return
-        if any(_immutable_view_of_bytes(c) and c.nbytes != len(c.obj) for c in chunks):
-            for chunk in chunks:  # keep slices of bytes on the zero-copy path
-                _send_chunk(transport, chunk)
-            return
-        transport.writelines(chunks)
+        for chunk in chunks:  # in order, each one on its own zero-copy or copy path
+            _send_chunk(transport, chunk)
 
 
 def _wrap_request_factory(factory: Callable[..., web.BaseRequest]) -> Callable[..., web.BaseRequest]:
@@ -377,10 +375,15 @@ class ZeroCopySite(web.BaseSite):
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
 
+def _is_transport_option(name: str) -> bool:
+    return name.startswith("zc_") or name in {f.name for f in fields(aiozc.TransportOptions)}
+
+
 def _split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``zc_*`` keywords configure the transport; the rest go to ``AppRunner`` like in aiohttp."""
-    transport = {k: v for k, v in kwargs.items() if k.startswith("zc_")}
-    runner = {k: v for k, v in kwargs.items() if not k.startswith("zc_")}
+    """Transport options (``aiozc.TransportOptions`` fields) go to the transport; the rest go to
+    ``AppRunner``, as in aiohttp's run_app."""
+    transport = {k: v for k, v in kwargs.items() if _is_transport_option(k)}
+    runner = {k: v for k, v in kwargs.items() if not _is_transport_option(k)}
     return transport, runner
 
 
@@ -477,8 +480,9 @@ def run_app(
 ) -> None:
     """``aiohttp.web.run_app`` on aiozc transports; same keywords, same graceful shutdown.
 
-    Transport options come as ``transport_options={...}`` or as ``zc_*`` keywords (for example
-    ``zc_threshold=65536``). Pass ``loop=uvloop.new_event_loop()`` to run on uvloop.
+    Transport options (``aiozc.TransportOptions``: ``zc_threshold``, ``max_pinned_bytes``, ...)
+    come as keywords or as ``transport_options={...}``; every other extra keyword goes to
+    ``AppRunner`` as in aiohttp. Pass ``loop=uvloop.new_event_loop()`` to run on uvloop.
     """
     zc_kwargs, runner_kwargs = _split_options(kwargs)
     options = {**(transport_options or {}), **zc_kwargs}

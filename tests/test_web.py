@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+import aiozc
 import aiozc.web as zweb
 
 MiB = 1 << 20
@@ -503,3 +504,92 @@ def test_run_app_banner_serves_and_shuts_down(loop_name: str) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# the transport's sendfile (patches/web-sendfile.diff); skipped until the transport has it
+
+needs_sendfile = pytest.mark.skipif(
+    not hasattr(aiozc.ZeroCopyTransport, "sendfile"), reason="transport has no sendfile yet"
+)
+
+
+@asynccontextmanager
+async def raw_server(run: Callable[[asyncio.Transport], Any]) -> AsyncIterator[int]:
+    """An aiozc server whose connections are driven by ``run(transport)``."""
+    tasks: list[asyncio.Task[Any]] = []
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            tasks.append(asyncio.ensure_future(run(transport)))  # type: ignore[arg-type]
+
+    server = await aiozc.create_server(Proto, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+        await asyncio.gather(*tasks)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_all(port: int, delay: float = 0.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await asyncio.sleep(delay)
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+@needs_sendfile
+async def test_transport_sendfile_in_order_with_writes(blob: bytes, big_file: Path) -> None:
+    file_bytes = big_file.read_bytes()
+    head = blob[: 8 * MiB]  # exact bytes, held and still queued when sendfile is called
+    sent: list[int] = []
+
+    async def run(transport: Any) -> None:
+        transport.write(head)
+        with open(big_file, "rb") as f:
+            sent.append(await transport.sendfile(f, 1000, 5 * MiB))
+            sent.append(await transport.sendfile(f, BIG - 10, 100))  # runs past EOF: clipped
+        transport.write(bytearray(b"tail"))
+        transport.close()
+
+    async with raw_server(run) as port:
+        data = await read_all(port)
+    assert sent == [5 * MiB, 10]
+    assert data == head + file_bytes[1000 : 1000 + 5 * MiB] + file_bytes[-10:] + b"tail"
+
+
+@needs_sendfile
+async def test_transport_sendfile_cancelled_before_start_sends_nothing(
+    blob: bytes, big_file: Path
+) -> None:
+    async def run(transport: Any) -> None:
+        transport.write(blob)  # 64 MiB: the peer is not reading yet, so this stays queued
+        with open(big_file, "rb") as f:
+            task = asyncio.ensure_future(transport.sendfile(f))
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        transport.write(b"tail")  # the file was closed: nothing of it may go out any more
+        transport.close()
+
+    async with raw_server(run) as port:
+        data = await read_all(port, delay=0.2)
+    assert data == blob + b"tail"
+
+
+@needs_sendfile
+async def test_transport_sendfile_rejects_non_files() -> None:
+    import io
+
+    async def run(transport: Any) -> None:
+        with pytest.raises(NotImplementedError):
+            await transport.sendfile(io.BytesIO(b"abc"))
+        transport.write(b"ok")
+        transport.close()
+
+    async with raw_server(run) as port:
+        assert await read_all(port) == b"ok"
