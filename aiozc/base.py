@@ -230,6 +230,7 @@ class ZeroCopyTransportBase:
         for held, completion in done:
             if completion.zerocopy:
                 self.stats.zc_writes += 1
+                self.stats.zc_write_bytes += completion.nbytes
             else:
                 self.stats.copy_writes += 1
             held.view.release()

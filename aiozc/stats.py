@@ -16,6 +16,7 @@ class TransportStats:
     copy_sends: int = 0  # send calls without MSG_ZEROCOPY
     copy_bytes: int = 0
     zc_writes: int = 0  # writes resolved with Completion.zerocopy True
+    zc_write_bytes: int = 0  # bytes of those writes: sent from the caller's pages, never copied
     copy_writes: int = 0  # writes resolved with zerocopy False (copied by us or by the kernel)
     notifications: int = 0  # completion ranges received from the kernel
     ids_zerocopy: int = 0  # send calls the kernel reported as sent from our pages

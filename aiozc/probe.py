@@ -1,0 +1,95 @@
+"""``python -m aiozc probe``: what this machine offers for zero-copy sends, measured."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import socket
+import time
+from pathlib import Path
+
+from . import _kernel
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+
+
+def _so_zerocopy(kind: socket.SocketKind) -> str:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        reason = _kernel.enable_zerocopy(sock)
+    return "yes" if reason is None else f"no: {reason}"
+
+
+def _loopback_report() -> str:
+    """Send 1 MiB with MSG_ZEROCOPY over loopback and report what the kernel says."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()) as client:
+            server, _ = listener.accept()
+            with server:
+                if _kernel.enable_zerocopy(client) is not None:
+                    return "SO_ZEROCOPY unavailable"
+                payload = bytes(1 << 20)
+                client.sendall(payload, _kernel.MSG_ZEROCOPY)
+                received = 0
+                while received < len(payload):
+                    received += len(server.recv(1 << 20))
+                return _await_notification(client)
+
+
+def _await_notification(sock: socket.socket) -> str:
+    for _ in range(100):
+        messages = [m for m in _kernel.read_errqueue(sock) if isinstance(m, _kernel.ZeroCopyRange)]
+        if messages:
+            copied = any(m.copied for m in messages)
+            return "reported copied (expected on loopback)" if copied else "reported zero-copy"
+        time.sleep(0.01)
+    return "no notification within 1s"
+
+
+def _memlock() -> str:
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    fmt = lambda v: "unlimited" if v == resource.RLIM_INFINITY else f"{v // 1024} KiB"  # noqa: E731
+    return f"soft {fmt(soft)}, hard {fmt(hard)} (root with CAP_IPC_LOCK is exempt)"
+
+
+def _uring() -> str:
+    try:
+        from . import _uring
+    except Exception as exc:  # the binding itself failed to load
+        return f"unavailable: {exc}"
+    reason = _uring.probe()
+    return "available (IORING_OP_SEND_ZC)" if reason is None else f"unavailable: {reason}"
+
+
+def _netns() -> str:
+    from ._netns import netns_available
+
+    reason = netns_available()
+    return "yes (ifb sink rig usable)" if reason is None else f"no: {reason}"
+
+
+def probe() -> list[tuple[str, str]]:
+    return [
+        ("kernel", platform.release()),
+        ("SO_ZEROCOPY on TCP", _so_zerocopy(socket.SOCK_STREAM)),
+        ("SO_ZEROCOPY on UDP", _so_zerocopy(socket.SOCK_DGRAM)),
+        ("loopback TCP MSG_ZEROCOPY", _loopback_report()),
+        ("RLIMIT_MEMLOCK", _memlock()),
+        ("net.core.optmem_max", _read("/proc/sys/net/core/optmem_max") + " bytes"),
+        ("io_uring_disabled sysctl", _read("/proc/sys/kernel/io_uring_disabled")),
+        ("io_uring engine", _uring()),
+        ("network-namespace sink", _netns()),
+    ]
+
+
+def main() -> None:
+    rows = probe()
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
