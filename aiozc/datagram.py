@@ -1,0 +1,685 @@
+"""The zero-copy UDP transport: asyncio.DatagramTransport plus ``sendto_zc(buf) -> Future[Completion]``.
+
+One datagram is one send call, so one zero-copy datagram consumes exactly one MSG_ZEROCOPY id and
+is one tracker write. Every datagram given to ``sendto()`` and ``sendto_zc()`` leaves in call order
+through one queue; the queue only fills while the socket's send buffer is full (EAGAIN).
+
+What may go zero-copy: buffers given to ``sendto_zc()`` (held until their future resolves) and exact
+``bytes`` given to ``sendto()`` (immutable, so holding a reference is as good as a copy). Anything
+mutable given to ``sendto()`` is sent at once from the caller's buffer by a plain copying send, or
+copied into the queue if it has to wait: asyncio's contract lets the caller reuse it on return.
+
+Errors. The transport enables IP_RECVERR / IPV6_RECVERR, so ICMP errors (port unreachable...) are
+queued on the socket's error queue next to the zero-copy notifications; the shared drain hands them
+to ``_on_socket_error_message`` and they reach ``protocol.error_received`` exactly once. Linux also
+stores an ICMP error in ``sk_err``, which the *next* send or recv on the socket returns (and
+clears) before doing anything: such a send moved nothing and consumed no id, so it is retried after
+the queued ICMP message has been reported instead of failing a datagram that was never tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import os
+import socket
+import stat
+from collections.abc import Callable
+from typing import Any
+
+from . import _kernel
+from .base import (
+    TransportClosedError,
+    TransportOptions,
+    ZeroCopyTransportBase,
+    byte_view,
+    logger,
+)
+from .completions import Completion
+from .policy import ZeroCopyState
+from .readiness import Multiplexer
+
+__all__ = ["ZeroCopyDatagramTransport", "create_datagram_endpoint", "max_datagram_size"]
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+_DEFAULT_HIGH_WATER = 64 * 1024  # asyncio's FlowControlMixin default
+# Largest UDP payload: 65535 minus the IPv4 (20) and UDP (8) headers; IPv6's payload-length field
+# excludes its own header, so 65535 - 8 there (no jumbograms).
+MAX_UDP4_PAYLOAD = 65507
+MAX_UDP6_PAYLOAD = 65527
+# A datagram never exceeds 64 KiB, so reading with a larger buffer only costs allocation.
+_INET_READ_SIZE = 65536
+# Datagrams read per readiness event: level-triggered epoll would call again anyway, reading a
+# few in one go saves dispatches under load without starving other sockets.
+_READS_PER_EVENT = 32
+# A send refused because of an earlier datagram's ICMP error is retried this many times.
+_STALE_ERROR_RETRIES = 3
+_LOG_LOST_SENDS = 5
+
+
+def max_datagram_size(sock: socket.socket) -> int | None:
+    """Largest payload the kernel accepts on ``sock``, or ``None`` if not a UDP/IP socket."""
+    if sock.type != socket.SOCK_DGRAM:
+        return None
+    if sock.family == socket.AF_INET:
+        return MAX_UDP4_PAYLOAD
+    if sock.family == socket.AF_INET6:
+        return MAX_UDP6_PAYLOAD
+    return None
+
+
+class _Datagram:
+    """One queued datagram. ``held`` data may go zero-copy and stays referenced until resolved."""
+
+    __slots__ = ("view", "addr", "future", "held")
+
+    def __init__(
+        self,
+        view: memoryview,
+        addr: Any,
+        future: asyncio.Future[Completion] | None,
+        held: bool,
+    ) -> None:
+        self.view = view
+        self.addr = addr
+        self.future = future
+        self.held = held
+
+
+class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport):
+    """UDP transport over MSG_ZEROCOPY (or another engine); see the module docstring."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        options: TransportOptions | None = None,
+        *,
+        address: Any = None,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        if sock.type != socket.SOCK_DGRAM:
+            raise ValueError(f"a datagram socket was expected, got {sock!r}")
+        self._queue: collections.deque[_Datagram] = collections.deque()
+        self._queued = 0
+        self._address = address  # default destination (remote_addr), None if none
+        self._reading = False
+        self._protocol_paused = False
+        self._high_water = _DEFAULT_HIGH_WATER
+        self._low_water = _DEFAULT_HIGH_WATER // 4
+        self._lost_sends = 0
+        # While a send error is being classified: errno of the exception, and what the error
+        # queue said about it (see _classify_send_error).
+        self._classifying: int | None = None
+        self._stale_icmp = False
+        self._own_error_queued = False
+        self._max_size = max_datagram_size(sock)
+        options = options or TransportOptions()
+        self._read_size = _INET_READ_SIZE if self._max_size else options.read_size
+        _enable_recverr_if_inet(sock)
+        asyncio.DatagramTransport.__init__(self, extra)
+        ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options, extra)
+        loop.call_soon(self._connection_made, waiter)
+
+    def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
+        if self._sock is None:
+            return
+        self._protocol.connection_made(self)
+        if not self._closing:
+            self._reading = True
+            self._update_mask()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def _mask(self) -> int:
+        read = self._reading and not self._closing
+        return Multiplexer.mask(read=read, write=bool(self._queue))
+
+    def _read_ready(self, events: int) -> None:
+        for _ in range(_READS_PER_EVENT):
+            if not self._reading or self._closing or self._sock is None:
+                return
+            try:
+                data, addr = self._sock.recvfrom(self._read_size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # A pending ICMP error (sk_err) is returned by recv once; the same error also
+                # sits on the error queue, and is reported from there.
+                self._report_soft_error(exc)
+                continue
+            self._protocol.datagram_received(data, addr)  # type: ignore[attr-defined]
+
+    def _write_ready(self) -> None:
+        self._flush()
+
+    def _on_error_event(self) -> None:
+        if self._drain_errqueue() or self._sock is None:
+            return
+        # On a datagram socket sk_err is a soft, per-datagram error (an ICMP error without
+        # IP_RECVERR, e.g. AF_UNIX): report it like asyncio does, never close the transport.
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._error_received(OSError(err, os.strerror(err)))
+
+    def _on_socket_error_message(self, message: _kernel.SocketError) -> None:
+        if self._classifying is not None and message.errno == self._classifying:
+            if message.origin in (_kernel.SO_EE_ORIGIN_ICMP, _kernel.SO_EE_ORIGIN_ICMP6):
+                self._stale_icmp = True  # an earlier datagram's ICMP error: report it
+            else:
+                # A local error queued for the very send that raised (ip_local_error, e.g.
+                # EMSGSIZE): the raised exception reports it, don't report it twice.
+                self._own_error_queued = True
+                return
+        self._error_received(_socket_error(message))
+
+    # -- reading control -------------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    def pause_reading(self) -> None:
+        self._reading = False
+        self._update_mask()
+
+    def resume_reading(self) -> None:
+        if self._closing:
+            return
+        self._reading = True
+        self._update_mask()
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
+        """asyncio's contract: ``data`` may be reused on return; errors go to error_received.
+
+        Exact ``bytes`` at or above ``zc_threshold`` may be sent zero-copy (held, not copied).
+        A zero-length datagram is sent (Python >= 3.12 asyncio behaviour).
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        addr = self._destination(addr)
+        if self._closing or self._sock is None:
+            self._note_lost_send()
+            return
+        view = byte_view(data)
+        too_big = self._oversize_error(len(view))
+        if too_big is not None:
+            view.release()
+            self._error_received(too_big)
+            return
+        held = type(data) is bytes and len(view) >= self._options.zc_threshold and self._zc_possible()
+        self._submit(_Datagram(view, addr, None, held))
+
+    def sendto_zc(self, buf: Any, addr: Any = None) -> asyncio.Future[Completion]:
+        """Send ``buf`` as one datagram without copying it where the kernel allows.
+
+        ``buf`` (any C-contiguous buffer) stays referenced until the future resolves; then it
+        may be reused. Raises ValueError for a datagram larger than UDP allows, OSError if the
+        kernel refuses it at once (the datagram was not sent); a datagram that had to wait for
+        socket space and then failed fails its future instead.
+        """
+        self._check_writable("sendto_zc")
+        addr = self._destination(addr)
+        view = byte_view(buf)
+        nbytes = len(view)
+        if self._max_size is not None and nbytes > self._max_size:
+            view.release()
+            raise ValueError(
+                f"datagram of {nbytes} bytes exceeds the {self._max_size}-byte UDP payload limit"
+            )
+        future = self._new_future()
+        self._submit(_Datagram(view, addr, future, True))
+        return future
+
+    def _zc_possible(self) -> bool:
+        return self._policy.state is not ZeroCopyState.DISABLED
+
+    def _destination(self, addr: Any) -> Any:
+        if self._address is not None:
+            if addr not in (None, self._address):
+                raise ValueError(f"Invalid address: must be None or {self._address}")
+            return self._address
+        if addr is None and self._extra.get("peername") is None:
+            raise ValueError("the socket is not connected: an address is required")
+        return addr
+
+    def _oversize_error(self, nbytes: int) -> OSError | None:
+        if self._max_size is None or nbytes <= self._max_size:
+            return None
+        return OSError(
+            errno.EMSGSIZE,
+            f"datagram of {nbytes} bytes exceeds the {self._max_size}-byte UDP payload limit",
+        )
+
+    def _note_lost_send(self) -> None:
+        self._lost_sends += 1
+        if self._lost_sends == _LOG_LOST_SENDS:
+            logger.warning("%r: sendto() on a closing or closed transport", self)
+
+    def _submit(self, dg: _Datagram) -> None:
+        """Send ``dg`` now if nothing is queued ahead of it, else queue it."""
+        if not self._queue:
+            try:
+                self._send_with_retry(dg)
+                return
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                self._send_failed_now(dg, exc)
+                return
+        self._enqueue(dg)
+
+    def _send_failed_now(self, dg: _Datagram, exc: OSError) -> None:
+        dg.view.release()
+        if dg.future is not None:
+            dg.future.cancel()  # never handed out: sendto_zc raises instead
+            raise exc
+        self._error_received(exc)
+
+    def _enqueue(self, dg: _Datagram) -> None:
+        if not dg.held:
+            # The caller may reuse its buffer once sendto() returns: keep our own copy.
+            copy = memoryview(dg.view.tobytes())
+            dg.view.release()
+            dg.view = copy
+        self._queue.append(dg)
+        self._queued += len(dg.view)
+        if len(self._queue) == 1:
+            self._update_mask()
+        self._maybe_pause_protocol()
+
+    def _send_with_retry(self, dg: _Datagram) -> None:
+        """Send one datagram; raises BlockingIOError or the OSError that refused it."""
+        for attempt in range(_STALE_ERROR_RETRIES + 1):
+            try:
+                self._send_datagram(dg)
+                return
+            except (BlockingIOError, InterruptedError):
+                raise
+            except OSError as exc:
+                if attempt == _STALE_ERROR_RETRIES or not self._classify_send_error(exc):
+                    raise
+                if self._sock is None:
+                    raise TransportClosedError("transport closed while sending") from exc
+
+    def _classify_send_error(self, exc: OSError) -> bool:
+        """True if ``exc`` was an earlier datagram's ICMP error (already reported): retry.
+
+        Drains the error queue, which reports queued ICMP errors through error_received.
+        """
+        if exc.errno is None or not self._errqueue_ok or self._sock is None:
+            return False
+        self._classifying, self._stale_icmp, self._own_error_queued = exc.errno, False, False
+        try:
+            self._drain_errqueue()
+        finally:
+            self._classifying = None
+        return self._stale_icmp and not self._own_error_queued
+
+    def _send_datagram(self, dg: _Datagram) -> None:
+        """One send call for ``dg``; resolves or tracks its completion.
+
+        Unlike a TCP write, a datagram is accepted whole or not at all, so its tracker write is
+        opened only once the kernel accepted it: a refused datagram never leaves a write behind.
+        """
+        if self._sock is None:
+            raise TransportClosedError("transport is closed")
+        if not dg.held:
+            self._send_chunk(None, dg.view, self._send_address(dg))
+            dg.view.release()
+            return
+        zerocopy = self._wants_zerocopy(len(dg.view))
+        sent = self._send_once(dg, zerocopy)
+        if sent < 0:  # ENOBUFS on the zero-copy send: resend by copy (see _on_enobufs)
+            zerocopy = False
+            sent = self._send_once(dg, False)
+        if sent != len(dg.view):
+            raise OSError(errno.EMSGSIZE, f"datagram truncated: {sent} of {len(dg.view)} bytes sent")
+        write = self._open_write(dg.view, dg.future)
+        self._account_send(write, sent, zerocopy)
+        self._close_write(write)
+
+    def _send_once(self, dg: _Datagram, zerocopy: bool) -> int:
+        """One engine send; -1 if a zero-copy send hit ENOBUFS (no id consumed, nothing sent)."""
+        if self._sock is None:
+            raise TransportClosedError("transport closed while sending")
+        try:
+            return self._engine.send(
+                self._sock, dg.view, zerocopy=zerocopy, address=self._send_address(dg)
+            )
+        except OSError as exc:
+            if not zerocopy or exc.errno != errno.ENOBUFS:
+                raise
+        self._on_enobufs()
+        return -1
+
+    def _send_address(self, dg: _Datagram) -> Any:
+        # A connected socket uses send(): what asyncio does, and no per-call address lookup.
+        return None if self._extra.get("peername") else dg.addr
+
+    def _on_enobufs(self) -> None:
+        # Same as the base, except that "outstanding" is counted *before* the drain: on a fast
+        # path (the ifb sink, loopback) the notification that filled optmem is already queued,
+        # so the drain resolves everything and the base would see 0 outstanding and disable
+        # zero-copy for what is the transient case. See /work/patches/udp-enobufs-outstanding.diff.
+        self.stats.enobufs += 1
+        outstanding = self._tracker.outstanding_ids
+        self._drain_errqueue()
+        self._policy.on_enobufs(outstanding_ids=outstanding)
+        self._sync_state()
+
+    def _flush(self) -> None:
+        while self._queue and self._sock is not None:
+            dg = self._queue[0]
+            try:
+                self._send_with_retry(dg)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._queue.popleft()
+                self._queued -= len(dg.view)
+                self._queued_send_failed(dg, exc)
+                continue
+            self._queue.popleft()
+            self._queued -= len(dg.view)
+        self._after_flush()
+
+    def _queued_send_failed(self, dg: _Datagram, exc: OSError) -> None:
+        dg.view.release()
+        if isinstance(exc, TransportClosedError):
+            return
+        if dg.future is not None:
+            if not dg.future.done():
+                dg.future.set_exception(exc)
+        else:
+            self._error_received(exc)
+
+    def _after_flush(self) -> None:
+        if self._sock is None:
+            return
+        if not self._queue and self._closing:
+            self._start_close()
+            return
+        self._update_mask()
+        self._maybe_resume_protocol()
+
+    def _flushed(self) -> bool:
+        return not self._queue
+
+    def _discard_queue(self) -> None:
+        """Queued datagrams are failed in _fail_pending, which knows the reason."""
+
+    def _fail_pending(self, exc: BaseException | None) -> None:
+        error = exc if isinstance(exc, Exception) else None
+        error = error or ConnectionAbortedError("transport closed before the datagram was sent")
+        queue, self._queue = self._queue, collections.deque()
+        self._queued = 0
+        for dg in queue:
+            dg.view.release()
+            if dg.future is not None and not dg.future.done():
+                dg.future.set_exception(error)
+        super()._fail_pending(exc)
+
+    def _after_completions(self) -> None:
+        super()._after_completions()
+        if not self._conn_lost:
+            self._maybe_resume_protocol()
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _report_soft_error(self, exc: OSError) -> None:
+        """A recv/send error on the socket: report it once, whichever way it came."""
+        before = self.stats.socket_errors
+        self._drain_errqueue()
+        if self.stats.socket_errors == before:
+            self._error_received(exc)
+
+    def _error_received(self, exc: OSError) -> None:
+        if self._protocol is None:
+            return
+        try:
+            self._protocol.error_received(exc)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as error:
+            self._loop.call_exception_handler(
+                {"message": "protocol.error_received() failed", "exception": error, "transport": self}
+            )
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued plus bytes sent zero-copy whose pages the kernel still holds."""
+        return self._queued + self._tracker.pinned_bytes
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = _DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water, self._low_water = high, low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._protocol_paused or self._conn_lost:
+            return
+        if self.get_write_buffer_size() <= self._high_water:
+            return
+        self._protocol_paused = True
+        self._call_protocol("pause_writing")
+
+    def _maybe_resume_protocol(self) -> None:
+        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
+            self._protocol_paused = False
+            self._call_protocol("resume_writing")
+
+    def _call_protocol(self, name: str) -> None:
+        try:
+            getattr(self._protocol, name)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {"message": f"protocol.{name}() failed", "exception": exc, "transport": self}
+            )
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop reading, send what is queued, wait until the kernel released every pinned
+        buffer (at most ``close_timeout`` seconds), then close and call connection_lost(None)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._update_mask()
+        if not self._queue:
+            self._start_close()
+
+    def abort(self) -> None:
+        """Close at once: queued datagrams are dropped and pending futures fail with
+        ConnectionAbortedError; connection_lost(None) as with asyncio's datagram transports."""
+        if self._conn_lost:
+            return
+        self._closing = True
+        self._call_connection_lost(None, ConnectionAbortedError("transport aborted"))
+
+
+def _socket_error(message: _kernel.SocketError) -> OSError:
+    """OSError (errno-specific subclass, e.g. ConnectionRefusedError) for an error-queue message."""
+    text = os.strerror(message.errno)
+    if message.origin in (_kernel.SO_EE_ORIGIN_ICMP, _kernel.SO_EE_ORIGIN_ICMP6):
+        text += f" (ICMP type {message.type} code {message.code}"
+        text += f", datagram to {message.address!r})" if message.address else ")"
+    return OSError(message.errno, text)
+
+
+def _enable_recverr_if_inet(sock: socket.socket) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            _kernel.enable_recverr(sock)
+        except OSError as exc:  # pragma: no cover - every Linux has it
+            logger.debug("IP_RECVERR not enabled on %r: %s", sock, exc)
+
+
+# -- create_datagram_endpoint ------------------------------------------------------------------
+
+
+def _check_sock_alone(sock: socket.socket, **modifiers: Any) -> None:
+    if sock.type != socket.SOCK_DGRAM:
+        raise ValueError(f"A datagram socket was expected, got {sock!r}")
+    problems = ", ".join(f"{k}={v}" for k, v in modifiers.items() if v)
+    if problems:
+        raise ValueError(
+            f"socket modifier keyword arguments can not be used when sock is specified. ({problems})"
+        )
+
+
+def _remove_stale_unix_socket(path: Any) -> None:
+    if not path or path[0] in (0, "\x00"):
+        return
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.error("Unable to check or remove stale UNIX socket %r: %r", path, exc)
+
+
+async def _address_pairs(
+    loop: asyncio.AbstractEventLoop,
+    local_addr: Any,
+    remote_addr: Any,
+    family: int,
+    proto: int,
+    flags: int,
+) -> list[tuple[tuple[int, int], list[Any]]]:
+    """[((family, proto), [local, remote])] for which every given address resolved (asyncio's rule)."""
+    if not (local_addr or remote_addr):
+        if family == 0:
+            raise ValueError("unexpected address family")
+        return [((family, proto), [None, None])]
+    if family == getattr(socket, "AF_UNIX", None):
+        for addr in (local_addr, remote_addr):
+            if addr is not None and not isinstance(addr, (str, bytes)):
+                raise TypeError("string is expected")
+        _remove_stale_unix_socket(local_addr)
+        return [((family, proto), [local_addr, remote_addr])]
+    by_key: dict[tuple[int, int], list[Any]] = {}
+    for idx, addr in ((0, local_addr), (1, remote_addr)):
+        if addr is None:
+            continue
+        if not (isinstance(addr, tuple) and len(addr) == 2):
+            raise TypeError("2-tuple is expected")
+        infos = await loop.getaddrinfo(
+            addr[0], addr[1], family=family, type=socket.SOCK_DGRAM, proto=proto, flags=flags
+        )
+        if not infos:
+            raise OSError("getaddrinfo() returned empty list")
+        for fam, _, pro, _, address in infos:
+            by_key.setdefault((fam, pro), [None, None])[idx] = address
+    pairs = [
+        (key, pair)
+        for key, pair in by_key.items()
+        if not ((local_addr and pair[0] is None) or (remote_addr and pair[1] is None))
+    ]
+    if not pairs:
+        raise ValueError("can not get address information")
+    return pairs
+
+
+def _open_socket(
+    family: int, proto: int, local: Any, remote: Any, reuse_port: bool | None, allow_broadcast: bool | None
+) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM, proto)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if allow_broadcast:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setblocking(False)
+        if local is not None:
+            sock.bind(local)
+        if remote is not None and not allow_broadcast:
+            sock.connect(remote)  # a UDP connect only looks up the route: it never blocks
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def create_datagram_endpoint(
+    protocol_factory: ProtocolFactory,
+    local_addr: Any = None,
+    remote_addr: Any = None,
+    *,
+    family: int = 0,
+    proto: int = 0,
+    flags: int = 0,
+    reuse_port: bool | None = None,
+    allow_broadcast: bool | None = None,
+    sock: socket.socket | None = None,
+    **transport_options: Any,
+) -> tuple[ZeroCopyDatagramTransport, asyncio.BaseProtocol]:
+    """Like :meth:`asyncio.loop.create_datagram_endpoint`, returning a
+    :class:`ZeroCopyDatagramTransport`; ``transport_options`` are aiozc transport options
+    (``zc_threshold``, ``close_timeout``, ``engine``...)."""
+    opts = TransportOptions.from_kwargs(transport_options)
+    loop = asyncio.get_running_loop()
+    r_addr = None
+    if sock is not None:
+        _check_sock_alone(
+            sock, local_addr=local_addr, remote_addr=remote_addr, family=family, proto=proto,
+            flags=flags, reuse_port=reuse_port, allow_broadcast=allow_broadcast,
+        )
+        sock.setblocking(False)
+    else:
+        pairs = await _address_pairs(loop, local_addr, remote_addr, family, proto, flags)
+        errors: list[OSError] = []
+        for (fam, pro), (local, remote) in pairs:
+            try:
+                sock = _open_socket(fam, pro, local, remote, reuse_port, allow_broadcast)
+            except OSError as exc:
+                errors.append(exc)
+                continue
+            r_addr = remote
+            break
+        else:
+            raise errors[0]
+    return await _make_transport(loop, sock, protocol_factory, opts, r_addr)
+
+
+async def _make_transport(
+    loop: asyncio.AbstractEventLoop,
+    sock: socket.socket,
+    protocol_factory: ProtocolFactory,
+    options: TransportOptions,
+    address: Any,
+) -> tuple[ZeroCopyDatagramTransport, asyncio.BaseProtocol]:
+    try:
+        protocol = protocol_factory()
+        waiter: asyncio.Future[None] = loop.create_future()
+        transport = ZeroCopyDatagramTransport(
+            loop, sock, protocol, options, address=address, waiter=waiter
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise
+    return transport, protocol
