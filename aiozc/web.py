@@ -167,8 +167,12 @@ def _flat_view(buf: BufferLike) -> memoryview:
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
-async def _write_view(writer: AbstractStreamWriter, view: memoryview) -> None:
-    """Send ``view`` as (part of) the body through write_zc and wait for its release."""
+async def _write_view(writer: AbstractStreamWriter, view: memoryview) -> Optional[aiozc.Completion]:
+    """Send ``view`` as (part of) the body through write_zc and wait for its release.
+
+    Returns the transport's Completion (did the kernel send from ``view`` or copy it), or None
+    where nothing went through write_zc (stock transport, compression, empty view).
+    """
     transport = getattr(writer, "transport", None)
     if (
         not isinstance(writer, StreamWriter)
@@ -177,12 +181,12 @@ async def _write_view(writer: AbstractStreamWriter, view: memoryview) -> None:
     ):
         # Stock transports and compressed bodies copy under the asyncio contract.
         await writer.write(view)
-        return
+        return None
     if writer.length is not None:  # Content-Length clipping, as StreamWriter.write does it
         view = view[: writer.length]
         writer.length -= view.nbytes
     if not view.nbytes:
-        return
+        return None
     assert transport is not None
     if transport.is_closing():
         raise ClientConnectionResetError("Cannot write to closing transport")
@@ -195,21 +199,24 @@ async def _write_view(writer: AbstractStreamWriter, view: memoryview) -> None:
     writer.output_size += view.nbytes
     if writer.on_body_write is not None:
         writer.on_body_write(view.nbytes, writer.output_size)
-    await _await_release(transport, fut)
+    completion: aiozc.Completion = await _await_release(transport, fut)
+    return completion
 
 
-async def write_buffer(response: web.StreamResponse, buf: BufferLike) -> None:
+async def write_buffer(response: web.StreamResponse, buf: BufferLike) -> Optional[aiozc.Completion]:
     """``await response.write(buf)`` without the copy: returns once the kernel released ``buf``.
 
     The response must be prepared. ``buf`` is anything with the C-contiguous buffer protocol
     (bytes, bytearray, memoryview, numpy arrays); it must not change until this returns.
+    Returns the :class:`aiozc.Completion` (``zerocopy`` says whether the kernel really sent from
+    ``buf``), or None on a transport that is not aiozc's (then ``buf`` was copied).
     """
     writer = response._payload_writer
     if writer is None:
         raise RuntimeError("Cannot call write_buffer() before prepare()")
     if response._eof_sent:
         raise RuntimeError("Cannot call write_buffer() after write_eof()")
-    await _write_view(writer, _flat_view(buf))
+    return await _write_view(writer, _flat_view(buf))
 
 
 class BufferPayload(Payload):
