@@ -73,7 +73,7 @@ def max_datagram_size(sock: socket.socket) -> int | None:
 class _Datagram:
     """One queued datagram. ``held`` data may go zero-copy and stays referenced until resolved."""
 
-    __slots__ = ("view", "addr", "future", "held")
+    __slots__ = ("view", "nbytes", "addr", "future", "held")
 
     def __init__(
         self,
@@ -83,6 +83,7 @@ class _Datagram:
         held: bool,
     ) -> None:
         self.view = view
+        self.nbytes = len(view)  # the view is released once sent: keep its length
         self.addr = addr
         self.future = future
         self.held = held
@@ -290,7 +291,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             dg.view.release()
             dg.view = copy
         self._queue.append(dg)
-        self._queued += len(dg.view)
+        self._queued += dg.nbytes
         if len(self._queue) == 1:
             self._update_mask()
         self._maybe_pause_protocol()
@@ -335,13 +336,13 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             self._send_chunk(None, dg.view, self._send_address(dg))
             dg.view.release()
             return
-        zerocopy = self._wants_zerocopy(len(dg.view))
+        zerocopy = self._wants_zerocopy(dg.nbytes)
         sent = self._send_once(dg, zerocopy)
         if sent < 0:  # ENOBUFS on the zero-copy send: resend by copy (see _on_enobufs)
             zerocopy = False
             sent = self._send_once(dg, False)
-        if sent != len(dg.view):
-            raise OSError(errno.EMSGSIZE, f"datagram truncated: {sent} of {len(dg.view)} bytes sent")
+        if sent != dg.nbytes:
+            raise OSError(errno.EMSGSIZE, f"datagram truncated: {sent} of {dg.nbytes} bytes sent")
         write = self._open_write(dg.view, dg.future)
         self._account_send(write, sent, zerocopy)
         self._close_write(write)
@@ -384,11 +385,11 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
                 break
             except OSError as exc:
                 self._queue.popleft()
-                self._queued -= len(dg.view)
+                self._queued -= dg.nbytes
                 self._queued_send_failed(dg, exc)
                 continue
             self._queue.popleft()
-            self._queued -= len(dg.view)
+            self._queued -= dg.nbytes
         self._after_flush()
 
     def _queued_send_failed(self, dg: _Datagram, exc: OSError) -> None:
