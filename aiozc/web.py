@@ -40,6 +40,7 @@ from aiohttp.web_runner import BaseRunner
 from aiohttp.client_exceptions import ClientConnectionResetError
 
 import aiozc
+from aiozc.policy import DEFAULT_THRESHOLD
 
 __all__ = [
     "ZeroCopySite",
@@ -60,6 +61,10 @@ BufferLike = Union[bytes, bytearray, memoryview, Any]  # anything with the buffe
 def is_zerocopy_transport(transport: Optional[asyncio.BaseTransport]) -> bool:
     """True for aiozc transports (they, and only they, offer per-write completions)."""
     return transport is not None and callable(getattr(transport, "write_zc", None))
+
+
+# Below the default zero-copy threshold the transport would copy the slice anyway.
+_SMALL_SLICE = DEFAULT_THRESHOLD
 
 
 def _nbytes(chunk: BufferLike) -> int:
@@ -85,6 +90,8 @@ def _send_chunk(transport: asyncio.Transport, chunk: BufferLike) -> None:
         if view.nbytes == len(view.obj):
             # The whole object: the transport's own exact-bytes rule applies.
             transport.write(view.obj)
+        elif view.nbytes < _SMALL_SLICE:
+            transport.write(view)  # copying a few pages beats tracking a completion
         else:
             # A slice of immutable bytes may be pinned without asking the caller to wait.
             transport.write_zc(view).add_done_callback(_swallow_result)  # type: ignore[attr-defined]
