@@ -191,6 +191,11 @@ def test_sink_cannot_reach_outside(sink_ns: SinkNamespace) -> None:
     assert info.value.errno == errno.ENETUNREACH
 
 
+def _host_optmem() -> str:
+    with open("/proc/sys/net/core/optmem_max") as f:
+        return f.read().strip()
+
+
 def _zc_send(s: socket.socket, buf: bytearray) -> int | None:
     """One MSG_ZEROCOPY send: None on success, else the errno."""
     try:
@@ -203,9 +208,9 @@ def _zc_send(s: socket.socket, buf: bytearray) -> int | None:
 def test_enobufs_with_one_pending_notification(enobufs_sink: SinkNamespace) -> None:
     """optmem_max = OPTMEM_ONE_PENDING_NOTIFICATION: one undrained notification exhausts option
     memory, later MSG_ZEROCOPY sends fail with ENOBUFS and consume no id."""
-    host_optmem = open("/proc/sys/net/core/optmem_max").read().strip()
+    host_optmem = _host_optmem()
     assert enobufs_sink.get_sysctl("net.core.optmem_max") == str(OPTMEM_ONE_PENDING_NOTIFICATION)
-    assert open("/proc/sys/net/core/optmem_max").read().strip() == host_optmem  # per netns
+    assert _host_optmem() == host_optmem  # per netns
     buf = bytearray(DATAGRAM)
     with zc_udp_socket(enobufs_sink) as s:
         assert _zc_send(s, buf) is None
