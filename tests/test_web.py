@@ -390,6 +390,51 @@ async def test_stock_site_on_same_loop_unaffected(blob: bytes, big_file: Path) -
         await runner.cleanup()
 
 
+async def test_chunked_encoding_bytes_views_and_buffers(blob: bytes) -> None:
+    arr = np.frombuffer(blob, dtype=np.uint8)[: 3 * MiB].copy()
+    rec = Recorder()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        rec.watch(request)
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(blob[: 5 * MiB])
+        await resp.write(memoryview(blob)[5 * MiB : 9 * MiB])
+        await zweb.write_buffer(resp, arr)
+        await resp.write(b"tail")
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with serve(app) as url, aiohttp.ClientSession() as s:
+        async with s.get(url) as resp:
+            assert resp.headers["Transfer-Encoding"] == "chunked"
+            data = await resp.read()
+    assert data == blob[: 9 * MiB] + arr.tobytes() + b"tail"
+    await rec.assert_clean()
+
+
+async def test_site_on_a_given_socket(blob: bytes, big_file: Path) -> None:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    runner = web.AppRunner(make_app(Recorder(), blob, big_file), shutdown_timeout=5)
+    await runner.setup()
+    site = zweb.ZeroCopySite(runner, sock=sock)
+    await site.start()
+    try:
+        assert site.port == sock.getsockname()[1]
+        async with aiohttp.ClientSession() as s:
+            resp, digest, n = await fetch_sha(s, f"http://127.0.0.1:{site.port}/small?n=50000")
+            assert n == 50000 and digest == sha(blob[:50000])
+    finally:
+        await runner.cleanup()
+
+
 # ---------------------------------------------------------------------------------------------
 # disconnects and keep-alive
 
@@ -479,8 +524,13 @@ RUN_APP_SCRIPT = textwrap.dedent(
     async def hello(request):
         return web.Response(body=b"z" * 100000)
 
+    async def slow(request):  # still in flight when SIGINT arrives: must complete
+        await asyncio.sleep(1.0)
+        return web.Response(body=b"s" * 5_000_000)
+
     app = web.Application()
     app.router.add_get("/", hello)
+    app.router.add_get("/slow", slow)
     loop = uvloop.new_event_loop() if sys.argv[2] == "uvloop" else asyncio.new_event_loop()
     run_app(app, host="127.0.0.1", port=int(sys.argv[1]), loop=loop, zc_threshold=16384,
             print=lambda msg: print(msg, flush=True))
@@ -517,7 +567,16 @@ def test_run_app_banner_serves_and_shuts_down(loop_name: str) -> None:
                 return await r.read()
 
         assert asyncio.run(get()) == b"z" * 100000
-        proc.send_signal(signal.SIGINT)
+
+        async def slow_during_shutdown() -> bytes:
+            async with aiohttp.ClientSession() as s:
+                pending = asyncio.ensure_future(s.get(f"http://127.0.0.1:{port}/slow"))
+                await asyncio.sleep(0.3)
+                proc.send_signal(signal.SIGINT)
+                async with await pending as r:
+                    return await r.read()
+
+        assert asyncio.run(slow_during_shutdown()) == b"s" * 5_000_000
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
         assert "graceful exit" in out
