@@ -221,6 +221,7 @@ def netns_available() -> str | None:
 _BOOTSTRAP = r"""
 import importlib, importlib.util, json, os, sys, traceback
 spec = json.loads(sys.stdin.read())
+_out = open(os.environ["AIOZC_NETNS_RESULT"], "w")  # before any privilege drop
 sys.path[:0] = [p for p in spec["sys_path"] if p not in sys.path]
 def _load():
     if spec["mode"] == "source":
@@ -247,6 +248,16 @@ try:
         if not isinstance(target, dict):
             for part in spec["qualname"].split("."):
                 fn = getattr(fn, part)
+        drop = spec.get("drop")
+        if drop:
+            import resource
+            for name in drop["preload"]:
+                importlib.import_module(name)
+            if drop["memlock"] is not None:
+                resource.setrlimit(resource.RLIMIT_MEMLOCK, (drop["memlock"], drop["memlock"]))
+            os.setgroups([])
+            os.setgid(drop["gid"])
+            os.setuid(drop["uid"])  # from root to non-root: all capabilities are gone
         result = fn(*spec["args"], **spec["kwargs"])
         if hasattr(result, "__await__"):
             import asyncio
@@ -257,8 +268,8 @@ try:
     text = json.dumps(payload)
 except BaseException as exc:
     text = json.dumps({"error": repr(exc), "traceback": traceback.format_exc()})
-with open(os.environ["AIOZC_NETNS_RESULT"], "w") as f:
-    f.write(text)
+with _out:
+    _out.write(text)
 """
 
 
@@ -388,6 +399,32 @@ class NetNamespace:
         lambda is sent as source instead, so it must then be self-contained (imports inside).
         A coroutine function is run with ``asyncio.run``. Raises :class:`NamespaceCallError`.
         """
+        spec = self._func_spec(func, args, kwargs)
+        return self._run_spec(spec, timeout)
+
+    def call_unprivileged(
+        self, func: Callable[..., Any], *args: Any, memlock: int | None = None,
+        uid: int = 65534, gid: int = 65534,
+        preload: Sequence[str] = ("socket", "select", "errno", "time", "json", "aiozc._kernel"),
+        timeout: float | None = 60.0, **kwargs: Any,
+    ) -> Any:
+        """Like :meth:`call`, but ``func`` runs as ``uid``/``gid`` (no capabilities) with
+        ``RLIMIT_MEMLOCK`` = ``memlock`` bytes if given.
+
+        Root (CAP_IPC_LOCK) is exempt from MSG_ZEROCOPY's pinned-page accounting; a non-root
+        sender is not, so a send pinning more than ``memlock`` bytes fails with ENOBUFS. The
+        interpreter starts as root and drops privileges just before calling ``func``, after
+        importing ``func``'s module and ``preload``: anything imported later must be readable by
+        ``uid`` (this interpreter may live under /root). The locked-page budget is per user,
+        shared by every process of ``uid``.
+        """
+        spec: dict[str, Any] = self._func_spec(func, args, kwargs)
+        spec["drop"] = {"uid": uid, "gid": gid, "memlock": memlock, "preload": list(preload)}
+        return self._run_spec(spec, timeout)
+
+    @staticmethod
+    def _func_spec(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
+                   ) -> dict[str, Any]:
         spec: dict[str, Any] = {"args": list(args), "kwargs": kwargs}
         qualname = getattr(func, "__qualname__", "")
         module = getattr(func, "__module__", None)
@@ -404,7 +441,7 @@ class NetNamespace:
                 raise ValueError("call() cannot send a lambda; use a def or run_python()")
             spec.update(mode="source", source=source, qualname=func.__name__,
                         filename=inspect.getsourcefile(func) or "<netns>")
-        return self._run_spec(spec, timeout)
+        return spec
 
     def run_python(self, source: str, *, timeout: float | None = 60.0, **globals_: Any) -> Any:
         """Exec ``source`` in a new interpreter inside the namespace with ``globals_`` (JSON

@@ -72,6 +72,37 @@ def udp_zerocopy_burst(dst: str, count: int, size: int) -> dict[str, object]:
     return {"sent": sent, "ranges": ranges, "covered": covered}
 
 
+def zc_sizes(dst: str, sizes: list[int]) -> dict[str, object]:
+    """One MSG_ZEROCOPY send per size: errno or 0 for each; then the notified id ranges."""
+    import errno as _errno
+    import os as _os
+    import select
+    import time
+
+    from aiozc import _kernel as k
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    assert k.enable_zerocopy(s) is None
+    k.enable_recverr(s)
+    s.connect((dst, 9))
+    results = []
+    for size in sizes:
+        try:
+            s.send(bytearray(size), k.MSG_ZEROCOPY)
+            results.append(0)
+        except OSError as exc:
+            results.append(_errno.errorcode.get(exc.errno, exc.errno))
+    ok = results.count(0)
+    ranges: list[list[int]] = []
+    deadline = time.monotonic() + 5
+    p = select.poll()
+    p.register(s.fileno(), 0)
+    while sum(hi - lo + 1 for lo, hi in ranges) < ok and time.monotonic() < deadline:
+        ranges += [[m.lo, m.hi] for m in k.read_errqueue(s)]
+        p.poll(20)
+    return {"uid": _os.getuid(), "results": results, "ranges": ranges}
+
+
 def whoami_netns() -> dict[str, object]:
     import os
 
@@ -256,6 +287,18 @@ def test_enobufs_for_every_zerocopy_send_at_optmem_zero(sink_ns: SinkNamespace) 
         ranges = wait_zc_ids(s, 3)
     # The 5 failed sends consumed no id: the first successful one is id 0.
     assert ranges[0].lo == 0 and ranges[-1].hi == 2 and ids_covered(ranges) == 3
+
+
+def test_enobufs_from_memlock_for_unprivileged_sender(sink_ns: SinkNamespace) -> None:
+    """Non-root with RLIMIT_MEMLOCK = 32 KiB: a 64000 B zero-copy send would pin 16+ pages and
+    fails with ENOBUFS (and takes no id); 16000 B sends fit. Root is exempt (CAP_IPC_LOCK)."""
+    sizes = [16000, 64000, 16000, 64000, 16000]
+    res = sink_ns.call_unprivileged(zc_sizes, sink_ns.sink_addr, sizes, memlock=32 * 1024)
+    assert res["uid"] == 65534
+    assert res["results"] == [0, "ENOBUFS", 0, "ENOBUFS", 0]
+    assert res["ranges"][0][0] == 0 and res["ranges"][-1][1] == 2
+    as_root = sink_ns.call(zc_sizes, sink_ns.sink_addr, sizes)
+    assert as_root["uid"] == 0 and as_root["results"] == [0] * 5
 
 
 def test_tcp_zerocopy_across_veth_is_copied(veth_pair: VethPair) -> None:
