@@ -228,7 +228,13 @@ class TrackerMachine(RuleBasedStateMachine):
         near = st.integers(-80, 80).map(lambda k: (self.model.next_u + k) & MASK32)
         lo = data.draw(st.one_of(near, st.integers(0, MASK32)), label="lo")
         hi = data.draw(
-            st.one_of(st.integers(0, 80).map(lambda k: (lo + k) & MASK32), near, st.integers(0, MASK32)),
+            st.one_of(
+                st.integers(0, 80).map(lambda k: (lo + k) & MASK32),
+                # lo - k: wraps round nearly the whole id space back to just before lo
+                st.integers(1, 80).map(lambda k: (lo - k) & MASK32),
+                near,
+                st.integers(0, MASK32),
+            ),
             label="hi",
         )
         result = self.tracker.on_range(lo, hi, copied)
@@ -444,6 +450,27 @@ def test_one_range_resolving_several_writes_returns_them_in_write_order() -> Non
     result = t.on_range(MASK32 - 1, 3, True)
     assert [tok for tok, _ in result] == ["a", "b", "c"]
     assert all(c == Completion(2, False, 2, 2) for _, c in result)
+
+
+def test_wrapping_range_resolving_older_and_newer_writes_returns_write_order() -> None:
+    t: CompletionTracker[str] = CompletionTracker(MASK32 - 1)
+    zc_write(t, "a", 2)  # MASK32-1, MASK32
+    zc_write(t, "b", 2)  # 0, 1
+    # Starts at b's first id and goes the long way round (2**32 ids) to a's last.
+    result = t.on_range(0, MASK32, False)
+    assert [tok for tok, _ in result] == ["a", "b"]
+    assert t.unexpected_ids == 2**32 - 4
+
+
+def test_writes_opened_together_resolve_in_open_order() -> None:
+    t: CompletionTracker[str] = CompletionTracker()
+    a = t.open_write("a", 1)
+    b = t.open_write("b", 1)
+    assert t.on_sent(b, 1, zerocopy=True) == 0  # b's ids come first ...
+    assert t.on_sent(a, 1, zerocopy=True) == 1
+    t.close_write(a)
+    t.close_write(b)
+    assert [tok for tok, _ in t.on_range(0, 1, False)] == ["a", "b"]  # ... still a first
 
 
 def test_write_resolves_only_after_close() -> None:
