@@ -44,7 +44,7 @@ from aiozc.policy import DEFAULT_THRESHOLD
 
 __all__ = [
     "ZeroCopySite",
-    "ZeroCopyStreamWriter",
+    "ZeroCopyPayloadWriter",
     "BufferPayload",
     "buffer_response",
     "write_buffer",
@@ -99,7 +99,7 @@ def _send_chunk(transport: asyncio.Transport, chunk: BufferLike) -> None:
     transport.write(chunk)
 
 
-class ZeroCopyStreamWriter(StreamWriter):
+class ZeroCopyPayloadWriter(StreamWriter):
     """aiohttp's writer, minus the header+body join on old Pythons, for aiozc transports only."""
 
     def _live_transport(self) -> asyncio.Transport:
@@ -133,13 +133,13 @@ class ZeroCopyStreamWriter(StreamWriter):
 
 
 def _wrap_request_factory(factory: Callable[..., web.BaseRequest]) -> Callable[..., web.BaseRequest]:
-    """Give every request of one connection a :class:`ZeroCopyStreamWriter`."""
+    """Give every request of one connection a :class:`ZeroCopyPayloadWriter`."""
 
     def make_request(
         message: Any, payload: Any, protocol: Any, writer: AbstractStreamWriter, task: Any
     ) -> web.BaseRequest:
         if type(writer) is StreamWriter:
-            writer = ZeroCopyStreamWriter(protocol, writer.loop)
+            writer = ZeroCopyPayloadWriter(protocol, writer.loop)
         return factory(message, payload, protocol, writer, task)
 
     return make_request
