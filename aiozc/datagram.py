@@ -36,7 +36,7 @@ from .base import (
     byte_view,
     logger,
 )
-from .completions import Completion
+from .completions import MASK32, Completion
 from .policy import ZeroCopyState
 from .readiness import Multiplexer
 
@@ -118,6 +118,9 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         self._classifying: int | None = None
         self._stale_icmp = False
         self._own_error_queued = False
+        # While a zero-copy send's ENOBUFS is being classified (see _zerocopy_enobufs).
+        self._enobufs_datagram: _Datagram | None = None
+        self._enobufs_consumed = False
         self._max_size = max_datagram_size(sock)
         options = options or TransportOptions()
         self._read_size = _INET_READ_SIZE if self._max_size else options.read_size
@@ -325,56 +328,105 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         return self._stale_icmp and not self._own_error_queued
 
     def _send_datagram(self, dg: _Datagram) -> None:
-        """One send call for ``dg``; resolves or tracks its completion.
+        """One datagram to the kernel (one send call, two after a refused zero-copy send).
 
         Unlike a TCP write, a datagram is accepted whole or not at all, so its tracker write is
-        opened only once the kernel accepted it: a refused datagram never leaves a write behind.
+        opened only once the kernel took it: a refused datagram never leaves a write behind.
         """
         if self._sock is None:
             raise TransportClosedError("transport is closed")
-        if not dg.held:
-            self._send_chunk(None, dg.view, self._send_address(dg))
-            dg.view.release()
+        if dg.held and self._wants_zerocopy(dg.nbytes) and self._send_zerocopy(dg):
             return
-        zerocopy = self._wants_zerocopy(dg.nbytes)
-        sent = self._send_once(dg, zerocopy)
-        if sent < 0:  # ENOBUFS on the zero-copy send: resend by copy (see _on_enobufs)
-            zerocopy = False
-            sent = self._send_once(dg, False)
+        self._send_copy(dg)
+
+    def _send_zerocopy(self, dg: _Datagram) -> bool:
+        """True once ``dg`` is dealt with; False if the kernel refused it for lack of option
+        memory (nothing sent, no id used): the caller then sends it by copy."""
+        assert self._sock is not None
+        try:
+            sent = self._engine.send(self._sock, dg.view, zerocopy=True, address=self._send_address(dg))
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            return self._zerocopy_enobufs(dg)
+        self._finish_send(dg, sent, zerocopy=True)
+        return True
+
+    def _send_copy(self, dg: _Datagram) -> None:
+        assert self._sock is not None
+        try:
+            sent = self._engine.send(self._sock, dg.view, zerocopy=False, address=self._send_address(dg))
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            # With IP_RECVERR, udp_send_skb() returns ENOBUFS for a datagram the local transmit
+            # queue dropped (qdisc full) instead of hiding it: accepted, then lost like any UDP
+            # datagram. Report the loss; the datagram is done.
+            sent = dg.nbytes
+            self._report_local_drop()
+        self._finish_send(dg, sent, zerocopy=False)
+
+    def _zerocopy_enobufs(self, dg: _Datagram) -> bool:
+        """A MSG_ZEROCOPY send failed with ENOBUFS, which means one of two things (measured):
+
+        * option memory (net.core.optmem_max / RLIMIT_MEMLOCK) could not hold the notification:
+          nothing was sent and no id was used. Resend by copy; the policy decides whether
+          zero-copy is worth trying again (two-tier rule, see ZeroCopyPolicy.on_enobufs).
+        * the qdisc dropped the datagram after the kernel accepted it (IP_RECVERR reports that
+          as ENOBUFS): the id *was* used, and its notification is already on the error queue
+          when send() returns, because the drop freed the skb inside the call. If that is so,
+          the tracker must count the id or every later completion would name the wrong write.
+        """
+        self.stats.enobufs += 1
+        # Counted before the drain: on a fast path the notification that filled optmem is
+        # already queued, so after the drain nothing looks outstanding and the policy would
+        # disable zero-copy for the transient case (see /work/patches/udp-enobufs-outstanding.diff).
+        outstanding = self._tracker.outstanding_ids
+        self._enobufs_datagram, self._enobufs_consumed = dg, False
+        try:
+            self._drain_errqueue()
+        finally:
+            self._enobufs_datagram = None
+        if self._enobufs_consumed:
+            self._report_local_drop()
+            return True
+        self._policy.on_enobufs(outstanding_ids=outstanding)
+        self._sync_state()
+        if self._sock is None:
+            raise TransportClosedError("transport closed while sending")
+        return False
+
+    def on_zerocopy_range(self, lo: int, hi: int, copied: bool) -> None:
+        dg = self._enobufs_datagram
+        if dg is not None and _covers(lo, hi, self._tracker.next_id):
+            # The id the kernel gave the send that "failed" with ENOBUFS: account it first.
+            self._enobufs_datagram = None
+            self._enobufs_consumed = True
+            write = self._open_write(dg.view, dg.future)
+            self._account_send(write, dg.nbytes, True)
+            self._resolve(self._tracker.close_write(write))  # no drain: we are inside one
+        super().on_zerocopy_range(lo, hi, copied)
+
+    def _finish_send(self, dg: _Datagram, sent: int, *, zerocopy: bool) -> None:
         if sent != dg.nbytes:
             raise OSError(errno.EMSGSIZE, f"datagram truncated: {sent} of {dg.nbytes} bytes sent")
+        if not dg.held:
+            self._account_send(None, sent, zerocopy)
+            dg.view.release()
+            return
         write = self._open_write(dg.view, dg.future)
         self._account_send(write, sent, zerocopy)
         self._close_write(write)
 
-    def _send_once(self, dg: _Datagram, zerocopy: bool) -> int:
-        """One engine send; -1 if a zero-copy send hit ENOBUFS (no id consumed, nothing sent)."""
-        if self._sock is None:
-            raise TransportClosedError("transport closed while sending")
-        try:
-            return self._engine.send(
-                self._sock, dg.view, zerocopy=zerocopy, address=self._send_address(dg)
-            )
-        except OSError as exc:
-            if not zerocopy or exc.errno != errno.ENOBUFS:
-                raise
-        self._on_enobufs()
-        return -1
+    def _report_local_drop(self) -> None:
+        self.stats.extra["local_drops"] = self.stats.extra.get("local_drops", 0) + 1
+        self._error_received(
+            OSError(errno.ENOBUFS, "datagram dropped by the local transmit queue (qdisc full)")
+        )
 
     def _send_address(self, dg: _Datagram) -> Any:
         # A connected socket uses send(): what asyncio does, and no per-call address lookup.
         return None if self._extra.get("peername") else dg.addr
-
-    def _on_enobufs(self) -> None:
-        # Same as the base, except that "outstanding" is counted *before* the drain: on a fast
-        # path (the ifb sink, loopback) the notification that filled optmem is already queued,
-        # so the drain resolves everything and the base would see 0 outstanding and disable
-        # zero-copy for what is the transient case. See /work/patches/udp-enobufs-outstanding.diff.
-        self.stats.enobufs += 1
-        outstanding = self._tracker.outstanding_ids
-        self._drain_errqueue()
-        self._policy.on_enobufs(outstanding_ids=outstanding)
-        self._sync_state()
 
     def _flush(self) -> None:
         while self._queue and self._sock is not None:
@@ -515,6 +567,11 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             return
         self._closing = True
         self._call_connection_lost(None, ConnectionAbortedError("transport aborted"))
+
+
+def _covers(lo: int, hi: int, ident: int) -> bool:
+    """Is u32 ``ident`` inside the inclusive, possibly wrapping, range ``lo..hi``?"""
+    return (ident - lo) & MASK32 <= (hi - lo) & MASK32
 
 
 def _socket_error(message: _kernel.SocketError) -> OSError:
