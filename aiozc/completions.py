@@ -313,6 +313,7 @@ class CompletionTracker(Generic[T]):
             w._remaining = 0
             w._done_lo = w._done_hi = None
             tokens.append(cast(T, w.token))
+            w.token = None
         self._pending.clear()
         self._index.clear()
         self._firsts.clear()
@@ -362,11 +363,15 @@ class CompletionTracker(Generic[T]):
         return newly
 
     def _resolve(self, w: WriteHandle) -> tuple[T, Completion]:
+        token = cast(T, w.token)
         w._state = _DONE
+        # A resolved handle may linger in the id index until compaction, and in the
+        # caller's queues: drop what it references (often the user's buffer).
+        w.token = None
         w._done_lo = w._done_hi = None
         del self._pending[w._seq]
         self._pinned -= w._zc_bytes
-        return cast(T, w.token), _completion(w)
+        return token, _completion(w)
 
     def _compact(self) -> None:
         """Drop resolved writes from the front of the id index, in amortised O(1)."""

@@ -717,3 +717,27 @@ def test_other_errors() -> None:
     with pytest.raises(ValueError):
         t.on_range(0, 2**32, False)
     assert t.outstanding_ids == 2
+
+
+def test_resolved_and_abandoned_handles_release_their_token() -> None:
+    """The transport may keep handles around; they must not keep user buffers alive."""
+    import gc
+    import weakref
+
+    class Token:
+        pass
+
+    t: CompletionTracker[Token] = CompletionTracker()
+    tokens = [Token(), Token()]
+    refs = [weakref.ref(tok) for tok in tokens]
+    handles = [t.open_write(tok, 1) for tok in tokens]
+    del tokens
+    t.on_sent(handles[0], 1, zerocopy=True)
+    t.on_sent(handles[1], 1, zerocopy=True)
+    t.close_write(handles[0])
+    [(tok, _)] = t.on_range(0, 0, False)
+    del tok
+    assert len(t.abandon()) == 1
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+    assert len(handles) == 2
