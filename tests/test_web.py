@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -440,7 +442,10 @@ async def test_site_on_a_given_socket(blob: bytes, big_file: Path) -> None:
 
 
 @pytest.mark.parametrize("path", ["/body", "/views", "/file", "/array"])
-async def test_client_disconnect_mid_body(blob: bytes, big_file: Path, path: str) -> None:
+async def test_client_disconnect_mid_body(
+    blob: bytes, big_file: Path, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
     rec = Recorder()
     app = make_app(rec, blob, big_file)
     handler_done = asyncio.Event()
@@ -477,6 +482,15 @@ async def test_client_disconnect_mid_body(blob: bytes, big_file: Path, path: str
             resp, digest, n = await fetch_sha(s, url + "/small?n=100000")
             assert n == 100000 and digest == sha(blob[:100000])
     await rec.assert_clean()
+    gc.collect()  # an unretrieved future exception would be logged now
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and not _aiohttp_disconnect(r)]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+def _aiohttp_disconnect(record: logging.LogRecord) -> bool:
+    """aiohttp logs a handler's ConnectionError at ERROR; stock transports get the same log."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return record.name == "aiohttp.server" and isinstance(exc, ConnectionError)
 
 
 async def test_keep_alive_many_requests(blob: bytes, big_file: Path) -> None:
@@ -674,3 +688,17 @@ async def test_transport_sendfile_rejects_non_files() -> None:
 
     async with raw_server(run) as port:
         assert await read_all(port) == b"ok"
+
+
+async def test_install_sendfile_is_per_loop_and_idempotent() -> None:
+    loop = asyncio.get_running_loop()
+    zweb.install_sendfile(loop)
+    hook = loop.sendfile
+    zweb.install_sendfile(loop)
+    assert loop.sendfile is hook
+    assert isinstance(hook, zweb._SendfileHook)
+    other = asyncio.new_event_loop()
+    try:
+        assert "sendfile" not in vars(other)  # nothing global: a new loop is untouched
+    finally:
+        other.close()
