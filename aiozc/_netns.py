@@ -207,7 +207,7 @@ def netns_available() -> str | None:
         with SinkNamespace(prefix="aiozc-probe") as ns:
             s = ns.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.close()
-    except (NetnsError, OSError) as exc:
+    except (NetnsError, OSError, subprocess.SubprocessError) as exc:
         return f"cannot create a network namespace with an ifb device: {exc}"
     return None
 
@@ -285,11 +285,13 @@ class NetNamespace:
         self._closed = False
         self._procs: list[subprocess.Popen[Any]] = []
         self._lock = threading.Lock()
+        self._owner_pid = os.getpid()
 
     # -- lifecycle -------------------------------------------------------------------------
     def create(self) -> "NetNamespace":
         _ip("netns", "add", self.name)
         self._created = True
+        self._owner_pid = os.getpid()
         _live[self.name] = self
         try:
             self.ip("link", "set", "lo", "up")
@@ -302,11 +304,15 @@ class NetNamespace:
         """Stop processes started with ``popen`` that still run, then ``ip netns del``.
 
         Sockets created in-process keep the (now nameless) namespace alive until they close.
+        In a forked child (any process but the creator) this only marks the object closed:
+        the namespace belongs to the process that made it.
         """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        if os.getpid() != self._owner_pid:
+            return
         try:
             for proc in self._procs:
                 if proc.poll() is None:

@@ -144,6 +144,7 @@ def test_enter_in_forked_child(sink_ns: SinkNamespace) -> None:
         try:
             sink_ns.enter()
             os.write(w, os.readlink("/proc/thread-self/ns/net").encode())
+            sink_ns.close()  # a child never deletes its parent's namespace
         finally:
             os._exit(0)
     os.close(w)
@@ -152,6 +153,7 @@ def test_enter_in_forked_child(sink_ns: SinkNamespace) -> None:
     os.waitpid(pid, 0)
     assert child_ns == target != host
     assert os.readlink("/proc/thread-self/ns/net") == host
+    assert sink_ns.name in list_namespaces()
 
 
 def test_reap_stale_namespaces_only_touches_dead_pids() -> None:
