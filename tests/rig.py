@@ -1,15 +1,27 @@
 """Test rig: pytest fixtures and helpers around :mod:`aiozc._netns` and :mod:`aiozc._kernel`.
 
-Use from a test module (``tests/`` is on ``sys.path`` under pytest's default ``prepend`` import
-mode because it has no ``__init__.py``)::
+Fixtures (each skips with the reason from ``netns_available()`` when the rig cannot run: not
+root, no iproute2, no ifb, ...):
+
+* ``sink_ns``: a fresh :class:`~aiozc._netns.SinkNamespace`; UDP to ``sink_ns.sink_addr`` from a
+  socket made with ``sink_ns.socket()`` / ``zc_udp_socket(sink_ns)`` (or code run with
+  ``sink_ns.call(fn)``) is sent truly zero-copy (notifications copied=False).
+* ``enobufs_sink``: the same with ``net.core.optmem_max = 1024``: the first MSG_ZEROCOPY send of
+  a socket succeeds, later ones fail with ENOBUFS until its error queue is drained.
+* ``veth_pair``: namespaces ``a``/``b`` joined by veth0 (``a_addr`` <-> ``b_addr``);
+  ``zc_tcp_pair(veth_pair)`` gives a connected TCP pair across it.
+
+Make them visible either per module (``tests/`` is on ``sys.path`` under pytest's default
+``prepend`` import mode because it has no ``__init__.py``)::
 
     from rig import sink_ns, veth_pair, enobufs_sink  # noqa: F401  (fixtures)
     from rig import zc_udp_socket, wait_zc_ids, ids_covered
 
-or once for every module, in ``tests/conftest.py``: ``pytest_plugins = ["rig"]``.
+or for every module, in ``tests/conftest.py``::
 
-Every fixture skips the test with the reason from ``netns_available()`` when the rig cannot run
-(not root, no iproute2, no ifb, ...).
+    import os as _os, sys as _sys
+    _sys.path.insert(0, _os.path.dirname(__file__))  # only needed for --import-mode=importlib
+    pytest_plugins = ["rig"]
 """
 
 from __future__ import annotations
