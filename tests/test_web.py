@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
 import logging
@@ -491,6 +492,43 @@ def _aiohttp_disconnect(record: logging.LogRecord) -> bool:
     """aiohttp logs a handler's ConnectionError at ERROR; stock transports get the same log."""
     exc = record.exc_info[1] if record.exc_info else None
     return record.name == "aiohttp.server" and isinstance(exc, ConnectionError)
+
+
+async def test_write_buffer_cancelled_releases_before_returning() -> None:
+    """A cancelled write_buffer aborts the connection and only then lets the caller go on."""
+    arr = np.ones(BIG, dtype=np.uint8)
+    rec = Recorder()
+    seen: dict[str, bool] = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        rec.watch(request)
+        resp = web.StreamResponse()
+        resp.content_length = arr.nbytes
+        await resp.prepare(request)
+        task = asyncio.ensure_future(zweb.write_buffer(resp, arr))
+        await asyncio.sleep(0.05)  # the client is not reading: most of arr is still held
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        seen["released"] = all(f.done() for f in rec.futures)
+        seen["closing"] = request.transport is None or request.transport.is_closing()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with serve(app) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.3)
+        received = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(MiB):
+                received += len(chunk)
+        writer.close()
+    assert seen == {"released": True, "closing": True}
+    assert received < BIG  # cut short, never completed from a buffer the caller got back
+    await rec.assert_clean()
 
 
 async def test_keep_alive_many_requests(blob: bytes, big_file: Path) -> None:
