@@ -1,0 +1,273 @@
+"""The UDP transport on the netns rig: true zero-copy into the ifb sink, real ENOBUFS, TCP over veth.
+
+Sender code runs in a fresh interpreter inside the namespace (``ns.call``: functions of this module
+imported by reference there), on asyncio's loop or uvloop, and returns JSON. Datagrams are counted
+by the sink's own counter: ifb0 counts every datagram it is handed in ``rx_packets`` (and drops it),
+so "no datagram lost from the caller's view" means rx_packets grew by exactly the datagrams sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+from typing import Any
+
+import pytest
+
+from aiozc._netns import OPTMEM_NO_ZEROCOPY, SinkNamespace, VethPair
+from rig import enobufs_sink, sink_ns, veth_pair  # noqa: F401 - fixtures are used by name
+
+LOOPS = ["asyncio", "uvloop"]
+DATAGRAM = 64000
+TCP_PORT = 5001
+
+
+# ------------------------------------------------------------------------------------------
+# Run inside the namespace (fresh interpreter).
+
+
+def _run(loop: str, coro: Any) -> Any:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def _ifb_rx_packets() -> int:
+    with open("/sys/class/net/ifb0/statistics/rx_packets") as f:
+        return int(f.read())
+
+
+async def _send_datagrams(
+    dst: str, count: int, size: int, window: int, extra_sends: int, phases: list[str]
+) -> dict[str, Any]:
+    import subprocess
+
+    from aiozc.datagram import create_datagram_endpoint
+
+    errors: list[int] = []
+
+    class Proto(asyncio.DatagramProtocol):
+        def error_received(self, exc: OSError) -> None:
+            errors.append(exc.errno or 0)
+
+    rx_before = _ifb_rx_packets()
+    transport, _ = await create_datagram_endpoint(Proto, remote_addr=(dst, 9))
+    buf = bytearray(b"z" * size)  # one buffer, sent again and again
+    completions: list[Any] = []
+    unresolved = 0
+    phase_rx: list[int] = []
+    for phase in phases:
+        if phase != "-":
+            subprocess.run(phase.split(), check=True)  # e.g. a tc command, inside the namespace
+        rx_phase = _ifb_rx_packets()
+        pending: list[asyncio.Future[Any]] = []
+        for _ in range(count):
+            pending.append(transport.sendto_zc(buf))
+            if window and len(pending) >= window:
+                completions += await asyncio.wait_for(asyncio.gather(*pending), 10)
+                pending = []
+        done, not_done = await asyncio.wait(pending, timeout=10) if pending else (set(), set())
+        unresolved += len(not_done)
+        completions += [f.result() for f in pending if f in done]
+        phase_rx.append(_ifb_rx_packets() - rx_phase)
+    for _ in range(extra_sends):
+        transport.sendto(bytes(size))  # exact bytes: may go zero-copy, held by reference
+    tracker = transport._tracker
+    outstanding = tracker.outstanding_ids
+    lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    transport.get_protocol().connection_lost = lambda exc: lost.set_result(None)  # type: ignore[method-assign]
+    transport.close()  # waits for the last notifications
+    await asyncio.wait_for(lost, 10)
+    stats = transport.stats.as_dict()
+    in_step = {"unexpected_ids": tracker.unexpected_ids, "outstanding_ids": outstanding}
+    return {
+        "resolved": len(completions),
+        "unresolved": unresolved,
+        "zerocopy": sum(c.zerocopy for c in completions),
+        "nbytes": sorted({c.nbytes for c in completions}),
+        "rx_packets": _ifb_rx_packets() - rx_before,
+        "phase_rx": phase_rx,
+        "errors": errors,
+        "stats": stats,
+        **in_step,
+    }
+
+
+def send_datagrams(
+    dst: str, loop: str, count: int, size: int = DATAGRAM, window: int = 64, extra_sends: int = 0,
+    phases: list[str] | None = None,
+) -> dict[str, Any]:
+    """``count`` sendto_zc of one buffer (per phase), up to ``window`` futures outstanding
+    (0: all at once), then ``extra_sends`` sendto(bytes); counters and stats as JSON."""
+    return _run(loop, _send_datagrams(dst, count, size, window, extra_sends, phases or ["-"]))
+
+
+async def _tcp_server(host: str, port: int, expect: int) -> dict[str, Any]:
+    import hashlib
+
+    import aiozc
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    digest = hashlib.sha256()
+    got = 0
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            nonlocal got
+            digest.update(data)
+            got += len(data)
+
+        def eof_received(self) -> bool:
+            return False
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            if not done.done():
+                done.set_result(None)
+
+    server = await aiozc.create_server(Sink, host, port)
+    try:
+        await asyncio.wait_for(done, 60)
+    finally:
+        server.close()
+    return {"bytes": got, "sha256": digest.hexdigest(), "expect": expect}
+
+
+def tcp_server(host: str, port: int, loop: str, expect: int) -> dict[str, Any]:
+    return _run(loop, _tcp_server(host, port, expect))
+
+
+async def _tcp_client(host: str, port: int, chunks: int, chunk_size: int) -> dict[str, Any]:
+    import hashlib
+
+    import aiozc
+
+    for _ in range(200):  # the server process may still be starting
+        try:
+            transport, protocol = await aiozc.create_connection(asyncio.Protocol, host, port)
+            break
+        except ConnectionRefusedError:
+            await asyncio.sleep(0.05)
+    else:
+        raise ConnectionRefusedError(f"no server at {host}:{port}")
+    digest = hashlib.sha256()
+    futures = []
+    for i in range(chunks):
+        chunk = bytes([i % 251]) * chunk_size
+        digest.update(chunk)
+        futures.append(transport.write_zc(chunk))
+    completions = await asyncio.wait_for(asyncio.gather(*futures), 60)
+    stats = transport.get_extra_info("aiozc_stats").as_dict()
+    transport.close()
+    await asyncio.sleep(0.1)
+    return {
+        "sha256": digest.hexdigest(),
+        "zerocopy": sum(c.zerocopy for c in completions),
+        "stats": stats,
+    }
+
+
+def tcp_client(host: str, port: int, loop: str, chunks: int, chunk_size: int) -> dict[str, Any]:
+    return _run(loop, _tcp_client(host, port, chunks, chunk_size))
+
+
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_sendto_zc_into_sink_is_zerocopy(sink_ns: SinkNamespace, loop: str) -> None:
+    res = sink_ns.call(send_datagrams, sink_ns.sink_addr, loop, 2000, extra_sends=200)
+    stats = res["stats"]
+    assert res["resolved"] == 2000 and res["unresolved"] == 0
+    assert res["zerocopy"] == 2000 and res["nbytes"] == [DATAGRAM]
+    assert stats["state"] == "zerocopy", stats["reason"]
+    # sendto(bytes) above the threshold went zero-copy as well: one id per datagram.
+    assert stats["zc_sends"] == 2200 and stats["copy_sends"] == 0
+    assert stats["ids_zerocopy"] == 2200 and stats["ids_copied"] == 0
+    assert res["rx_packets"] == 2200
+    assert res["errors"] == [] and res["unexpected_ids"] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_same_buffer_10k_times_resolves_10k_futures(sink_ns: SinkNamespace, loop: str) -> None:
+    res = sink_ns.call(send_datagrams, sink_ns.sink_addr, loop, 10_000, window=0)
+    assert res["resolved"] == 10_000 and res["unresolved"] == 0
+    assert res["zerocopy"] == 10_000
+    assert res["rx_packets"] == 10_000
+    assert res["stats"]["state"] == "zerocopy"
+    assert res["stats"]["pinned_bytes"] == 0 and res["unexpected_ids"] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_enobufs_with_outstanding_ids_resends_by_copy_and_stays_zerocopy(
+    enobufs_sink: SinkNamespace, loop: str
+) -> None:
+    """optmem_max 1024: one undrained notification exhausts option memory, so sends alternate
+    between zero-copy and ENOBUFS -> resent by copy. Nothing is lost, everything resolves."""
+    res = enobufs_sink.call(send_datagrams, enobufs_sink.sink_addr, loop, 2000)
+    stats = res["stats"]
+    assert res["resolved"] == 2000 and res["unresolved"] == 0
+    assert res["rx_packets"] == 2000  # every datagram left exactly once
+    assert stats["enobufs"] > 0
+    assert stats["copy_sends"] == stats["enobufs"]
+    assert stats["zc_sends"] + stats["copy_sends"] == 2000
+    assert 0 < res["zerocopy"] == stats["zc_sends"] < 2000
+    assert stats["state"] == "zerocopy", stats["reason"]
+    assert res["errors"] == [] and res["unexpected_ids"] == 0
+    assert stats["extra"].get("local_drops", 0) == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_enobufs_with_nothing_outstanding_disables_zerocopy(
+    sink_ns: SinkNamespace, loop: str
+) -> None:
+    sink_ns.set_sysctl("net.core.optmem_max", OPTMEM_NO_ZEROCOPY)
+    res = sink_ns.call(send_datagrams, sink_ns.sink_addr, loop, 300)
+    stats = res["stats"]
+    assert res["resolved"] == 300 and res["rx_packets"] == 300
+    assert res["zerocopy"] == 0
+    assert stats["state"] == "disabled"
+    assert "ENOBUFS" in stats["reason"]
+    assert stats["enobufs"] == 1  # disabled at once: no further zero-copy attempt
+    assert stats["copy_sends"] == 300 and stats["zc_sends"] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_qdisc_drop_reported_as_enobufs_keeps_ids_in_step(sink_ns: SinkNamespace, loop: str) -> None:
+    """With IP_RECVERR a datagram the qdisc drops comes back as ENOBUFS although its MSG_ZEROCOPY
+    id was used. Phase 1: a pfifo of limit 0 drops everything; phase 2: the default qdisc again.
+    Had the transport lost count of ids, phase 2's futures would resolve early or never."""
+    phases = ["tc qdisc replace dev ifb0 root pfifo limit 0", "tc qdisc del dev ifb0 root"]
+    res = sink_ns.call(send_datagrams, sink_ns.sink_addr, loop, 300, phases=phases)
+    stats = res["stats"]
+    assert res["resolved"] == 600 and res["unresolved"] == 0
+    assert res["phase_rx"] == [0, 300]
+    assert res["errors"] == [errno.ENOBUFS] * 300  # each drop reported once
+    assert stats["extra"]["local_drops"] == 300
+    assert stats["zc_sends"] == 600 and stats["ids_zerocopy"] == 600
+    assert res["unexpected_ids"] == 0
+    assert stats["state"] == "zerocopy"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_tcp_over_veth_falls_back_to_copy(veth_pair: VethPair, loop: str) -> None:
+    """A non-loopback interface, but the receiver is on this host: the kernel copies every
+    zero-copy send, and the transport switches to copy-fallback; the data arrives intact."""
+    assert veth_pair.a is not None and veth_pair.b is not None
+    chunks, chunk_size = 64, 1 << 20
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        server = pool.submit(
+            veth_pair.b.call, tcp_server, veth_pair.b_addr, TCP_PORT, loop, chunks * chunk_size
+        )
+        client = veth_pair.a.call(tcp_client, veth_pair.b_addr, TCP_PORT, loop, chunks, chunk_size)
+        received = server.result(timeout=90)
+    stats = client["stats"]
+    assert received["bytes"] == chunks * chunk_size
+    assert received["sha256"] == client["sha256"]
+    assert stats["state"] == "copy-fallback", stats
+    assert stats["ids_copied"] > 0 and stats["ids_zerocopy"] == 0
+    assert stats["copy_sends"] > 0  # after the fallback, plain sends
+    assert client["zerocopy"] == 0
