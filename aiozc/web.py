@@ -261,8 +261,10 @@ def buffer_response(
 ) -> web.Response:
     """A ``web.Response`` whose body is ``buf``, sent zero-copy on aiozc transports.
 
-    The handler that returns it may reuse ``buf`` once the response was sent (aiohttp awaits the
-    body write, which awaits the kernel's release); on other transports the body is copied.
+    aiohttp writes a returned response after the handler is done, so ``buf`` must not change
+    until then. To know when it is free again, send it inside the handler: after
+    ``await resp.prepare(request); await resp.write_eof()`` the kernel has released ``buf``
+    (the body write awaits the completion). On other transports the body is copied.
     """
     payload = BufferPayload(buf, content_type=content_type)
     return web.Response(body=payload, status=status, reason=reason, headers=headers)
