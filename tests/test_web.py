@@ -276,8 +276,16 @@ async def test_buffer_response_numpy(blob: bytes) -> None:
     async def handler(request: web.Request) -> web.Response:
         return zweb.buffer_response(arr, headers={"X-Shape": "x".join(map(str, arr.shape))})
 
+    async def sent_in_handler(request: web.Request) -> web.Response:
+        resp = zweb.buffer_response(arr)
+        await resp.prepare(request)
+        await resp.write_eof()
+        arr[:] = 0  # released: the peer must still get the original bytes
+        return resp
+
     app = web.Application()
     app.router.add_get("/", handler)
+    app.router.add_get("/in-handler", sent_in_handler)
     async with serve(app) as url, aiohttp.ClientSession() as s:
         resp, digest, n = await fetch_sha(s, url)
         assert resp.status == 200 and n == BIG and digest == expected
@@ -285,6 +293,8 @@ async def test_buffer_response_numpy(blob: bytes) -> None:
         assert resp.headers["Content-Type"] == "application/octet-stream"
         async with s.head(url) as head:
             assert head.status == 200 and await head.read() == b""
+        resp, digest, n = await fetch_sha(s, url + "/in-handler")
+        assert n == BIG and digest == expected
 
 
 async def test_mutable_write_keeps_asyncio_contract() -> None:
