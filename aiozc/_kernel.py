@@ -127,7 +127,9 @@ def _is_recverr_cmsg(level: int, kind: int) -> bool:
 def read_errqueue(sock: socket.socket, limit: int = 64) -> list[ErrQueueMessage]:
     """Drain up to ``limit`` messages from the socket's error queue without blocking.
 
-    Returns an empty list when the queue is empty. Raises ``ErrQueueTruncated`` if the kernel
+    Returns an empty list when the queue is empty. ``sock`` must be non-blocking or blocking
+    without a timeout: CPython waits for readiness on sockets with a timeout before recvmsg,
+    so MSG_DONTWAIT alone would not stop it from blocking there. Raises ``ErrQueueTruncated`` if the kernel
     truncated a control message (a lost notification would leave a future pending forever).
     """
     if is_zerocopy_capable(sock) is not None:

@@ -8,6 +8,9 @@ from collections.abc import Callable, Mapping
 import pytest
 import uvloop
 
+# The network-namespace rig's fixtures (sink_ns, enobufs_sink, veth_pair) for every module.
+pytest_plugins = ["rig"]
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
