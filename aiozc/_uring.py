@@ -33,7 +33,11 @@ with :data:`IORING_CQE_F_NOTIF` and the same ``user_data`` follows later, when t
 longer references the buffer.  Always decide from ``F_MORE``: failed sends (e.g.
 ``-ECONNRESET``) carry it too.  With ``report_usage`` the notification's ``res`` has
 :data:`IORING_NOTIF_USAGE_ZC_COPIED` set if the data was (at least partly) copied after all,
-as loopback always does.  Until the notification arrives the caller must keep the buffer alive
+as loopback always does -- and also when nothing went out zero-copy at all: measured on 6.18,
+failed sends (-ECONNRESET, -EPIPE) and zero-length sends get F_MORE and a notification with
+the COPIED bit.  Without ``report_usage`` the notification's ``res`` is 0.  UDP out of a real
+(or ifb) device is truly zero-copy: ``res`` 0.  Until the notification arrives the caller must
+keep the buffer alive
 and unmodified: the Ring keeps no reference to it.
 """
 
@@ -520,28 +524,40 @@ class Ring:
         self._sq_tail = (self._sq_tail + 1) & 0xFFFFFFFF
         return sqe
 
+    def _unget_sqe(self) -> None:
+        """Give back the slot of a half-filled SQE (the local tail is not published yet)."""
+        self._sq_tail = (self._sq_tail - 1) & 0xFFFFFFFF
+
     def _prep_send(self, opcode: int, fd: int, buf: memoryview | bytes | bytearray, flags: int,
-                   user_data: int, dest: bytes | None) -> object | None:
+                   user_data: int, dest: bytes | None, ioprio: int = 0,
+                   buf_index: int = 0) -> bool:
+        """Fill one send SQE, all or nothing: a bad argument (OverflowError, TypeError...)
+        must not leave a zeroed SQE behind, which the kernel would run as a NOP."""
         self._check_open()
-        # Before taking a slot: a failing from_buffer must not leave a zeroed SQE (a NOP).
         ptr = ffi.from_buffer(buf)  # released when `ptr` dies; the caller keeps `buf` alive
         sqe = self._get_sqe()
         if sqe is None:
-            return None
-        sqe.opcode = opcode
-        sqe.fd = fd
-        sqe.addr = _address(ptr)
-        sqe.len = len(ptr)
-        sqe.msg_flags = flags
-        sqe.user_data = user_data
-        if dest is not None:
-            # Kept until the result CQE: older kernels read the sockaddr at issue time,
-            # which may be after submit() returned (poll-armed retry).
-            holder = ffi.new("char[]", dest)
-            self._dests.setdefault(user_data, []).append(holder)
-            sqe.addr2 = _address(holder)
-            sqe.addr_len = len(dest)
-        return sqe
+            return False
+        try:
+            sqe.opcode = opcode
+            sqe.ioprio = ioprio
+            sqe.fd = fd
+            sqe.addr = _address(ptr)
+            sqe.len = len(ptr)
+            sqe.msg_flags = flags
+            sqe.user_data = user_data
+            sqe.buf_index = buf_index
+            if dest is not None:
+                # Kept until the result CQE: older kernels read the sockaddr at issue time,
+                # which may be after submit() returned (poll-armed retry).
+                holder = ffi.new("char[]", dest)
+                sqe.addr2 = _address(holder)
+                sqe.addr_len = len(dest)
+                self._dests.setdefault(user_data, []).append(holder)
+        except BaseException:
+            self._unget_sqe()
+            raise
+        return True
 
     def prep_send_zc(self, fd: int, buf: memoryview | bytes | bytearray, flags: int,
                      user_data: int, *, report_usage: bool = True,
@@ -553,19 +569,14 @@ class Ring:
         unconnected datagram socket.  With ``fixed_index`` the bytes must lie inside the fixed
         buffer of that index (:meth:`register_buffers`); the kernel then skips pinning.  The
         caller must keep ``buf`` alive and unchanged until the notification CQE (see module
-        docstring); nothing is sent before :meth:`submit`.
+        docstring): the Ring keeps no reference to it.  Nothing is sent before :meth:`submit`.
         """
-        if fixed_index is not None:
-            self._check_fixed(buf, fixed_index)
-        sqe = self._prep_send(IORING_OP_SEND_ZC, fd, buf, flags, user_data, dest)
-        if sqe is None:
-            return False
         ioprio = IORING_SEND_ZC_REPORT_USAGE if report_usage else 0
         if fixed_index is not None:
+            self._check_fixed(buf, fixed_index)
             ioprio |= IORING_RECVSEND_FIXED_BUF
-            sqe.buf_index = fixed_index
-        sqe.ioprio = ioprio
-        return True
+        return self._prep_send(IORING_OP_SEND_ZC, fd, buf, flags, user_data, dest,
+                               ioprio, fixed_index or 0)
 
     def prep_send(self, fd: int, buf: memoryview | bytes | bytearray, flags: int,
                   user_data: int, dest: bytes | None = None) -> bool:
@@ -574,7 +585,7 @@ class Ring:
         The kernel copies ``buf`` while executing the request, so it must stay alive until
         the result CQE.  ``dest`` with IORING_OP_SEND needs Linux 6.1+.
         """
-        return self._prep_send(IORING_OP_SEND, fd, buf, flags, user_data, dest) is not None
+        return self._prep_send(IORING_OP_SEND, fd, buf, flags, user_data, dest)
 
     def prep_nop(self, user_data: int) -> bool:
         """Queue a no-op (one CQE with res 0): useful to wake a reaper or test plumbing."""
@@ -582,9 +593,13 @@ class Ring:
         sqe = self._get_sqe()
         if sqe is None:
             return False
-        sqe.opcode = IORING_OP_NOP
-        sqe.fd = -1
-        sqe.user_data = user_data
+        try:
+            sqe.opcode = IORING_OP_NOP
+            sqe.fd = -1
+            sqe.user_data = user_data
+        except BaseException:
+            self._unget_sqe()
+            raise
         return True
 
     def _check_fixed(self, buf: memoryview | bytes | bytearray, index: int) -> None:

@@ -421,3 +421,30 @@ def test_udp_true_zero_copy_in_netns() -> None:
     assert sorted(n[0] for n in notifs(cqes)) == list(range(8))
     for _, res, _ in notifs(cqes):
         assert res & IORING_NOTIF_USAGE_ZC_COPIED == 0, f"copied: {res:#x}"
+
+
+@needs_uring
+def test_bad_argument_leaves_no_stray_sqe(ring: Ring) -> None:
+    with pytest.raises(OverflowError):
+        ring.prep_send_zc(0, b"x", 0, -1)  # user_data must be a u64
+    with pytest.raises(TypeError):
+        ring.prep_send_zc(0, "not a buffer", 0, 1)  # type: ignore[arg-type]
+    assert ring.pending() == 0
+    assert ring.prep_nop(3) and ring.submit() == 1
+    assert wait_cqes(ring, bool) == [(3, 0, 0)]
+
+
+@needs_uring
+def test_zero_length_and_unreported_usage(ring: Ring) -> None:
+    """Measured semantics worth pinning: an empty SEND_ZC still notifies (COPIED: nothing went
+    out zero-copy), and without report_usage the notification's res is plain 0."""
+    with tcp_pair() as (tx, rx):
+        assert ring.prep_send_zc(tx.fileno(), b"", socket.MSG_NOSIGNAL, 1)
+        assert ring.prep_send_zc(tx.fileno(), b"abc", socket.MSG_NOSIGNAL, 2, report_usage=False)
+        ring.submit()
+        cqes = wait_cqes(ring, lambda c: len(results(c)) == 2 and all_notified(c))
+        rx.settimeout(5)
+        assert rx.recv(10) == b"abc"
+    assert sorted(results(cqes)) == [(1, 0, IORING_CQE_F_MORE), (2, 3, IORING_CQE_F_MORE)]
+    assert sorted(notifs(cqes)) == [(1, IORING_NOTIF_USAGE_ZC_COPIED - (1 << 32), IORING_CQE_F_NOTIF),
+                                    (2, 0, IORING_CQE_F_NOTIF)]
