@@ -36,9 +36,11 @@ longer references the buffer.  Always decide from ``F_MORE``: failed sends (e.g.
 as loopback always does -- and also when nothing went out zero-copy at all: measured on 6.18,
 failed sends (-ECONNRESET, -EPIPE) and zero-length sends get F_MORE and a notification with
 the COPIED bit.  Without ``report_usage`` the notification's ``res`` is 0.  UDP out of a real
-(or ifb) device is truly zero-copy: ``res`` 0.  Until the notification arrives the caller must
-keep the buffer alive
-and unmodified: the Ring keeps no reference to it.
+(or ifb) device is truly zero-copy: ``res`` 0.  ``res`` is the kernel's signed s32, so the
+COPIED bit reads as -2**31: test it with ``res & IORING_NOTIF_USAGE_ZC_COPIED``, never ``==``.
+
+Until the notification arrives the caller must keep the buffer alive and unmodified: the Ring
+keeps no reference to it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ import cffi
 __all__ = [
     "UringUnavailable",
     "probe",
+    "report_usage_supported",
     "Ring",
     "pack_sockaddr",
     "IORING_CQE_F_MORE",
@@ -316,6 +319,30 @@ def _probe_uncached() -> str | None:
     finally:
         ring.close()
     return None
+
+
+_report_usage_result: list[bool] = []
+
+
+def report_usage_supported() -> bool:
+    """Whether SEND_ZC accepts IORING_SEND_ZC_REPORT_USAGE (Linux 6.2+; 6.0/6.1 say EINVAL).
+
+    Measured by sending 0 bytes with the flag on an unconnected UDP socket: the flag is
+    checked when the SQE is prepared (-EINVAL), the missing address only when it is issued
+    (-EDESTADDRREQ).  Cached; False also when io_uring is unavailable.
+    """
+    if not _report_usage_result:
+        _report_usage_result.append(probe() is None and _report_usage_uncached())
+    return _report_usage_result[0]
+
+
+def _report_usage_uncached() -> bool:
+    with Ring(2) as ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ring.prep_send_zc(sock.fileno(), b"", 0, 1, report_usage=True)
+        ring.submit(wait_nr=1)
+        # The notification still owed is simply dropped with the ring.
+        return next(res for ud, res, flags in ring.reap()
+                    if not flags & IORING_CQE_F_NOTIF) != -_errno.EINVAL
 
 
 def pack_sockaddr(family: int, address: tuple) -> bytes:
@@ -620,15 +647,25 @@ class Ring:
         """Publish prepared SQEs and enter the kernel; return how many it consumed.
 
         With ``wait_nr > 0`` block (GIL released) until that many CQEs are available.
-        SQEs the kernel did not consume (e.g. after an SQE error) stay queued for next time.
+        Without IORING_SETUP_SUBMIT_ALL the kernel stops consuming at the first SQE that fails
+        its checks (that one still gets an error CQE) and then skips the wait; we enter again
+        for the rest, so on return every prepared SQE has been consumed unless the kernel
+        consumed none in a round (then they stay queued for the next call, see pending()).
+        Raises OSError for io_uring_enter failures (e.g. EBUSY, EAGAIN under memory pressure).
         """
         self._check_open()
         self._sq_ktail[0] = self._sq_tail  # release-store on x86 TSO (see module docstring)
-        to_submit = self.pending()
-        if to_submit == 0 and wait_nr == 0 and not self._needs_enter():
-            return 0
-        flags = IORING_ENTER_GETEVENTS if wait_nr > 0 or self._needs_enter() else 0
-        return _sys_enter(self.fd, to_submit, wait_nr, flags)
+        total = 0
+        while True:
+            to_submit = self.pending()
+            needs_enter = self._needs_enter()
+            if to_submit == 0 and wait_nr == 0 and not needs_enter:
+                return total
+            flags = IORING_ENTER_GETEVENTS if wait_nr > 0 or needs_enter else 0
+            done = _sys_enter(self.fd, to_submit, wait_nr, flags)
+            total += done
+            if done == 0 or done >= to_submit:
+                return total
 
     def _needs_enter(self) -> bool:
         """Whether completions are parked in the kernel until we enter with GETEVENTS.

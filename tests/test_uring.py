@@ -448,3 +448,22 @@ def test_zero_length_and_unreported_usage(ring: Ring) -> None:
     assert sorted(results(cqes)) == [(1, 0, IORING_CQE_F_MORE), (2, 3, IORING_CQE_F_MORE)]
     assert sorted(notifs(cqes)) == [(1, IORING_NOTIF_USAGE_ZC_COPIED - (1 << 32), IORING_CQE_F_NOTIF),
                                     (2, 0, IORING_CQE_F_NOTIF)]
+
+
+@needs_uring
+def test_report_usage_is_supported_here() -> None:
+    assert u.report_usage_supported() is True  # kernel 6.18
+
+
+@needs_uring
+def test_submit_continues_past_a_failing_sqe(ring: Ring) -> None:
+    """The kernel stops consuming at an SQE that fails prep (here a bad ioprio flag) and skips
+    the wait; submit() re-enters so the SQEs behind it are not stranded.  The failed SEND_ZC
+    still carries F_MORE and gets its notification."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        assert ring._prep_send(u.IORING_OP_SEND_ZC, sock.fileno(), b"", 0, 1, None, ioprio=1 << 7)
+        assert ring.prep_nop(2)
+        assert ring.submit(wait_nr=2) == 2
+        assert ring.pending() == 0
+        cqes = wait_cqes(ring, lambda c: len(results(c)) == 2 and all_notified(c))
+    assert sorted(results(cqes)) == [(1, -errno.EINVAL, IORING_CQE_F_MORE), (2, 0, 0)]
