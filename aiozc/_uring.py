@@ -50,6 +50,7 @@ import os
 import platform
 import socket
 import struct
+import warnings
 from typing import Final
 
 import cffi
@@ -309,7 +310,7 @@ def _probe_uncached() -> str | None:
         return reason
     try:
         ring = Ring(2)
-    except UringUnavailable as exc:
+    except OSError as exc:  # UringUnavailable, or mmap of the rings failing
         return str(exc)
     try:
         if IORING_OP_SEND_ZC not in _supported_ops(ring.fd):
@@ -373,6 +374,12 @@ class Ring:
     and notifications may be held for as long as a peer does not read, so size the CQ for the
     sends in flight.  Overflow is not lost on kernels with IORING_FEAT_NODROP (5.5+):
     :meth:`reap` flushes it.
+
+    ``flags``: ``IORING_SETUP_COOP_TASKRUN`` (with ``TASKRUN_FLAG``) saves the kernel an IPI
+    per completion; ``IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`` defers
+    completion work until :meth:`reap`/:meth:`submit` enter the kernel, and then the ring
+    must only be used from the thread that created it.  Close it explicitly (or use ``with``);
+    a Ring collected unclosed is closed with a ResourceWarning, like a socket.
     """
 
     def __init__(self, entries: int = 256, *, flags: int = 0, cq_entries: int | None = None):
@@ -473,6 +480,15 @@ class Ring:
             os.close(self._eventfd)
             self._eventfd = -1
         os.close(self.fd)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed io_uring Ring fd={self.fd}", ResourceWarning, source=self)
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self.fd} sq={self._sq_entries}"
+        return f"<Ring {state}>"
 
     def __enter__(self) -> Ring:
         return self

@@ -7,6 +7,7 @@ test instead of hanging it.
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import mmap
 import os
@@ -467,3 +468,15 @@ def test_submit_continues_past_a_failing_sqe(ring: Ring) -> None:
         assert ring.pending() == 0
         cqes = wait_cqes(ring, lambda c: len(results(c)) == 2 and all_notified(c))
     assert sorted(results(cqes)) == [(1, -errno.EINVAL, IORING_CQE_F_MORE), (2, 0, 0)]
+
+
+def test_unclosed_ring_warns_and_closes() -> None:
+    if REASON is not None:
+        pytest.skip(REASON)
+    ring = Ring(4)
+    fd = ring.fd
+    with pytest.warns(ResourceWarning):
+        del ring
+        gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed (nothing else opened fds in between)
