@@ -40,7 +40,16 @@ the COPIED bit.  Without ``report_usage`` the notification's ``res`` is 0.  UDP 
 COPIED bit reads as -2**31: test it with ``res & IORING_NOTIF_USAGE_ZC_COPIED``, never ``==``.
 
 Until the notification arrives the caller must keep the buffer alive and unmodified: the Ring
-keeps no reference to it.
+keeps no reference to it.  That includes the gap between ``prep_send_zc`` and ``submit``:
+``prep_send_zc(fd, bytes(1 << 20), ...)`` with a temporary was measured to fail with -EFAULT
+(the 1 MiB allocation was already unmapped at submit); a small temporary would instead be
+reused by the allocator and send whatever replaced it.
+
+Pinned-page accounting: for a process without CAP_IPC_LOCK, bytes in flight in non-fixed
+SEND_ZC requests count against RLIMIT_MEMLOCK until notified.  Measured as nobody with a
+256 KiB limit: a 1 MiB SEND_ZC completed with -ENOMEM (F_MORE set, notification follows) and a
+64 KiB one succeeded; root is exempt.  -ENOMEM is therefore a cue to fall back to a copying
+send, not a fatal error.
 """
 
 from __future__ import annotations

@@ -480,3 +480,37 @@ def test_unclosed_ring_warns_and_closes() -> None:
         gc.collect()
     with pytest.raises(OSError):
         os.fstat(fd)  # closed (nothing else opened fds in between)
+
+
+_MEMLOCK_SENDER = r"""
+import json, resource, socket
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (256 * 1024, 256 * 1024))
+from aiozc import _uring as u
+lsock = socket.create_server(("127.0.0.1", 0))
+tx = socket.create_connection(lsock.getsockname())
+rx, _ = lsock.accept()
+bufs = {1: bytes(1 << 20), 2: bytes(64 * 1024)}
+out = []
+with u.Ring(8) as ring:
+    for ud, buf in bufs.items():
+        ring.prep_send_zc(tx.fileno(), buf, socket.MSG_NOSIGNAL, ud)
+        ring.submit(wait_nr=1)
+        out += [c for c in ring.reap() if not c[2] & u.IORING_CQE_F_NOTIF]
+print(json.dumps(out))
+"""
+
+
+@needs_uring
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root (to drop to nobody) and setpriv(1)")
+def test_unprivileged_send_zc_is_memlock_accounted() -> None:
+    """Without CAP_IPC_LOCK, in-flight SEND_ZC bytes count against RLIMIT_MEMLOCK: over the
+    limit the result is -ENOMEM (an engine's cue to copy instead), still with F_MORE."""
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-c", _MEMLOCK_SENDER],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [[1, -errno.ENOMEM, IORING_CQE_F_MORE],
+                                       [2, 64 * 1024, IORING_CQE_F_MORE]]
