@@ -85,7 +85,7 @@ class Case:
     server_cpu_s: float  # server process CPU seconds, median
     cpu_s_per_gib: float
     state: str = ""  # aiozc only: the zero-copy policy's state at the end (loopback: fallback)
-    sendfile_bytes: int = 0  # aiozc only: bytes the transport sent with os.sendfile
+    sendfile_bytes: int = 0  # aiozc only: bytes the transport sent with os.sendfile, all repeats
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -149,28 +149,41 @@ async def _bench_loop(loop_name: str, opts: argparse.Namespace, body: bytes, fil
     await stock.start()
     await zc.start()
     size = len(body)
+    servers = {"stock": stock.port, "aiozc": zc.port}
     cases: list[Case] = []
     try:
-        for workload in ("body", "file"):
-            for server, site in (("stock", stock), ("aiozc", zc)):
-                runs = [
-                    await _measure(site.port, "/" + workload, opts.clients, opts.rounds, size)
-                    for _ in range(opts.repeat)
-                ]
-                gbps = statistics.median(r[0] for r in runs)
-                cpu = statistics.median(r[1] for r in runs)
-                total_gib = opts.clients * opts.rounds * size / (1 << 30)
-                case = Case(workload, loop_name, server, gbps, cpu, cpu / total_gib)
-                if transports:
-                    unique = {id(t): t for t in transports}.values()  # keep-alive: one per conn
-                    stats = [t.get_extra_info("aiozc_stats") for t in unique]
-                    case.state = ",".join(sorted({st.state for st in stats}))
-                    case.sendfile_bytes = sum(st.extra.get("sendfile_bytes", 0) for st in stats)
-                    transports.clear()
-                cases.append(case)
+        for workload in opts.workloads:
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
+            for _ in range(opts.repeat):
+                # Interleaved, so drift on a shared machine hits both servers alike.
+                for name, port in servers.items():
+                    measured = await _measure(port, "/" + workload, opts.clients, opts.rounds, size)
+                    runs[name].append(measured)
+            for name in servers:
+                cases.append(_case(workload, loop_name, name, runs[name], opts, size))
+            _add_transport_stats(cases[-1], transports)
     finally:
         await runner.cleanup()
     return cases
+
+
+def _case(
+    workload: str, loop: str, server: str, runs: list[tuple[float, float]],
+    opts: argparse.Namespace, size: int,
+) -> Case:
+    gbps = statistics.median(r[0] for r in runs)
+    cpu = statistics.median(r[1] for r in runs)
+    gib_per_run = opts.clients * opts.rounds * size / (1 << 30)
+    return Case(workload, loop, server, gbps, cpu, cpu / gib_per_run)
+
+
+def _add_transport_stats(case: Case, transports: list[Any]) -> None:
+    """What the aiozc transports of this case did (the stock site's never get recorded)."""
+    unique = {id(t): t for t in transports}.values()  # keep-alive: one per connection
+    stats = [t.get_extra_info("aiozc_stats") for t in unique]
+    case.state = ",".join(sorted({st.state for st in stats}))
+    case.sendfile_bytes = sum(st.extra.get("sendfile_bytes", 0) for st in stats)
+    transports.clear()
 
 
 def _ratios(cases: list[Case]) -> dict[str, float]:
@@ -223,8 +236,9 @@ def _options(args: Any) -> argparse.Namespace:
         size_mib=getattr(args, "size_mib", 256),
         clients=getattr(args, "clients", 2),
         rounds=getattr(args, "rounds", 2),
-        repeat=getattr(args, "repeat", 3),
+        repeat=getattr(args, "repeat", 5),
         loops=getattr(args, "loops", ["asyncio", "uvloop"]),
+        workloads=getattr(args, "workloads", ["body", "file"]),
     )
 
 
@@ -264,9 +278,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size-mib", type=int, default=256, help="response size (MiB)")
     parser.add_argument("--clients", type=int, default=2, help="concurrent connections")
     parser.add_argument("--rounds", type=int, default=2, help="requests per connection")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per case (median counts)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per case (median counts)")
     parser.add_argument("--loops", nargs="+", default=["asyncio", "uvloop"],
                         choices=["asyncio", "uvloop"])
+    parser.add_argument("--workloads", nargs="+", default=["body", "file"], choices=["body", "file"])
     parser.add_argument("--json", action="store_true", help="also print the result as JSON")
 
 
