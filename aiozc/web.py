@@ -33,11 +33,17 @@ from typing import Any, Optional, Union
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_writer import MIN_PAYLOAD_FOR_WRITELINES, StreamWriter
+from aiohttp.http_writer import StreamWriter
 from aiohttp.payload import Payload
 from aiohttp.web_log import AccessLogger
 from aiohttp.web_runner import BaseRunner
-from aiohttp.client_exceptions import ClientConnectionResetError
+
+try:  # aiohttp >= 3.10; written against 3.14, older releases lack these names
+    from aiohttp.client_exceptions import ClientConnectionResetError
+    from aiohttp.http_writer import MIN_PAYLOAD_FOR_WRITELINES
+except ImportError:  # pragma: no cover
+    ClientConnectionResetError = ConnectionResetError  # type: ignore[misc,assignment]
+    MIN_PAYLOAD_FOR_WRITELINES = 2048
 
 import aiozc
 from aiozc.policy import DEFAULT_THRESHOLD
@@ -197,7 +203,9 @@ async def _write_view(writer: AbstractStreamWriter, view: memoryview) -> Optiona
     assert transport is not None
     if transport.is_closing():
         raise ClientConnectionResetError("Cannot write to closing transport")
-    writer.send_headers()  # flushes buffered headers ahead of the body, in order
+    send_headers = getattr(writer, "send_headers", None)  # aiohttp < 3.12 sent them at once
+    if send_headers is not None:
+        send_headers()  # flushes buffered headers ahead of the body, in order
     if writer.chunked:
         transport.write(f"{view.nbytes:x}\r\n".encode("ascii"))
     fut = transport.write_zc(view)  # type: ignore[attr-defined]
