@@ -750,3 +750,32 @@ async def test_install_sendfile_is_per_loop_and_idempotent() -> None:
         assert "sendfile" not in vars(other)  # nothing global: a new loop is untouched
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("loop_flag", [[], ["--uvloop"]])
+def test_examples_end_to_end(loop_flag: list[str]) -> None:
+    """examples/aiohttp_server.py + examples/aiohttp_client.py: every sha256 verified."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "examples/aiohttp_server.py", "--port", str(port), "--size-mib", "8",
+         *loop_flag],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert server.stdout is not None
+        banner = server.stdout.readline()
+        assert "Running on" in banner, banner + server.stderr.read()
+        client = subprocess.run(
+            [sys.executable, "examples/aiohttp_client.py", "--port", str(port),
+             "--range", "1000-999999"],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+        )
+        assert client.returncode == 0, client.stdout + client.stderr
+        assert client.stdout.count("OK") == 4, client.stdout
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=20)
+        assert server.returncode == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
