@@ -31,12 +31,14 @@ from typing import Any
 from . import _kernel
 from .base import (
     TransportClosedError,
+    _Held,
     TransportOptions,
     ZeroCopyTransportBase,
     byte_view,
     logger,
 )
 from .completions import MASK32, Completion
+from .engines.msg_zerocopy import MsgZeroCopyEngine
 from .policy import ZeroCopyState
 from .readiness import Multiplexer
 
@@ -73,7 +75,7 @@ def max_datagram_size(sock: socket.socket) -> int | None:
 class _Datagram:
     """One queued datagram. ``held`` data may go zero-copy and stays referenced until resolved."""
 
-    __slots__ = ("view", "nbytes", "addr", "future", "held")
+    __slots__ = ("view", "nbytes", "addr", "future", "held", "copy_only")
 
     def __init__(
         self,
@@ -87,6 +89,7 @@ class _Datagram:
         self.addr = addr
         self.future = future
         self.held = held
+        self.copy_only = False  # set after the kernel refused it zero-copy (ENOBUFS)
 
 
 class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport):
@@ -123,10 +126,13 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         self._enobufs_consumed = False
         self._max_size = max_datagram_size(sock)
         options = options or TransportOptions()
+        # The fast path sends with sock.send(): only for MSG_ZEROCOPY on a connected UDP socket.
+        self._fast_max = self._max_size or 0
         self._read_size = _INET_READ_SIZE if self._max_size else options.read_size
         _enable_recverr_if_inet(sock)
         asyncio.DatagramTransport.__init__(self, extra)
         ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options, extra)
+        self._connected = self._extra.get("peername") is not None
         loop.call_soon(self._connection_made, waiter)
 
     def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
@@ -229,6 +235,79 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         kernel refuses it at once (the datagram was not sent); a datagram that had to wait for
         socket space and then failed fails its future instead.
         """
+        if addr is None and self._fast_path_ok():
+            view = memoryview(buf)
+            nbytes = view.nbytes
+            if (
+                view.ndim == 1
+                and view.format == "B"
+                and self._options.zc_threshold <= nbytes <= self._fast_max
+                and self._tracker.pinned_bytes < self._options.max_pinned_bytes
+            ):
+                return self._sendto_zc_fast(view, nbytes)
+            view.release()
+        return self._sendto_zc(buf, addr)
+
+    def _fast_path_ok(self) -> bool:
+        """Can a datagram skip the general path? (connected MSG_ZEROCOPY socket in zerocopy
+        state, nothing queued, no send error being classified)"""
+        return (
+            self._connected
+            and self._engine.__class__ is MsgZeroCopyEngine
+            and not self._queue
+            and not self._closing
+            and self._policy.state is ZeroCopyState.ZEROCOPY
+            and self._enobufs_datagram is None
+            and self._sock is not None
+        )
+
+    def _sendto_zc_fast(self, view: memoryview, nbytes: int) -> asyncio.Future[Completion]:
+        """The common case in as few Python steps as possible (measured: the per-datagram
+        Python work, not the kernel, bounds throughput at 64000 B; see aiozc.bench_udp).
+
+        Same bookkeeping as _send_datagram + _finish_send for one zero-copy send. Skips
+        ``policy.on_sent``, which does nothing in the zerocopy state.
+        """
+        future = self._loop.create_future()
+        assert self._sock is not None
+        try:
+            self._sock.send(view, _kernel.MSG_ZEROCOPY)
+        except OSError as exc:
+            return self._fast_send_failed(_Datagram(view, self._address, future, True), exc)
+        tracker = self._tracker
+        write = tracker.open_write(_Held(future, view), nbytes)
+        tracker.on_sent(write, nbytes, zerocopy=True)
+        done = tracker.close_write(write)  # [] : its id is outstanding
+        stats = self.stats
+        stats.zc_sends += 1
+        stats.zc_bytes += nbytes
+        pinned = stats.pinned_bytes = tracker.pinned_bytes
+        if pinned > stats.peak_pinned_bytes:
+            stats.peak_pinned_bytes = pinned
+        if done:
+            self._resolve(done)
+        if not self._protocol_paused and self._queued + pinned > self._high_water:
+            self._maybe_pause_protocol()
+        self._zc_since_drain += 1
+        if self._zc_since_drain >= self._options.errqueue_drain_every:
+            self._drain_errqueue()
+        return future
+
+    def _fast_send_failed(self, dg: _Datagram, exc: OSError) -> asyncio.Future[Completion]:
+        """The fast path's send raised: classify an ENOBUFS at once (it may have used an id),
+        hand anything else to the general path, which retries, queues or raises."""
+        assert dg.future is not None
+        if exc.errno == errno.ENOBUFS:
+            if self._zerocopy_enobufs(dg):
+                return dg.future
+            dg.copy_only = True  # resent by copy, as the general path does
+        if isinstance(exc, (BlockingIOError, InterruptedError)):
+            self._enqueue(dg)
+        else:
+            self._submit(dg)
+        return dg.future
+
+    def _sendto_zc(self, buf: Any, addr: Any) -> asyncio.Future[Completion]:
         self._check_writable("sendto_zc")
         addr = self._destination(addr)
         view = byte_view(buf)
@@ -272,6 +351,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         if not self._queue:
             try:
                 self._send_with_retry(dg)
+                self._maybe_pause_protocol()  # pinned bytes count as buffered
                 return
             except (BlockingIOError, InterruptedError):
                 pass
@@ -335,7 +415,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         """
         if self._sock is None:
             raise TransportClosedError("transport is closed")
-        if dg.held and self._wants_zerocopy(dg.nbytes) and self._send_zerocopy(dg):
+        if dg.held and not dg.copy_only and self._wants_zerocopy(dg.nbytes) and self._send_zerocopy(dg):
             return
         self._send_copy(dg)
 
