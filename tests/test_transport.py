@@ -509,3 +509,25 @@ async def test_hangup_while_reading_paused_does_not_spin() -> None:
         await asyncio.wait_for(pair.protocol.eof.wait(), 5)
     finally:
         pair.close()
+
+
+async def test_dropped_transport_keeps_pinned_buffer_alive() -> None:
+    import gc
+    import weakref
+
+    pair = await connect_pair()
+    buf = bytearray(random.randbytes(2 << 20))
+    fut = pair.transport.write_zc(buf)
+    assert pair.transport.stats.zc_sends >= 1
+    transport_ref = weakref.ref(pair.transport)
+    pair.transport = None  # type: ignore[assignment]
+    pair.protocol.transport = None
+    gc.collect()
+    assert transport_ref() is not None  # still registered: the kernel may hold buf's pages
+    with pytest.raises(BufferError):
+        buf.append(0)
+    assert await pair.read_all(len(buf)) == buf
+    await asyncio.wait_for(fut, 5)
+    buf.append(0)
+    transport_ref().abort()  # type: ignore[union-attr]
+    pair.peer.close()
