@@ -84,7 +84,8 @@ class Case:
     gbps: float  # GB/s (1e9) delivered to the clients, median over repeats
     server_cpu_s: float  # server process CPU seconds, median
     cpu_s_per_gib: float
-    state: str = ""  # aiozc only: the zero-copy policy's state at the end (loopback: fallback)
+    series: str = ""  # "loop / server", the line or bar a report draws this case in
+    state: str = ""  # aiozc only: how the body left ("sendfile", or the MSG_ZEROCOPY policy state)
     sendfile_bytes: int = 0  # aiozc only: bytes the transport sent with os.sendfile, all repeats
 
 
@@ -174,15 +175,17 @@ def _case(
     gbps = statistics.median(r[0] for r in runs)
     cpu = statistics.median(r[1] for r in runs)
     gib_per_run = opts.clients * opts.rounds * size / (1 << 30)
-    return Case(workload, loop, server, gbps, cpu, cpu / gib_per_run)
+    return Case(workload, loop, server, gbps, cpu, cpu / gib_per_run, f"{loop} / {server}")
 
 
 def _add_transport_stats(case: Case, transports: list[Any]) -> None:
     """What the aiozc transports of this case did (the stock site's never get recorded)."""
     unique = {id(t): t for t in transports}.values()  # keep-alive: one per connection
     stats = [t.get_extra_info("aiozc_stats") for t in unique]
-    case.state = ",".join(sorted({st.state for st in stats}))
     case.sendfile_bytes = sum(st.extra.get("sendfile_bytes", 0) for st in stats)
+    # A file body never meets the MSG_ZEROCOPY policy (only its headers do): say what it took.
+    states = {st.state for st in stats}
+    case.state = "sendfile" if case.sendfile_bytes else ",".join(sorted(states))
     transports.clear()
 
 
@@ -207,7 +210,7 @@ def _print_table(cases: list[Case], ratios: dict[str, float], opts: argparse.Nam
     )
     print(
         f"{'workload':<9}{'loop':<9}{'server':<8}{'GB/s':>8}{'server CPU s':>14}{'CPU s/GiB':>11}"
-        f"  {'sendfile':>9}  zero-copy state"
+        f"  {'sendfile':>9}  how it left"
     )
     for c in cases:
         sendfile = f"{c.sendfile_bytes / (1 << 30):.2f} GiB" if c.sendfile_bytes else "-"
