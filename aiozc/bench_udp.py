@@ -136,10 +136,14 @@ async def _stock(dst: str, views: list[memoryview], count: int) -> dict[str, Any
     return {}
 
 
-async def _aiozc(dst: str, views: list[memoryview], count: int, window: int) -> dict[str, Any]:
+async def _aiozc(
+    dst: str, views: list[memoryview], count: int, window: int, options: dict[str, Any]
+) -> dict[str, Any]:
     from .datagram import create_datagram_endpoint
 
-    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(dst, SINK_PORT))
+    transport, _ = await create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=(dst, SINK_PORT), **options
+    )
     n = len(views)
     outstanding: collections.deque[asyncio.Future[Any]] = collections.deque()
     zerocopy = 0
@@ -168,8 +172,12 @@ def _run_async(loop: str, coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def measure_case(dst: str, kind: str, loop: str | None, size: int, count: int, window: int) -> dict[str, Any]:
-    """One case, timed: wall and CPU seconds, the sink's packet count, the case's own counters."""
+def measure_case(
+    dst: str, kind: str, loop: str | None, size: int, count: int, window: int,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One case, timed: wall and CPU seconds, the sink's packet count, the case's own counters.
+    ``options`` are aiozc transport options for the aiozc cases."""
     views = _slices(size)
     rx0 = _sink_rx_packets()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -180,7 +188,7 @@ def measure_case(dst: str, kind: str, loop: str | None, size: int, count: int, w
     elif kind == "stock":
         info = _run_async(loop or "asyncio", _stock(dst, views, count))
     elif kind == "aiozc":
-        info = _run_async(loop or "asyncio", _aiozc(dst, views, count, window))
+        info = _run_async(loop or "asyncio", _aiozc(dst, views, count, window, options or {}))
     else:
         raise ValueError(f"unknown case kind {kind!r}")
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -281,6 +289,7 @@ def _options(args: Any) -> argparse.Namespace:
         window=getattr(args, "window", None) or DEFAULT_WINDOW,
         repeat=getattr(args, "repeat", None) or 1,
         loops=list(getattr(args, "loops", None) or ["asyncio", "uvloop"]),
+        drain_every=getattr(args, "drain_every", None),
     )
 
 
@@ -302,12 +311,18 @@ def run(args: Any = None) -> dict[str, Any]:
     if reason is not None:
         raise SystemExit(f"bench udp-sink cannot build its sink namespace: {reason}")
     opts = _options(args)
+    options = {} if opts.drain_every is None else {"errqueue_drain_every": opts.drain_every}
     rows: list[dict[str, Any]] = []
     with SinkNamespace(prefix="aiozc-sink") as ns:
+        # IPv6 router solicitations / MLD reports would add packets to the sink's counter.
+        ns.set_sysctl("net.ipv6.conf.ifb0.disable_ipv6", 1)
         for size in opts.sizes:
             for series, kind, loop in _selected(opts.loops):
                 runs = [
-                    ns.call(measure_case, ns.sink_addr, kind, loop, size, opts.count, opts.window, timeout=300)
+                    ns.call(
+                        measure_case, ns.sink_addr, kind, loop, size, opts.count, opts.window,
+                        options, timeout=300,
+                    )
                     for _ in range(opts.repeat)
                 ]
                 rows.append(_row(series, kind, loop, size, opts.count, runs))
@@ -325,6 +340,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="aiozc futures outstanding")
     parser.add_argument("--repeat", type=int, default=1, help="runs per case (median counts)")
     parser.add_argument("--loops", nargs="+", default=["asyncio", "uvloop"], choices=["asyncio", "uvloop"])
+    parser.add_argument(
+        "--drain-every", type=int, default=None,
+        help="aiozc errqueue_drain_every transport option (default: the transport's)",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
