@@ -146,14 +146,17 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         loop.call_soon(self._connection_made, waiter)
 
     def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
-        if self._sock is None:
-            return
-        self._protocol.connection_made(self)
+        # Always called, even if the transport was closed meanwhile: asyncio promises
+        # connection_made() before connection_lost(), which is scheduled after this.
+        try:
+            self._protocol.connection_made(self)
+        finally:
+            # Set even if connection_made() raised, or create_datagram_endpoint() would hang.
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         if not self._closing:
             self._reading = True
             self._update_mask()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -260,6 +263,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             if (
                 view.ndim == 1
                 and view.format == "B"
+                and view.c_contiguous
                 and self._options.zc_threshold <= nbytes <= self._fast_max
                 and self._tracker.pinned_bytes < self._options.max_pinned_bytes
             ):
@@ -307,14 +311,16 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         """The fast path's send raised: classify an ENOBUFS at once (it may have used an id),
         hand anything else to the general path, which retries, queues or raises."""
         assert dg.future is not None
-        if exc.errno == errno.ENOBUFS:
-            if self._zerocopy_enobufs(dg):
-                return dg.future
-            dg.copy_only = True  # resent by copy, as the general path does
         if isinstance(exc, (BlockingIOError, InterruptedError)):
             self._enqueue(dg)
+        elif exc.errno == errno.ENOBUFS:
+            if not self._zerocopy_enobufs(dg):
+                dg.copy_only = True  # resent by copy, as the general path does
+                self._submit(dg)
+        elif self._classify_send_error(exc):
+            self._submit(dg)  # an earlier datagram's ICMP error, now reported: send this one
         else:
-            self._submit(dg)
+            self._send_failed_now(dg, exc)  # raises
         return dg.future
 
     def _sendto_zc(self, buf: Any, addr: Any) -> asyncio.Future[Completion]:

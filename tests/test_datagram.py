@@ -203,6 +203,50 @@ async def test_icmp_port_unreachable_reaches_error_received_once_per_datagram() 
     await p.lost
 
 
+async def test_icmp_error_pending_on_a_fast_path_send() -> None:
+    """Same, with datagrams above the threshold while still in the zerocopy state (the
+    sendto_zc fast path): the stale error is reported once and the datagram still goes."""
+    t, p = await sender(closed_port())
+    first = t.sendto_zc(bytes(BIG))
+    second = t.sendto_zc(bytes(BIG))
+    assert (await asyncio.wait_for(first, 5)).nbytes == BIG
+    assert (await asyncio.wait_for(second, 5)).nbytes == BIG
+    for _ in range(50):
+        if len(p.errors) >= 2:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert [type(e) for e in p.errors] == [ConnectionRefusedError] * 2
+    assert t.stats.zc_sends == 2
+    t.close()
+    await p.lost
+
+
+async def test_connection_made_comes_before_connection_lost_even_if_closed_at_once() -> None:
+    rt, _ = await receiver()
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect(rt.get_extra_info("sockname"))
+    sock.setblocking(False)
+    protocol = Recorder()
+    transport = ZeroCopyDatagramTransport(loop, sock, protocol)
+    transport.close()
+    await asyncio.wait_for(protocol.lost, 5)
+    assert protocol.events == ["made", "lost"]
+    rt.close()
+
+
+async def test_strided_buffer_is_refused_not_sent() -> None:
+    rt, _ = await receiver()
+    t, p = await sender(rt.get_extra_info("sockname"))
+    strided = memoryview(bytearray(2 * BIG))[::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        t.sendto_zc(strided)
+    t.close()
+    rt.close()
+    await p.lost
+
+
 async def test_unconnected_endpoint_reports_icmp_too() -> None:
     rt, rp = await receiver()
     t, p = await create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
