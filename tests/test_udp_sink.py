@@ -216,6 +216,7 @@ def test_enobufs_with_outstanding_ids_resends_by_copy_and_stays_zerocopy(
 ) -> None:
     """optmem_max 1024: one undrained notification exhausts option memory, so sends alternate
     between zero-copy and ENOBUFS -> resent by copy. Nothing is lost, everything resolves."""
+    quiet(enobufs_sink)
     res = enobufs_sink.call(send_datagrams, enobufs_sink.sink_addr, loop, 2000)
     stats = res["stats"]
     assert res["resolved"] == 2000 and res["unresolved"] == 0
@@ -233,6 +234,7 @@ def test_enobufs_with_outstanding_ids_resends_by_copy_and_stays_zerocopy(
 def test_enobufs_with_nothing_outstanding_disables_zerocopy(
     sink_ns: SinkNamespace, loop: str
 ) -> None:
+    quiet(sink_ns)
     sink_ns.set_sysctl("net.core.optmem_max", OPTMEM_NO_ZEROCOPY)
     res = sink_ns.call(send_datagrams, sink_ns.sink_addr, loop, 300)
     stats = res["stats"]
