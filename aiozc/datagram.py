@@ -38,6 +38,7 @@ from .base import (
     logger,
 )
 from .completions import MASK32, Completion
+from .engines.copy import CopyEngine
 from .engines.msg_zerocopy import MsgZeroCopyEngine
 from .policy import ZeroCopyState
 from .readiness import Multiplexer
@@ -60,6 +61,9 @@ _READS_PER_EVENT = 32
 _STALE_ERROR_RETRIES = 3
 _LOG_LOST_SENDS = 5
 _ZEROCOPY = ZeroCopyState.ZEROCOPY
+_COPY_FALLBACK = ZeroCopyState.COPY_FALLBACK
+# Engines whose sends the fast paths may make themselves with sock.send().
+_FAST_ENGINES = (MsgZeroCopyEngine, CopyEngine)
 # Drain the error queue every this many zero-copy sends (unless the caller chose a value). Each
 # drain costs one read per message plus the read that finds the queue empty, and the kernel merges
 # contiguous notifications into one message, so a drain every 32 sends costs 2/32 = 0.0625 reads
@@ -143,6 +147,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         # One-step open/send/close for a write of one send call, if the tracker has it
         # (/work/patches/udp-tracker-sent-whole.diff): ~0.9 us less per datagram.
         self._sent_whole = getattr(self._tracker, "sent_whole", None)
+        self._copy_completions: dict[int, Completion] = {}
         loop.call_soon(self._connection_made, waiter)
 
     def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
@@ -225,20 +230,19 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         Exact ``bytes`` at or above ``zc_threshold`` may be sent zero-copy (held, not copied).
         A zero-length datagram is sent (Python >= 3.12 asyncio behaviour).
         """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
-        addr = self._destination(addr)
-        if self._closing or self._sock is None:
-            self._note_lost_send()
-            return
-        view = byte_view(data)
-        too_big = self._oversize_error(len(view))
-        if too_big is not None:
-            view.release()
-            self._error_received(too_big)
-            return
-        held = type(data) is bytes and len(view) >= self._options.zc_threshold and self._zc_possible()
-        self._submit(_Datagram(view, addr, None, held))
+        kind = type(data)
+        if addr is None and (kind is bytes or kind is bytearray or kind is memoryview):
+            view = self._fast_view(data)
+            if view is not None:
+                nbytes = view.nbytes
+                if kind is not bytes or nbytes < self._options.zc_threshold:
+                    self._send_copy_fast(view, nbytes, None)  # what the general path would do
+                    return
+                if self._zerocopy_fast_ok(nbytes):
+                    self._send_zerocopy_fast(view, nbytes, None)
+                    return
+                view.release()
+        self._sendto(data, addr)
 
     def sendto_zc(self, buf: Any, addr: Any = None) -> asyncio.Future[Completion]:
         """Send ``buf`` as one datagram without copying it where the kernel allows.
@@ -248,43 +252,59 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         kernel refuses it at once (the datagram was not sent); a datagram that had to wait for
         socket space and then failed fails its future instead.
         """
-        # The fast path's conditions, inline: at 64000 B every 0.1 us is ~1.5% of throughput.
-        if (
-            addr is None
-            and self._connected
-            and not self._queue
-            and not self._closing
-            and self._policy.state is _ZEROCOPY
-            and self._enobufs_datagram is None
-            and self._engine.__class__ is MsgZeroCopyEngine
-        ):
-            view = memoryview(buf)
-            nbytes = view.nbytes
-            if (
-                view.ndim == 1
-                and view.format == "B"
-                and view.c_contiguous
-                and self._options.zc_threshold <= nbytes <= self._fast_max
-                and self._tracker.pinned_bytes < self._options.max_pinned_bytes
-            ):
-                return self._sendto_zc_fast(view, nbytes)
-            view.release()
+        if addr is None:
+            view = self._fast_view(buf)
+            if view is not None:
+                nbytes = view.nbytes
+                if self._zerocopy_fast_ok(nbytes):
+                    return self._send_zerocopy_fast(view, nbytes, self._loop.create_future())
+                if nbytes < self._options.zc_threshold or not self._wants_zerocopy(nbytes):
+                    return self._send_copy_fast(view, nbytes, self._loop.create_future())
+                view.release()  # e.g. a copy-fallback re-probe is due: the general path decides
         return self._sendto_zc(buf, addr)
 
-    def _sendto_zc_fast(self, view: memoryview, nbytes: int) -> asyncio.Future[Completion]:
-        """The common case in as few Python steps as possible (measured: the per-datagram
-        Python work, not the kernel, bounds throughput at 64000 B; see aiozc.bench_udp).
+    # -- the fast paths ----------------------------------------------------------------------
+    #
+    # Measured on the ifb sink: the per-datagram Python work, not the kernel, bounds throughput
+    # (a raw MSG_ZEROCOPY loop takes ~3.3 us of CPU per 64000 B datagram, the general path
+    # below adds ~4 us more). The common case -- a connected socket, nothing queued, one of
+    # the built-in engines -- therefore skips the layers and does the same bookkeeping inline.
 
-        Same bookkeeping as _send_datagram + _finish_send for one zero-copy send. Skips
-        ``policy.on_sent``, which does nothing in the zerocopy state.
-        """
-        future = self._loop.create_future()
+    def _fast_view(self, data: Any) -> memoryview | None:
+        """A flat byte view of ``data`` if the fast paths may send it now, else None."""
+        if (
+            not self._connected
+            or self._queue
+            or self._closing
+            or self._enobufs_datagram is not None
+            or self._engine.__class__ not in _FAST_ENGINES
+        ):
+            return None
+        view = memoryview(data)
+        if view.ndim == 1 and view.format == "B" and view.c_contiguous and view.nbytes <= self._fast_max:
+            return view
+        view.release()  # the general path converts, or raises the right error
+        return None
+
+    def _zerocopy_fast_ok(self, nbytes: int) -> bool:
+        return (
+            nbytes >= self._options.zc_threshold
+            and self._policy.state is _ZEROCOPY
+            and self._engine.__class__ is MsgZeroCopyEngine
+            and self._tracker.pinned_bytes < self._options.max_pinned_bytes
+        )
+
+    def _send_zerocopy_fast(
+        self, view: memoryview, nbytes: int, future: asyncio.Future[Completion] | None
+    ) -> asyncio.Future[Completion]:
+        """One MSG_ZEROCOPY send with _send_datagram + _finish_send's bookkeeping, inline.
+        Skips ``policy.on_sent``, which does nothing in the zerocopy state."""
         sock = self._sock
         assert sock is not None  # not closing
         try:
             sock.send(view, _kernel.MSG_ZEROCOPY)
         except OSError as exc:
-            return self._fast_send_failed(_Datagram(view, self._address, future, True), exc)
+            return self._fast_send_failed(_Datagram(view, self._address, future, True), exc, True)
         tracker = self._tracker
         if self._sent_whole is not None:
             done = self._sent_whole(_Held(future, view), nbytes, zerocopy=True)
@@ -305,23 +325,81 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         self._zc_since_drain += 1
         if self._zc_since_drain >= self._options.errqueue_drain_every:
             self._drain_errqueue()
-        return future
+        return future  # type: ignore[return-value]  # None only for sendto(), which ignores it
 
-    def _fast_send_failed(self, dg: _Datagram, exc: OSError) -> asyncio.Future[Completion]:
-        """The fast path's send raised: classify an ENOBUFS at once (it may have used an id),
-        hand anything else to the general path, which retries, queues or raises."""
-        assert dg.future is not None
+    def _send_copy_fast(
+        self, view: memoryview, nbytes: int, future: asyncio.Future[Completion] | None
+    ) -> asyncio.Future[Completion]:
+        """One plain send. A copied datagram is done once the kernel took it, so it resolves at
+        once, exactly as the tracker would resolve a write without ids (it is not entered)."""
+        sock = self._sock
+        assert sock is not None  # not closing
+        try:
+            sock.send(view)
+        except OSError as exc:
+            dg = _Datagram(view, self._address, future, future is not None)
+            dg.copy_only = True
+            return self._fast_send_failed(dg, exc, False)
+        view.release()
+        stats = self.stats
+        stats.copy_sends += 1
+        stats.copy_bytes += nbytes
+        if self._policy.state is _COPY_FALLBACK:
+            self._policy.on_sent(nbytes, zerocopy=False)  # counts towards the next re-probe
+        if future is not None:
+            stats.copy_writes += 1
+            future.set_result(self._copy_completion(nbytes))
+        return future  # type: ignore[return-value]
+
+    def _copy_completion(self, nbytes: int) -> Completion:
+        # Completions are immutable and those of copied datagrams differ only by size: share
+        # them (building a frozen dataclass costs ~0.35 us, measured).
+        completion = self._copy_completions.get(nbytes)
+        if completion is None:
+            if len(self._copy_completions) >= 64:
+                self._copy_completions.clear()
+            completion = self._copy_completions[nbytes] = Completion(nbytes, False)
+        return completion
+
+    def _fast_send_failed(
+        self, dg: _Datagram, exc: OSError, zerocopy: bool
+    ) -> asyncio.Future[Completion]:
+        """A fast path's send raised: do what the general path does for that error."""
         if isinstance(exc, (BlockingIOError, InterruptedError)):
             self._enqueue(dg)
-        elif exc.errno == errno.ENOBUFS:
-            if not self._zerocopy_enobufs(dg):
-                dg.copy_only = True  # resent by copy, as the general path does
+        elif exc.errno == errno.ENOBUFS and zerocopy:
+            if not self._zerocopy_enobufs(dg):  # refused for option memory: send it by copy
+                dg.copy_only = True
                 self._submit(dg)
+        elif exc.errno == errno.ENOBUFS:
+            self._report_local_drop()  # a copy the qdisc dropped (see _send_copy)
+            self._finish_send(dg, dg.nbytes, zerocopy=False)
         elif self._classify_send_error(exc):
             self._submit(dg)  # an earlier datagram's ICMP error, now reported: send this one
-        else:
+        elif dg.future is not None:
             self._send_failed_now(dg, exc)  # raises
-        return dg.future
+        else:
+            dg.view.release()
+            self._error_received(exc)
+        return dg.future  # type: ignore[return-value]
+
+    # -- the general path --------------------------------------------------------------------
+
+    def _sendto(self, data: Any, addr: Any) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        addr = self._destination(addr)
+        if self._closing or self._sock is None:
+            self._note_lost_send()
+            return
+        view = byte_view(data)
+        too_big = self._oversize_error(len(view))
+        if too_big is not None:
+            view.release()
+            self._error_received(too_big)
+            return
+        held = type(data) is bytes and len(view) >= self._options.zc_threshold and self._zc_possible()
+        self._submit(_Datagram(view, addr, None, held))
 
     def _sendto_zc(self, buf: Any, addr: Any) -> asyncio.Future[Completion]:
         self._check_writable("sendto_zc")
