@@ -131,9 +131,11 @@ def _write_png(
         ax.set_title(title or f"aiozc bench {name}")
         ax.set_xlabel(xlabel or ("datagram / write size" if xkey == "size" else xkey))
         ax.set_ylabel(ylabel or ("throughput (GB/s)" if y == "gbps" else y))
-        ax.set_ylim(bottom=0)
+        top = max(v for pts in groups.values() for _, v in pts)
+        # Headroom above the highest point or bar keeps the legend off the data.
+        ax.set_ylim(0, top * (1.15 + 0.06 * len(groups)) if top > 0 else 1)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
+        ax.legend(fontsize="small", loc="upper left", ncol=2 if len(groups) > 3 else 1)
         fig.tight_layout()
         fig.savefig(path)
     finally:
@@ -157,8 +159,18 @@ def write_report(
     """Write ``out_dir/<name>.json`` and, if there are rows to plot, ``out_dir/<name>.png``.
 
     ``rows`` defaults to :func:`find_rows` of ``results``; ``x``/``y``/``series`` name the row
-    keys to plot (see the module docstring for the fallbacks). Returns the paths written.
+    keys to plot (see the module docstring for the fallbacks). A bench may also put defaults
+    for these and for ``title``/``xlabel``/``ylabel`` in ``results["plot"]`` (used when the
+    caller passes none, as ``python -m aiozc bench NAME --out DIR`` does). Returns the paths
+    written.
     """
+    hints = results.get("plot") if isinstance(results.get("plot"), dict) else {}
+    x = hints.get("x", x) if x == "size" else x
+    y = hints.get("y", y) if y == "gbps" else y
+    series = hints.get("series", series) if series == "series" else series
+    title = title or hints.get("title")
+    xlabel = xlabel or hints.get("xlabel")
+    ylabel = ylabel or hints.get("ylabel")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{name}.json"
