@@ -164,7 +164,8 @@ def write_report(
     caller passes none, as ``python -m aiozc bench NAME --out DIR`` does). Returns the paths
     written.
     """
-    hints = results.get("plot") if isinstance(results.get("plot"), dict) else {}
+    plot_hints = results.get("plot")
+    hints: dict[str, Any] = plot_hints if isinstance(plot_hints, dict) else {}
     x = hints.get("x", x) if x == "size" else x
     y = hints.get("y", y) if y == "gbps" else y
     series = hints.get("series", series) if series == "series" else series
