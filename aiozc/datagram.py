@@ -1,8 +1,9 @@
 """The zero-copy UDP transport: asyncio.DatagramTransport plus ``sendto_zc(buf) -> Future[Completion]``.
 
 One datagram is one send call, so one zero-copy datagram consumes exactly one MSG_ZEROCOPY id and
-is one tracker write. Every datagram given to ``sendto()`` and ``sendto_zc()`` leaves in call order
-through one queue; the queue only fills while the socket's send buffer is full (EAGAIN).
+is one tracker write; a copied datagram is done once the kernel took it and resolves at once. Every
+datagram given to ``sendto()`` and ``sendto_zc()`` leaves in call order through one queue; the queue
+only fills while the socket's send buffer is full (EAGAIN).
 
 What may go zero-copy: buffers given to ``sendto_zc()`` (held until their future resolves) and exact
 ``bytes`` given to ``sendto()`` (immutable, so holding a reference is as good as a copy). Anything
@@ -137,7 +138,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         self._enobufs_consumed = False
         self._max_size = max_datagram_size(sock)
         options = options or TransportOptions(errqueue_drain_every=UDP_ERRQUEUE_DRAIN_EVERY)
-        # The fast path sends with sock.send(): only for MSG_ZEROCOPY on a connected UDP socket.
+        # Largest datagram the fast paths take; 0 (never) where the size limit is not UDP's.
         self._fast_max = self._max_size or 0
         self._read_size = _INET_READ_SIZE if self._max_size else options.read_size
         _enable_recverr_if_inet(sock)
@@ -442,7 +443,9 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
 
     def _submit(self, dg: _Datagram) -> None:
         """Send ``dg`` now if nothing is queued ahead of it, else queue it."""
-        if not self._queue:
+        # A protocol callback run while a send error is being classified (error_received from
+        # the drain) must not send in the middle of it: queue, EPOLLOUT flushes right after.
+        if not self._queue and self._classifying is None and self._enobufs_datagram is None:
             try:
                 self._send_with_retry(dg)
                 self._maybe_pause_protocol()  # pinned bytes count as buffered
