@@ -305,6 +305,7 @@ def _options(args: Any) -> argparse.Namespace:
         repeat=getattr(args, "repeat", None) or 1,
         loops=list(getattr(args, "loops", None) or ["asyncio", "uvloop"]),
         drain_every=getattr(args, "drain_every", None),
+        zc_threshold=getattr(args, "zc_threshold", None),
     )
 
 
@@ -326,7 +327,11 @@ def run(args: Any = None) -> dict[str, Any]:
     if reason is not None:
         raise SystemExit(f"bench udp-sink cannot build its sink namespace: {reason}")
     opts = _options(args)
-    options = {} if opts.drain_every is None else {"errqueue_drain_every": opts.drain_every}
+    options: dict[str, Any] = {}
+    if opts.drain_every is not None:
+        options["errqueue_drain_every"] = opts.drain_every
+    if opts.zc_threshold is not None:
+        options["zc_threshold"] = opts.zc_threshold
     rows: list[dict[str, Any]] = []
     with SinkNamespace(prefix="aiozc-sink") as ns:
         # IPv6 router solicitations / MLD reports would add packets to the sink's counter.
@@ -368,6 +373,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drain-every", type=int, default=None,
         help="aiozc errqueue_drain_every transport option (default: the transport's)",
+    )
+    parser.add_argument(
+        "--zc-threshold", type=int, default=None,
+        help="aiozc zc_threshold transport option (default: the transport's)",
     )
 
 

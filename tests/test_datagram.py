@@ -17,10 +17,16 @@ import pytest
 import aiozc
 from aiozc.base import TransportClosedError
 from aiozc.completions import Completion
-from aiozc.datagram import MAX_UDP4_PAYLOAD, ZeroCopyDatagramTransport, create_datagram_endpoint
+from aiozc.datagram import (
+    MAX_UDP4_PAYLOAD,
+    UDP_ERRQUEUE_DRAIN_EVERY,
+    UDP_ZC_THRESHOLD,
+    ZeroCopyDatagramTransport,
+    create_datagram_endpoint,
+)
 
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module lacks it
-BIG = 20000  # above the default 16 KiB zero-copy threshold
+BIG = 50000  # above the default 48 KiB zero-copy threshold of UDP
 
 
 class Recorder(asyncio.DatagramProtocol):
@@ -119,6 +125,20 @@ def block(transport: ZeroCopyDatagramTransport) -> BlockableEngine:
 async def test_exported_from_package() -> None:
     assert aiozc.datagram.create_datagram_endpoint is create_datagram_endpoint
     assert issubclass(ZeroCopyDatagramTransport, asyncio.DatagramTransport)
+
+
+async def test_udp_defaults_and_explicit_options() -> None:
+    t, p = await create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0))
+    assert t._options.zc_threshold == UDP_ZC_THRESHOLD
+    assert t._options.errqueue_drain_every == UDP_ERRQUEUE_DRAIN_EVERY
+    t.close()
+    await p.lost
+    t, p = await create_datagram_endpoint(
+        Recorder, local_addr=("127.0.0.1", 0), zc_threshold=4096, errqueue_drain_every=8
+    )
+    assert (t._options.zc_threshold, t._options.errqueue_drain_every) == (4096, 8)
+    t.close()
+    await p.lost
 
 
 async def test_sendto_and_sendto_zc_keep_call_order() -> None:
