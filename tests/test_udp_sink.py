@@ -105,6 +105,34 @@ def send_datagrams(
     return _run(loop, _send_datagrams(dst, count, size, window, extra_sends, phases or ["-"]))
 
 
+async def _pinned_flow_control(dst: str) -> dict[str, Any]:
+    from aiozc.datagram import create_datagram_endpoint
+
+    events: list[str] = []
+
+    class Proto(asyncio.DatagramProtocol):
+        def pause_writing(self) -> None:
+            events.append("pause")
+
+        def resume_writing(self) -> None:
+            events.append("resume")
+
+    transport, _ = await create_datagram_endpoint(Proto, remote_addr=(dst, 9))
+    transport.set_write_buffer_limits(high=4 * DATAGRAM, low=DATAGRAM)
+    futures = [transport.sendto_zc(bytearray(DATAGRAM)) for _ in range(8)]
+    size_while_pinned = transport.get_write_buffer_size()
+    await asyncio.wait_for(asyncio.gather(*futures), 10)
+    size_after = transport.get_write_buffer_size()
+    transport.close()
+    return {"events": events, "pinned": size_while_pinned, "after": size_after}
+
+
+def pinned_flow_control(dst: str, loop: str) -> dict[str, Any]:
+    """Zero-copy datagrams in flight count as buffered: pause_writing above the high-water
+    mark, resume_writing once the kernel released them."""
+    return _run(loop, _pinned_flow_control(dst))
+
+
 async def _tcp_server(host: str, port: int, expect: int) -> dict[str, Any]:
     import hashlib
 
@@ -262,6 +290,15 @@ def test_qdisc_drop_reported_as_enobufs_keeps_ids_in_step(sink_ns: SinkNamespace
     assert stats["zc_sends"] == 600 and stats["ids_zerocopy"] == 600
     assert res["unexpected_ids"] == 0
     assert stats["state"] == "zerocopy"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_pinned_datagrams_drive_flow_control(sink_ns: SinkNamespace, loop: str) -> None:
+    quiet(sink_ns)
+    res = sink_ns.call(pinned_flow_control, sink_ns.sink_addr, loop)
+    assert res["pinned"] == 8 * DATAGRAM  # nothing queued: all of it is pinned by the kernel
+    assert res["after"] == 0
+    assert res["events"] == ["pause", "resume"]
 
 
 @pytest.mark.parametrize("loop", LOOPS)
