@@ -32,9 +32,9 @@ from typing import Any
 from . import _kernel
 from .base import (
     TransportClosedError,
-    _Held,
     TransportOptions,
     ZeroCopyTransportBase,
+    _Held,
     byte_view,
     logger,
 )
@@ -260,6 +260,11 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         may be reused. Raises ValueError for a datagram larger than UDP allows, OSError if the
         kernel refuses it at once (the datagram was not sent); a datagram that had to wait for
         socket space and then failed fails its future instead.
+
+        Pipeline: keep many futures outstanding (at least ``errqueue_drain_every``, 64 by
+        default) and await the oldest. Completions then arrive in merged ranges read every 64
+        sends (0.03 error-queue reads per send, measured); awaiting each datagram's future
+        before the next send costs a loop iteration and 2 reads per datagram (~0.4x).
         """
         if addr is None:
             view = self._fast_view(buf)
@@ -292,6 +297,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             or self._queue
             or self._closing
             or self._enobufs_datagram is not None
+            or self._classifying is not None
             or self._engine.__class__ not in _FAST_ENGINES
         ):
             return None
