@@ -17,7 +17,7 @@ from typing import Any
 
 from . import _kernel
 from .completions import Completion, CompletionTracker, WriteHandle, range_length
-from .engines import Engine, get_engine
+from .engines import Engine, SendPending, get_engine
 from .policy import PolicyOptions, ZeroCopyPolicy, ZeroCopyState
 from .readiness import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Multiplexer
 from .stats import TransportStats
@@ -94,6 +94,9 @@ class ZeroCopyTransportBase:
     """Shared machinery; subclasses implement ``_read_ready`` and ``_write_ready``."""
 
     _sock: socket.socket | None
+    # Whether this transport can drive an engine whose zero-copy sends complete later
+    # (io_uring: _send_chunk raises SendPending, _after_zc_result continues).
+    _async_sends = False
 
     def __init__(
         self,
@@ -109,7 +112,11 @@ class ZeroCopyTransportBase:
         self._protocol = protocol
         self._options = options
         self._extra: dict[str, Any] = dict(extra or {})
-        self._engine: Engine = get_engine(options.engine)
+        self._engine: Engine = get_engine(
+            options.engine, sock=sock, loop=loop, async_capable=self._async_sends
+        )
+        self._submit_zc_fn = getattr(self._engine, "submit_zc", None)
+        self._zc_in_flight = 0  # zero-copy sends submitted whose result has not come back
         self._policy = ZeroCopyPolicy(options.policy_options())
         self._tracker: CompletionTracker[_Held] = CompletionTracker()
         self.stats = TransportStats(engine=self._engine.name)
@@ -265,6 +272,8 @@ class ZeroCopyTransportBase:
         """
         assert self._sock is not None
         zerocopy = write is not None and self._wants_zerocopy(len(chunk))
+        if zerocopy and self._submit_zc_fn is not None:
+            self._submit_zc(write, chunk, address)  # raises SendPending
         if zerocopy:
             try:
                 sent = self._engine.send(self._sock, chunk, zerocopy=True, address=address)
@@ -278,6 +287,68 @@ class ZeroCopyTransportBase:
         self._account_send(write, sent, zerocopy)
         return sent
 
+    def _submit_zc(self, write: WriteHandle | None, chunk: memoryview, address: Any) -> None:
+        """Hand a zero-copy send to an asynchronous engine; always raises SendPending.
+
+        The engine keeps ``chunk`` referenced until the kernel's notification, even if the
+        write's future is cancelled or the transport aborted meanwhile.
+        """
+        assert self._sock is not None and self._submit_zc_fn is not None
+
+        def on_result(res: int) -> int | None:
+            return self._on_zc_result(write, chunk, address, res)
+
+        self._submit_zc_fn(self._sock, chunk, address, on_result, self._on_zc_released)
+        self._zc_in_flight += 1
+        raise SendPending()
+
+    def _on_zc_result(self, write: WriteHandle | None, chunk: memoryview, address: Any,
+                      res: int) -> int | None:
+        """The result of a submitted zero-copy send: bytes sent (> 0) or -errno.
+
+        Returns the u32 id the tracker assigned if the send consumed one, so the engine can
+        name it when the notification comes.
+        """
+        self._zc_in_flight -= 1
+        if self._sock is None:
+            return None  # aborted meanwhile: the tracker forgot the write; nothing to account
+        if res > 0:
+            ident = self._account_send(write, res, True)
+            self._after_zc_result(write, res)
+            return ident
+        if res in (0, -errno.EAGAIN):
+            self._after_zc_result(write, 0)  # socket full: wait for EPOLLOUT, then resend
+        elif res in (-errno.ENOBUFS, -errno.ENOMEM):
+            # Optmem / RLIMIT_MEMLOCK (io_uring says ENOMEM): same rule as MSG_ZEROCOPY ENOBUFS.
+            self._on_enobufs()
+            self._resend_by_copy(write, chunk, address)
+        else:
+            self._fatal_error(_oserror(-res))
+        return None
+
+    def _resend_by_copy(self, write: WriteHandle | None, chunk: memoryview, address: Any) -> None:
+        if self._sock is None:
+            return
+        try:
+            sent = self._engine.send(self._sock, chunk, zerocopy=False, address=address)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fatal_error(exc)
+            return
+        self._account_send(write, sent, False)
+        self._after_zc_result(write, sent)
+
+    def _after_zc_result(self, write: WriteHandle | None, sent: int) -> None:
+        """A submitted send came back having moved ``sent`` bytes (0: the socket was full).
+        Subclasses that set ``_async_sends`` advance their queue and keep flushing."""
+        raise NotImplementedError
+
+    def _on_zc_released(self, ident: int, copied: bool) -> None:
+        """The notification of an asynchronous zero-copy send (its id from _on_zc_result)."""
+        if self._sock is not None:  # after abort the tracker has forgotten the id
+            self.on_zerocopy_range(ident, ident, copied)
+
     def _on_enobufs(self) -> None:
         self.stats.enobufs += 1
         # Reading the queue frees the notification skbs charged to optmem before the retry.
@@ -285,11 +356,13 @@ class ZeroCopyTransportBase:
         self._policy.on_enobufs(outstanding_ids=self._tracker.outstanding_ids)
         self._sync_state()
 
-    def _account_send(self, write: WriteHandle | None, sent: int, zerocopy: bool) -> None:
+    def _account_send(self, write: WriteHandle | None, sent: int, zerocopy: bool) -> int | None:
+        """Count a send that moved ``sent`` bytes; returns the id it consumed, if any."""
         if sent <= 0:
-            return
+            return None
+        ident = None
         if write is not None:
-            self._tracker.on_sent(write, sent, zerocopy=zerocopy)
+            ident = self._tracker.on_sent(write, sent, zerocopy=zerocopy)
         self._policy.on_sent(sent, zerocopy=zerocopy)
         if zerocopy:
             self.stats.zc_sends += 1
@@ -302,6 +375,7 @@ class ZeroCopyTransportBase:
         else:
             self.stats.copy_sends += 1
             self.stats.copy_bytes += sent
+        return ident
 
     def _close_write(self, write: WriteHandle) -> None:
         self._resolve(self._tracker.close_write(write))
@@ -374,6 +448,9 @@ class ZeroCopyTransportBase:
         sock, self._sock = self._sock, None
         if sock is not None:
             self._mux.unregister(self._fd)
+            forget = getattr(self._engine, "forget", None)
+            if forget is not None:
+                forget(sock)  # io_uring: submit SQEs naming this fd before the number is reused
             sock.close()
         self._loop.call_soon(self._notify_connection_lost, exc)
 

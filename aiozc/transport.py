@@ -72,6 +72,10 @@ class _FileSegment:
 class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
     """TCP transport over MSG_ZEROCOPY (or another engine); see the module docstring."""
 
+    # io_uring: at most one zero-copy send in flight (stream order); its result advances the
+    # head segment like a synchronous send would (_after_zc_result).
+    _async_sends = True
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -115,7 +119,8 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
 
     def _mask(self) -> int:
         read = self._reading and not self._eof_received and not self._closing
-        write = bool(self._queue)
+        # While a zero-copy send is in flight its result, not EPOLLOUT, resumes flushing.
+        write = bool(self._queue) and not self._zc_in_flight
         # A hung-up socket stays readable/EPOLLHUP forever; edge-triggered while we are not
         # reading keeps that from spinning the loop while completions can still arrive.
         edge = self._closing or (self._hup and not read)
@@ -318,6 +323,8 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         self._queued += len(view)
 
     def _flush(self) -> None:
+        if self._zc_in_flight:
+            return  # the head segment is being sent; _after_zc_result resumes
         try:
             while self._queue and self._send_head():
                 pass
@@ -339,18 +346,34 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             with memoryview(data) as view:
                 sent = self._send_chunk(None, view)
             del data[:sent]
-            done = not data
-        else:
-            sent = self._send_chunk(seg.write, seg.data[seg.offset :])
-            seg.offset += sent
-            done = seg.offset == len(seg.data)
+            self._queued -= sent
+            if data:
+                return False
+            self._queue.popleft()
+            return True
+        return self._advance_held(seg, self._send_chunk(seg.write, seg.data[seg.offset :]))
+
+    def _advance_held(self, seg: _Segment, sent: int) -> bool:
+        """``sent`` bytes of the held head segment went out; True if it is done."""
+        seg.offset += sent
         self._queued -= sent
-        if not done:
+        if seg.offset < len(seg.data):
             return False
         self._queue.popleft()
-        if seg.write is not None:
-            self._close_write(seg.write)
+        assert seg.write is not None
+        self._close_write(seg.write)
         return True
+
+    def _after_zc_result(self, write: WriteHandle | None, sent: int) -> None:
+        if self._sock is None:
+            return
+        if not sent:
+            self._update_mask()  # the socket was full (-EAGAIN): EPOLLOUT resumes flushing
+            return
+        seg = self._queue[0]
+        assert seg.write is write, "a zero-copy result must belong to the head segment"
+        self._advance_held(seg, sent)
+        self._flush()
 
     def _send_file_head(self, seg: _FileSegment) -> bool:
         """One os.sendfile call from the head file segment; True when it is done."""
