@@ -104,6 +104,7 @@ class LoopRing:
         self._fixed: dict[int, int] = {}  # id(pool's exporter object) -> fixed buffer index
         self.submits = 0  # io_uring_enter calls made to submit (tests: batching)
         self.submitted = 0  # SQEs submitted
+        self.fixed_sends = 0  # sends from a registered BufferPool (IORING_RECVSEND_FIXED_BUF)
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop) -> LoopRing:
@@ -215,6 +216,8 @@ class LoopRing:
             if not ring.prep_send_zc(fd, chunk, flags, ud, dest=dest, fixed_index=fixed):
                 raise BlockingIOError(errno.EAGAIN, "io_uring submission queue full")
         self._requests[ud] = _Request(chunk, on_result, on_released)
+        if fixed is not None:
+            self.fixed_sends += 1
         if not self._submit_scheduled:
             self._submit_scheduled = True
             self._loop.call_soon(self._submit_batch)

@@ -1,0 +1,146 @@
+"""BufferPool: page-aligned send buffers registered with the loop's io_uring as fixed buffers.
+
+A SEND_ZC from ordinary memory makes the kernel pin (get_user_pages) the pages of every
+request and, without CAP_IPC_LOCK, charge them to RLIMIT_MEMLOCK until the notification.
+A fixed buffer (IORING_REGISTER_BUFFERS) is pinned once at registration; sends from inside it
+(IORING_RECVSEND_FIXED_BUF) skip that work. Slices of a pool sent through an ``io_uring``
+transport on the pool's loop take that path; with other engines, or on another loop, they are
+ordinary buffers and go the normal way.
+
+Usage::
+
+    pool = aiozc.BufferPool(64000, 256)        # inside the loop, or pool.register(loop)
+    buf = pool.acquire()                       # a writable memoryview of 64000 bytes
+    buf[:] = payload
+    await transport.sendto_zc(buf)             # or write_zc on TCP
+    pool.release(buf)                          # after the future resolved
+
+One region per pool (one anonymous mmap); the ring's fixed-buffer table holds every
+registered pool's region and is re-registered as a whole when pools come and go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+from collections.abc import Iterator
+
+from . import _uring
+
+__all__ = ["BufferPool"]
+
+
+class BufferPool:
+    """``count`` buffers of ``size`` bytes each, every one starting on a page boundary."""
+
+    def __init__(self, size: int, count: int, *, loop: asyncio.AbstractEventLoop | None = None,
+                 register: bool = True) -> None:
+        if size < 1 or count < 1:
+            raise ValueError("size and count must be >= 1")
+        self.size = size
+        self.count = count
+        # Each slot starts on a page: a slice never shares a page with its neighbour, so a
+        # slot being rewritten can't touch pages another slot's send still has in flight.
+        self._stride = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+        self.exporter = mmap.mmap(-1, self._stride * count)  # anonymous: page-aligned, zeroed
+        self.region = memoryview(self.exporter)
+        self._base = _address_of(self.region)
+        self._free = list(range(count - 1, -1, -1))
+        self._in_use: set[int] = set()
+        self._rings: list[object] = []
+        self._closed = False
+        if register:
+            loop = loop or _running_loop()
+            if loop is not None:
+                self.register(loop)
+
+    def __repr__(self) -> str:
+        return f"<BufferPool {self.count}x{self.size}B free={len(self._free)}>"
+
+    # -- registration -----------------------------------------------------------------------
+
+    def register(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Register the pool with ``loop``'s ring; False (nothing done) without io_uring."""
+        from .engines.io_uring import LoopRing, uring_unavailable_reason
+
+        if self._closed:
+            raise ValueError("BufferPool is closed")
+        if uring_unavailable_reason() is not None:
+            return False
+        ring = LoopRing.for_loop(loop)
+        ring.add_pool(self)
+        if ring not in self._rings:
+            self._rings.append(ring)
+        return True
+
+    # -- slots ------------------------------------------------------------------------------
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    def acquire(self) -> memoryview:
+        """A free buffer (writable memoryview of ``size`` bytes); IndexError when none left."""
+        if self._closed:
+            raise ValueError("BufferPool is closed")
+        if not self._free:
+            raise IndexError("BufferPool exhausted: release() buffers whose sends completed")
+        slot = self._free.pop()
+        self._in_use.add(slot)
+        start = slot * self._stride
+        return self.region[start : start + self.size]
+
+    def release(self, buf: memoryview) -> None:
+        """Give a buffer from :meth:`acquire` back (only once its send has completed)."""
+        slot = self._slot_of(buf)
+        if slot not in self._in_use:
+            raise ValueError("buffer was not acquired from this pool (or released twice)")
+        self._in_use.discard(slot)
+        self._free.append(slot)
+        buf.release()
+
+    def __iter__(self) -> Iterator[memoryview]:
+        """Acquire every free buffer (e.g. to fill them all once)."""
+        while self._free:
+            yield self.acquire()
+
+    def _slot_of(self, buf: memoryview) -> int:
+        if buf.obj is not self.exporter:
+            raise ValueError("buffer does not belong to this pool")
+        offset = _address_of(buf) - self._base
+        slot, rest = divmod(offset, self._stride)
+        if rest or not 0 <= slot < self.count:
+            raise ValueError("not a buffer handed out by acquire()")
+        return slot
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unregister from every ring and unmap. Sends from the pool must have completed and
+        every acquired buffer must have been released (BufferError otherwise)."""
+        if self._closed:
+            return
+        for ring in self._rings:
+            ring.remove_pool(self)  # type: ignore[attr-defined]
+        self._rings.clear()
+        self.region.release()
+        self.exporter.close()
+        self._closed = True
+
+    def __enter__(self) -> BufferPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _address_of(buf: memoryview) -> int:
+    with _uring.ffi.from_buffer(buf) as ptr:
+        return int(_uring.ffi.cast("uintptr_t", ptr))
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

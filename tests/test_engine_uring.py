@@ -1,0 +1,406 @@
+"""engine='io_uring': the same transports, tracker, policy and stats over IORING_OP_SEND_ZC.
+
+Every async test runs on asyncio's loop and on uvloop (conftest). Each test ends by checking
+that the loop's ring closed once its last transport was gone (no fd leaks across test loops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import gc
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import weakref
+from pathlib import Path
+
+import pytest
+
+import aiozc
+from aiozc import _uring
+from aiozc.buffers import BufferPool
+from aiozc.engines import EngineUnavailable, get_engine
+from aiozc.engines.io_uring import IoUringEngine, LoopRing, uring_unavailable_reason
+from aiozc.engines.msg_zerocopy import MsgZeroCopyEngine
+from tcp_helpers import Pair, RecordingProtocol, connect_pair, sha
+
+REASON = uring_unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
+
+MiB = 1 << 20
+# Receive buffer for a stalled peer: far below what we send, >= the loopback MSS (see
+# tests/test_uring.py STALL_RCVBUF for why not smaller).
+STALL_RCVBUF = 128 * 1024
+
+
+async def uring_pair(**options: object) -> Pair:
+    pair = await connect_pair(engine="io_uring", **options)
+    assert pair.transport.stats.engine == "io_uring"
+    return pair
+
+
+async def stalled_pair(**options: object) -> Pair:
+    """A pair whose peer reads nothing until told: sends sit in our socket's write queue."""
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALL_RCVBUF)  # before listen()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    try:
+        accept = asyncio.ensure_future(loop.sock_accept(listener))
+        transport, protocol = await aiozc.create_connection(
+            RecordingProtocol, *listener.getsockname(), engine="io_uring", **options
+        )
+        peer, _ = await accept
+    finally:
+        listener.close()
+    peer.setblocking(False)
+    return Pair(transport, protocol, peer)  # type: ignore[arg-type]
+
+
+async def ring_closed(timeout: float = 5.0) -> bool:
+    """Wait until this loop's ring (if any) has closed: every notification was reaped."""
+    ring = LoopRing.existing(asyncio.get_running_loop())
+    deadline = asyncio.get_running_loop().time() + timeout
+    while ring is not None and ring.is_open:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def buffer_locked(buf: bytearray) -> bool:
+    """True while something holds an export of ``buf`` (it cannot be resized)."""
+    try:
+        buf.append(0)
+    except BufferError:
+        return True
+    buf.pop()
+    return False
+
+
+async def until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+# --- engine selection ---------------------------------------------------------------------
+
+
+async def test_auto_picks_msg_zerocopy_for_tcp_and_io_uring_for_udp() -> None:
+    loop = asyncio.get_running_loop()
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        assert isinstance(get_engine("auto", sock=tcp, loop=loop, async_capable=True),
+                          MsgZeroCopyEngine)
+        assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True),
+                          IoUringEngine)
+        # a transport that cannot drive async sends never gets io_uring
+        assert isinstance(get_engine("auto", sock=udp, loop=loop), MsgZeroCopyEngine)
+        with pytest.raises(EngineUnavailable, match="not supported by this transport"):
+            get_engine("io_uring", sock=udp, loop=loop)
+    with pytest.raises(ValueError, match="io_uring"):
+        get_engine("nope")
+
+
+async def test_unavailable_io_uring_raises_at_creation_and_auto_falls_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiozc.engines import io_uring as engine_mod
+
+    reason = "io_uring is disabled (/proc/sys/kernel/io_uring_disabled = 2)"
+    monkeypatch.setattr(engine_mod, "uring_unavailable_reason", lambda: reason)
+    with pytest.raises(EngineUnavailable, match="io_uring_disabled"):
+        await connect_pair(engine="io_uring")
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True),
+                          MsgZeroCopyEngine)
+    assert await ring_closed()
+
+
+# --- TCP over loopback --------------------------------------------------------------------
+
+
+async def test_large_random_writes_intact_then_copy_fallback() -> None:
+    pair = await uring_pair(fallback_after=4)
+    try:
+        rng = random.Random(7)
+        pool = rng.randbytes(8 * MiB)
+        expected = bytearray()
+        futures = []
+        for _ in range(48):
+            size = rng.choice([1, 1000, 20_000, 64 << 10, 300_000, MiB, 3 * MiB])
+            start = rng.randrange(0, len(pool) - size)
+            piece = memoryview(pool)[start : start + size]
+            if rng.random() < 0.2:
+                pair.transport.write(bytes(piece))  # exact bytes: may go zero-copy too
+            else:
+                futures.append(pair.transport.write_zc(piece))
+            expected += piece
+        data = await pair.read_all(len(expected))
+        completions = await asyncio.wait_for(asyncio.gather(*futures), 10)
+        assert sha(data) == sha(expected)
+        assert all(not c.zerocopy for c in completions)  # loopback always copies
+        stats = pair.transport.stats
+        assert stats.engine == "io_uring"
+        assert stats.state == "copy-fallback" and "copied" in stats.reason
+        assert stats.ids_copied >= 4 and stats.ids_zerocopy == 0
+        assert stats.zc_sends >= 4 and stats.copy_bytes > 0
+        assert stats.pinned_bytes == 0
+    finally:
+        pair.close()
+    assert await ring_closed()
+
+
+async def test_submissions_are_batched_per_loop_iteration() -> None:
+    pairs = [await uring_pair() for _ in range(4)]
+    try:
+        ring = LoopRing.existing(asyncio.get_running_loop())
+        assert ring is not None
+        submits, submitted = ring.submits, ring.submitted
+        futures = [p.transport.write_zc(random.randbytes(64 << 10)) for p in pairs]
+        assert ring.submitted == submitted  # queued, not yet entered
+        await asyncio.sleep(0)
+        assert ring.submits == submits + 1 and ring.submitted == submitted + 4
+        for p in pairs:
+            await p.read_all(64 << 10)
+        await asyncio.wait_for(asyncio.gather(*futures), 10)
+    finally:
+        for p in pairs:
+            p.close()
+    assert await ring_closed()
+
+
+async def test_stalled_peer_future_waits_for_notification() -> None:
+    pair = await stalled_pair()
+    try:
+        buf = random.randbytes(MiB)
+        fut = pair.transport.write_zc(buf)
+        await asyncio.sleep(0.3)
+        assert not fut.done(), "resolved while the peer still held back the data"
+        assert pair.transport.stats.zc_sends >= 1
+        data = await pair.read_all(len(buf))
+        completion = await asyncio.wait_for(fut, 10)
+        assert data == buf and completion.nbytes == len(buf)
+    finally:
+        pair.close()
+    assert await ring_closed()
+
+
+async def test_peer_reset_resolves_every_future_with_an_error() -> None:
+    pair = await uring_pair()
+    try:
+        buf = random.randbytes(MiB)
+        futs = [pair.transport.write_zc(buf) for _ in range(32)]
+        await pair.read_all(3 * MiB)
+        pair.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        pair.peer.close()
+        results = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 10)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert failed and all(isinstance(r, (ConnectionResetError, BrokenPipeError)) for r in failed)
+        lost = await asyncio.wait_for(pair.protocol.lost, 5)
+        assert isinstance(lost, (ConnectionResetError, BrokenPipeError))
+    finally:
+        pair.transport.abort()
+    assert await ring_closed()
+
+
+async def test_cancelled_waiter_keeps_buffer_until_notification() -> None:
+    pair = await stalled_pair()
+    try:
+        buf = bytearray(random.randbytes(MiB))
+        task = asyncio.ensure_future(pair.transport.write_zc(buf))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.sleep(0.1)
+        assert task.cancelled()
+        assert await buffer_locked(buf), "buffer released while the kernel still holds it"
+        assert await pair.read_all(len(buf)) == buf
+        assert await until(lambda: _not(buffer_locked(buf))), "never released"
+    finally:
+        pair.close()
+    assert await ring_closed()
+
+
+async def test_abort_keeps_buffer_referenced_until_notification() -> None:
+    pair = await stalled_pair()
+    ring = LoopRing.existing(asyncio.get_running_loop())
+    assert ring is not None
+    target = _Weakrefable(random.randbytes(MiB))  # weak-referenceable: we can see collection
+    target_ref = weakref.ref(target)
+    fut = pair.transport.write_zc(target)
+    await asyncio.sleep(0.1)  # the result is back, the notification owed (peer reads nothing)
+    assert not fut.done() and ring.in_flight >= 1
+    pair.transport.abort()
+    assert fut.done() and isinstance(fut.exception(), ConnectionAbortedError)
+    del fut, target
+    gc.collect()
+    # Reaping needs a loop iteration: the kernel may still hold the pages, so must we.
+    assert target_ref() is not None, "buffer dropped before its notification"
+    with pytest.raises(BufferError):
+        target_ref().append(0)  # type: ignore[union-attr]
+    # The RST from abort frees the queued skbs: every notification arrives, buffers go.
+    assert await ring_closed()
+    gc.collect()
+    assert target_ref() is None
+    pair.peer.close()
+
+
+async def test_close_waits_for_outstanding_notifications() -> None:
+    pair = await stalled_pair()
+    try:
+        buf = random.randbytes(MiB)
+        fut = pair.transport.write_zc(buf)
+        pair.transport.close()
+        await asyncio.sleep(0.2)
+        assert not fut.done() and not pair.protocol.lost.done()
+        assert await pair.read_until_eof() == buf
+        assert (await asyncio.wait_for(fut, 10)).nbytes == len(buf)
+        assert await asyncio.wait_for(pair.protocol.lost, 10) is None
+    finally:
+        pair.peer.close()
+    assert await ring_closed()
+
+
+async def test_ring_closes_with_last_transport_no_fd_leak() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    pairs = [await uring_pair() for _ in range(3)]
+    ring = LoopRing.existing(asyncio.get_running_loop())
+    assert ring is not None and ring.is_open
+    for p in pairs:
+        fut = p.transport.write_zc(random.randbytes(256 << 10))
+        await p.read_all(256 << 10)
+        await asyncio.wait_for(fut, 5)
+    pairs[0].close()
+    assert ring.is_open  # two transports still use it
+    for p in pairs[1:]:
+        p.close()
+    assert await ring_closed()
+    await asyncio.sleep(0)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_buffer_pool_fixed_buffer_sends_intact() -> None:
+    loop = asyncio.get_running_loop()
+    pool = BufferPool(100_000, 16)
+    pair = await uring_pair(fallback_after=1000)  # keep zero-copy on for every send
+    try:
+        ring = LoopRing.existing(loop)
+        assert ring is not None
+        fixed_before = ring.fixed_sends
+        bufs, expected = [], bytearray()
+        for _ in range(16):
+            b = pool.acquire()
+            payload = random.randbytes(len(b))
+            b[:] = payload
+            expected += payload
+            bufs.append(b)
+        futs = [pair.transport.write_zc(b) for b in bufs]
+        futs.append(pair.transport.write_zc(random.randbytes(50_000)))  # plain buffer too
+        data = await pair.read_all(len(expected) + 50_000)
+        await asyncio.wait_for(asyncio.gather(*futs), 10)
+        assert sha(data[: len(expected)]) == sha(expected)
+        assert ring.fixed_sends - fixed_before >= 16
+        for b in bufs:
+            pool.release(b)
+        assert pool.free == 16
+    finally:
+        pair.close()
+        await ring_closed()
+        pool.close()
+    assert LoopRing.existing(loop) is None or not LoopRing.existing(loop).is_open
+
+
+async def test_buffer_pool_slices_are_plain_buffers_with_other_engines() -> None:
+    pool = BufferPool(70_000, 2)
+    pair = await connect_pair(engine="msg_zerocopy")
+    try:
+        b = pool.acquire()
+        b[:] = random.randbytes(len(b))
+        fut = pair.transport.write_zc(b)
+        assert await pair.read_all(len(b)) == bytes(b)
+        await asyncio.wait_for(fut, 5)
+        pool.release(b)
+        with pytest.raises(ValueError):
+            pool.release(memoryview(bytearray(10)))
+    finally:
+        pair.close()
+        pool.close()
+
+
+# --- RLIMIT_MEMLOCK: -ENOMEM results fall back to copy ----------------------------------
+
+_MEMLOCK_CLIENT = r"""
+import asyncio, json, resource, socket, sys
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (256 * 1024, 256 * 1024))
+import aiozc
+
+async def main():
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    accept = asyncio.ensure_future(loop.sock_accept(listener))
+    transport, _ = await aiozc.create_connection(asyncio.Protocol, *listener.getsockname(),
+                                                 engine="io_uring")
+    peer, _ = await accept
+    peer.setblocking(False)
+    payload = bytes(range(256)) * 4096  # 1 MiB: over the 256 KiB limit
+    fut = transport.write_zc(payload)
+    got = bytearray()
+    while len(got) < len(payload):
+        got += await loop.sock_recv(peer, 1 << 20)
+    completion = await asyncio.wait_for(fut, 10)
+    stats = transport.stats.as_dict()
+    transport.close()
+    await asyncio.sleep(0.1)
+    return {"intact": bytes(got) == payload, "zerocopy": completion.zerocopy, "stats": stats}
+
+if sys.argv[1] == "uvloop":
+    import uvloop
+    print(json.dumps(uvloop.run(main())))
+else:
+    print(json.dumps(asyncio.run(main())))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_memlock_enomem_resends_by_copy_then_disables(loop_name: str) -> None:
+    import json
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv(1) missing")
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-c", _MEMLOCK_CLIENT, loop_name],
+        cwd=repo, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["intact"] and out["zerocopy"] is False
+    stats = out["stats"]
+    assert stats["enobufs"] >= 1 and stats["copy_bytes"] >= 1
+    assert stats["state"] == "disabled" and "RLIMIT_MEMLOCK" in stats["reason"]
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+class _Weakrefable(bytearray):
+    """A bytearray subclass: weak-referenceable, so a test can see when it is collected."""
+
+
+async def _not(coro) -> bool:  # type: ignore[no-untyped-def]
+    return not await coro
