@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Generic, TypeVar, cast
 
 __all__ = ["MASK32", "Completion", "CompletionTracker", "WriteHandle", "range_length"]
@@ -54,6 +55,8 @@ _DONE = 2
 # Resolved writes at the front of the id index are trimmed in batches so the list
 # `del` (a memmove) is amortised over many resolutions.
 _COMPACT_MIN = 32
+
+_BY_SEQ = attrgetter("_seq")
 
 
 def _check_u32(name: str, value: int) -> None:
@@ -156,9 +159,21 @@ def _mark_done(w: WriteHandle, a: int, b: int) -> int:
     return (b - a + 1) - already
 
 
+# Completions are immutable and most are alike (same size, zero-copy, one id): share them.
+# Building a frozen dataclass costs ~0.35 us, a dict hit ~0.05 us (measured, CPython 3.11).
+_COMPLETIONS: dict[tuple[int, bool, int, int], Completion] = {}
+_COMPLETIONS_MAX = 4096
+
+
 def _completion(w: WriteHandle) -> Completion:
     zerocopy = w.nbytes > 0 and w._zc_bytes == w.nbytes and w._copied == 0
-    return Completion(w.nbytes, zerocopy, w._ids, w._copied)
+    key = (w.nbytes, zerocopy, w._ids, w._copied)
+    completion = _COMPLETIONS.get(key)
+    if completion is None:
+        if len(_COMPLETIONS) >= _COMPLETIONS_MAX:
+            _COMPLETIONS.clear()
+        completion = _COMPLETIONS[key] = Completion(*key)
+    return completion
 
 
 class CompletionTracker(Generic[T]):
@@ -255,6 +270,34 @@ class CompletionTracker(Generic[T]):
         self._pinned += nbytes
         return ident & MASK32
 
+    def sent_whole(self, token: T, nbytes: int, *, zerocopy: bool) -> list[tuple[T, Completion]]:
+        """``open_write`` + one ``on_sent`` of all ``nbytes`` + ``close_write``, in one step.
+
+        For writes the kernel takes in exactly one send call (a datagram, a small TCP write
+        sent at once): the datagram transport's hot path. A zero-copy send consumes the next
+        id and resolves later from :meth:`on_range`; a copying one resolves now.
+        """
+        if nbytes <= 0:
+            raise ValueError(f"nbytes={nbytes}: only sends that returned > 0 bytes count")
+        w = WriteHandle(token, nbytes, self._seq)
+        self._seq += 1
+        w._sent = nbytes
+        if not zerocopy:
+            w._state = _DONE
+            return [(token, _completion(w))]
+        w._state = _CLOSED
+        self._pending[w._seq] = w
+        ident = self._next
+        self._next = ident + 1
+        w._first = ident
+        w._ids = w._remaining = 1
+        w._zc_bytes = nbytes
+        self._index.append(w)
+        self._firsts.append(ident)
+        self._outstanding += 1
+        self._pinned += nbytes
+        return []
+
     def close_write(self, write: WriteHandle) -> list[tuple[T, Completion]]:
         """Every byte of ``write`` has been accepted by the kernel.
 
@@ -297,7 +340,7 @@ class CompletionTracker(Generic[T]):
         if not done:
             return []
         if len(done) > 1:
-            done.sort(key=lambda w: w._seq)
+            done.sort(key=_BY_SEQ)  # a C key function: ~3x cheaper than a lambda per write
         result = [self._resolve(w) for w in done]
         self._compact()
         return result
@@ -347,10 +390,17 @@ class CompletionTracker(Generic[T]):
             k += 1
             if not w._remaining:
                 continue  # resolved, or every id so far already reported
-            run_end = w._first + w._ids - 1
-            if run_end < a:
-                continue
-            got = _mark_done(w, max(a, w._first), min(b, run_end))
+            if w._ids == 1 and w._state == _CLOSED:
+                # A closed write with one id, unreported (remaining > 0), firsts[k] <= b: is it
+                # >= a? Closed writes take no more ids, so no sub-range bookkeeping is needed.
+                if w._first < a:
+                    continue
+                got = 1
+            else:
+                run_end = w._first + w._ids - 1
+                if run_end < a:
+                    continue
+                got = _mark_done(w, max(a, w._first), min(b, run_end))
             if not got:
                 continue
             w._remaining -= got

@@ -106,14 +106,17 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         loop.call_soon(self._connection_made, waiter)
 
     def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
-        if self._sock is None:
-            return
-        self._protocol.connection_made(self)
+        # Always called, even if the transport was closed meanwhile: asyncio promises
+        # connection_made() before connection_lost(), which is scheduled after this.
+        try:
+            self._protocol.connection_made(self)
+        finally:
+            # Set even if connection_made() raised, or create_connection() hangs (it did).
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         if not self._closing:
             self._reading = True
             self._update_mask()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # -- readiness -------------------------------------------------------------------------
 

@@ -741,3 +741,44 @@ def test_resolved_and_abandoned_handles_release_their_token() -> None:
     gc.collect()
     assert [r() for r in refs] == [None, None]
     assert len(handles) == 2
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["whole-zc", "whole-copy", "multi"]), st.integers(1, 3)),
+        min_size=1,
+        max_size=40,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_sent_whole_matches_open_send_close(ops: list[tuple[str, int]], rnd: Any) -> None:
+    """``sent_whole`` is open_write + one on_sent + close_write, resolution for resolution."""
+    fast: CompletionTracker[int] = CompletionTracker(start_id=MASK32 - 5)
+    slow: CompletionTracker[int] = CompletionTracker(start_id=MASK32 - 5)
+    got_fast: list[tuple[int, Completion]] = []
+    got_slow: list[tuple[int, Completion]] = []
+    for token, (kind, sends) in enumerate(ops):
+        if kind == "multi":
+            for tracker, out in ((fast, got_fast), (slow, got_slow)):
+                w = tracker.open_write(token, 10 * sends)
+                for _ in range(sends):
+                    tracker.on_sent(w, 10, zerocopy=True)
+                out += tracker.close_write(w)
+            continue
+        zerocopy = kind == "whole-zc"
+        got_fast += fast.sent_whole(token, 10, zerocopy=zerocopy)
+        w = slow.open_write(token, 10)
+        slow.on_sent(w, 10, zerocopy=zerocopy)
+        got_slow += slow.close_write(w)
+    ids = list(range(MASK32 - 5, slow._next))  # every id issued (unwrapped), reported one by one
+    rnd.shuffle(ids)
+    for ident in ids:
+        lo = ident & MASK32
+        copied = rnd.random() < 0.3
+        got_fast += fast.on_range(lo, lo, copied)
+        got_slow += slow.on_range(lo, lo, copied)
+        assert fast.outstanding_ids == slow.outstanding_ids
+        assert fast.pinned_bytes == slow.pinned_bytes
+    assert got_fast == got_slow
+    assert fast.pending_writes == slow.pending_writes == 0
+    assert fast.unexpected_ids == slow.unexpected_ids == 0
