@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .base import TransportClosedError, TransportOptions
 from .completions import Completion
+from .datagram import ZeroCopyDatagramTransport, create_datagram_endpoint
 from .policy import ZeroCopyState
 from .server import Server, create_connection, create_server
 from .stats import TransportStats
@@ -21,10 +22,12 @@ __all__ = [
     "TransportClosedError",
     "TransportOptions",
     "TransportStats",
+    "ZeroCopyDatagramTransport",
     "ZeroCopyState",
     "ZeroCopyStreamWriter",
     "ZeroCopyTransport",
     "create_connection",
+    "create_datagram_endpoint",
     "create_server",
     "open_connection",
     "start_server",
