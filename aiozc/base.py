@@ -344,10 +344,10 @@ class ZeroCopyTransportBase:
         Subclasses that set ``_async_sends`` advance their queue and keep flushing."""
         raise NotImplementedError
 
-    def _on_zc_released(self, ident: int, copied: bool) -> None:
-        """The notification of an asynchronous zero-copy send (its id from _on_zc_result)."""
-        if self._sock is not None:  # after abort the tracker has forgotten the id
-            self.on_zerocopy_range(ident, ident, copied)
+    def _on_zc_released(self, lo: int, hi: int, copied: bool) -> None:
+        """Notifications of asynchronous zero-copy sends: ids ``lo..hi`` (from _on_zc_result)."""
+        if self._sock is not None:  # after abort the tracker has forgotten the ids
+            self.on_zerocopy_range(lo, hi, copied)
 
     def _on_enobufs(self) -> None:
         self.stats.enobufs += 1
