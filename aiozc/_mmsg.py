@@ -51,7 +51,7 @@ try:
     _sendmmsg = _lib.sendmmsg
 except (OSError, AttributeError) as _exc:  # pragma: no cover - every glibc/musl Linux has it
     _sendmmsg = None
-    _why = f"sendmmsg unavailable: {_exc}"
+    _why: str | None = f"sendmmsg unavailable: {_exc}"
 else:
     _why = None
 
@@ -99,7 +99,7 @@ class MmsgSender:
             count = self.capacity
         from_buffer = _ffi.from_buffer
         iovs = self._iov_list
-        keep = []  # the buffer exports must outlive the call, and end right after it
+        keep: list[Any] = []  # the buffer exports must outlive the call, and end right after it
         append = keep.append
         for i in range(count):
             view = views[start + i]

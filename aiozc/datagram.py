@@ -26,10 +26,10 @@ import errno
 import os
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import _kernel
+from . import _kernel, _mmsg
 from .base import (
     TransportClosedError,
     TransportOptions,
@@ -93,7 +93,7 @@ def max_datagram_size(sock: socket.socket) -> int | None:
 class _Datagram:
     """One queued datagram. ``held`` data may go zero-copy and stays referenced until resolved."""
 
-    __slots__ = ("view", "nbytes", "addr", "future", "held", "copy_only")
+    __slots__ = ("view", "nbytes", "addr", "future", "held", "copy_only", "batch")
 
     def __init__(
         self,
@@ -101,6 +101,7 @@ class _Datagram:
         addr: Any,
         future: asyncio.Future[Completion] | None,
         held: bool,
+        batch: _Batch | None = None,
     ) -> None:
         self.view = view
         self.nbytes = len(view)  # the view is released once sent: keep its length
@@ -108,6 +109,31 @@ class _Datagram:
         self.future = future
         self.held = held
         self.copy_only = False  # set after the kernel refused it zero-copy (ENOBUFS)
+        self.batch = batch  # the sendto_zc_many() call it belongs to, if any
+
+
+class _Batch:
+    """One ``sendto_zc_many()`` call: one tracker write (one future) for all its datagrams.
+
+    It is the write's token (what ``_resolve`` gets back): ``future`` and ``view`` like
+    :class:`~aiozc.base._Held`, ``view.release()`` releasing every datagram's view.
+    """
+
+    __slots__ = ("future", "views", "write", "left")
+
+    def __init__(self, future: asyncio.Future[Completion], views: list[memoryview]) -> None:
+        self.future = future
+        self.views = views
+        self.write: Any = None  # the tracker's WriteHandle, set once opened
+        self.left = len(views)  # datagrams not yet sent, dropped or refused
+
+    @property
+    def view(self) -> _Batch:
+        return self
+
+    def release(self) -> None:
+        for view in self.views:
+            view.release()
 
 
 class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport):
@@ -157,6 +183,11 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         # (/work/patches/udp-tracker-sent-whole.diff): ~0.9 us less per datagram.
         self._sent_whole = getattr(self._tracker, "sent_whole", None)
         self._copy_completions: dict[int, Completion] = {}
+        # sendto_zc_many(): the sendmmsg arrays (made on first use), and while a batch is being
+        # handed to the kernel, the protocol callbacks it raised (run once it is, see _defer).
+        self._mmsg: _mmsg.MmsgSender | None = None
+        self._batching = False
+        self._deferred_calls: list[tuple[str, Any]] = []
         loop.call_soon(self._connection_made, waiter)
 
     def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
@@ -283,6 +314,61 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
                 view.release()  # e.g. a copy-fallback re-probe is due: the general path decides
         return self._sendto_zc(buf, addr)
 
+    def sendto_zc_many(self, bufs: Iterable[Any], addr: Any = None) -> asyncio.Future[Completion]:
+        """Send every buffer of ``bufs`` as one datagram, in order, without copying where the
+        kernel allows: :meth:`sendto_zc` for a batch, with one future for all of it.
+
+        The future resolves once the kernel released every buffer of the batch (then all of
+        them may be reused) with one :class:`Completion`: ``nbytes`` the batch's bytes,
+        ``zerocopy`` True only if every datagram went zero-copy, ``zc_sends`` the ids used.
+
+        On a connected socket the datagrams leave through sendmmsg(2), up to 1024 per system
+        call, and the batch is one tracker write, so the Python work sendto_zc() does per
+        datagram (future, write, resolution) is done once per batch. Otherwise, or once the
+        socket is full, they take sendto_zc()'s path one by one (queued in call order). Datagrams
+        below ``zc_threshold`` are sent by copy (still held until the batch resolves).
+
+        Raises like sendto_zc() for a bad buffer, an oversized datagram (nothing is sent: all
+        are checked first) or a closing transport. Once sending started, a datagram the kernel
+        refuses is reported to ``protocol.error_received`` as with sendto() and counts as not
+        zero-copy in the Completion; protocol callbacks (error_received, pause_writing) raised
+        while the batch is handed to the kernel run when this call has handed over all of it.
+        """
+        self._check_writable("sendto_zc_many")
+        addr = self._destination(addr)
+        views: list[memoryview] = []
+        total = 0
+        try:
+            for buf in bufs:
+                view = byte_view(buf)
+                views.append(view)
+                nbytes = len(view)
+                if self._max_size is not None and nbytes > self._max_size:
+                    raise ValueError(
+                        f"datagram of {nbytes} bytes exceeds the {self._max_size}-byte UDP payload limit"
+                    )
+                total += nbytes
+        except BaseException:
+            for view in views:
+                view.release()
+            raise
+        future = self._new_future()
+        batch = _Batch(future, views)
+        batch.write = self._tracker.open_write(batch, total)  # type: ignore[arg-type]  # a _Held alike
+        if not views:
+            self._resolve(self._tracker.close_write(batch.write))
+            return future
+        self._batching = True
+        try:
+            done = self._send_batch_fast(batch) if self._batch_fast_ok() else 0
+            for i in range(done, len(views)):  # the general path: sent one by one, or queued
+                self._submit(_Datagram(views[i], addr, future, True, batch))
+            self._maybe_pause_protocol()
+        finally:
+            self._batching = False
+            self._run_deferred()
+        return future
+
     # -- the fast paths ----------------------------------------------------------------------
     #
     # Measured on the ifb sink: the per-datagram Python work, not the kernel, bounds throughput
@@ -404,6 +490,144 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             self._error_received(exc)
         return dg.future  # type: ignore[return-value]
 
+    # -- sendto_zc_many's fast path ---------------------------------------------------------
+
+    def _batch_fast_ok(self) -> bool:
+        return (
+            self._connected
+            and self._fast_max > 0
+            and not self._queue
+            and not self._closing
+            and self._enobufs_datagram is None
+            and self._classifying is None
+            and self._engine.__class__ in _FAST_ENGINES
+        )
+
+    def _send_batch_fast(self, batch: _Batch) -> int:
+        """sendmmsg the batch's datagrams, runs of zero-copy ones (MSG_ZEROCOPY: one id per
+        datagram, in order, measured) and of copied ones, while the fast path may. Returns how
+        many datagrams were dealt with (sent, dropped, or handed to the single-datagram error
+        handling, which may have queued one); the rest take the general path."""
+        sender = self._mmsg
+        if sender is None:
+            sender = self._mmsg = _mmsg.MmsgSender()
+        cap = sender.capacity
+        views = batch.views
+        n = len(views)
+        fd = self._fd
+        tracker = self._tracker
+        on_sent = tracker.on_sent
+        write = batch.write
+        stats = self.stats
+        policy = self._policy
+        options = self._options
+        threshold = options.zc_threshold
+        msg_zerocopy = _kernel.MSG_ZEROCOPY
+        i = 0
+        while i < n and self._batch_fast_ok():
+            # The next run: datagrams that all go zero-copy, or all by copy.
+            first = len(views[i])
+            zerocopy = self._wants_zerocopy(first) and self._engine.__class__ is MsgZeroCopyEngine
+            end = min(n, i + cap)
+            j = i + 1
+            if zerocopy:
+                if policy.state is not _ZEROCOPY:
+                    end = j  # a copy-fallback re-probe: one datagram
+                budget = options.max_pinned_bytes - tracker.pinned_bytes - first
+                while j < end:
+                    size = len(views[j])
+                    if size < threshold or size > budget:
+                        break
+                    budget -= size
+                    j += 1
+            elif policy.state is _ZEROCOPY and tracker.pinned_bytes < options.max_pinned_bytes:
+                while j < end and len(views[j]) < threshold:
+                    j += 1
+            else:
+                j = end  # no datagram wants zero-copy now (re-checked every run)
+            sent = sender.send(fd, views, i, j, msg_zerocopy if zerocopy else 0)
+            if sent < 0:
+                # The first datagram of the run failed: what sendto_zc() does for that error.
+                dg = _Datagram(views[i], self._address, batch.future, True, batch)
+                dg.copy_only = not zerocopy
+                i += 1
+                self._fast_send_failed(dg, OSError(-sent, os.strerror(-sent)), zerocopy)
+                continue
+            nbytes = 0
+            for k in range(i, i + sent):
+                size = len(views[k])
+                if size:
+                    on_sent(write, size, zerocopy=zerocopy)
+                    nbytes += size
+            if zerocopy:
+                stats.zc_sends += sent
+                stats.zc_bytes += nbytes
+                pinned = stats.pinned_bytes = tracker.pinned_bytes
+                if pinned > stats.peak_pinned_bytes:
+                    stats.peak_pinned_bytes = pinned
+                self._zc_since_drain += sent
+            else:
+                stats.copy_sends += sent
+                stats.copy_bytes += nbytes
+            if policy.state is _COPY_FALLBACK:
+                policy.on_sent(nbytes, zerocopy=zerocopy)
+            partial = i + sent < j
+            i += sent
+            self._batch_step(batch, sent)
+            if partial and zerocopy:
+                # sendmmsg stops at the first datagram that fails and drops its errno. If the
+                # qdisc dropped it (ENOBUFS with IP_RECVERR), its id is used: account it now,
+                # or the resend would take the next id. Else the resend reports the error.
+                dg = _Datagram(views[i], self._address, batch.future, True, batch)
+                if self._zerocopy_dropped(dg):
+                    i += 1
+            if self._zc_since_drain >= options.errqueue_drain_every:
+                self._drain_errqueue()
+        return i
+
+    def _zerocopy_dropped(self, dg: _Datagram) -> bool:
+        """Was ``dg``, which sendmmsg did not count as sent, dropped by the qdisc after the
+        kernel gave it an id? Its notification is then queued already (see _zerocopy_enobufs):
+        the id is accounted, the drop reported, and ``dg`` is done."""
+        self._enobufs_datagram, self._enobufs_consumed = dg, False
+        try:
+            self._drain_errqueue()
+        finally:
+            self._enobufs_datagram = None
+        if not self._enobufs_consumed:
+            return False
+        self.stats.enobufs += 1
+        self._report_local_drop()
+        self._batch_step(dg.batch)  # type: ignore[arg-type]  # always a batch's datagram
+        return True
+
+    def _batch_step(self, batch: _Batch, count: int = 1) -> None:
+        """``count`` datagrams of ``batch`` are done with (sent, dropped or refused)."""
+        batch.left -= count
+        if batch.left == 0 and not self._conn_lost:
+            self._close_write(batch.write)
+
+    def _batch_refused(self, dg: _Datagram, exc: OSError) -> None:
+        """The kernel refused a datagram of a batch: reported like a sendto() error; its bytes
+        count as not zero-copy so the batch still resolves when the others are released."""
+        dg.view.release()
+        batch = dg.batch
+        assert batch is not None
+        if self._conn_lost or isinstance(exc, TransportClosedError):
+            return  # the batch's future failed with the transport
+        self._error_received(exc)
+        if dg.nbytes:
+            self._tracker.on_sent(batch.write, dg.nbytes, zerocopy=False)
+        self._batch_step(batch)
+
+    def _run_deferred(self) -> None:
+        calls, self._deferred_calls = self._deferred_calls, []
+        for name, arg in calls:
+            if name == "error_received":
+                self._error_received(arg)
+            else:
+                self._call_protocol(name)
+
     # -- the general path --------------------------------------------------------------------
 
     def _sendto(self, data: Any, addr: Any) -> None:
@@ -478,6 +702,9 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         self._enqueue(dg)
 
     def _send_failed_now(self, dg: _Datagram, exc: OSError) -> None:
+        if dg.batch is not None:
+            self._batch_refused(dg, exc)  # part of the batch may be out already: never raise
+            return
         dg.view.release()
         if dg.future is not None:
             dg.future.cancel()  # never handed out: sendto_zc raises instead
@@ -586,6 +813,8 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             self._enobufs_datagram = None
         if self._enobufs_consumed:
             self._report_local_drop()
+            if dg.batch is not None:
+                self._batch_step(dg.batch)
             return True
         self._policy.on_enobufs(outstanding_ids=outstanding)
         self._sync_state()
@@ -599,9 +828,13 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             # The id the kernel gave the send that "failed" with ENOBUFS: account it first.
             self._enobufs_datagram = None
             self._enobufs_consumed = True
-            write = self._open_write(dg.view, dg.future)
-            self._account_send(write, dg.nbytes, True)
-            self._resolve(self._tracker.close_write(write))  # no drain: we are inside one
+            if dg.batch is not None:
+                # The batch's write stays open: the caller counts the datagram done after the drain.
+                self._account_send(dg.batch.write, dg.nbytes, True)
+            else:
+                write = self._open_write(dg.view, dg.future)
+                self._account_send(write, dg.nbytes, True)
+                self._resolve(self._tracker.close_write(write))  # no drain: we are inside one
         super().on_zerocopy_range(lo, hi, copied)
 
     def _finish_send(self, dg: _Datagram, sent: int, *, zerocopy: bool) -> None:
@@ -610,6 +843,10 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         if not dg.held:
             self._account_send(None, sent, zerocopy)
             dg.view.release()
+            return
+        if dg.batch is not None:
+            self._account_send(dg.batch.write, sent, zerocopy)
+            self._batch_step(dg.batch)
             return
         write = self._open_write(dg.view, dg.future)
         self._account_send(write, sent, zerocopy)
@@ -642,6 +879,9 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         self._after_flush()
 
     def _queued_send_failed(self, dg: _Datagram, exc: OSError) -> None:
+        if dg.batch is not None:
+            self._batch_refused(dg, exc)
+            return
         dg.view.release()
         if isinstance(exc, TransportClosedError):
             return
@@ -694,6 +934,11 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
     def _error_received(self, exc: OSError) -> None:
         if self._protocol is None:
             return
+        if self._batching:
+            # A batch's tracker write is open: a datagram sent from the callback now would take
+            # an id in the middle of the batch's run. Called once the batch is handed over.
+            self._deferred_calls.append(("error_received", exc))
+            return
         try:
             self._protocol.error_received(exc)  # type: ignore[attr-defined]
         except (SystemExit, KeyboardInterrupt):
@@ -736,6 +981,9 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             self._call_protocol("resume_writing")
 
     def _call_protocol(self, name: str) -> None:
+        if self._batching:
+            self._deferred_calls.append((name, None))  # see _error_received
+            return
         try:
             getattr(self._protocol, name)()
         except (SystemExit, KeyboardInterrupt):
