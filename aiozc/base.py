@@ -230,7 +230,7 @@ class ZeroCopyTransportBase:
 
     def _after_completions(self) -> None:
         """Pinned bytes went down: resume writers, finish a pending close."""
-        if self._closing and self._tracker.outstanding_ids == 0 and self._flushed():
+        if self._closing and self._idle() and self._flushed():
             self._call_connection_lost(None)
 
     def _resolve(self, done: list[tuple[_Held, Completion]]) -> None:
@@ -295,20 +295,19 @@ class ZeroCopyTransportBase:
         """
         assert self._sock is not None and self._submit_zc_fn is not None
 
-        def on_result(res: int) -> int | None:
-            return self._on_zc_result(write, chunk, address, res)
-
-        self._submit_zc_fn(self._sock, chunk, address, on_result, self._on_zc_released)
+        self._submit_zc_fn(self._sock, chunk, address, self._on_zc_result, self._on_zc_released,
+                           (write, chunk, address))
         self._zc_in_flight += 1
         raise SendPending()
 
-    def _on_zc_result(self, write: WriteHandle | None, chunk: memoryview, address: Any,
-                      res: int) -> int | None:
+    def _on_zc_result(self, res: int, ctx: tuple[WriteHandle | None, memoryview, Any],
+                      ident: int | None) -> int | None:
         """The result of a submitted zero-copy send: bytes sent (> 0) or -errno.
 
         Returns the u32 id the tracker assigned if the send consumed one, so the engine can
         name it when the notification comes.
         """
+        write, chunk, address = ctx
         self._zc_in_flight -= 1
         if self._sock is None:
             return None  # aborted meanwhile: the tracker forgot the write; nothing to account
@@ -394,9 +393,13 @@ class ZeroCopyTransportBase:
         """Nothing is queued for sending any more."""
         raise NotImplementedError
 
+    def _idle(self) -> bool:
+        """No completion owed: no id outstanding, no asynchronous send awaiting its result."""
+        return self._tracker.outstanding_ids == 0 and not self._zc_in_flight
+
     def _start_close(self) -> None:
         """Queue is flushed: wait for outstanding completions, bounded by close_timeout."""
-        if self._tracker.outstanding_ids == 0:
+        if self._idle():
             self._call_connection_lost(None)
             return
         self._update_mask()

@@ -48,7 +48,8 @@ from .._uring import IORING_CQE_F_MORE, IORING_CQE_F_NOTIF, IORING_NOTIF_USAGE_Z
 
 __all__ = ["IoUringEngine", "LoopRing", "uring_unavailable_reason"]
 
-OnResult = Callable[[int], "int | None"]
+# on_result(res, ctx, ident) -> the id the send consumed, or None (see LoopRing.send_zc).
+OnResult = Callable[[int, Any, "int | None"], "int | None"]
 # on_released(lo, hi, copied): ids lo..hi (u32, inclusive) are no longer referenced.
 OnReleased = Callable[[int, int, bool], None]
 
@@ -82,6 +83,7 @@ def uring_unavailable_reason() -> str | None:
 _SQE = struct.Struct("<BBHiQQIIQHHHHQQ")
 _CQE = struct.Struct("<QiI")
 _U32 = 0xFFFFFFFF
+_COPIED = IORING_NOTIF_USAGE_ZC_COPIED
 _ZC_IOPRIO = _uring.IORING_SEND_ZC_REPORT_USAGE
 _ZC_FIXED_IOPRIO = _uring.IORING_SEND_ZC_REPORT_USAGE | _uring.IORING_RECVSEND_FIXED_BUF
 _ffi = _uring.ffi
@@ -90,14 +92,19 @@ _ffi = _uring.ffi
 class _Request:
     """One SEND_ZC in flight: what it must keep alive and whom to tell."""
 
-    __slots__ = ("keep", "on_result", "on_released", "ident", "notified")
+    __slots__ = ("keep", "expect", "on_result", "ctx", "on_released", "ident", "resulted",
+                 "notified")
 
-    def __init__(self, keep: tuple[Any, ...], on_result: OnResult, on_released: OnReleased) -> None:
+    def __init__(self, keep: tuple[Any, ...], expect: int | None, on_result: OnResult,
+                 ctx: Any, on_released: OnReleased, ident: int | None) -> None:
         # (chunk memoryview, cffi from_buffer handle[, sockaddr holder]) until the notification
         self.keep: tuple[Any, ...] | None = keep
-        self.on_result: OnResult | None = on_result
+        self.expect = expect  # a result of exactly this many bytes needs no callback
+        self.on_result = on_result
+        self.ctx = ctx  # passed back to on_result
         self.on_released = on_released
-        self.ident: int | None = None
+        self.ident = ident  # the u32 id this send consumed, None if none (yet)
+        self.resulted = False
         self.notified: int | None = None  # notification res seen before the result (defensive)
 
 
@@ -141,14 +148,20 @@ class _RingIO:
         if ring._needs_enter():
             _uring._sys_enter(ring.fd, 0, 0, _uring.IORING_ENTER_GETEVENTS)
         out: list[tuple[int, int, int]] = []
-        unpack, cqes, mask = _CQE.unpack_from, self._cqes, self._cq_mask
+        iter_unpack, cqes, mask = _CQE.iter_unpack, self._cqes, self._cq_mask
         while True:
             head = self._cq_khead[0]
             tail = self._cq_ktail[0]
             n = (tail - head) & _U32
             if not n:
                 return out
-            out += [unpack(cqes, ((head + i) & mask) << 4) for i in range(n)]
+            start = head & mask
+            end = start + n
+            if end <= mask + 1:
+                out += iter_unpack(cqes[start << 4 : end << 4])
+            else:  # the batch wraps around the end of the CQ array
+                out += iter_unpack(cqes[start << 4 :])
+                out += iter_unpack(cqes[: (end - mask - 1) << 4])
             self._cq_khead[0] = tail  # the kernel may now reuse those slots
             # The CQ was full: overflowed CQEs are flushed back only on GETEVENTS.
             if not ring._sq_kflags[0] & _uring.IORING_SQ_CQ_OVERFLOW:
@@ -272,11 +285,17 @@ class LoopRing:
     # -- submission ------------------------------------------------------------------------
 
     def send_zc(self, fd: int, chunk: memoryview, flags: int, dest: bytes | None,
-                on_result: OnResult, on_released: OnReleased) -> None:
+                on_result: OnResult, on_released: OnReleased, ctx: Any = None,
+                ident: int | None = None, expect: int | None = None) -> None:
         """Queue one SEND_ZC; it is submitted with this loop iteration's batch.
 
-        A slice of a registered :class:`~aiozc.buffers.BufferPool` goes as a fixed buffer (the
-        pool's region spans its whole mmap, so any slice of it lies inside)."""
+        ``on_result(res, ctx, ident)`` is called with the result CQE's ``res`` and returns the
+        id the send consumed (or None). A caller that accounted the send in advance (a datagram goes whole
+        or not at all) passes that ``ident`` and ``expect`` = its length: a result of exactly
+        ``expect`` bytes then needs no callback, any other result still gets one (and its
+        return value replaces ``ident``). A slice of a registered
+        :class:`~aiozc.buffers.BufferPool` goes as a fixed buffer (the pool's region spans its
+        whole mmap, so any slice of it lies inside)."""
         io = self._io
         if io is None:
             raise RuntimeError("io_uring ring is closed (no transport attached)")
@@ -298,7 +317,7 @@ class LoopRing:
                                    dest_addr, dest_len):
                 raise BlockingIOError(errno.EAGAIN, "io_uring submission queue full")
         self._next_ud = ud + 1
-        self._requests[ud] = _Request(keep, on_result, on_released)
+        self._requests[ud] = _Request(keep, expect, on_result, ctx, on_released, ident)
         if fixed is not None:
             self.fixed_sends += 1
         if not self._submit_scheduled:
@@ -345,55 +364,44 @@ class LoopRing:
         # per transport: like MSG_ZEROCOPY's coalesced ranges, one tracker/policy update
         # covers many sends instead of one each.
         releases: list[tuple[OnReleased, int, bool]] = []
+        requests = self._requests
         for ud, res, flags in io.reap():
-            try:
-                if flags & IORING_CQE_F_NOTIF:
-                    self._on_notification(ud, res, releases)
-                else:
-                    self._on_result(ud, res, flags, releases)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._report(exc)
+            req = requests.get(ud)
+            if req is None:
+                continue
+            if flags & IORING_CQE_F_NOTIF:
+                if not req.resulted:
+                    req.notified = res  # result not seen yet: finish both when it arrives
+                    continue
+            else:
+                req.resulted = True
+                if res != req.expect:
+                    self._call_on_result(req, res)
+                # Always decide from F_MORE: failed sends (-ECONNRESET, -ENOMEM...) carry it
+                # too, and until the notification the kernel may reference the chunk.
+                if flags & IORING_CQE_F_MORE and req.notified is None:
+                    continue
+                res = _COPIED if req.notified is None else req.notified
+            # The kernel no longer references the chunk.
+            del requests[ud]
+            req.keep = None
+            if req.ident is not None:
+                releases.append((req.on_released, req.ident, bool(res & _COPIED)))
         if releases:
             self._deliver(releases)
+
+    def _call_on_result(self, req: _Request, res: int) -> None:
+        try:
+            req.ident = req.on_result(res, req.ctx, req.ident)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._report(exc)
 
     def _report(self, exc: BaseException) -> None:
         self._loop.call_exception_handler(
             {"message": "aiozc io_uring completion handler failed", "exception": exc}
         )
-
-    def _on_result(self, ud: int, res: int, flags: int,
-                   releases: list[tuple[OnReleased, int, bool]]) -> None:
-        req = self._requests.get(ud)
-        if req is None:
-            return
-        on_result, req.on_result = req.on_result, None
-        # Always decide from F_MORE: failed sends (-ECONNRESET, -ENOMEM...) carry it too, and
-        # until the notification the kernel may still reference the chunk.
-        more = bool(flags & IORING_CQE_F_MORE) and req.notified is None
-        if not more:
-            del self._requests[ud]
-            req.keep = None
-        if on_result is not None:
-            req.ident = on_result(res)
-        if not more and req.ident is not None:
-            notified = req.notified
-            copied = notified is None or bool(notified & IORING_NOTIF_USAGE_ZC_COPIED)
-            releases.append((req.on_released, req.ident, copied))
-
-    def _on_notification(self, ud: int, res: int,
-                         releases: list[tuple[OnReleased, int, bool]]) -> None:
-        req = self._requests.get(ud)
-        if req is None:
-            return
-        if req.on_result is not None:
-            req.notified = res  # result not seen yet: finish both when it arrives
-            return
-        del self._requests[ud]
-        req.keep = None  # the kernel no longer references the chunk
-        if req.ident is not None:
-            releases.append((req.on_released, req.ident, bool(res & IORING_NOTIF_USAGE_ZC_COPIED)))
 
     def _deliver(self, releases: list[tuple[OnReleased, int, bool]]) -> None:
         """Call each transport's ``on_released(lo, hi, copied)`` once per run of ids."""
@@ -440,12 +448,14 @@ class IoUringEngine:
         self._loop = loop
         self._ring: LoopRing | None = None
         self._flags = 0
+        self._fd = -1
 
     def prepare(self, sock: socket.socket) -> str | None:
         reason = _kernel.is_zerocopy_capable(sock)
         if reason is not None:
             return reason
         self._flags = _STREAM_FLAGS if sock.type == socket.SOCK_STREAM else _DGRAM_FLAGS
+        self._fd = sock.fileno()
         ring = LoopRing.for_loop(self._loop)
         ring.attach()
         self._ring = ring
@@ -465,10 +475,13 @@ class IoUringEngine:
         return sock.sendto(data, address)
 
     def submit_zc(self, sock: socket.socket, chunk: memoryview, address: object | None,
-                  on_result: OnResult, on_released: OnReleased) -> None:
-        """Queue a SEND_ZC of ``chunk``; results come back through the callbacks."""
+                  on_result: OnResult, on_released: OnReleased, ctx: Any = None,
+                  ident: int | None = None, expect: int | None = None) -> None:
+        """Queue a SEND_ZC of ``chunk``; results come back through the callbacks (see
+        :meth:`LoopRing.send_zc` for ``ident``/``expect``). ``chunk`` must be the engine's
+        own view: it holds a buffer export on it until the notification."""
         ring = self._ring
         if ring is None:
             raise RuntimeError("io_uring engine is not attached to a socket")
         dest = None if address is None else _uring.pack_sockaddr(sock.family, address)
-        ring.send_zc(sock.fileno(), chunk, self._flags, dest, on_result, on_released)
+        ring.send_zc(self._fd, chunk, self._flags, dest, on_result, on_released, ctx, ident, expect)
