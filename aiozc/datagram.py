@@ -574,6 +574,8 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             partial = i + sent < j
             i += sent
             self._batch_step(batch, sent)
+            if partial:
+                stats.extra["sendmmsg_partial"] = stats.extra.get("sendmmsg_partial", 0) + 1
             if partial and zerocopy:
                 # sendmmsg stops at the first datagram that fails and drops its errno. If the
                 # qdisc dropped it (ENOBUFS with IP_RECVERR), its id is used: account it now,

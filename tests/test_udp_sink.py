@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import socket
 from typing import Any
 
 import pytest
@@ -320,3 +321,203 @@ def test_tcp_over_veth_falls_back_to_copy(veth_pair: VethPair, loop: str) -> Non
     assert stats["ids_copied"] > 0 and stats["ids_zerocopy"] == 0
     assert stats["copy_sends"] > 0  # after the fallback, plain sends
     assert client["zerocopy"] == 0
+
+
+# ------------------------------------------------------------------------------------------
+# sendmmsg and sendto_zc_many into the sink.
+
+
+def raw_sendmmsg_ids(dst: str, count: int, batch: int) -> dict[str, Any]:
+    """``count`` datagrams by sendmmsg(MSG_ZEROCOPY) in calls of ``batch``, then one send():
+    which ids the kernel reported, and how many datagrams the sink saw."""
+    from aiozc import _kernel
+    from aiozc._mmsg import MmsgSender
+    from rig import wait_zc_ids, zc_udp_socket  # noqa: F401
+    import socket
+
+    rx_before = _ifb_rx_packets()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    _kernel.enable_zerocopy(sock)
+    _kernel.enable_recverr(sock)
+    sock.connect((dst, 9))
+    pool = bytearray(b"m" * (count * 1000))
+    views = [memoryview(pool)[i * 1000 : (i + 1) * 1000] for i in range(count)]
+    sender = MmsgSender(batch)
+    results = []
+    start = 0
+    while start < count:
+        sent = sender.send(sock.fileno(), views, start, min(count, start + batch), _kernel.MSG_ZEROCOPY)
+        results.append(sent)
+        assert sent > 0, sent
+        start += sent
+    lens = [sender.sent_len(i) for i in range(min(batch, count))]
+    ranges = wait_zc_ids(sock, count)
+    sock.send(views[0], _kernel.MSG_ZEROCOPY)  # a plain send takes the next id
+    after = wait_zc_ids(sock, 1)
+    sock.close()
+    return {
+        "results": results,
+        "lens": sorted(set(lens)),
+        "ranges": [[r.lo, r.hi, r.copied] for r in ranges],
+        "after": [[r.lo, r.hi] for r in after],
+        "rx_packets": _ifb_rx_packets() - rx_before,
+    }
+
+
+async def _send_batches(
+    dst: str, batches: int, batch: int, size: int, phases: list[str], singles: int, sndbuf: int
+) -> dict[str, Any]:
+    import subprocess
+
+    from aiozc.datagram import create_datagram_endpoint
+
+    errors: list[int] = []
+
+    class Proto(asyncio.DatagramProtocol):
+        def error_received(self, exc: OSError) -> None:
+            errors.append(exc.errno or 0)
+
+    rx_before = _ifb_rx_packets()
+    transport, _ = await create_datagram_endpoint(Proto, remote_addr=(dst, 9))
+    if sndbuf:
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, 32, sndbuf)  # SO_SNDBUFFORCE
+    pool = bytearray(b"b" * size * batch)
+    bufs = [memoryview(pool)[i * size : (i + 1) * size] for i in range(batch)]
+    completions: list[Any] = []
+    phase_rx: list[int] = []
+    for phase in phases:
+        if phase != "-":
+            subprocess.run(phase.split(), check=True)
+        rx_phase = _ifb_rx_packets()
+        for _ in range(batches):
+            futures = [transport.sendto_zc_many(bufs)]
+            futures += [transport.sendto_zc(bufs[i]) for i in range(singles)]  # interleaved
+            completions += await asyncio.wait_for(asyncio.gather(*futures), 10)
+        phase_rx.append(_ifb_rx_packets() - rx_phase)
+    tracker = transport._tracker
+    lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    transport.get_protocol().connection_lost = lambda exc: lost.set_result(None)  # type: ignore[method-assign]
+    transport.close()
+    await asyncio.wait_for(lost, 10)
+    return {
+        "resolved": len(completions),
+        "zerocopy": sum(c.zerocopy for c in completions),
+        "zc_ids": sum(c.zc_sends - c.copied_sends for c in completions),
+        "nbytes": sorted({c.nbytes for c in completions}),
+        "rx_packets": _ifb_rx_packets() - rx_before,
+        "phase_rx": phase_rx,
+        "errors": errors,
+        "stats": transport.stats.as_dict(),
+        "unexpected_ids": tracker.unexpected_ids,
+        "pending_writes": tracker.pending_writes,
+    }
+
+
+def send_batches(
+    dst: str, loop: str, batches: int, batch: int, size: int = DATAGRAM,
+    phases: list[str] | None = None, singles: int = 0, sndbuf: int = 0,
+) -> dict[str, Any]:
+    """``batches`` sendto_zc_many() of ``batch`` datagrams (each followed by ``singles``
+    sendto_zc()), per phase, on a socket with ``sndbuf`` (if given); counters and stats as JSON."""
+    return _run(loop, _send_batches(dst, batches, batch, size, phases or ["-"], singles, sndbuf))
+
+
+def test_sendmmsg_zerocopy_uses_one_id_per_datagram(sink_ns: SinkNamespace) -> None:
+    quiet(sink_ns)
+    res = sink_ns.call(raw_sendmmsg_ids, sink_ns.sink_addr, 3000, 1024)
+    assert res["results"] == [1024, 1024, 952]  # whole batches: the sink never fills
+    assert res["lens"] == [1000]
+    covered = sum(((hi - lo) & 0xFFFFFFFF) + 1 for lo, hi, _ in res["ranges"])
+    assert covered == 3000
+    assert min(lo for lo, _, _ in res["ranges"]) == 0 and max(hi for _, hi, _ in res["ranges"]) == 2999
+    assert not any(copied for _, _, copied in res["ranges"])  # true zero-copy
+    assert res["after"] == [[3000, 3000]]  # the next send() takes the next id
+    assert res["rx_packets"] == 3001
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_sendto_zc_many_into_sink_is_zerocopy(sink_ns: SinkNamespace, loop: str) -> None:
+    quiet(sink_ns)
+    res = sink_ns.call(send_batches, sink_ns.sink_addr, loop, 20, 300, singles=3)
+    stats = res["stats"]
+    assert res["resolved"] == 20 * 4
+    assert res["zerocopy"] == 20 * 4 and res["zc_ids"] == 20 * 303
+    assert res["nbytes"] == [DATAGRAM, 300 * DATAGRAM]
+    assert stats["zc_sends"] == stats["ids_zerocopy"] == 20 * 303 and stats["copy_sends"] == 0
+    assert res["rx_packets"] == 20 * 303
+    assert res["errors"] == [] and res["unexpected_ids"] == 0 and res["pending_writes"] == 0
+    # One tracker write per batch, notifications merged: few error-queue reads.
+    assert stats["errqueue_reads"] / stats["zc_sends"] <= 0.05
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_sendto_zc_many_enobufs_resends_by_copy(enobufs_sink: SinkNamespace, loop: str) -> None:
+    """optmem_max 1024: one undrained notification fills option memory, so sendmmsg stops
+    after the first datagram (errno lost); the transport drains the queue (checking whether the
+    id was used) and goes on. Whatever ENOBUFS is seen is resent by copy (two-tier rule)."""
+    quiet(enobufs_sink)
+    res = enobufs_sink.call(send_batches, enobufs_sink.sink_addr, loop, 10, 200)
+    stats = res["stats"]
+    assert res["resolved"] == 10 and res["nbytes"] == [200 * DATAGRAM]
+    assert res["rx_packets"] == 2000  # every datagram left exactly once
+    assert stats["copy_sends"] == stats["enobufs"]
+    assert stats["zc_sends"] + stats["copy_sends"] == 2000 and stats["zc_sends"] > 1000
+    assert res["zc_ids"] == stats["zc_sends"] == stats["ids_zerocopy"]
+    assert stats["state"] == "zerocopy", stats["reason"]
+    assert res["errors"] == [] and res["unexpected_ids"] == 0 and res["pending_writes"] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_sendto_zc_many_qdisc_drop_keeps_ids_in_step(sink_ns: SinkNamespace, loop: str) -> None:
+    """A qdisc that drops everything: sendmmsg reports the drop of each datagram as ENOBUFS
+    although its id was used (a drop after the first datagram of a call is not even reported:
+    the call just returns fewer). Then the default qdisc again: ids must still be in step."""
+    quiet(sink_ns)
+    phases = ["tc qdisc replace dev ifb0 root pfifo limit 0", "tc qdisc del dev ifb0 root"]
+    res = sink_ns.call(send_batches, sink_ns.sink_addr, loop, 3, 100, phases=phases, singles=2)
+    stats = res["stats"]
+    assert res["resolved"] == 2 * 3 * 3
+    assert res["phase_rx"] == [0, 3 * 102]
+    assert res["errors"] == [errno.ENOBUFS] * (3 * 102)  # each drop reported once
+    assert stats["extra"]["local_drops"] == 3 * 102
+    assert stats["zc_sends"] == stats["ids_zerocopy"] == 2 * 3 * 102
+    assert res["unexpected_ids"] == 0 and res["pending_writes"] == 0
+    assert stats["state"] == "zerocopy"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_sendto_zc_many_enobufs_with_nothing_outstanding_disables_zerocopy(
+    sink_ns: SinkNamespace, loop: str
+) -> None:
+    quiet(sink_ns)
+    sink_ns.set_sysctl("net.core.optmem_max", OPTMEM_NO_ZEROCOPY)
+    res = sink_ns.call(send_batches, sink_ns.sink_addr, loop, 3, 100)
+    stats = res["stats"]
+    assert res["resolved"] == 3 and res["rx_packets"] == 300
+    assert res["zerocopy"] == 0 and res["zc_ids"] == 0
+    assert stats["state"] == "disabled" and "ENOBUFS" in stats["reason"]
+    assert stats["enobufs"] == 1 and stats["copy_sends"] == 300 and stats["zc_sends"] == 0
+    assert res["unexpected_ids"] == 0 and res["pending_writes"] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_sendto_zc_many_drop_inside_a_sendmmsg_call_keeps_ids_in_step(
+    sink_ns: SinkNamespace, loop: str
+) -> None:
+    """A token bucket that passes a few datagrams, then drops (its queue is full; the socket's
+    send buffer is large enough not to stop us first): sendmmsg returns fewer than asked
+    without an error, although the dropped datagram used an id. The transport finds its
+    notification already queued, counts the id and reports the drop; then the default qdisc
+    again, with ids still in step."""
+    quiet(sink_ns)
+    phases = ["tc qdisc replace dev ifb0 root tbf rate 1gbit burst 256kb limit 200kb", "tc qdisc del dev ifb0 root"]
+    res = sink_ns.call(send_batches, sink_ns.sink_addr, loop, 5, 100, phases=phases, singles=2, sndbuf=64 << 20)
+    stats = res["stats"]
+    assert res["resolved"] == 2 * 5 * 3 and res["pending_writes"] == 0
+    drops = len(res["errors"])
+    assert drops > 0 and set(res["errors"]) == {errno.ENOBUFS}
+    assert stats["extra"]["local_drops"] == drops
+    assert stats["extra"]["sendmmsg_partial"] > 0
+    assert res["phase_rx"][0] + drops == 5 * 102 and res["phase_rx"][1] == 5 * 102
+    assert stats["zc_sends"] == stats["ids_zerocopy"] == 2 * 5 * 102
+    assert res["unexpected_ids"] == 0 and stats["state"] == "zerocopy"
