@@ -17,7 +17,7 @@ from typing import Any
 
 import cffi
 
-__all__ = ["MAX_BATCH", "MmsgSender", "available"]
+__all__ = ["MAX_BATCH", "MmsgSender", "available", "pin", "unpin"]
 
 # UIO_MAXIOV: the kernel caps vlen at 1024 (silently: more are just not sent).
 MAX_BATCH = 1024
@@ -58,6 +58,16 @@ else:
 assert _ffi.sizeof("struct mmsghdr") == 64 or _ffi.sizeof("void *") != 8  # x86_64/aarch64 ABI
 
 
+def pin(buf: Any) -> Any:
+    """A ``char[]`` cdata over ``buf``'s bytes (any C-contiguous buffer; BufferError if not
+    contiguous, TypeError if not a buffer) that holds a buffer export on it: ``buf`` can be
+    neither freed nor resized until :func:`unpin`. ``len()`` is its size in bytes."""
+    return _ffi.from_buffer(buf)
+
+
+unpin = _ffi.release  # ends a pin's buffer export now
+
+
 def available() -> str | None:
     """``None`` if sendmmsg can be called, else why not."""
     return _why
@@ -88,30 +98,26 @@ class MmsgSender:
             hdr.msg_iov = self._iov_list[i]
             hdr.msg_iovlen = 1
 
-    def send(self, fd: int, views: Sequence[memoryview], start: int, stop: int, flags: int) -> int:
-        """sendmmsg of ``views[start:stop]`` (at most ``capacity``) on connected ``fd``.
+    def send(
+        self, fd: int, pins: Sequence[Any], sizes: Sequence[int], start: int, stop: int, flags: int
+    ) -> int:
+        """sendmmsg of datagrams ``start:stop`` (at most ``capacity``) on connected ``fd``:
+        datagram ``k`` is ``sizes[k]`` bytes at ``pins[k]`` (from :func:`pin`, which the caller
+        keeps until the kernel is done with the memory).
 
         Returns how many datagrams the kernel took (>= 1), or ``-errno`` if the first failed.
-        Each view must be a flat byte view (``len()`` is its size in bytes).
         """
         count = stop - start
         if count > self.capacity:
             count = self.capacity
-        from_buffer = _ffi.from_buffer
         iovs = self._iov_list
-        keep: list[Any] = []  # the buffer exports must outlive the call, and end right after it
-        append = keep.append
         for i in range(count):
-            view = views[start + i]
-            ptr = from_buffer(view)
-            append(ptr)
             iov = iovs[i]
-            iov.iov_base = ptr
-            iov.iov_len = len(view)
+            iov.iov_base = pins[start + i]
+            iov.iov_len = sizes[start + i]
         n = _sendmmsg(fd, self._msgs, count, flags)
         if n < 0:
-            n = -_ffi.errno
-        del keep, append  # drop the exports now: the caller may release its views
+            return -_ffi.errno
         return n
 
     def sent_len(self, i: int) -> int:

@@ -115,25 +115,33 @@ class _Datagram:
 class _Batch:
     """One ``sendto_zc_many()`` call: one tracker write (one future) for all its datagrams.
 
-    It is the write's token (what ``_resolve`` gets back): ``future`` and ``view`` like
-    :class:`~aiozc.base._Held`, ``view.release()`` releasing every datagram's view.
+    Each buffer is held by a pin (:func:`aiozc._mmsg.pin`: a buffer export, as a memoryview
+    would hold, and the address sendmmsg needs) until the batch resolves. It is the write's
+    token (what ``_resolve`` gets back): ``future`` and ``view`` like :class:`~aiozc.base._Held`,
+    ``view.release()`` ending every pin.
     """
 
-    __slots__ = ("future", "views", "write", "left")
+    __slots__ = ("future", "bufs", "pins", "sizes", "write", "left")
 
-    def __init__(self, future: asyncio.Future[Completion], views: list[memoryview]) -> None:
+    def __init__(
+        self, future: asyncio.Future[Completion], bufs: list[Any], pins: list[Any], sizes: list[int]
+    ) -> None:
         self.future = future
-        self.views = views
+        self.bufs = bufs  # the caller's objects: what a datagram sent one by one views
+        self.pins = pins
+        self.sizes = sizes
         self.write: Any = None  # the tracker's WriteHandle, set once opened
-        self.left = len(views)  # datagrams not yet sent, dropped or refused
+        self.left = len(pins)  # datagrams not yet sent, dropped or refused
 
     @property
     def view(self) -> _Batch:
         return self
 
     def release(self) -> None:
-        for view in self.views:
-            view.release()
+        unpin = _mmsg.unpin
+        for pin in self.pins:
+            unpin(pin)
+        self.pins = self.bufs = []
 
 
 class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport):
@@ -336,33 +344,37 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         """
         self._check_writable("sendto_zc_many")
         addr = self._destination(addr)
-        views: list[memoryview] = []
-        total = 0
+        objs = list(bufs)
+        pin = _mmsg.pin
+        pins: list[Any] = []
         try:
-            for buf in bufs:
-                view = byte_view(buf)
-                views.append(view)
-                nbytes = len(view)
-                if self._max_size is not None and nbytes > self._max_size:
-                    raise ValueError(
-                        f"datagram of {nbytes} bytes exceeds the {self._max_size}-byte UDP payload limit"
-                    )
-                total += nbytes
+            for buf in objs:
+                try:
+                    pins.append(pin(buf))
+                except (TypeError, BufferError):
+                    byte_view(buf).release()  # raises the error sendto_zc() would
+                    raise
+            sizes = [len(p) for p in pins]
+            biggest = max(sizes, default=0)
+            if self._max_size is not None and biggest > self._max_size:
+                raise ValueError(
+                    f"datagram of {biggest} bytes exceeds the {self._max_size}-byte UDP payload limit"
+                )
         except BaseException:
-            for view in views:
-                view.release()
+            for p in pins:
+                _mmsg.unpin(p)
             raise
         future = self._new_future()
-        batch = _Batch(future, views)
-        batch.write = self._tracker.open_write(batch, total)  # type: ignore[arg-type]  # a _Held alike
-        if not views:
+        batch = _Batch(future, objs, pins, sizes)
+        batch.write = self._tracker.open_write(batch, sum(sizes))  # type: ignore[arg-type]  # a _Held alike
+        if not pins:
             self._resolve(self._tracker.close_write(batch.write))
             return future
         self._batching = True
         try:
             done = self._send_batch_fast(batch) if self._batch_fast_ok() else 0
-            for i in range(done, len(views)):  # the general path: sent one by one, or queued
-                self._submit(_Datagram(views[i], addr, future, True, batch))
+            for i in range(done, len(pins)):  # the general path: sent one by one, or queued
+                self._submit(self._batch_datagram(batch, i, addr))
             self._maybe_pause_protocol()
         finally:
             self._batching = False
@@ -512,11 +524,14 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         if sender is None:
             sender = self._mmsg = _mmsg.MmsgSender()
         cap = sender.capacity
-        views = batch.views
-        n = len(views)
+        pins, sizes = batch.pins, batch.sizes
+        n = len(pins)
         fd = self._fd
         tracker = self._tracker
         on_sent = tracker.on_sent
+        # k zero-copy sends of one write in one call, if the tracker has it
+        # (/work/patches/batch-tracker-on-sent-many.diff); else k calls of on_sent.
+        on_sent_many = getattr(tracker, "on_sent_many", None)
         write = batch.write
         stats = self.stats
         policy = self._policy
@@ -526,7 +541,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         i = 0
         while i < n and self._batch_fast_ok():
             # The next run: datagrams that all go zero-copy, or all by copy.
-            first = len(views[i])
+            first = sizes[i]
             zerocopy = self._wants_zerocopy(first) and self._engine.__class__ is MsgZeroCopyEngine
             end = min(n, i + cap)
             j = i + 1
@@ -535,31 +550,32 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
                     end = j  # a copy-fallback re-probe: one datagram
                 budget = options.max_pinned_bytes - tracker.pinned_bytes - first
                 while j < end:
-                    size = len(views[j])
+                    size = sizes[j]
                     if size < threshold or size > budget:
                         break
                     budget -= size
                     j += 1
             elif policy.state is _ZEROCOPY and tracker.pinned_bytes < options.max_pinned_bytes:
-                while j < end and len(views[j]) < threshold:
+                while j < end and sizes[j] < threshold:
                     j += 1
             else:
                 j = end  # no datagram wants zero-copy now (re-checked every run)
-            sent = sender.send(fd, views, i, j, msg_zerocopy if zerocopy else 0)
+            sent = sender.send(fd, pins, sizes, i, j, msg_zerocopy if zerocopy else 0)
             if sent < 0:
                 # The first datagram of the run failed: what sendto_zc() does for that error.
-                dg = _Datagram(views[i], self._address, batch.future, True, batch)
+                dg = self._batch_datagram(batch, i, self._address)
                 dg.copy_only = not zerocopy
                 i += 1
                 self._fast_send_failed(dg, OSError(-sent, os.strerror(-sent)), zerocopy)
                 continue
-            nbytes = 0
-            for k in range(i, i + sent):
-                size = len(views[k])
-                if size:
-                    on_sent(write, size, zerocopy=zerocopy)
-                    nbytes += size
+            nbytes = sum(sizes[i : i + sent])
             if zerocopy:
+                # Every datagram of a zero-copy run is >= zc_threshold >= 1 byte: one id each.
+                if on_sent_many is not None:
+                    on_sent_many(write, nbytes, sent)
+                else:
+                    for k in range(i, i + sent):
+                        on_sent(write, sizes[k], zerocopy=True)
                 stats.zc_sends += sent
                 stats.zc_bytes += nbytes
                 pinned = stats.pinned_bytes = tracker.pinned_bytes
@@ -567,6 +583,8 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
                     stats.peak_pinned_bytes = pinned
                 self._zc_since_drain += sent
             else:
+                if nbytes:
+                    on_sent(write, nbytes, zerocopy=False)  # no ids: one call for the run
                 stats.copy_sends += sent
                 stats.copy_bytes += nbytes
             if policy.state is _COPY_FALLBACK:
@@ -580,12 +598,16 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
                 # sendmmsg stops at the first datagram that fails and drops its errno. If the
                 # qdisc dropped it (ENOBUFS with IP_RECVERR), its id is used: account it now,
                 # or the resend would take the next id. Else the resend reports the error.
-                dg = _Datagram(views[i], self._address, batch.future, True, batch)
-                if self._zerocopy_dropped(dg):
+                if self._zerocopy_dropped(self._batch_datagram(batch, i, self._address)):
                     i += 1
             if self._zc_since_drain >= options.errqueue_drain_every:
                 self._drain_errqueue()
         return i
+
+    def _batch_datagram(self, batch: _Batch, i: int, addr: Any) -> _Datagram:
+        """Datagram ``i`` of ``batch`` for the one-by-one path. Its view is released once the
+        datagram is done with; the batch's pin holds the buffer until the batch resolves."""
+        return _Datagram(byte_view(batch.bufs[i]), addr, batch.future, True, batch)
 
     def _zerocopy_dropped(self, dg: _Datagram) -> bool:
         """Was ``dg``, which sendmmsg did not count as sent, dropped by the qdisc after the
@@ -597,11 +619,16 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         finally:
             self._enobufs_datagram = None
         if not self._enobufs_consumed:
+            dg.view.release()
             return False
         self.stats.enobufs += 1
         self._report_local_drop()
-        self._batch_step(dg.batch)  # type: ignore[arg-type]  # always a batch's datagram
+        self._batch_datagram_done(dg)
         return True
+
+    def _batch_datagram_done(self, dg: _Datagram) -> None:
+        dg.view.release()
+        self._batch_step(dg.batch)  # type: ignore[arg-type]  # a batch's datagram
 
     def _batch_step(self, batch: _Batch, count: int = 1) -> None:
         """``count`` datagrams of ``batch`` are done with (sent, dropped or refused)."""
@@ -816,7 +843,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         if self._enobufs_consumed:
             self._report_local_drop()
             if dg.batch is not None:
-                self._batch_step(dg.batch)
+                self._batch_datagram_done(dg)
             return True
         self._policy.on_enobufs(outstanding_ids=outstanding)
         self._sync_state()
@@ -848,7 +875,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             return
         if dg.batch is not None:
             self._account_send(dg.batch.write, sent, zerocopy)
-            self._batch_step(dg.batch)
+            self._batch_datagram_done(dg)
             return
         write = self._open_write(dg.view, dg.future)
         self._account_send(write, sent, zerocopy)

@@ -31,14 +31,14 @@ class ScriptedSender:
         self.script = list(script)
         self.calls: list[tuple[int, int]] = []  # (datagrams asked, result)
 
-    def send(self, fd: int, views: Any, start: int, stop: int, flags: int) -> int:
+    def send(self, fd: int, pins: Any, sizes: Any, start: int, stop: int, flags: int) -> int:
         step = self.script.pop(0) if self.script else None
         if step is not None and step < 0:
             result = step
         else:
             if step is not None:
                 stop = min(stop, start + step)
-            result = self.inner.send(fd, views, start, stop, flags)
+            result = self.inner.send(fd, pins, sizes, start, stop, flags)
         self.calls.append((stop - start, result))
         return result
 

@@ -331,7 +331,7 @@ def raw_sendmmsg_ids(dst: str, count: int, batch: int) -> dict[str, Any]:
     """``count`` datagrams by sendmmsg(MSG_ZEROCOPY) in calls of ``batch``, then one send():
     which ids the kernel reported, and how many datagrams the sink saw."""
     from aiozc import _kernel
-    from aiozc._mmsg import MmsgSender
+    from aiozc._mmsg import MmsgSender, pin
     from rig import wait_zc_ids, zc_udp_socket  # noqa: F401
     import socket
 
@@ -342,11 +342,13 @@ def raw_sendmmsg_ids(dst: str, count: int, batch: int) -> dict[str, Any]:
     sock.connect((dst, 9))
     pool = bytearray(b"m" * (count * 1000))
     views = [memoryview(pool)[i * 1000 : (i + 1) * 1000] for i in range(count)]
+    pins = [pin(view) for view in views]
+    sizes = [len(view) for view in views]
     sender = MmsgSender(batch)
     results = []
     start = 0
     while start < count:
-        sent = sender.send(sock.fileno(), views, start, min(count, start + batch), _kernel.MSG_ZEROCOPY)
+        sent = sender.send(sock.fileno(), pins, sizes, start, min(count, start + batch), _kernel.MSG_ZEROCOPY)
         results.append(sent)
         assert sent > 0, sent
         start += sent
