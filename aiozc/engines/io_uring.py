@@ -87,25 +87,25 @@ _COPIED = IORING_NOTIF_USAGE_ZC_COPIED
 _ZC_IOPRIO = _uring.IORING_SEND_ZC_REPORT_USAGE
 _ZC_FIXED_IOPRIO = _uring.IORING_SEND_ZC_REPORT_USAGE | _uring.IORING_RECVSEND_FIXED_BUF
 _ffi = _uring.ffi
+# The cffi backend's functions directly: ffi.cast/ffi.from_buffer wrap them in Python
+# (~0.1 us per send, measured).
+_from_buffer = _ffi._backend.from_buffer
+_cast = _ffi._backend.cast
+_CHAR_ARRAY = _ffi.typeof("char[]")
+_UINTPTR = _ffi.typeof("uintptr_t")
 
 
-class _Request:
-    """One SEND_ZC in flight: what it must keep alive and whom to tell."""
-
-    __slots__ = ("keep", "expect", "on_result", "ctx", "on_released", "ident", "resulted",
-                 "notified")
-
-    def __init__(self, keep: tuple[Any, ...], expect: int | None, on_result: OnResult,
-                 ctx: Any, on_released: OnReleased, ident: int | None) -> None:
-        # (chunk memoryview, cffi from_buffer handle[, sockaddr holder]) until the notification
-        self.keep: tuple[Any, ...] | None = keep
-        self.expect = expect  # a result of exactly this many bytes needs no callback
-        self.on_result = on_result
-        self.ctx = ctx  # passed back to on_result
-        self.on_released = on_released
-        self.ident = ident  # the u32 id this send consumed, None if none (yet)
-        self.resulted = False
-        self.notified: int | None = None  # notification res seen before the result (defensive)
+# One SEND_ZC in flight is a list, not an object: building it is ~0.4 us cheaper per send,
+# which is most of what the datagram hot path can still save (measured, CPython 3.11).
+_KEEP = 0  # (chunk memoryview, cffi from_buffer handle[, sockaddr holder]) until released
+_EXPECT = 1  # a result of exactly this many bytes needs no callback (None: always call)
+_ON_RESULT = 2  # on_result(res, ctx, ident) -> ident
+_CTX = 3
+_ON_RELEASED = 4  # on_released(lo, hi, copied)
+_IDENT = 5  # the u32 id the send consumed, None if none (yet)
+_RESULTED = 6  # the result CQE was seen
+_NOTIFIED = 7  # notification res seen before the result (defensive), else None
+_Request = list  # [keep, expect, on_result, ctx, on_released, ident, resulted, notified]
 
 
 class _RingIO:
@@ -119,9 +119,9 @@ class _RingIO:
 
     def __init__(self, ring: _uring.Ring) -> None:
         self.ring = ring
-        self._sqes = memoryview(_ffi.buffer(ring._sqes, ring.sq_entries * 64))
+        self.sqes = self._sqes = memoryview(_ffi.buffer(ring._sqes, ring.sq_entries * 64))
         self._cqes = memoryview(_ffi.buffer(ring._cqes, ring.cq_entries * 16))
-        self._sq_mask = ring._sq_mask
+        self.sq_mask = self._sq_mask = ring._sq_mask
         self._cq_mask = ring._cq_mask
         self._cq_khead = ring._cq_khead
         self._cq_ktail = ring._cq_ktail
@@ -181,7 +181,7 @@ class LoopRing:
         self._ring: _uring.Ring | None = None
         self._io: _RingIO | None = None
         self._users = 0
-        self._requests: dict[int, _Request] = {}
+        self._requests: dict[int, list[Any]] = {}
         self._next_ud = 1
         self._submit_scheduled = False
         self._pools: list[Any] = []  # BufferPools registered as fixed buffers, index = position
@@ -299,8 +299,8 @@ class LoopRing:
         io = self._io
         if io is None:
             raise RuntimeError("io_uring ring is closed (no transport attached)")
-        handle = _ffi.from_buffer(chunk)
-        addr = int(_ffi.cast("uintptr_t", handle))
+        handle = _from_buffer(_CHAR_ARRAY, chunk, False)
+        addr = int(_cast(_UINTPTR, handle))
         fixed = self._fixed.get(id(chunk.obj)) if self._fixed else None
         ioprio, index = (_ZC_IOPRIO, 0) if fixed is None else (_ZC_FIXED_IOPRIO, fixed)
         if dest is None:
@@ -309,7 +309,7 @@ class LoopRing:
         else:
             holder = _ffi.new("char[]", dest)  # read by the kernel when the send is issued
             keep = (chunk, handle, holder)
-            dest_addr, dest_len = int(_ffi.cast("uintptr_t", holder)), len(dest)
+            dest_addr, dest_len = int(_cast(_UINTPTR, holder)), len(dest)
         ud = self._next_ud
         if not io.prep_send_zc(fd, addr, len(handle), flags, ud, ioprio, index, dest_addr, dest_len):
             self._submit_now()  # SQ full: this iteration already queued _SQ_ENTRIES sends
@@ -317,9 +317,55 @@ class LoopRing:
                                    dest_addr, dest_len):
                 raise BlockingIOError(errno.EAGAIN, "io_uring submission queue full")
         self._next_ud = ud + 1
-        self._requests[ud] = _Request(keep, expect, on_result, ctx, on_released, ident)
+        self._requests[ud] = [keep, expect, on_result, ctx, on_released, ident, False, None]
         if fixed is not None:
             self.fixed_sends += 1
+        if not self._submit_scheduled:
+            self._submit_scheduled = True
+            self._loop.call_soon(self._submit_batch)
+
+    def send_zc_many(self, fd: int, chunks: list[memoryview], flags: int, on_result: OnResult,
+                     on_released: OnReleased, ctxs: list[Any], idents: list[int]) -> None:
+        """:meth:`send_zc` for many chunks of a connected socket, each accounted in advance
+        (``idents[i]``, expecting ``len(chunks[i])`` bytes). The same work with the loop's
+        lookups hoisted: per datagram this is what remains of the Python cost of io_uring."""
+        io = self._io
+        if io is None:
+            raise RuntimeError("io_uring ring is closed (no transport attached)")
+        ring = io.ring
+        requests = self._requests
+        fixed_of = self._fixed
+        sqes, sq_mask, pack_into = io.sqes, io.sq_mask, _SQE.pack_into
+        entries = ring.sq_entries
+        ud = self._next_ud
+        tail = ring._sq_tail
+        free = entries - ring.pending()
+        fixed_sends = 0
+        for chunk, ctx, ident in zip(chunks, ctxs, idents):
+            if not free:
+                ring._sq_tail = tail
+                self._submit_now()  # SQ full: hand this much to the kernel now
+                tail = ring._sq_tail
+                free = entries - ring.pending()
+                if not free:
+                    raise BlockingIOError(errno.EAGAIN, "io_uring submission queue full")
+            handle = _from_buffer(_CHAR_ARRAY, chunk, False)
+            size = len(handle)
+            fixed = fixed_of.get(id(chunk.obj)) if fixed_of else None
+            if fixed is None:
+                ioprio, index = _ZC_IOPRIO, 0
+            else:
+                ioprio, index = _ZC_FIXED_IOPRIO, fixed
+                fixed_sends += 1
+            pack_into(sqes, (tail & sq_mask) << 6, _uring.IORING_OP_SEND_ZC, 0, ioprio, fd, 0,
+                      int(_cast(_UINTPTR, handle)), size, flags, ud, index, 0, 0, 0, 0, 0)
+            tail = (tail + 1) & _U32
+            free -= 1
+            requests[ud] = [(chunk, handle), size, on_result, ctx, on_released, ident, False, None]
+            ud += 1
+        ring._sq_tail = tail
+        self._next_ud = ud
+        self.fixed_sends += fixed_sends
         if not self._submit_scheduled:
             self._submit_scheduled = True
             self._loop.call_soon(self._submit_batch)
@@ -363,36 +409,41 @@ class LoopRing:
         # Releases are delivered after the whole batch, merged into runs of consecutive ids
         # per transport: like MSG_ZEROCOPY's coalesced ranges, one tracker/policy update
         # covers many sends instead of one each.
-        releases: list[tuple[OnReleased, int, bool]] = []
+        releases: list[tuple[OnReleased, int, int]] = []  # (callback, id, copied bit)
         requests = self._requests
         for ud, res, flags in io.reap():
+            if flags & IORING_CQE_F_NOTIF:
+                req = requests.pop(ud, None)  # the kernel no longer references the chunk
+                if req is None:
+                    continue
+                if not req[_RESULTED]:
+                    req[_NOTIFIED] = res  # result not seen yet: finish both when it arrives
+                    requests[ud] = req
+                    continue
+                if req[_IDENT] is not None:
+                    releases.append((req[_ON_RELEASED], req[_IDENT], res & _COPIED))
+                continue
             req = requests.get(ud)
             if req is None:
                 continue
-            if flags & IORING_CQE_F_NOTIF:
-                if not req.resulted:
-                    req.notified = res  # result not seen yet: finish both when it arrives
-                    continue
-            else:
-                req.resulted = True
-                if res != req.expect:
-                    self._call_on_result(req, res)
-                # Always decide from F_MORE: failed sends (-ECONNRESET, -ENOMEM...) carry it
-                # too, and until the notification the kernel may reference the chunk.
-                if flags & IORING_CQE_F_MORE and req.notified is None:
-                    continue
-                res = _COPIED if req.notified is None else req.notified
-            # The kernel no longer references the chunk.
+            req[_RESULTED] = True
+            if res != req[_EXPECT]:
+                self._call_on_result(req, res)
+            # Always decide from F_MORE: failed sends (-ECONNRESET, -ENOMEM...) carry it too,
+            # and until the notification the kernel may reference the chunk.
+            if flags & IORING_CQE_F_MORE and req[_NOTIFIED] is None:
+                continue
+            res = _COPIED if req[_NOTIFIED] is None else req[_NOTIFIED]
+            # No notification (still) to come: the kernel no longer references the chunk.
             del requests[ud]
-            req.keep = None
-            if req.ident is not None:
-                releases.append((req.on_released, req.ident, bool(res & _COPIED)))
+            if req[_IDENT] is not None:
+                releases.append((req[_ON_RELEASED], req[_IDENT], res & _COPIED))
         if releases:
             self._deliver(releases)
 
-    def _call_on_result(self, req: _Request, res: int) -> None:
+    def _call_on_result(self, req: list[Any], res: int) -> None:
         try:
-            req.ident = req.on_result(res, req.ctx, req.ident)
+            req[_IDENT] = req[_ON_RESULT](res, req[_CTX], req[_IDENT])
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -403,20 +454,20 @@ class LoopRing:
             {"message": "aiozc io_uring completion handler failed", "exception": exc}
         )
 
-    def _deliver(self, releases: list[tuple[OnReleased, int, bool]]) -> None:
+    def _deliver(self, releases: list[tuple[OnReleased, int, int]]) -> None:
         """Call each transport's ``on_released(lo, hi, copied)`` once per run of ids."""
         cb, lo, hi, copied = releases[0][0], releases[0][1], releases[0][1], releases[0][2]
         for next_cb, ident, next_copied in releases[1:]:
-            if next_copied is copied and ident == (hi + 1) & _U32 and next_cb == cb:
+            if next_copied == copied and ident == (hi + 1) & _U32 and next_cb == cb:
                 hi = ident
                 continue
             self._release_run(cb, lo, hi, copied)
             cb, lo, hi, copied = next_cb, ident, ident, next_copied
         self._release_run(cb, lo, hi, copied)
 
-    def _release_run(self, cb: OnReleased, lo: int, hi: int, copied: bool) -> None:
+    def _release_run(self, cb: OnReleased, lo: int, hi: int, copied: int) -> None:
         try:
-            cb(lo, hi, copied)
+            cb(lo, hi, bool(copied))
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -485,3 +536,12 @@ class IoUringEngine:
             raise RuntimeError("io_uring engine is not attached to a socket")
         dest = None if address is None else _uring.pack_sockaddr(sock.family, address)
         ring.send_zc(self._fd, chunk, self._flags, dest, on_result, on_released, ctx, ident, expect)
+
+    def submit_zc_many(self, chunks: list[memoryview], on_result: OnResult,
+                       on_released: OnReleased, ctxs: list[Any], idents: list[int]) -> None:
+        """:meth:`submit_zc` for many datagrams of a connected socket, each accounted in
+        advance (see :meth:`LoopRing.send_zc_many`)."""
+        ring = self._ring
+        if ring is None:
+            raise RuntimeError("io_uring engine is not attached to a socket")
+        ring.send_zc_many(self._fd, chunks, self._flags, on_result, on_released, ctxs, idents)
