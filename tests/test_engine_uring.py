@@ -416,3 +416,161 @@ class _Weakrefable(bytearray):
 
 async def _not(coro) -> bool:  # type: ignore[no-untyped-def]
     return not await coro
+
+
+# --- UDP (datagram transport) ---------------------------------------------------------------
+#
+# Sender code runs in a fresh interpreter inside the sink namespace (ns.call imports these
+# module-level functions by reference), on asyncio's loop or uvloop, and returns JSON.
+
+def _datagram_hooked() -> bool:
+    from aiozc.datagram import ZeroCopyDatagramTransport
+
+    return bool(getattr(ZeroCopyDatagramTransport, "_async_sends", False))
+
+
+needs_datagram_hookup = pytest.mark.skipif(
+    not _datagram_hooked(), reason="the datagram transport does not drive io_uring yet"
+)
+LOOPS = ["asyncio", "uvloop"]
+DATAGRAM = 64000
+
+
+def _run(loop_name: str, coro):  # type: ignore[no-untyped-def]
+    if loop_name == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def _ifb_rx_packets() -> int:
+    with open("/sys/class/net/ifb0/statistics/rx_packets") as f:
+        return int(f.read())
+
+
+async def _sink_sends(dst: str, count: int, fixed: bool, many: bool, connected: bool) -> dict:
+    from aiozc.datagram import create_datagram_endpoint
+
+    loop = asyncio.get_running_loop()
+    pool = BufferPool(DATAGRAM, 32) if fixed else None
+    rx0 = _ifb_rx_packets()
+    kwargs = {"remote_addr": (dst, 9)} if connected else {"local_addr": ("0.0.0.0", 0)}
+    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, engine="io_uring",
+                                                  **kwargs)
+    ring = LoopRing.existing(loop)
+    assert ring is not None
+    fixed0 = ring.fixed_sends
+    bufs = list(pool) if pool is not None else [bytearray(b"z" * DATAGRAM) for _ in range(32)]
+    completions = []
+    addr = None if connected else (dst, 9)
+    for _ in range(count // 32):
+        if many:
+            completions.append(await asyncio.wait_for(transport.sendto_zc_many(bufs, addr), 10))
+        else:
+            futs = [transport.sendto_zc(b, addr) for b in bufs]
+            completions += await asyncio.wait_for(asyncio.gather(*futs), 10)
+    stats = transport.stats.as_dict()
+    fixed_sends = ring.fixed_sends - fixed0
+    transport.close()
+    for _ in range(200):
+        if not ring.is_open:
+            break
+        await asyncio.sleep(0.01)
+    if pool is not None:
+        for b in bufs:
+            pool.release(b)
+        pool.close()
+    return {
+        "zerocopy": [c.zerocopy for c in completions],
+        "zc_sends": stats["zc_sends"],
+        "engine": stats["engine"],
+        "rx": _ifb_rx_packets() - rx0,
+        "fixed_sends": fixed_sends,
+        "ring_open": ring.is_open,
+    }
+
+
+def sink_sends(dst: str, loop_name: str, count: int, fixed: bool = False, many: bool = False,
+               connected: bool = True) -> dict:
+    return _run(loop_name, _sink_sends(dst, count, fixed, many, connected))
+
+
+async def _sink_abort(dst: str) -> dict:
+    from aiozc.datagram import create_datagram_endpoint
+
+    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, engine="io_uring",
+                                                  remote_addr=(dst, 9))
+    ring = LoopRing.existing(asyncio.get_running_loop())
+    target = _Weakrefable(b"z" * DATAGRAM)
+    target_ref = weakref.ref(target)
+    futs = [transport.sendto_zc(target) for _ in range(64)]  # queued SQEs, not yet submitted
+    transport.abort()
+    results = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 10)
+    del target
+    gc.collect()
+    for _ in range(200):
+        if not ring.is_open:
+            break
+        await asyncio.sleep(0.01)
+    gc.collect()
+    return {
+        "errors": sorted({type(r).__name__ for r in results if isinstance(r, BaseException)}),
+        "ok": sum(1 for r in results if not isinstance(r, BaseException)),
+        "ring_open": ring.is_open,
+        "collected": target_ref() is None,
+    }
+
+
+def sink_abort(dst: str, loop_name: str) -> dict:
+    return _run(loop_name, _sink_abort(dst))
+
+
+@needs_datagram_hookup
+@pytest.mark.parametrize("loop_name", LOOPS)
+@pytest.mark.parametrize("mode", ["sendto_zc", "sendto_zc_many", "fixed", "unconnected"])
+def test_udp_sink_is_zero_copy(sink_ns, loop_name: str, mode: str) -> None:  # type: ignore[no-untyped-def]
+    out = sink_ns.call(sink_sends, sink_ns.sink_addr, loop_name, 256, fixed=mode == "fixed",
+                       many=mode == "sendto_zc_many", connected=mode != "unconnected",
+                       timeout=120)
+    assert out["engine"] == "io_uring"
+    assert out["zerocopy"] and all(out["zerocopy"]), out
+    assert out["zc_sends"] == 256 and out["rx"] == 256
+    assert out["fixed_sends"] == (256 if mode == "fixed" else 0)
+    assert not out["ring_open"]
+
+
+@needs_datagram_hookup
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_udp_abort_fails_futures_and_keeps_buffers_until_released(sink_ns, loop_name: str) -> None:  # type: ignore[no-untyped-def]
+    out = sink_ns.call(sink_abort, sink_ns.sink_addr, loop_name, timeout=60)
+    assert out["errors"] == ["ConnectionAbortedError"] and out["ok"] == 0
+    assert not out["ring_open"] and out["collected"]
+
+
+@needs_datagram_hookup
+async def test_udp_loopback_intact() -> None:
+    """Loopback copies (Completion.zerocopy False) but every datagram arrives intact."""
+    from aiozc.datagram import create_datagram_endpoint
+
+    loop = asyncio.get_running_loop()
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    rx.bind(("127.0.0.1", 0))
+    rx.setblocking(False)
+    try:
+        transport, _ = await create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=rx.getsockname(), engine="io_uring",
+            zc_threshold=1, fallback_after=1000,
+        )
+        payloads = [random.randbytes(random.randrange(1, 60_000)) for _ in range(64)]
+        futs = [transport.sendto_zc(p) for p in payloads]
+        done = await asyncio.wait_for(asyncio.gather(*futs), 10)
+        got = [await asyncio.wait_for(loop.sock_recv(rx, 65536), 5) for _ in payloads]
+        assert sorted(got) == sorted(payloads)
+        assert all(not c.zerocopy for c in done)
+        assert transport.stats.engine == "io_uring" and transport.stats.zc_sends == 64
+        transport.close()
+    finally:
+        rx.close()
+    assert await ring_closed()
