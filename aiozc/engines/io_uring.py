@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import socket
 import struct
@@ -111,10 +112,11 @@ _Request = list  # [keep, expect, on_result, ctx, on_released, ident, resulted, 
 class _RingIO:
     """Bulk access to a :class:`_uring.Ring`'s mapped SQE array and CQ ring.
 
-    ``Ring.prep_send_zc``/``Ring.reap`` are the reference implementation; this does the same
-    through ``struct`` on memoryviews of the mappings, for the per-datagram hot path. It uses
-    the Ring's private mapping attributes (same package; tests/test_uring.py pins the layout)
-    and publishes the SQ tail through ``Ring.submit`` as usual.
+    ``Ring.prep_send_zc``/``Ring.reap`` are the reference implementation; LoopRing fills SQEs
+    and this reads CQEs through ``struct`` on memoryviews of the mappings, for the
+    per-datagram hot path. It uses the Ring's private mapping attributes (same package;
+    tests/test_uring.py pins the layout) and the SQ tail is published by ``Ring.submit`` as
+    usual.
     """
 
     def __init__(self, ring: _uring.Ring) -> None:
@@ -122,6 +124,7 @@ class _RingIO:
         self.sqes = self._sqes = memoryview(_ffi.buffer(ring._sqes, ring.sq_entries * 64))
         self._cqes = memoryview(_ffi.buffer(ring._cqes, ring.cq_entries * 16))
         self.sq_mask = self._sq_mask = ring._sq_mask
+        self.sq_entries = ring.sq_entries
         self._cq_mask = ring._cq_mask
         self._cq_khead = ring._cq_khead
         self._cq_ktail = ring._cq_ktail
@@ -129,18 +132,6 @@ class _RingIO:
     def release(self) -> None:
         self._sqes.release()
         self._cqes.release()
-
-    def prep_send_zc(self, fd: int, addr: int, length: int, flags: int, ud: int, ioprio: int,
-                     buf_index: int, dest_addr: int, dest_len: int) -> bool:
-        ring = self.ring
-        if ring.space_left() <= 0:
-            return False
-        tail = ring._sq_tail
-        _SQE.pack_into(self._sqes, (tail & self._sq_mask) << 6, _uring.IORING_OP_SEND_ZC, 0,
-                       ioprio, fd, dest_addr, addr, length, flags, ud, buf_index, 0, dest_len,
-                       0, 0, 0)
-        ring._sq_tail = (tail + 1) & _U32
-        return True
 
     def reap(self) -> list[tuple[int, int, int]]:
         """Every available CQE as (user_data, res, flags), like Ring.reap()."""
@@ -284,7 +275,7 @@ class LoopRing:
 
     # -- submission ------------------------------------------------------------------------
 
-    def send_zc(self, fd: int, chunk: memoryview, flags: int, dest: bytes | None,
+    def send_zc(self, fd: int, flags: int, dest: bytes | None, chunk: memoryview,
                 on_result: OnResult, on_released: OnReleased, ctx: Any = None,
                 ident: int | None = None, expect: int | None = None) -> None:
         """Queue one SEND_ZC; it is submitted with this loop iteration's batch.
@@ -311,11 +302,16 @@ class LoopRing:
             keep = (chunk, handle, holder)
             dest_addr, dest_len = int(_cast(_UINTPTR, holder)), len(dest)
         ud = self._next_ud
-        if not io.prep_send_zc(fd, addr, len(handle), flags, ud, ioprio, index, dest_addr, dest_len):
+        ring = io.ring
+        tail = ring._sq_tail
+        if (tail - ring._sq_khead[0]) & _U32 >= io.sq_entries:
             self._submit_now()  # SQ full: this iteration already queued _SQ_ENTRIES sends
-            if not io.prep_send_zc(fd, addr, len(handle), flags, ud, ioprio, index,
-                                   dest_addr, dest_len):
+            tail = ring._sq_tail
+            if (tail - ring._sq_khead[0]) & _U32 >= io.sq_entries:
                 raise BlockingIOError(errno.EAGAIN, "io_uring submission queue full")
+        _SQE.pack_into(io.sqes, (tail & io.sq_mask) << 6, _uring.IORING_OP_SEND_ZC, 0, ioprio,
+                       fd, dest_addr, addr, len(handle), flags, ud, index, 0, dest_len, 0, 0, 0)
+        ring._sq_tail = (tail + 1) & _U32
         self._next_ud = ud + 1
         self._requests[ud] = [keep, expect, on_result, ctx, on_released, ident, False, None]
         if fixed is not None:
@@ -510,6 +506,9 @@ class IoUringEngine:
         ring = LoopRing.for_loop(self._loop)
         ring.attach()
         self._ring = ring
+        # submit_zc for a connected socket without the per-call dispatch (datagram hot path):
+        # (chunk, on_result, on_released, ctx, ident, expect).
+        self.submit_zc_connected = functools.partial(ring.send_zc, self._fd, self._flags, None)
         return None
 
     def forget(self, sock: socket.socket) -> None:
@@ -535,7 +534,7 @@ class IoUringEngine:
         if ring is None:
             raise RuntimeError("io_uring engine is not attached to a socket")
         dest = None if address is None else _uring.pack_sockaddr(sock.family, address)
-        ring.send_zc(self._fd, chunk, self._flags, dest, on_result, on_released, ctx, ident, expect)
+        ring.send_zc(self._fd, self._flags, dest, chunk, on_result, on_released, ctx, ident, expect)
 
     def submit_zc_many(self, chunks: list[memoryview], on_result: OnResult,
                        on_released: OnReleased, ctxs: list[Any], idents: list[int]) -> None:
