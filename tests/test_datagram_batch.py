@@ -236,3 +236,133 @@ async def test_icmp_errors_during_a_batch() -> None:
     assert not t.is_closing()
     t.close()
     await p.lost
+
+
+# ------------------------------------------------------------------------------------------
+# coalesce_zc=True: sendto_zc() datagrams leave in one sendmmsg per loop iteration.
+
+
+async def coalescing_pair(**options: Any) -> tuple[Any, Recorder, ZeroCopyDatagramTransport, Recorder]:
+    rt, rp = await receiver()
+    t, p = await create_datagram_endpoint(
+        Recorder, remote_addr=rt.get_extra_info("sockname"), coalesce_zc=True, **options
+    )
+    return rt, rp, t, p  # type: ignore[return-value]
+
+
+async def test_coalesced_sendto_zc_is_sent_at_the_end_of_the_iteration_in_call_order() -> None:
+    rt, rp, t, p = await coalescing_pair()
+    futures = []
+    expected = []
+    for i in range(30):
+        data = payload(i, BIG if i % 3 else 100)
+        expected.append(data)
+        if i % 5 == 4:
+            t.sendto(data)  # flushes the sendto_zc() datagrams before it
+        else:
+            futures.append(t.sendto_zc(bytearray(data)))
+    futures.append(t.sendto_zc(b"x" * 10))
+    expected.append(b"x" * 10)
+    futures.append(t.sendto_zc_many([b"many"]))
+    expected.append(b"many")
+    assert len(t._co_pins) == 0  # sendto_zc_many flushed too
+    t.sendto_zc(b"tail")
+    expected.append(b"tail")
+    assert len(t._co_pins) == 1 and t.get_write_buffer_size() >= 4
+    done = await asyncio.wait_for(asyncio.gather(*futures), 5)
+    assert [c.nbytes for c in done[:-1]] == [len(e) for i, e in enumerate(expected[:-3]) if i % 5 != 4] + [10]
+    assert await rp.wait_for(len(expected)) == expected
+    assert t._tracker.unexpected_ids == 0 and t._tracker.pending_writes == 0
+    await finish(rt, t, p)
+
+
+async def test_coalesced_datagrams_wait_for_the_loop() -> None:
+    rt, rp, t, p = await coalescing_pair()
+    futures = [t.sendto_zc(payload(i, BIG)) for i in range(3)]
+    assert t.stats.zc_sends + t.stats.copy_sends == 0  # nothing sent during the calls
+    assert t.get_write_buffer_size() == 3 * BIG
+    await asyncio.sleep(0)
+    assert t.stats.zc_sends + t.stats.copy_sends == 3  # one flush
+    completions = await asyncio.wait_for(asyncio.gather(*futures), 5)
+    assert [c.nbytes for c in completions] == [BIG] * 3
+    assert await rp.wait_for(3) == [payload(i, BIG) for i in range(3)]
+    await finish(rt, t, p)
+
+
+async def test_coalesced_flush_at_1024_datagrams() -> None:
+    rt, rp, t, p = await coalescing_pair()
+    n = _mmsg.MAX_BATCH + 10
+    futures = [t.sendto_zc(i.to_bytes(4, "big")) for i in range(n)]
+    assert len(t._co_pins) == 10  # the first 1024 went in one call
+    await asyncio.wait_for(asyncio.gather(*futures), 5)
+    assert await rp.wait_for(n) == [i.to_bytes(4, "big") for i in range(n)]
+    await finish(rt, t, p)
+
+
+async def test_coalesced_errors_are_raised_at_the_call() -> None:
+    rt, rp, t, p = await coalescing_pair()
+    with pytest.raises(ValueError):
+        t.sendto_zc(bytes(MAX_UDP4_PAYLOAD + 1))
+    with pytest.raises(TypeError):
+        t.sendto_zc("text")
+    with pytest.raises(ValueError):
+        t.sendto_zc(memoryview(bytearray(10))[::2])
+    assert not t._co_pins
+    t.close()
+    with pytest.raises(TransportClosedError):
+        t.sendto_zc(b"late")
+    rt.close()
+    await p.lost
+
+
+async def test_coalesced_refusal_goes_to_error_received() -> None:
+    rt, rp, t, p = await coalescing_pair()
+    scripted(t, [-errno.ENETUNREACH])
+    first = t.sendto_zc(payload(1, BIG))
+    second = t.sendto_zc(payload(2, BIG))
+    a, b = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert not a.zerocopy and not b.zerocopy  # the flush was not all zero-copy
+    assert [e.errno for e in p.errors] == [errno.ENETUNREACH]
+    assert await rp.wait_for(1) == [payload(2, BIG)]
+    await finish(rt, t, p)
+
+
+async def test_close_sends_coalesced_datagrams_and_abort_fails_them() -> None:
+    rt, rp, t, p = await coalescing_pair()
+    future = t.sendto_zc(payload(5, BIG))
+    t.close()
+    assert (await asyncio.wait_for(future, 5)).nbytes == BIG
+    assert await rp.wait_for(1) == [payload(5, BIG)]
+    await asyncio.wait_for(p.lost, 5)
+    t, p = await create_datagram_endpoint(  # type: ignore[assignment]
+        Recorder, remote_addr=rt.get_extra_info("sockname"), coalesce_zc=True
+    )
+    buf = bytearray(BIG)
+    future = t.sendto_zc(buf)
+    t.abort()
+    with pytest.raises(ConnectionAbortedError):
+        await asyncio.wait_for(future, 5)
+    buf.append(0)  # unpinned
+    await asyncio.wait_for(p.lost, 5)
+    rt.close()
+
+
+async def test_coalesced_pause_writing() -> None:
+    rt, rp, t, p = await coalescing_pair()
+    t.set_write_buffer_limits(high=2 * BIG, low=BIG // 2)
+    futures = [t.sendto_zc(payload(i, BIG)) for i in range(3)]
+    assert p.events == ["made", "pause"]
+    await asyncio.wait_for(asyncio.gather(*futures), 5)
+    await rp.wait_for(3)
+    assert p.events == ["made", "pause", "resume"]
+    await finish(rt, t, p)
+
+
+async def test_coalescing_on_an_unconnected_endpoint_sends_at_once() -> None:
+    rt, rp = await receiver()
+    t, p = await create_datagram_endpoint(Recorder, local_addr=("127.0.0.1", 0), coalesce_zc=True)
+    future = t.sendto_zc(b"direct", rt.get_extra_info("sockname"))
+    assert t.stats.copy_sends + t.stats.zc_sends == 1
+    await asyncio.wait_for(future, 5)
+    assert await rp.wait_for(1) == [b"direct"]
+    await finish(rt, t, p)  # type: ignore[arg-type]

@@ -42,7 +42,8 @@ def _ifb_rx_packets() -> int:
 
 
 async def _send_datagrams(
-    dst: str, count: int, size: int, window: int, extra_sends: int, phases: list[str]
+    dst: str, count: int, size: int, window: int, extra_sends: int, phases: list[str],
+    coalesce_zc: bool = False,
 ) -> dict[str, Any]:
     import subprocess
 
@@ -55,7 +56,7 @@ async def _send_datagrams(
             errors.append(exc.errno or 0)
 
     rx_before = _ifb_rx_packets()
-    transport, _ = await create_datagram_endpoint(Proto, remote_addr=(dst, 9))
+    transport, _ = await create_datagram_endpoint(Proto, remote_addr=(dst, 9), coalesce_zc=coalesce_zc)
     buf = bytearray(b"z" * size)  # one buffer, sent again and again
     completions: list[Any] = []
     unresolved = 0
@@ -99,11 +100,13 @@ async def _send_datagrams(
 
 def send_datagrams(
     dst: str, loop: str, count: int, size: int = DATAGRAM, window: int = 64, extra_sends: int = 0,
-    phases: list[str] | None = None,
+    phases: list[str] | None = None, coalesce_zc: bool = False,
 ) -> dict[str, Any]:
     """``count`` sendto_zc of one buffer (per phase), up to ``window`` futures outstanding
     (0: all at once), then ``extra_sends`` sendto(bytes); counters and stats as JSON."""
-    return _run(loop, _send_datagrams(dst, count, size, window, extra_sends, phases or ["-"]))
+    return _run(
+        loop, _send_datagrams(dst, count, size, window, extra_sends, phases or ["-"], coalesce_zc)
+    )
 
 
 async def _pinned_flow_control(dst: str) -> dict[str, Any]:
@@ -522,4 +525,29 @@ def test_sendto_zc_many_drop_inside_a_sendmmsg_call_keeps_ids_in_step(
     assert stats["extra"]["sendmmsg_partial"] > 0
     assert res["phase_rx"][0] + drops == 5 * 102 and res["phase_rx"][1] == 5 * 102
     assert stats["zc_sends"] == stats["ids_zerocopy"] == 2 * 5 * 102
+    assert res["unexpected_ids"] == 0 and stats["state"] == "zerocopy"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_coalesced_sendto_zc_into_sink(sink_ns: SinkNamespace, loop: str) -> None:
+    quiet(sink_ns)
+    res = sink_ns.call(send_datagrams, sink_ns.sink_addr, loop, 3000, window=256, extra_sends=50, coalesce_zc=True)
+    stats = res["stats"]
+    assert res["resolved"] == 3000 and res["unresolved"] == 0 and res["zerocopy"] == 3000
+    assert stats["zc_sends"] == stats["ids_zerocopy"] == 3050 and stats["copy_sends"] == 0
+    assert res["rx_packets"] == 3050
+    assert stats["zc_writes"] < 100  # one tracker write per flush, not per datagram
+    assert res["errors"] == [] and res["unexpected_ids"] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_coalesced_qdisc_drop_keeps_ids_in_step(sink_ns: SinkNamespace, loop: str) -> None:
+    quiet(sink_ns)
+    phases = ["tc qdisc replace dev ifb0 root pfifo limit 0", "tc qdisc del dev ifb0 root"]
+    res = sink_ns.call(send_datagrams, sink_ns.sink_addr, loop, 300, phases=phases, coalesce_zc=True)
+    stats = res["stats"]
+    assert res["resolved"] == 600 and res["unresolved"] == 0
+    assert res["phase_rx"] == [0, 300]
+    assert res["errors"] == [errno.ENOBUFS] * 300
+    assert stats["zc_sends"] == stats["ids_zerocopy"] == 600
     assert res["unexpected_ids"] == 0 and stats["state"] == "zerocopy"
