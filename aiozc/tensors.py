@@ -17,14 +17,16 @@ Wire format (one frame per array)::
     prefix  20 bytes, struct "<4sHHIQ": magic b"AZTF", version (1), flags (0),
             header_len, body_nbytes
     header  header_len bytes of UTF-8 JSON:
-              {"dtype": <descr>, "shape": [d0, ...], "name": str | null,
-               "metadata": <any JSON> | null, "tag": null | <torch dtype name>}
+              {"dtype": <descr>, "byteorder": "<" | ">" | "|", "shape": [d0, ...],
+               "name": str | null, "metadata": <any JSON> | null,
+               "tag": null | <torch dtype name>}
     body    body_nbytes raw bytes of the array in C order
 
 ``dtype`` is numpy's ``dtype.str`` (e.g. ``"<f4"``, ``"|b1"``, ``">c16"``, ``"<M8[ns]"``) or,
 for structured dtypes, ``dtype.descr`` as nested JSON lists. Both name the byte order of every
-field, so the frame carries the sender's byte order and the receiver gets back an array with
-exactly the sender's dtype (``arr.astype(arr.dtype.newbyteorder("="))`` normalises it). The
+field; ``byteorder`` repeats the array-level one (``|`` for structured and byte-sized types)
+and must agree. The frame carries the sender's byte order, so the receiver gets back exactly
+the sender's dtype (``arr.astype(arr.dtype.newbyteorder("="))`` normalises it). The
 receiver never evaluates or unpickles anything: a scalar descr must match a strict regular
 expression before ``np.dtype`` sees it, structured descrs are rebuilt field by field with
 depth, field-count and size limits, and object dtypes are refused on both ends. Before any
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import math
@@ -180,8 +183,23 @@ class Frame:
 # dtype <-> JSON
 
 
+@functools.lru_cache(maxsize=256)
 def encode_dtype(dtype: np.dtype) -> Descr:
-    """The JSON-able descr of a fixed-size dtype; TypeError for object or unframeable dtypes."""
+    """The JSON-able descr of a fixed-size dtype; TypeError for object or unframeable dtypes.
+
+    Cached per dtype, so the round-trip check below costs once per dtype, not per frame.
+    """
+    descr = _encode_descr(dtype)
+    try:
+        faithful = decode_dtype(json.loads(json.dumps(descr))) == dtype
+    except FrameError:
+        faithful = False
+    if not faithful:  # e.g. overlapping fields, which numpy's descr cannot express
+        raise TypeError(f"dtype {dtype} cannot be described faithfully in a frame header")
+    return descr
+
+
+def _encode_descr(dtype: np.dtype) -> Descr:
     if dtype.hasobject:
         raise TypeError(f"dtype {dtype} holds Python objects and cannot be sent as raw bytes")
     if dtype.itemsize == 0:
@@ -191,7 +209,19 @@ def encode_dtype(dtype: np.dtype) -> Descr:
         if not _SCALAR_DESCR.match(descr):
             raise TypeError(f"dtype {dtype} ({descr!r}) is not a fixed-size numpy dtype")
         return descr
-    return _fields_to_json(dtype.descr)
+    try:
+        return _fields_to_json(dtype.descr)
+    except ValueError as exc:  # numpy: no descr for overlapping or out-of-order fields
+        raise TypeError(f"dtype {dtype} cannot be described faithfully in a frame header: {exc}") from None
+
+
+def byteorder_of(dtype: np.dtype) -> str:
+    """'<', '>' or '|' (not applicable, or structured: every field says its own)."""
+    if dtype.names is not None or dtype.byteorder == "|":
+        return "|"
+    if dtype.byteorder == "=":
+        return "<" if sys.byteorder == "little" else ">"
+    return dtype.byteorder
 
 
 def _fields_to_json(descr: list[tuple[Any, ...]]) -> list[Any]:
@@ -285,6 +315,7 @@ def encode_header(array: np.ndarray, *, name: str | None, metadata: Any, tag: st
         raise TypeError("name must be a str or None")
     header = {
         "dtype": encode_dtype(array.dtype),
+        "byteorder": byteorder_of(array.dtype),
         "shape": list(array.shape),
         "name": name,
         "metadata": metadata,
@@ -320,6 +351,8 @@ def parse_header(raw: bytes | memoryview, nbytes: int) -> FrameHeader:
     if not isinstance(doc, dict) or not {"dtype", "shape"} <= doc.keys():
         raise FrameError("frame header must be an object with dtype and shape")
     dtype = decode_dtype(doc["dtype"])
+    if doc.get("byteorder", byteorder_of(dtype)) != byteorder_of(dtype):
+        raise FrameError(f"byteorder {str(doc['byteorder'])[:8]!r} contradicts dtype {dtype}")
     shape = _validate_shape(doc["shape"])
     expected = math.prod(shape) * dtype.itemsize
     if expected != nbytes:
@@ -417,6 +450,8 @@ class _Destination:
     @classmethod
     def of(cls, out: ArrayLike | None, as_torch: bool) -> _Destination:
         if out is None:
+            if as_torch:
+                _torch()  # ImportError now, before a frame is taken off the stream
             return cls(None, None, None, as_torch)
         if _is_tensor(out):
             view, tag = _tensor_as_numpy(out)
@@ -707,7 +742,7 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             self._drain_waiters.append(future)
             await future
         if self._lost:
-            raise ConnectionResetError("connection lost") from self._lost_exc
+            raise ChannelClosed("cannot send: the connection is closed") from self._lost_exc
 
     def _wake_drain_waiters(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []

@@ -131,6 +131,19 @@ def test_decode_dtype_refuses_unsafe_or_malformed_descrs(descr: object) -> None:
         tensors.decode_dtype(descr)
 
 
+def test_encode_dtype_refuses_dtypes_a_descr_cannot_express() -> None:
+    overlapping = np.dtype({"names": ["a", "b"], "formats": ["<i4", "<i2"], "offsets": [0, 0]})
+    with pytest.raises(TypeError, match="faithfully"):
+        tensors.encode_dtype(overlapping)
+
+
+@pytest.mark.parametrize(("dtype", "order"), [("<f4", "<"), (">f4", ">"), ("=i8", "<"), ("u1", "|"), ("?", "|"),
+                                              ("S3", "|"), ("<i4,>f8", "|")])  # fmt: skip
+def test_header_byteorder(dtype: str, order: str) -> None:
+    header = tensors.encode_header(np.zeros(2, dtype), name=None, metadata=None, tag=None)
+    assert json.loads(header[tensors.PREFIX_SIZE :])["byteorder"] == order
+
+
 def test_encode_dtype_refuses_object_dtypes() -> None:
     with pytest.raises(TypeError, match="Python objects"):
         tensors.encode_dtype(np.dtype(object))
@@ -444,6 +457,7 @@ MALFORMED = {
     "float dim": frame_bytes({"dtype": "<f4", "shape": [2.0]}, 8),
     "too many dims": frame_bytes({"dtype": "<f4", "shape": [1] * 65}, 4),
     "huge dims, zero bytes": frame_bytes({"dtype": "<f4", "shape": [0, 1 << 60]}, 0),
+    "byteorder contradicts dtype": frame_bytes({"dtype": "<f4", "byteorder": ">", "shape": [1]}, 4),
     "bad name": frame_bytes({"dtype": "<f4", "shape": [1], "name": 5}, 4),
     "bad tag": frame_bytes({"dtype": "<u2", "shape": [1], "tag": "__import__"}, 2),
     "deep metadata": frame_bytes(b'{"dtype":"<f4","shape":[1],"metadata":' + b"[" * 20000 + b"]" * 20000 + b"}", 4),
