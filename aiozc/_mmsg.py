@@ -12,6 +12,7 @@ one was; -1 with ``errno`` only if the first one failed. An error on a later dat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,14 +59,12 @@ else:
 assert _ffi.sizeof("struct mmsghdr") == 64 or _ffi.sizeof("void *") != 8  # x86_64/aarch64 ABI
 
 
-def pin(buf: Any) -> Any:
-    """A ``char[]`` cdata over ``buf``'s bytes (any C-contiguous buffer; BufferError if not
-    contiguous, TypeError if not a buffer) that holds a buffer export on it: ``buf`` can be
-    neither freed nor resized until :func:`unpin`. ``len()`` is its size in bytes."""
-    return _ffi.from_buffer(buf)
-
-
-unpin = _ffi.release  # ends a pin's buffer export now
+# pin(buf): a ``char[]`` cdata over ``buf``'s bytes (any C-contiguous buffer; BufferError if not
+# contiguous, TypeError if not a buffer) holding a buffer export on it: ``buf`` can be neither
+# freed nor resized until unpin(). ``len()`` is its size in bytes. ffi.from_buffer() without
+# its Python wrapper (~20 ns less per datagram).
+pin = functools.partial(_ffi._backend.from_buffer, _ffi.BCharA)
+unpin = _ffi._backend.release  # ends a pin's buffer export now
 
 
 def available() -> str | None:

@@ -144,6 +144,8 @@ class _Batch:
         self.pins = self.bufs = []
 
 
+_pin = _mmsg.pin
+_MAX_BATCH = _mmsg.MAX_BATCH
 _EACH: dict[tuple[int, bool], Completion] = {}
 
 
@@ -239,6 +241,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         self._co_sizes: list[int] = []
         self._co_futures: list[asyncio.Future[Completion]] = []
         self._co_bytes = 0
+        self._co_room = 0
         self._co_handle: asyncio.Handle | None = None
         loop.call_soon(self._connection_made, waiter)
 
@@ -454,10 +457,10 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         each with ``zerocopy`` True only if the whole flush went zero-copy. Call order with
         sendto(), sendto_zc_many() and close() is kept: they flush first.
         """
-        if self._closing or self._sock is None:
+        if self._closing:  # also set once the socket is gone
             raise TransportClosedError("sendto_zc() on a closing or closed transport")
         try:
-            pin = _mmsg.pin(buf)
+            pin = _pin(buf)
         except (TypeError, BufferError):
             byte_view(buf).release()  # raises the error sendto_zc() would
             raise
@@ -468,17 +471,21 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
                 f"datagram of {nbytes} bytes exceeds the {self._max_size}-byte UDP payload limit"
             )
         future = self._loop.create_future()
+        pins = self._co_pins
+        pins.append(pin)
         self._co_objs.append(buf)
-        self._co_pins.append(pin)
         self._co_sizes.append(nbytes)
         self._co_futures.append(future)
         self._co_bytes += nbytes
         if self._co_handle is None:
             self._co_handle = self._loop.call_soon(self._flush_coalesced)
-        elif len(self._co_pins) >= _mmsg.MAX_BATCH:
+            # Room below the high-water mark now; until the flush it can only grow (nothing of
+            # this transport is sent meanwhile), so comparing with it never misses a pause.
+            self._co_room = self._high_water - self._queued - self._tracker.pinned_bytes
+        elif len(pins) >= _MAX_BATCH:
             self._flush_coalesced()
-        if not self._protocol_paused and self.get_write_buffer_size() > self._high_water:
-            self._maybe_pause_protocol()
+        if self._co_bytes > self._co_room and not self._protocol_paused:
+            self._maybe_pause_protocol()  # which checks the exact size
         return future
 
     def _flush_coalesced(self) -> None:
@@ -1122,6 +1129,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         if not high >= low >= 0:
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
         self._high_water, self._low_water = high, low
+        self._co_room = -1  # coalesce_zc: compare exactly until the next flush
         self._maybe_pause_protocol()
 
     def _maybe_pause_protocol(self) -> None:
