@@ -109,11 +109,10 @@ class MmsgSender:
         count = stop - start
         if count > self.capacity:
             count = self.capacity
-        iovs = self._iov_list
-        for i in range(count):
-            iov = iovs[i]
-            iov.iov_base = pins[start + i]
-            iov.iov_len = sizes[start + i]
+        stop = start + count
+        for iov, ptr, size in zip(self._iov_list, pins[start:stop], sizes[start:stop]):
+            iov.iov_base = ptr
+            iov.iov_len = size
         n = _sendmmsg(fd, self._msgs, count, flags)
         if n < 0:
             return -_ffi.errno

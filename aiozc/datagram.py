@@ -165,12 +165,16 @@ class _FanOut:
     def set_result(self, completion: Completion) -> None:
         self._done = True
         zerocopy = completion.zerocopy
+        by_size: dict[int, Completion] = {}  # usually one size
         for future, size in zip(self.futures, self.sizes):
-            each = _EACH.get((size, zerocopy))
+            each = by_size.get(size)
             if each is None:
-                if len(_EACH) >= 4096:
-                    _EACH.clear()
-                each = _EACH[size, zerocopy] = Completion(size, zerocopy, int(zerocopy), 0)
+                each = _EACH.get((size, zerocopy))
+                if each is None:
+                    if len(_EACH) >= 4096:
+                        _EACH.clear()
+                    each = _EACH[size, zerocopy] = Completion(size, zerocopy, int(zerocopy), 0)
+                by_size[size] = each
             if not future.done():
                 future.set_result(each)
 
