@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import importlib.util
 import json
 import multiprocessing
 import pickle
@@ -203,7 +204,7 @@ def _mp_send(port: int, array: np.ndarray, total: int) -> float:
             if i == WARMUP_FRAMES:
                 started = time.perf_counter()
             _stamp(array, i)
-            conn.send_bytes(array)
+            conn.send_bytes(memoryview(array).cast("B"))
         conn.recv_bytes()
         return time.perf_counter() - started
 
@@ -239,7 +240,7 @@ def _zmq_send(port: int, array: np.ndarray, total: int) -> float:
                 trackers.popleft().wait()  # libzmq released that array: safe to stamp again
             current = arrays[i % 2]
             _stamp(current, i)
-            trackers.append(sock.send(current, copy=False, track=True))
+            trackers.append(sock.send(memoryview(current), copy=False, track=True))
         sock.recv()
         elapsed = time.perf_counter() - started
         sock.send(b"bye")
@@ -282,12 +283,9 @@ def _sender(peer: str) -> Callable[[int, np.ndarray, int], float]:
 def _available(peers: list[str]) -> list[str]:
     usable = []
     for peer in peers:
-        if peer == "pyzmq copy=False":
-            try:
-                import zmq  # noqa: F401
-            except ImportError:
-                print("pyzmq not installed: skipping its peer")
-                continue
+        if peer == "pyzmq copy=False" and importlib.util.find_spec("zmq") is None:
+            print("pyzmq not installed: skipping its peer")
+            continue
         usable.append(peer)
     return usable
 

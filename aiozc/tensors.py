@@ -370,7 +370,8 @@ def _byte_view(array: np.ndarray) -> memoryview:
 
     memoryview.cast("B") refuses structured and non-native formats, so go through numpy.
     """
-    return memoryview(array.reshape(-1).view(np.uint8))
+    flat: Any = array.reshape(-1).view(np.uint8)  # numpy's stubs don't declare Buffer
+    return memoryview(flat)
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,10 +675,10 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             self._resolve(waiter, frame)
             return
         if self._state != _BODY or self._lost:
-            exc = self._terminal_error()
-            if exc is not None:
+            error = self._terminal_error()
+            if error is not None:
                 self._waiter = None
-                waiter.future.set_exception(exc)
+                waiter.future.set_exception(error)
 
     def _fail_body_owner_if_lost(self) -> None:
         owner = self._body_owner

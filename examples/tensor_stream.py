@@ -17,6 +17,7 @@ import multiprocessing
 import sys
 import time
 from multiprocessing.connection import Connection
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -136,6 +137,7 @@ async def produce(args: argparse.Namespace, port: int) -> None:
 
 
 def run_loop(loop_name: str, coro: Any) -> None:
+    factory: Callable[[], asyncio.AbstractEventLoop]
     if loop_name == "uvloop":
         import uvloop
 
