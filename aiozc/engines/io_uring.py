@@ -7,10 +7,14 @@ zero-copy-eligible chunk is not sent there and then: :meth:`IoUringEngine.submit
 SQE and ``_send_chunk`` raises :class:`~aiozc.engines.SendPending` (a BlockingIOError), which the
 transports already treat as "wait". Later the engine calls
 
-* ``on_result(res) -> id | None`` with the result CQE's ``res`` (bytes sent or ``-errno``); the
-  transport accounts the send through the same tracker as MSG_ZEROCOPY and returns the u32 id
-  the tracker assigned (None if the send consumed none);
-* ``on_released(id, copied)`` with the notification CQE, if the result consumed an id.
+* ``on_result(res, ctx, ident) -> id | None`` with the result CQE's ``res`` (bytes sent or
+  ``-errno``); the transport accounts the send through the same tracker as MSG_ZEROCOPY and
+  returns the u32 id the tracker assigned (None if the send consumed none). A datagram goes
+  whole or not at all, so the datagram transport accounts it when submitting and passes the
+  id and the expected length: then only an unexpected result calls back.
+* ``on_released(lo, hi, copied)`` for the notification CQEs of sends that consumed an id,
+  merged per reap into runs of consecutive ids (what MSG_ZEROCOPY's error queue does too);
+  ``copied`` is ``res & IORING_NOTIF_USAGE_ZC_COPIED``.
 
 Copying sends (the policy said no zero-copy) stay plain synchronous ``sock.send``.
 
@@ -27,9 +31,13 @@ internal poll. So no request outlives its result CQE inside the socket layer, an
 can close or abort its socket without cancelling anything: only the notification, which
 needs no file reference, is still owed.
 
-Buffers: each request keeps its chunk (a memoryview, which holds the caller's buffer export)
-until its notification CQE, whatever happens to the awaiting task or the transport; the ring
-keeps the destination sockaddr until the result CQE (``_uring.Ring._dests``).
+Buffers: each request keeps its chunk (the engine's own memoryview, holding the caller's
+buffer export), the cffi ``from_buffer`` handle whose address is in the SQE (an export on that
+view, so nobody can release it) and the destination sockaddr until its notification CQE,
+whatever happens to the awaiting task or the transport. The hot path fills SQEs and reads CQEs
+with ``struct`` on the mapped rings (:class:`_RingIO`) instead of ``Ring.prep_send_zc`` /
+``Ring.reap``: per 64000 B datagram that is ~0.3 us instead of ~1.4 us of Python, at ~3 us of
+kernel work.
 """
 
 from __future__ import annotations
@@ -281,10 +289,10 @@ class LoopRing:
         """Queue one SEND_ZC; it is submitted with this loop iteration's batch.
 
         ``on_result(res, ctx, ident)`` is called with the result CQE's ``res`` and returns the
-        id the send consumed (or None). A caller that accounted the send in advance (a datagram goes whole
-        or not at all) passes that ``ident`` and ``expect`` = its length: a result of exactly
-        ``expect`` bytes then needs no callback, any other result still gets one (and its
-        return value replaces ``ident``). A slice of a registered
+        id the send consumed (or None). A caller that accounted the send in advance (a
+        datagram goes whole or not at all) passes that ``ident`` and ``expect`` = its length:
+        a result of exactly ``expect`` bytes then needs no callback, any other result still
+        gets one (and its return value replaces ``ident``). A slice of a registered
         :class:`~aiozc.buffers.BufferPool` goes as a fixed buffer (the pool's region spans its
         whole mmap, so any slice of it lies inside)."""
         io = self._io
