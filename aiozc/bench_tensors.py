@@ -28,10 +28,11 @@ import importlib.util
 import json
 import multiprocessing
 import pickle
+import statistics
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -52,7 +53,8 @@ class Case:
     size: int  # bytes per array
     frames: int
     seconds: float
-    gbps: float  # 1e9 bytes per second of array payload
+    gbps: float  # 1e9 bytes per second of array payload (median over runs)
+    runs_gbps: list[float] = field(default_factory=list)
 
 
 def _expected_value(index: int) -> float:
@@ -313,6 +315,14 @@ def run_case(peer: str, size: int, frames: int) -> Case:
     return Case(peer, size, frames, seconds, size * frames / seconds / 1e9)
 
 
+def _median_case(runs: list[Case]) -> Case:
+    middle = sorted(runs, key=lambda c: c.gbps)[len(runs) // 2]
+    return Case(
+        middle.series, middle.size, middle.frames, middle.seconds,
+        statistics.median(c.gbps for c in runs), [round(c.gbps, 3) for c in runs],
+    )
+
+
 def _frames_for(size: int, total_bytes: int, minimum: int) -> int:
     return max(minimum, total_bytes // size)
 
@@ -356,17 +366,23 @@ def _options(args: Any) -> argparse.Namespace:
         total_mib=getattr(args, "total_mib", DEFAULT_TOTAL_MIB),
         min_frames=getattr(args, "min_frames", 6),
         peers=list(getattr(args, "peers", None) or PEER_NAMES),
+        repeat=getattr(args, "repeat", 3),
     )
 
 
 def run(args: Any = None) -> dict[str, Any]:
     """Run every peer at every size, print the table, return rows + ratios for JSON."""
     opts = _options(args)
-    cases = [
-        run_case(peer, size_mib * MiB, _frames_for(size_mib * MiB, opts.total_mib * MiB, opts.min_frames))
-        for size_mib in opts.sizes_mib
-        for peer in _available(opts.peers)
-    ]
+    peers = _available(opts.peers)
+    runs: dict[tuple[str, int], list[Case]] = collections.defaultdict(list)
+    # Round-robin over peers and sizes, repeat after repeat, so load from anything else on
+    # the machine spreads over every peer instead of hitting one; the median counts.
+    for _ in range(opts.repeat):
+        for size_mib in opts.sizes_mib:
+            size = size_mib * MiB
+            for peer in peers:
+                runs[peer, size].append(run_case(peer, size, _frames_for(size, opts.total_mib * MiB, opts.min_frames)))
+    cases = [_median_case(r) for r in runs.values()]
     ratios = _ratios(cases)
     _print_table(cases, ratios)
     target = ratios.get("64 MiB")
@@ -385,13 +401,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes-mib", type=int, nargs="+", default=list(DEFAULT_SIZES_MIB), help="array sizes")
     parser.add_argument("--total-mib", type=int, default=DEFAULT_TOTAL_MIB, help="payload per case (MiB)")
     parser.add_argument("--min-frames", type=int, default=6, help="frames per case at least")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case (median counts)")
     parser.add_argument("--peers", nargs="+", default=list(PEER_NAMES), choices=list(PEER_NAMES))
-    parser.add_argument("--json", action="store_true", help="also print the result as JSON")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m aiozc.bench_tensors", description=__doc__)
     add_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="also print the result as JSON")
     args = parser.parse_args(argv)
     result = run(args)
     if args.json:
