@@ -44,7 +44,14 @@ WARMUP_FRAMES = 2
 DEFAULT_SIZES_MIB = (1, 16, 64)
 DEFAULT_TOTAL_MIB = 512
 AIOZC = "aiozc.tensors"
-PEER_NAMES = (AIOZC, "asyncio streams + pickle5", "multiprocessing.connection", "pyzmq copy=False")
+# --peers key -> the name in tables and JSON rows
+PEERS = {
+    "aiozc": AIOZC,
+    "pickle5": "asyncio streams + pickle5",
+    "mp": "multiprocessing.connection",
+    "zmq": "pyzmq copy=False",
+}
+PEER_NAMES = tuple(PEERS.values())
 
 
 @dataclass
@@ -365,7 +372,7 @@ def _options(args: Any) -> argparse.Namespace:
         sizes_mib=list(getattr(args, "sizes_mib", None) or DEFAULT_SIZES_MIB),
         total_mib=getattr(args, "total_mib", DEFAULT_TOTAL_MIB),
         min_frames=getattr(args, "min_frames", 6),
-        peers=list(getattr(args, "peers", None) or PEER_NAMES),
+        peers=[PEERS.get(p, p) for p in (getattr(args, "peers", None) or PEERS)],
         repeat=getattr(args, "repeat", 3),
     )
 
@@ -402,7 +409,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--total-mib", type=int, default=DEFAULT_TOTAL_MIB, help="payload per case (MiB)")
     parser.add_argument("--min-frames", type=int, default=6, help="frames per case at least")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median counts)")
-    parser.add_argument("--peers", nargs="+", default=list(PEER_NAMES), choices=list(PEER_NAMES))
+    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS),
+                        help="which implementations to compare (default: all; zmq needs pyzmq)")
 
 
 def main(argv: list[str] | None = None) -> None:
