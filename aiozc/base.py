@@ -316,6 +316,8 @@ class ZeroCopyTransportBase:
             self._after_zc_result(write, res)
             return ident
         if res in (0, -errno.EAGAIN):
+            extra = self.stats.extra
+            extra["zc_send_eagain"] = extra.get("zc_send_eagain", 0) + 1
             self._after_zc_result(write, 0)  # socket full: wait for EPOLLOUT, then resend
         elif res in (-errno.ENOBUFS, -errno.ENOMEM):
             # Optmem / RLIMIT_MEMLOCK (io_uring says ENOMEM): same rule as MSG_ZEROCOPY ENOBUFS.

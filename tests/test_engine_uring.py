@@ -208,6 +208,46 @@ async def test_stalled_peer_future_waits_for_notification() -> None:
     assert await ring_closed()
 
 
+async def test_full_socket_eagain_waits_for_epollout_and_resends() -> None:
+    """A small send buffer and a slow reader: SEND_ZC results of -EAGAIN (MSG_DONTWAIT) wait
+    for EPOLLOUT and resend the rest of the head segment; partial results advance it."""
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+    sock.setblocking(False)
+    try:
+        accept = asyncio.ensure_future(loop.sock_accept(listener))
+        await loop.sock_connect(sock, listener.getsockname())
+        peer, _ = await accept
+    finally:
+        listener.close()
+    peer.setblocking(False)
+    transport, protocol = await aiozc.create_connection(
+        RecordingProtocol, sock=sock, engine="io_uring", fallback_after=1 << 30
+    )
+    pair = Pair(transport, protocol, peer)  # type: ignore[arg-type]
+    try:
+        payload = random.randbytes(8 * MiB)
+        futs = [transport.write_zc(memoryview(payload)[i : i + MiB]) for i in range(0, 8 * MiB, MiB)]
+        received = bytearray()
+        while len(received) < len(payload):
+            await asyncio.sleep(0.002)  # a slow reader keeps the socket full
+            received += await loop.sock_recv(peer, 256 << 10)
+        completions = await asyncio.wait_for(asyncio.gather(*futs), 10)
+        assert received == payload
+        assert [c.nbytes for c in completions] == [MiB] * 8
+        stats = transport.stats
+        assert stats.extra.get("zc_send_eagain", 0) >= 1, stats
+        assert stats.zc_sends > 8  # partial sends: several SEND_ZCs per 1 MiB write
+    finally:
+        pair.close()
+    assert await ring_closed()
+
+
 async def test_peer_reset_resolves_every_future_with_an_error() -> None:
     pair = await uring_pair()
     try:
