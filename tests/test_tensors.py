@@ -633,3 +633,34 @@ async def test_torch_non_contiguous_and_grad_tensors(pair: Pair) -> None:
     got = await pair.peer.recv()
     assert isinstance(got, np.ndarray)
     np.testing.assert_array_equal(got, view.detach().numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# the example and the benchmark still run (tiny sizes: they spawn processes)
+
+
+def test_example_streams_between_two_processes() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "tensor_stream.py"
+    done = subprocess.run(
+        [sys.executable, str(example), "--size-mib", "1", "--count", "8"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "consumer: 8 MiB" in done.stdout and "producer: 8 MiB" in done.stdout
+
+
+def test_benchmark_runs_and_reports_ratios() -> None:
+    import argparse
+
+    from aiozc import bench_tensors
+
+    args = argparse.Namespace(sizes_mib=[1], total_mib=2, min_frames=2, repeat=1, peers=["aiozc", "mp"])
+    result = bench_tensors.run(args)
+    assert {row["series"] for row in result["rows"]} == {"aiozc.tensors", "multiprocessing.connection"}
+    assert all(row["gbps"] > 0 for row in result["rows"])
+    assert result["ratios"]["1 MiB"]["best_peer"] == "multiprocessing.connection"
+    json.dumps(result)
