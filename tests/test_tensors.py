@@ -664,3 +664,18 @@ def test_benchmark_runs_and_reports_ratios() -> None:
     assert all(row["gbps"] > 0 for row in result["rows"])
     assert result["ratios"]["1 MiB"]["best_peer"] == "multiprocessing.connection"
     json.dumps(result)
+
+
+async def test_socket_buffer_option_sets_both_buffers() -> None:
+    import socket
+
+    p = await open_pair(socket_buffer_bytes=1 << 20)
+    try:
+        sock = p.client.get_extra_info("socket")
+        # Linux doubles the value for bookkeeping; it is capped at rmem_max / wmem_max.
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 1 << 20
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 1 << 20
+        await p.client.send(np.arange(5))
+        np.testing.assert_array_equal(await p.peer.recv(), np.arange(5))
+    finally:
+        await p.aclose()
