@@ -48,7 +48,10 @@ on a frame that was already read ahead copies it into ``out`` (the only case wit
 Backpressure: ``send`` first waits while the transport has paused writing (its buffer, which
 counts pinned zero-copy bytes, is over the high-water mark), then waits for the frame's
 completion, so a slow receiver bounds the sender's pinned memory. ``send_nowait`` pipelines
-frames; pair it with ``await chan.drain()``.
+frames; pair it with ``await chan.drain()``. Because the completion needs the peer to take the
+bytes in, a task that awaits ``send`` of a large array must not be the one that would
+``recv`` on the other end (as with blocking sockets, two peers that both send large frames
+before either receives can wait on each other: receive in another task).
 """
 
 from __future__ import annotations
