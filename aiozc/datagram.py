@@ -5,6 +5,16 @@ is one tracker write; a copied datagram is done once the kernel took it and reso
 datagram given to ``sendto()`` and ``sendto_zc()`` leaves in call order through one queue; the queue
 only fills while the socket's send buffer is full (EAGAIN).
 
+Batches. ``sendto_zc_many(bufs)`` sends many datagrams with one future and one tracker write:
+on a connected socket through sendmmsg(2) (:mod:`aiozc._mmsg`), up to 1024 datagrams per call,
+each consuming one MSG_ZEROCOPY id in order (measured on the ifb sink). sendmmsg reports an
+error only for its first datagram; a later one that failed just ends the call early, and if
+that was a qdisc drop (ENOBUFS with IP_RECVERR) its id was used: the transport checks the error
+queue for it before resending. ``coalesce_zc=True`` makes ``sendto_zc()`` queue its datagram for
+one such batch per event-loop iteration. On the sink at 64000 B (CPU per datagram): raw
+MSG_ZEROCOPY loop ~3.2 us, sendto_zc_many ~3.8 us, coalesced sendto_zc ~4.4 us, sendto_zc
+~5.7 us, stock asyncio sendto ~6.5 us.
+
 What may go zero-copy: buffers given to ``sendto_zc()`` (held until their future resolves) and exact
 ``bytes`` given to ``sendto()`` (immutable, so holding a reference is as good as a copy). Anything
 mutable given to ``sendto()`` is sent at once from the caller's buffer by a plain copying send, or
