@@ -127,8 +127,16 @@ async def test_unavailable_io_uring_raises_at_creation_and_auto_falls_back(
 
     reason = "io_uring is disabled (/proc/sys/kernel/io_uring_disabled = 2)"
     monkeypatch.setattr(engine_mod, "uring_unavailable_reason", lambda: reason)
-    with pytest.raises(EngineUnavailable, match="io_uring_disabled"):
-        await connect_pair(engine="io_uring")
+    listener = socket.create_server(("127.0.0.1", 0))
+    sock = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    try:
+        with pytest.raises(EngineUnavailable, match="io_uring_disabled"):
+            await aiozc.create_connection(RecordingProtocol, sock=sock, engine="io_uring")
+        assert sock.fileno() == -1  # create_connection closed it
+    finally:
+        peer.close()
+        listener.close()
     import aiozc.engines as engines
 
     monkeypatch.setattr(engines, "AUTO_IO_URING_TYPES", frozenset({socket.SOCK_DGRAM}))
