@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.aiozc-installed
+TORCH_WHEELS ?= /opt/wheels
 
 .PHONY: demo test install os-deps bench clean
 
@@ -17,6 +18,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# Optional peers for the tensor tests and benchmark (they skip, with a reason, without them).
+	# torch only from a local CPU wheel: from PyPI it would pull a multi-GB CUDA build.
+	-$(PY) -m pip install -q pyzmq
+	-if ls $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then \
+		$(PY) -m pip install -q --find-links $(TORCH_WHEELS) 'torch==2.13.0'; fi
 	touch $(STAMP)
 
 install: os-deps $(STAMP)
