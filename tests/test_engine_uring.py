@@ -622,3 +622,75 @@ async def test_udp_loopback_intact() -> None:
     finally:
         rx.close()
     assert await ring_closed()
+
+
+async def _sink_eagain(dst: str, count: int) -> dict:
+    """A tiny send buffer and a rate-limited qdisc (the skbs stay charged to the socket until
+    tbf lets them go): most SEND_ZCs of a burst complete with -EAGAIN and are requeued."""
+    import subprocess
+
+    from aiozc.datagram import create_datagram_endpoint
+
+    subprocess.run("tc qdisc replace dev ifb0 root tbf rate 400mbit burst 128kb latency 5s".split(),
+                   check=True)
+    rx0 = _ifb_rx_packets()
+    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, engine="io_uring",
+                                                  remote_addr=(dst, 9))
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    buf = bytearray(b"q" * DATAGRAM)
+    futs = [transport.sendto_zc(buf) for _ in range(count)]
+    done = await asyncio.wait_for(asyncio.gather(*futs), 20)
+    stats = transport.stats.as_dict()
+    transport.close()
+    await asyncio.sleep(0.05)
+    return {"zerocopy": sum(c.zerocopy for c in done), "rx": _ifb_rx_packets() - rx0,
+            "zc_sends": stats["zc_sends"], "ids": stats["ids_zerocopy"] + stats["ids_copied"],
+            "eagain": stats["extra"].get("zc_send_eagain", 0), "state": stats["state"]}
+
+
+def sink_eagain(dst: str, loop_name: str, count: int) -> dict:
+    return _run(loop_name, _sink_eagain(dst, count))
+
+
+@needs_datagram_hookup
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_udp_eagain_results_are_requeued(sink_ns, loop_name: str) -> None:  # type: ignore[no-untyped-def]
+    out = sink_ns.call(sink_eagain, sink_ns.sink_addr, loop_name, 128, timeout=60)
+    assert out["eagain"] > 0, "no -EAGAIN result: the test did not exercise the retry"
+    # Every datagram left once, zero-copy; failed attempts count neither as sends nor as
+    # copied notifications (they must not push the policy into copy-fallback).
+    assert out["rx"] == 128 and out["zerocopy"] == 128, out
+    assert out["zc_sends"] == 128 and out["ids"] == 128 and out["state"] == "zerocopy"
+
+
+@needs_datagram_hookup
+async def test_udp_icmp_error_reported_and_every_future_resolves() -> None:
+    """A connected UDP socket to a closed loopback port: the ICMP error comes back as the
+    next SEND_ZC's result (-ECONNREFUSED); it is reported once through error_received and
+    the datagram is resent, exactly as with send(2)."""
+    from aiozc.datagram import create_datagram_endpoint
+
+    errors: list[OSError] = []
+
+    class Proto(asyncio.DatagramProtocol):
+        def error_received(self, exc: OSError) -> None:
+            errors.append(exc)
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    closed_port = probe.getsockname()
+    probe.close()  # nobody listens there: ICMP port unreachable
+    transport, _ = await create_datagram_endpoint(
+        Proto, remote_addr=closed_port, engine="io_uring", zc_threshold=1, fallback_after=1000
+    )
+    try:
+        results = []
+        for _ in range(8):  # one at a time: each send sees the previous datagram's ICMP error
+            fut = transport.sendto_zc(random.randbytes(20_000))
+            results.append(await asyncio.wait_for(asyncio.gather(fut, return_exceptions=True), 5))
+            await asyncio.sleep(0.01)
+        assert all(len(r) == 1 for r in results)
+        assert errors and all(isinstance(e, ConnectionRefusedError) for e in errors)
+    finally:
+        transport.close()
+    assert await ring_closed()
