@@ -696,10 +696,11 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             if zerocopy:
                 if policy.state is not _ZEROCOPY:
                     end = j  # a copy-fallback re-probe: one datagram
+                # As for single datagrams: zero-copy while pinned bytes are below the cap.
                 budget = options.max_pinned_bytes - tracker.pinned_bytes - first
                 while j < end:
                     size = sizes[j]
-                    if size < threshold or size > budget:
+                    if size < threshold or budget <= 0:
                         break
                     budget -= size
                     j += 1

@@ -366,3 +366,15 @@ async def test_coalescing_on_an_unconnected_endpoint_sends_at_once() -> None:
     await asyncio.wait_for(future, 5)
     assert await rp.wait_for(1) == [b"direct"]
     await finish(rt, t, p)  # type: ignore[arg-type]
+
+
+async def test_batch_respects_max_pinned_bytes() -> None:
+    rt, rp, t, p = await pair(max_pinned_bytes=2 * BIG + 1)
+    bufs = [payload(i, BIG) for i in range(5)]
+    completion = await asyncio.wait_for(t.sendto_zc_many(bufs), 5)
+    # As sendto_zc() one by one: zero-copy while pinned bytes are below the cap, then copies.
+    assert completion.zc_sends == 3
+    assert t._mmsg is not None
+    assert t.stats.peak_pinned_bytes <= 3 * BIG and t.stats.copy_sends == 2
+    assert await rp.wait_for(5) == bufs
+    await finish(rt, t, p)
