@@ -547,8 +547,9 @@ def sink_sends(dst: str, loop_name: str, count: int, fixed: bool = False, many: 
 async def _sink_abort(dst: str) -> dict:
     from aiozc.datagram import create_datagram_endpoint
 
+    # errqueue_drain_every: no submit-and-reap during the burst, so all are still queued
     transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, engine="io_uring",
-                                                  remote_addr=(dst, 9))
+                                                  remote_addr=(dst, 9), errqueue_drain_every=1000)
     ring = LoopRing.existing(asyncio.get_running_loop())
     target = _Weakrefable(b"z" * DATAGRAM)
     target_ref = weakref.ref(target)

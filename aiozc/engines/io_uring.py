@@ -374,6 +374,24 @@ class LoopRing:
             self._submit_scheduled = True
             self._loop.call_soon(self._submit_batch)
 
+    def submit_and_reap(self) -> None:
+        """Enter the kernel now for what is queued and handle every completion available.
+
+        For a caller that queues many sends in one go (a datagram burst): like MSG_ZEROCOPY's
+        error-queue drain every 64 sends, completions then resolve futures during the burst
+        instead of one loop iteration later. Completion callbacks run inside this call, so a
+        caller must have accounted every send it queued.
+        """
+        if self._ring is None:
+            return
+        self._submit_now()
+        self._reap()
+
+    @property
+    def queued(self) -> int:
+        """SQEs prepared and not yet submitted."""
+        return 0 if self._ring is None else self._ring.pending()
+
     def _submit_batch(self) -> None:
         self._submit_scheduled = False
         if self._ring is None:
@@ -552,3 +570,9 @@ class IoUringEngine:
         if ring is None:
             raise RuntimeError("io_uring engine is not attached to a socket")
         ring.send_zc_many(self._fd, chunks, self._flags, on_result, on_released, ctxs, idents)
+
+    def submit_and_reap(self) -> None:
+        """Submit this loop's queued sends now and handle the completions available (see
+        :meth:`LoopRing.submit_and_reap`)."""
+        if self._ring is not None:
+            self._ring.submit_and_reap()
