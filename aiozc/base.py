@@ -271,7 +271,10 @@ class ZeroCopyTransportBase:
         notification that may never come.
         """
         assert self._sock is not None
-        zerocopy = write is not None and self._wants_zerocopy(len(chunk))
+        # The threshold applies to the whole write, not to what is left of it: a partial
+        # send's small tail still goes zero-copy, so a large write is reported zero-copy
+        # whole (Completion.zerocopy) where the kernel allows it.
+        zerocopy = write is not None and self._wants_zerocopy(write.nbytes)
         if zerocopy and self._submit_zc_fn is not None:
             self._submit_zc(write, chunk, address)  # raises SendPending
         if zerocopy:

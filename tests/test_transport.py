@@ -531,3 +531,30 @@ async def test_dropped_transport_keeps_pinned_buffer_alive() -> None:
     buf.append(0)
     transport_ref().abort()  # type: ignore[union-attr]
     pair.peer.close()
+
+
+async def test_small_tail_of_a_partial_send_stays_zerocopy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The threshold is per write: a 1000-byte tail left by a partial send is not copied."""
+    from aiozc.engines.msg_zerocopy import MsgZeroCopyEngine
+
+    _fake_uncopied(monkeypatch)
+    real_send = MsgZeroCopyEngine.send
+    calls: list[tuple[int, bool]] = []
+
+    def send(self, sock, data, *, zerocopy, address=None):  # type: ignore[no-untyped-def]
+        if not calls:
+            data = data[: len(data) - 1000]  # the kernel took all but 1000 bytes
+        calls.append((len(data), zerocopy))
+        return real_send(self, sock, data, zerocopy=zerocopy, address=address)
+
+    monkeypatch.setattr(MsgZeroCopyEngine, "send", send)
+    pair = await connect_pair()
+    try:
+        buf = random.randbytes(1 << 20)
+        fut = pair.transport.write_zc(buf)
+        assert await pair.read_all(len(buf)) == buf
+        completion = await asyncio.wait_for(fut, 5)
+        assert calls[:2] == [((1 << 20) - 1000, True), (1000, True)]
+        assert completion.zerocopy and completion.zc_sends == 2
+    finally:
+        pair.close()
