@@ -28,6 +28,12 @@ _DEFAULT_HIGH_WATER = 64 * 1024
 _SENDFILE_MAX = 1 << 30
 
 
+def _immutable(data: bytes | bytearray | memoryview) -> bool:
+    if type(data) is bytes:
+        return True
+    return type(data) is memoryview and type(data.obj) is bytes
+
+
 class _Segment:
     """One queue entry. ``write`` is None for our own copy buffers (a bytearray we may extend)."""
 
@@ -201,9 +207,10 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             return
         if not data:
             return
-        # An exact bytes object cannot change under us, so holding a reference is as good as
-        # a copy: it may go zero-copy. Anything mutable must be copied if it has to wait.
-        if type(data) is bytes and len(data) >= self._options.zc_threshold and self._zc_possible():
+        # An exact bytes object (or a view of one) cannot change under us, so holding a
+        # reference is as good as a copy: it may go zero-copy. Anything mutable must be copied
+        # if it has to wait.
+        if _immutable(data) and len(data) >= self._options.zc_threshold and self._zc_possible():
             self._enqueue_held(byte_view(data), None)
         else:
             self._enqueue_copy(data)

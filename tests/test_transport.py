@@ -558,3 +558,21 @@ async def test_small_tail_of_a_partial_send_stays_zerocopy(monkeypatch: pytest.M
         assert completion.zerocopy and completion.zc_sends == 2
     finally:
         pair.close()
+
+
+async def test_write_holds_views_of_bytes_and_copies_mutable_views() -> None:
+    pair = await connect_pair()
+    try:
+        pair.transport.pause_reading()
+        big = random.randbytes(8 << 20)  # more than the socket takes at once: the rest waits
+        view_of_bytes = memoryview(big)[1:]
+        pair.transport.write(view_of_bytes)
+        held = [seg for seg in pair.transport._queue if seg.write is not None]
+        assert held and held[0].data.obj is big  # held by reference, not copied
+        mutable = bytearray(random.randbytes(1 << 20))
+        pair.transport.write(memoryview(mutable))
+        expected = view_of_bytes.tobytes() + bytes(mutable)
+        mutable[:] = bytes(len(mutable))  # asyncio's contract: the transport copied it
+        assert await pair.read_all(len(expected)) == expected
+    finally:
+        pair.close()
