@@ -329,10 +329,11 @@ class LoopRing:
             self._loop.call_soon(self._submit_batch)
 
     def send_zc_many(self, fd: int, chunks: list[memoryview], flags: int, on_result: OnResult,
-                     on_released: OnReleased, ctxs: list[Any], idents: list[int]) -> None:
-        """:meth:`send_zc` for many chunks of a connected socket, each accounted in advance
-        (``idents[i]``, expecting ``len(chunks[i])`` bytes). The same work with the loop's
-        lookups hoisted: per datagram this is what remains of the Python cost of io_uring."""
+                     on_released: OnReleased, ctx: Any, first_ident: int) -> None:
+        """:meth:`send_zc` for many chunks of a connected socket, accounted in advance with
+        consecutive ids from ``first_ident``, each expecting ``len(chunks[i])`` bytes; ``ctx``
+        is shared by all. The same work with the loop's lookups hoisted: per datagram this is
+        what remains of the Python cost of io_uring."""
         io = self._io
         if io is None:
             raise RuntimeError("io_uring ring is closed (no transport attached)")
@@ -345,7 +346,8 @@ class LoopRing:
         tail = ring._sq_tail
         free = entries - ring.pending()
         fixed_sends = 0
-        for chunk, ctx, ident in zip(chunks, ctxs, idents):
+        ident = first_ident
+        for chunk in chunks:
             if not free:
                 ring._sq_tail = tail
                 self._submit_now()  # SQ full: hand this much to the kernel now
@@ -367,6 +369,7 @@ class LoopRing:
             free -= 1
             requests[ud] = [(chunk, handle), size, on_result, ctx, on_released, ident, False, None]
             ud += 1
+            ident = (ident + 1) & _U32
         ring._sq_tail = tail
         self._next_ud = ud
         self.fixed_sends += fixed_sends
@@ -563,13 +566,13 @@ class IoUringEngine:
         ring.send_zc(self._fd, self._flags, dest, chunk, on_result, on_released, ctx, ident, expect)
 
     def submit_zc_many(self, chunks: list[memoryview], on_result: OnResult,
-                       on_released: OnReleased, ctxs: list[Any], idents: list[int]) -> None:
-        """:meth:`submit_zc` for many datagrams of a connected socket, each accounted in
-        advance (see :meth:`LoopRing.send_zc_many`)."""
+                       on_released: OnReleased, ctx: Any, first_ident: int) -> None:
+        """:meth:`submit_zc` for many datagrams of a connected socket, accounted in advance
+        with consecutive ids (see :meth:`LoopRing.send_zc_many`)."""
         ring = self._ring
         if ring is None:
             raise RuntimeError("io_uring engine is not attached to a socket")
-        ring.send_zc_many(self._fd, chunks, self._flags, on_result, on_released, ctxs, idents)
+        ring.send_zc_many(self._fd, chunks, self._flags, on_result, on_released, ctx, first_ident)
 
     def submit_and_reap(self) -> None:
         """Submit this loop's queued sends now and handle the completions available (see
