@@ -389,6 +389,8 @@ async def test_buffer_pool_slices_are_plain_buffers_with_other_engines() -> None
         fut = pair.transport.write_zc(b)
         assert await pair.read_all(len(b)) == bytes(b)
         await asyncio.wait_for(fut, 5)
+        with pytest.raises(BufferError, match="still acquired"):
+            pool.close()
         pool.release(b)
         with pytest.raises(ValueError):
             pool.release(memoryview(bytearray(10)))
