@@ -121,7 +121,9 @@ class BufferPool:
         if self._closed:
             return
         if self._in_use:
-            raise BufferError(f"{len(self._in_use)} buffer(s) of the pool still acquired: release() them first")
+            raise BufferError(
+                f"{len(self._in_use)} buffer(s) of the pool still acquired: release() them first"
+            )
         for ring in self._rings:
             ring.remove_pool(self)  # type: ignore[attr-defined]
         self._rings.clear()

@@ -101,14 +101,17 @@ def get_engine(
         if _auto_picks_io_uring(sock, loop, async_capable):
             return _io_uring_engine(loop, async_capable)
         return MsgZeroCopyEngine()
-    raise ValueError(f"unknown engine {name!r}: expected one of {', '.join(map(repr, ENGINE_NAMES))}")
+    expected = ", ".join(map(repr, ENGINE_NAMES))
+    raise ValueError(f"unknown engine {name!r}: expected one of {expected}")
 
 
 def _io_uring_engine(loop: asyncio.AbstractEventLoop | None, async_capable: bool) -> Engine:
     from .io_uring import IoUringEngine, uring_unavailable_reason
 
     if not async_capable or loop is None:
-        raise EngineUnavailable(errno.EOPNOTSUPP, "engine='io_uring' is not supported by this transport")
+        raise EngineUnavailable(
+            errno.EOPNOTSUPP, "engine='io_uring' is not supported by this transport"
+        )
     reason = uring_unavailable_reason()
     if reason is not None:
         raise EngineUnavailable(errno.EOPNOTSUPP, f"engine='io_uring' unavailable: {reason}")
@@ -118,7 +121,9 @@ def _io_uring_engine(loop: asyncio.AbstractEventLoop | None, async_capable: bool
 def _auto_picks_io_uring(
     sock: socket.socket | None, loop: asyncio.AbstractEventLoop | None, async_capable: bool
 ) -> bool:
-    if not async_capable or loop is None or sock is None or sock.type not in AUTO_IO_URING_TYPES:
+    if not async_capable or loop is None or sock is None:
+        return False
+    if sock.type not in AUTO_IO_URING_TYPES:
         return False
     from .io_uring import uring_unavailable_reason
 

@@ -134,8 +134,9 @@ class _RingIO:
         self.sq_mask = self._sq_mask = ring._sq_mask
         self.sq_entries = ring.sq_entries
         self._cq_mask = ring._cq_mask
-        self._cq_khead = ring._cq_khead
-        self._cq_ktail = ring._cq_ktail
+        # cffi uint32_t pointers into the CQ ring (typed Any: cffi has no stubs)
+        self._cq_khead: Any = ring._cq_khead
+        self._cq_ktail: Any = ring._cq_ktail
 
     def release(self) -> None:
         self._sqes.release()
@@ -163,7 +164,8 @@ class _RingIO:
                 out += iter_unpack(cqes[: (end - mask - 1) << 4])
             self._cq_khead[0] = tail  # the kernel may now reuse those slots
             # The CQ was full: overflowed CQEs are flushed back only on GETEVENTS.
-            if not ring._sq_kflags[0] & _uring.IORING_SQ_CQ_OVERFLOW:
+            kflags: Any = ring._sq_kflags
+            if not kflags[0] & _uring.IORING_SQ_CQ_OVERFLOW:
                 return out
             _uring._sys_enter(ring.fd, 0, 0, _uring.IORING_ENTER_GETEVENTS)
 
@@ -311,11 +313,12 @@ class LoopRing:
             dest_addr, dest_len = int(_cast(_UINTPTR, holder)), len(dest)
         ud = self._next_ud
         ring = io.ring
+        khead: Any = ring._sq_khead  # cffi uint32_t pointer (no stubs)
         tail = ring._sq_tail
-        if (tail - ring._sq_khead[0]) & _U32 >= io.sq_entries:
+        if (tail - khead[0]) & _U32 >= io.sq_entries:
             self._submit_now()  # SQ full: this iteration already queued _SQ_ENTRIES sends
             tail = ring._sq_tail
-            if (tail - ring._sq_khead[0]) & _U32 >= io.sq_entries:
+            if (tail - khead[0]) & _U32 >= io.sq_entries:
                 raise BlockingIOError(errno.EAGAIN, "io_uring submission queue full")
         _SQE.pack_into(io.sqes, (tail & io.sq_mask) << 6, _uring.IORING_OP_SEND_ZC, 0, ioprio,
                        fd, dest_addr, addr, len(handle), flags, ud, index, 0, dest_len, 0, 0, 0)
@@ -547,13 +550,13 @@ class IoUringEngine:
             ring.detach()
 
     def send(self, sock: socket.socket, data: memoryview, *, zerocopy: bool,
-             address: object | None = None) -> int:
+             address: Any = None) -> int:
         """A plain copying send (zero-copy sends go through :meth:`submit_zc`)."""
         if address is None:
             return sock.send(data)
         return sock.sendto(data, address)
 
-    def submit_zc(self, sock: socket.socket, chunk: memoryview, address: object | None,
+    def submit_zc(self, sock: socket.socket, chunk: memoryview, address: Any,
                   on_result: OnResult, on_released: OnReleased, ctx: Any = None,
                   ident: int | None = None, expect: int | None = None) -> None:
         """Queue a SEND_ZC of ``chunk``; results come back through the callbacks (see
