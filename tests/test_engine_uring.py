@@ -697,3 +697,37 @@ async def test_udp_icmp_error_reported_and_every_future_resolves() -> None:
     finally:
         transport.close()
     assert await ring_closed()
+
+
+async def test_second_pool_reregisters_while_fixed_sends_are_in_flight() -> None:
+    """IORING_REGISTER_BUFFERS takes the whole table: a second pool re-registers both while a
+    send from the first is still owed its notification (the kernel keeps the old table's
+    pages for it). Data from both pools arrives intact."""
+    loop = asyncio.get_running_loop()
+    pair = await stalled_pair(fallback_after=1000)
+    first = BufferPool(1 << 20, 2)
+    second = None
+    try:
+        ring = LoopRing.existing(loop)
+        assert ring is not None
+        a = first.acquire()
+        a[:] = random.randbytes(len(a))
+        fut_a = pair.transport.write_zc(a)
+        await asyncio.sleep(0.1)
+        assert not fut_a.done() and ring.in_flight >= 1  # notification owed: peer reads nothing
+        second = BufferPool(200_000, 2)  # re-registers [first, second] now
+        b = second.acquire()
+        b[:] = random.randbytes(len(b))
+        fut_b = pair.transport.write_zc(b)
+        data = await pair.read_all(len(a) + len(b))
+        await asyncio.wait_for(asyncio.gather(fut_a, fut_b), 10)
+        assert data == bytes(a) + bytes(b)
+        assert ring.fixed_sends >= 2
+        first.release(a)
+        second.release(b)
+    finally:
+        pair.close()
+        await ring_closed()
+        first.close()
+        if second is not None:
+            second.close()
