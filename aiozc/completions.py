@@ -243,32 +243,42 @@ class CompletionTracker(Generic[T]):
         With ``zerocopy`` the call used MSG_ZEROCOPY and so consumed the kernel's next id,
         which is returned (u32); a copying send consumes none and returns ``None``.
         """
-        self._check_open(write)
-        if nbytes <= 0:
-            # The kernel assigns no id to a send that moved no bytes (EAGAIN, error, empty).
-            raise ValueError(f"nbytes={nbytes}: only sends that returned > 0 bytes count")
-        if write._sent + nbytes > write.nbytes:
-            raise ValueError(
-                f"send of {nbytes} bytes exceeds the write: {write._sent}/{write.nbytes} already sent"
-            )
-        if zerocopy and write._ids and write._first + write._ids != self._next:
+        if zerocopy:
+            return self.on_sent_many(write, nbytes, 1)
+        self._check_sent(write, nbytes, 1)
+        write._sent += nbytes
+        return None
+
+    def on_sent_many(self, write: WriteHandle, nbytes: int, ids: int) -> int:
+        """``ids`` zero-copy send calls for ``write``, in a row, moved ``nbytes`` in all (each
+        > 0 bytes), as sendmmsg does (each datagram consumes one id). Returns the first id."""
+        self._check_sent(write, nbytes, ids)
+        if write._ids and write._first + write._ids != self._next:
             # Another write consumed ids in between: this write's ids would not be one run.
             raise ValueError("zero-copy sends of one write must not interleave with another write's")
         write._sent += nbytes
-        if not zerocopy:
-            return None
         ident = self._next
-        self._next += 1
+        self._next = ident + ids
         if write._ids == 0:
             write._first = ident
             self._index.append(write)
             self._firsts.append(ident)
-        write._ids += 1
-        write._remaining += 1
+        write._ids += ids
+        write._remaining += ids
         write._zc_bytes += nbytes
-        self._outstanding += 1
+        self._outstanding += ids
         self._pinned += nbytes
         return ident & MASK32
+
+    def _check_sent(self, write: WriteHandle, nbytes: int, calls: int) -> None:
+        self._check_open(write)
+        if calls <= 0 or nbytes < calls:
+            # The kernel assigns no id to a send that moved no bytes (EAGAIN, error, empty).
+            raise ValueError(f"nbytes={nbytes} in {calls} send call(s): each must move > 0 bytes")
+        if write._sent + nbytes > write.nbytes:
+            raise ValueError(
+                f"send of {nbytes} bytes exceeds the write: {write._sent}/{write.nbytes} already sent"
+            )
 
     def sent_whole(self, token: T, nbytes: int, *, zerocopy: bool) -> list[tuple[T, Completion]]:
         """``open_write`` + one ``on_sent`` of all ``nbytes`` + ``close_write``, in one step.

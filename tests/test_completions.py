@@ -782,3 +782,30 @@ def test_sent_whole_matches_open_send_close(ops: list[tuple[str, int]], rnd: Any
     assert got_fast == got_slow
     assert fast.pending_writes == slow.pending_writes == 0
     assert fast.unexpected_ids == slow.unexpected_ids == 0
+
+
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=30), st.randoms(use_true_random=False))
+def test_on_sent_many_is_ids_calls_of_on_sent(runs: list[int], rnd: random.Random) -> None:
+    """``on_sent_many(w, nbytes, ids)`` (sendmmsg) is ``ids`` zero-copy on_sent calls."""
+    fast: CompletionTracker[int] = CompletionTracker(start_id=MASK32 - 3)
+    slow: CompletionTracker[int] = CompletionTracker(start_id=MASK32 - 3)
+    wf = fast.open_write(0, 10 * sum(runs))
+    ws = slow.open_write(0, 10 * sum(runs))
+    for ids in runs:
+        first = fast.on_sent_many(wf, 10 * ids, ids)
+        assert first == slow.next_id
+        for _ in range(ids):
+            slow.on_sent(ws, 10, zerocopy=True)
+        assert fast.next_id == slow.next_id and fast.pinned_bytes == slow.pinned_bytes
+    assert fast.close_write(wf) == slow.close_write(ws) == []
+    ids = list(range(MASK32 - 3, slow._next))
+    rnd.shuffle(ids)
+    for ident in ids:
+        lo = ident & MASK32
+        assert fast.on_range(lo, lo, False) == slow.on_range(lo, lo, False)
+    assert fast.pending_writes == slow.pending_writes == 0 and fast.unexpected_ids == 0
+    w = fast.open_write(1, 10)
+    with pytest.raises(ValueError):
+        fast.on_sent_many(w, 1, 2)  # two send calls moved at least 2 bytes
+    with pytest.raises(ValueError):
+        fast.on_sent_many(w, 20, 2)  # more than the write
