@@ -50,6 +50,7 @@ from .base import (
 )
 from .completions import MASK32, Completion
 from .engines.copy import CopyEngine
+from .engines.io_uring import IoUringEngine
 from .engines.msg_zerocopy import MsgZeroCopyEngine
 from .policy import ZeroCopyState
 from .readiness import Multiplexer
@@ -74,7 +75,7 @@ _LOG_LOST_SENDS = 5
 _ZEROCOPY = ZeroCopyState.ZEROCOPY
 _COPY_FALLBACK = ZeroCopyState.COPY_FALLBACK
 # Engines whose sends the fast paths may make themselves with sock.send().
-_FAST_ENGINES = (MsgZeroCopyEngine, CopyEngine)
+_FAST_ENGINES = (MsgZeroCopyEngine, CopyEngine, IoUringEngine)
 # Drain the error queue every this many zero-copy sends (unless the caller chose a value). Each
 # drain costs one read per message plus the read that finds the queue empty, and the kernel merges
 # contiguous notifications into one message, so a drain every 32 sends costs 2/32 = 0.0625 reads
@@ -197,6 +198,9 @@ class _FanOut:
 
 class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport):
     """UDP transport over MSG_ZEROCOPY (or another engine); see the module docstring."""
+
+    # io_uring: each zero-copy datagram is one SEND_ZC request, many in flight at once.
+    _async_sends = True
 
     def __init__(
         self,
@@ -387,6 +391,13 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
                     and self._tracker.pinned_bytes < self._options.max_pinned_bytes
                 ):
                     return self._send_zerocopy_fast(view, nbytes, self._loop.create_future())
+                if (
+                    self._submit_zc_fn is not None
+                    and nbytes >= self._options.zc_threshold
+                    and self._policy.state is _ZEROCOPY
+                    and self._tracker.pinned_bytes < self._options.max_pinned_bytes
+                ):
+                    return self._submit_zerocopy_fast(view, nbytes, self._loop.create_future())
                 if nbytes < self._options.zc_threshold or not self._wants_zerocopy(nbytes):
                     return self._send_copy_fast(view, nbytes, self._loop.create_future())
                 view.release()  # e.g. a copy-fallback re-probe is due: the general path decides
@@ -449,7 +460,12 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             return
         self._batching = True
         try:
-            done = self._send_batch_fast(batch) if self._batch_fast_ok() else 0
+            done = self._send_batch_uring(batch) if self._submit_zc_fn is not None else 0
+            if not done and self._batch_fast_ok():
+                # MSG_ZEROCOPY, or io_uring with nothing to send zero-copy at the head of the
+                # batch (small datagrams, copy-fallback, pinned cap): sendmmsg, by copy for
+                # io_uring (its runs in _send_batch_fast never pass MSG_ZEROCOPY).
+                done = self._send_batch_fast(batch)
             for i in range(done, len(pins)):  # the general path: sent one by one, or queued
                 self._submit(self._batch_datagram(batch, i, addr))
             self._maybe_pause_protocol()
@@ -945,6 +961,9 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         """True once ``dg`` is dealt with; False if the kernel refused it for lack of option
         memory (nothing sent, no id used): the caller then sends it by copy."""
         assert self._sock is not None
+        if self._submit_zc_fn is not None:
+            self._submit_datagram_zc(dg)
+            return True
         try:
             sent = self._engine.send(self._sock, dg.view, zerocopy=True, address=self._send_address(dg))
         except OSError as exc:
@@ -1029,6 +1048,173 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         write = self._open_write(dg.view, dg.future)
         self._account_send(write, sent, zerocopy)
         self._close_write(write)
+
+    # -- engines whose zero-copy sends complete later (io_uring) ---------------------------
+    #
+    # A datagram goes whole or not at all, so it is accounted when submitted (its id, its
+    # pinned bytes) and the ring calls back only for a result other than "all bytes sent".
+    # Many datagrams are in flight at once; one io_uring_enter per loop iteration submits them.
+
+    def _submit_zerocopy_fast(
+        self, view: memoryview, nbytes: int, future: asyncio.Future[Completion]
+    ) -> asyncio.Future[Completion]:
+        """sendto_zc through io_uring: _submit_datagram_zc with the bookkeeping inline."""
+        tracker = self._tracker
+        ident = tracker.next_id
+        held = _Held(future, view)
+        # The engine gets its own slice: it holds a buffer export on it until the notification.
+        self._engine.submit_zc_connected(  # type: ignore[attr-defined]
+            view[:], self._datagram_zc_result, self._on_zc_released, held, ident, nbytes
+        )
+        if self._sent_whole is not None:
+            self._sent_whole(held, nbytes, zerocopy=True)  # [] : its id is outstanding
+        else:
+            write = tracker.open_write(held, nbytes)
+            tracker.on_sent(write, nbytes, zerocopy=True)
+            tracker.close_write(write)
+        stats = self.stats
+        stats.zc_sends += 1
+        stats.zc_bytes += nbytes
+        pinned = stats.pinned_bytes = tracker.pinned_bytes
+        if pinned > stats.peak_pinned_bytes:
+            stats.peak_pinned_bytes = pinned
+        if not self._protocol_paused and self._queued + pinned > self._high_water:
+            self._maybe_pause_protocol()
+        self._zc_since_drain += 1
+        if self._zc_since_drain >= self._options.errqueue_drain_every:
+            # What the MSG_ZEROCOPY path does with the error queue: submit and reap now, so a
+            # burst of sendto_zc() calls gets completions without waiting for the loop.
+            self._zc_since_drain = 0
+            self._engine.submit_and_reap()  # type: ignore[attr-defined]
+        return future
+
+    def _send_batch_uring(self, batch: _Batch) -> int:
+        """sendto_zc_many through io_uring: one SEND_ZC per datagram, submitted with this loop
+        iteration's batch and accounted at once, with consecutive ids (see
+        _submit_zerocopy_fast). Returns how many datagrams went; the rest (below the
+        threshold, over the pinned budget, or while the policy says copy) take the general
+        path."""
+        if not self._batch_fast_ok() or self._policy.state is not _ZEROCOPY:
+            return 0
+        tracker = self._tracker
+        threshold = self._options.zc_threshold
+        budget = self._options.max_pinned_bytes - tracker.pinned_bytes
+        sizes = batch.sizes
+        count = nbytes = 0
+        for size in sizes:  # as for single datagrams: zero-copy while below the pinned cap
+            if size < threshold or budget <= 0:
+                break
+            budget -= size
+            nbytes += size
+            count += 1
+        if not count:
+            return 0
+        first = tracker.next_id
+        write = batch.write
+        on_sent_many = getattr(tracker, "on_sent_many", None)
+        if on_sent_many is not None:
+            on_sent_many(write, nbytes, count)
+        else:
+            on_sent = tracker.on_sent
+            for size in sizes[:count]:
+                on_sent(write, size, zerocopy=True)
+        # The engine's own views: each holds an export until its notification.
+        chunks = [memoryview(buf) for buf in batch.bufs[:count]]
+        self._engine.submit_zc_many(chunks, self._datagram_zc_result,  # type: ignore[attr-defined]
+                                    self._on_zc_released, (batch, first), first)
+        stats = self.stats
+        stats.zc_sends += count
+        stats.zc_bytes += nbytes
+        pinned = stats.pinned_bytes = tracker.pinned_bytes
+        if pinned > stats.peak_pinned_bytes:
+            stats.peak_pinned_bytes = pinned
+        self._batch_step(batch, count)
+        return count
+
+    def _submit_datagram_zc(self, dg: _Datagram) -> None:
+        """The general path's io_uring send of ``dg``: submit, then account it as sent whole."""
+        assert self._sock is not None and self._submit_zc_fn is not None
+        tracker = self._tracker
+        ident = tracker.next_id
+        batch = dg.batch
+        token: _Held | _Batch = batch if batch is not None else _Held(dg.future, dg.view)
+        self._submit_zc_fn(self._sock, dg.view[:], self._send_address(dg), self._datagram_zc_result,
+                           self._on_zc_released, (token, dg), ident, dg.nbytes)
+        if batch is not None:
+            self._account_send(batch.write, dg.nbytes, True)
+            self._batch_step(batch)
+            return
+        assert isinstance(token, _Held)
+        write = tracker.open_write(token, dg.nbytes)
+        self._account_send(write, dg.nbytes, True)
+        self._close_write(write)
+        self._maybe_pause_protocol()
+
+    def _datagram_zc_result(self, res: int, ctx: Any, ident: int) -> None:
+        """A result CQE other than "all bytes sent": the send failed (or was truncated).
+
+        The attempt was accounted when submitted and consumed ``ident``. That id is completed
+        now, as copied (nothing went out zero-copy), without the policy hearing of it: a burst
+        of -EAGAIN results must not look like a kernel that copies. Returning None makes the
+        engine ignore the notification still owed (it keeps the buffer until then). The
+        datagram itself moves on to a retry or to its error, as with send(2)."""
+        self.stats.zc_sends -= 1
+        if self._sock is None:
+            # Aborted or closed meanwhile: the tracker abandoned the write and failed its future.
+            return None
+        if isinstance(ctx, tuple) and isinstance(ctx[1], int):
+            # sendto_zc_many's io_uring path: (batch, first id). Its write was closed when the
+            # datagrams were submitted: the failure is reported like a sendto() error and the
+            # datagram counts as not zero-copy in the batch's Completion.
+            batch, first = ctx
+            size = batch.sizes[(ident - first) & MASK32]
+            self.stats.zc_bytes -= size
+            self._resolve(self._tracker.on_range(ident, ident, True))
+            self._error_received(_result_error(res, size))
+            return None
+        if isinstance(ctx, tuple):  # the general path's (token, datagram)
+            held, dg = ctx
+        else:  # sendto_zc's io_uring path: its _Held
+            held, dg = ctx, _Datagram(ctx.view, self._address, ctx.future, True)
+        self.stats.zc_bytes -= dg.nbytes
+        done = self._tracker.on_range(ident, ident, True)
+        if dg.batch is None:
+            # The failed attempt's write resolves now with nobody waiting; the caller's future
+            # and view go on with the datagram.
+            done = [entry for entry in done if entry[0] is not held]
+        self._resolve(done)
+        if dg.batch is not None:
+            self._error_received(_result_error(res, dg.nbytes))  # no retry: its write is closed
+        elif res >= 0:  # a datagram goes whole or not at all
+            self._queued_send_failed(dg, _result_error(res, dg.nbytes))
+        else:
+            self._datagram_zc_failed(dg, -res)
+        return None
+
+    def _datagram_zc_failed(self, dg: _Datagram, err: int) -> None:
+        """What the synchronous paths do for the same errno, from a result CQE."""
+        if err == errno.EAGAIN:
+            extra = self.stats.extra
+            extra["zc_send_eagain"] = extra.get("zc_send_eagain", 0) + 1
+            self._requeue(dg)  # socket buffer full: EPOLLOUT resumes the queue
+            return
+        if err in (errno.ENOBUFS, errno.ENOMEM):  # optmem / RLIMIT_MEMLOCK: resend by copy
+            self._on_enobufs()
+            dg.copy_only = True
+            self._requeue(dg)
+            self._flush()
+            return
+        exc = OSError(err, os.strerror(err))
+        if self._classify_send_error(exc):  # an earlier datagram's ICMP error: resend this one
+            self._requeue(dg)
+            self._flush()
+        else:
+            self._queued_send_failed(dg, exc)
+
+    def _requeue(self, dg: _Datagram) -> None:
+        self._queue.appendleft(dg)
+        self._queued += dg.nbytes
+        self._update_mask()
 
     def _report_local_drop(self) -> None:
         self.stats.extra["local_drops"] = self.stats.extra.get("local_drops", 0) + 1
@@ -1194,6 +1380,13 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             return
         self._closing = True
         self._call_connection_lost(None, ConnectionAbortedError("transport aborted"))
+
+
+def _result_error(res: int, nbytes: int) -> OSError:
+    """The error of a datagram's io_uring result: -errno, or a short count (truncated)."""
+    if res < 0:
+        return OSError(-res, os.strerror(-res))
+    return OSError(errno.EMSGSIZE, f"datagram truncated: {res} of {nbytes} bytes sent")
 
 
 def _covers(lo: int, hi: int, ident: int) -> bool:
