@@ -471,17 +471,9 @@ async def _not(coro) -> bool:  # type: ignore[no-untyped-def]
 # --- UDP (datagram transport) ---------------------------------------------------------------
 #
 # Sender code runs in a fresh interpreter inside the sink namespace (ns.call imports these
-# module-level functions by reference), on asyncio's loop or uvloop, and returns JSON.
+# module-level functions by reference), on asyncio's loop or uvloop, and returns JSON. The
+# sink tests skip (fixture) where the netns rig cannot run.
 
-def _datagram_hooked() -> bool:
-    from aiozc.datagram import ZeroCopyDatagramTransport
-
-    return bool(getattr(ZeroCopyDatagramTransport, "_async_sends", False))
-
-
-needs_datagram_hookup = pytest.mark.skipif(
-    not _datagram_hooked(), reason="the datagram transport does not drive io_uring yet"
-)
 LOOPS = ["asyncio", "uvloop"]
 DATAGRAM = 64000
 
@@ -577,7 +569,6 @@ def sink_abort(dst: str, loop_name: str) -> dict:
     return _run(loop_name, _sink_abort(dst))
 
 
-@needs_datagram_hookup
 @pytest.mark.parametrize("loop_name", LOOPS)
 @pytest.mark.parametrize("mode", ["sendto_zc", "sendto_zc_many", "fixed", "unconnected"])
 def test_udp_sink_is_zero_copy(sink_ns, loop_name: str, mode: str) -> None:  # type: ignore[no-untyped-def]
@@ -591,7 +582,6 @@ def test_udp_sink_is_zero_copy(sink_ns, loop_name: str, mode: str) -> None:  # t
     assert not out["ring_open"]
 
 
-@needs_datagram_hookup
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_udp_abort_fails_futures_and_keeps_buffers_until_released(sink_ns, loop_name: str) -> None:  # type: ignore[no-untyped-def]
     out = sink_ns.call(sink_abort, sink_ns.sink_addr, loop_name, timeout=60)
@@ -599,7 +589,6 @@ def test_udp_abort_fails_futures_and_keeps_buffers_until_released(sink_ns, loop_
     assert not out["ring_open"] and out["collected"]
 
 
-@needs_datagram_hookup
 async def test_udp_loopback_intact() -> None:
     """Loopback copies (Completion.zerocopy False) but every datagram arrives intact."""
     from aiozc.datagram import create_datagram_endpoint
@@ -655,7 +644,6 @@ def sink_eagain(dst: str, loop_name: str, count: int) -> dict:
     return _run(loop_name, _sink_eagain(dst, count))
 
 
-@needs_datagram_hookup
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_udp_eagain_results_are_requeued(sink_ns, loop_name: str) -> None:  # type: ignore[no-untyped-def]
     out = sink_ns.call(sink_eagain, sink_ns.sink_addr, loop_name, 128, timeout=60)
@@ -666,7 +654,6 @@ def test_udp_eagain_results_are_requeued(sink_ns, loop_name: str) -> None:  # ty
     assert out["zc_sends"] == 128 and out["ids"] == 128 and out["state"] == "zerocopy"
 
 
-@needs_datagram_hookup
 async def test_udp_icmp_error_reported_and_every_future_resolves() -> None:
     """A connected UDP socket to a closed loopback port: the ICMP error comes back as the
     next SEND_ZC's result (-ECONNREFUSED); it is reported once through error_received and
