@@ -25,11 +25,13 @@ Choosing an engine (``engine=`` transport option)
     writes 2.94 (MSG_ZEROCOPY) vs 3.05 (io_uring), 1 MiB 3.86 vs 4.57 -- noise-level. With
     zero-copy forced on every send: 64 KiB 1.82 vs 1.19 (0.65x: one SEND_ZC in flight per
     socket costs a loop iteration per write), 1 MiB 1.89 vs 2.14.
-  - UDP into the ifb sink, 64000 B datagrams (true zero-copy), same API on both engines:
-    sendto_zc 10.6 vs 7.8 (0.74x; fixed buffers 9.0, 0.85x), sendto_zc_many 14.1 vs 11.2
-    (0.80x; fixed buffers 14.4, 1.02x). The kernel side of io_uring is cheaper (~3.0 vs
-    ~3.8 us per datagram, ~2.1 us with fixed buffers), but preparing SQEs and reading two
-    CQEs per datagram in Python costs more than one send(2)/sendmmsg(2) slot.
+  - UDP into the ifb sink, 64000 B datagrams (true zero-copy), same API and loop on both
+    engines (``python -m aiozc bench udp-sink``, median of 3, uvloop; asyncio's loop within
+    2%): sendto_zc 10.7 (MSG_ZEROCOPY) vs 8.9 (io_uring, 0.83x; BufferPool fixed buffers
+    10.0, 0.93x), sendto_zc_many 17.1 vs 12.9 (0.76x; fixed buffers 14.9, 0.87x). CPU per
+    GB gives the same ratios. The kernel side of io_uring is cheaper (~3.0 vs ~3.8 us per
+    datagram, ~2.1 us with fixed buffers), but filling an SQE and reading two CQEs per
+    datagram in Python costs more than one send(2) or one sendmmsg(2) slot.
 
   Add SOCK_DGRAM to AUTO_IO_URING_TYPES where measurements say otherwise.
 """
