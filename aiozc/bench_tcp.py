@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import uvloop
-
 import aiozc
+
+from ._benchkit import FlowControlledSender, run_on
 
 _POOL = 64 << 20
 _HIGH_WATER = 1 << 20
@@ -56,28 +56,6 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
     return data
 
 
-class _Sender(asyncio.Protocol):
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.can_write = asyncio.Event()
-        self.can_write.set()
-        self.reply: asyncio.Future[bytes] = loop.create_future()
-
-    def pause_writing(self) -> None:
-        self.can_write.clear()
-
-    def resume_writing(self) -> None:
-        self.can_write.set()
-
-    def data_received(self, data: bytes) -> None:
-        if not self.reply.done():
-            self.reply.set_result(data)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if not self.reply.done():
-            self.reply.set_exception(exc or ConnectionError("closed before the reply"))
-
-
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -94,23 +72,21 @@ VARIANTS = [
 ]
 
 
-async def _connect(variant: Variant, address: tuple[str, int]) -> tuple[asyncio.Transport, _Sender]:
+async def _connect(variant: Variant, address: tuple[str, int]) -> tuple[Any, FlowControlledSender]:
     if variant.kind == "stock":
         loop = asyncio.get_running_loop()
-        transport, proto = await loop.create_connection(_Sender, *address)
-        return transport, proto  # type: ignore[return-value]
+        return await loop.create_connection(FlowControlledSender, *address)
     options: dict[str, Any] = {}
     if variant.kind == "naive":
         options = {"fallback_after": 1 << 62, "max_pinned_bytes": 1 << 62}
-    transport, proto = await aiozc.create_connection(_Sender, *address, **options)
-    return transport, proto  # type: ignore[return-value]
+    return await aiozc.create_connection(FlowControlledSender, *address, **options)
 
 
-async def _send_once(variant: Variant, address: tuple[str, int], pool: memoryview, size: int, total: int) -> dict[str, float]:
+async def _send_once(variant: Variant, address: tuple[str, int], pool: memoryview, size: int, total: int) -> dict[str, Any]:
     transport, proto = await _connect(variant, address)
     transport.set_write_buffer_limits(high=_HIGH_WATER)
     write: Callable[[memoryview], object] = (
-        transport.write if variant.kind == "stock" else transport.write_zc  # type: ignore[attr-defined]
+        transport.write if variant.kind == "stock" else transport.write_zc
     )
     transport.write(total.to_bytes(8, "big"))
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -139,24 +115,13 @@ async def _send_once(variant: Variant, address: tuple[str, int], pool: memoryvie
     }
 
 
-def _run_variant(variant: Variant, address: tuple[str, int], pool: memoryview, size: int, total: int) -> dict[str, float]:
-    coro = _send_once(variant, address, pool, size, total)
-    if variant.loop == "uvloop":
-        return uvloop.run(coro)
-    return _asyncio_run(coro)
-
-
-def _asyncio_run(coro: Any) -> Any:
-    loop = asyncio.SelectorEventLoop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
+def _run_variant(variant: Variant, address: tuple[str, int], pool: memoryview, size: int, total: int) -> dict[str, Any]:
+    return run_on(variant.loop, _send_once(variant, address, pool, size, total))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = [64 << 10, 1 << 20]
-    total = int(args.gib * (1 << 30))
+    total = int(args.gib * (1 << 30)) // sizes[-1] * sizes[-1]  # whole writes of every size
     rounds = args.rounds
     pool = memoryview(os.urandom(_POOL))
     listener = socket.socket()
@@ -168,7 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     receiver = ctx.Process(target=_receiver, args=(listener, runs), daemon=True)
     receiver.start()
     listener.close()
-    samples: dict[tuple[int, str], list[dict[str, float]]] = {}
+    samples: dict[tuple[int, str], list[dict[str, Any]]] = {}
     try:
         for size in sizes:
             for _ in range(rounds):
@@ -184,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _summarize(samples: dict[tuple[int, str], list[dict[str, float]]], total: int) -> dict[str, Any]:
+def _summarize(samples: dict[tuple[int, str], list[dict[str, Any]]], total: int) -> dict[str, Any]:
     rows = []
     for (size, name), results in samples.items():
         seconds = statistics.median(r["seconds"] for r in results)

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import collections
 import importlib.util
-import json
 import multiprocessing
 import pickle
 import statistics
@@ -37,6 +36,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
+
+from ._benchkit import run_on
 
 MiB = 1 << 20
 HOST = "127.0.0.1"
@@ -260,19 +261,12 @@ def _zmq_send(port: int, array: np.ndarray, total: int) -> float:
 # running cases
 
 
-def _uvloop_run(coro: Any) -> Any:
-    import uvloop
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
 def _receiver_main(peer: str, nbytes: int, total: int, report: Connection) -> None:
     """Entry point of the receiver process (module level so ``spawn`` can import it)."""
     if peer == AIOZC:
-        _uvloop_run(_aiozc_receive(nbytes, total, report))
+        run_on("uvloop", _aiozc_receive(nbytes, total, report))
     elif peer == "asyncio streams + pickle5":
-        _uvloop_run(_pickle_receive(nbytes, total, report))
+        run_on("uvloop", _pickle_receive(nbytes, total, report))
     elif peer == "multiprocessing.connection":
         _mp_receive(nbytes, total, report)
     else:
@@ -281,9 +275,9 @@ def _receiver_main(peer: str, nbytes: int, total: int, report: Connection) -> No
 
 def _sender(peer: str) -> Callable[[int, np.ndarray, int], float]:
     if peer == AIOZC:
-        return lambda port, array, total: _uvloop_run(_aiozc_send(port, array, total))
+        return lambda port, array, total: run_on("uvloop", _aiozc_send(port, array, total))
     if peer == "asyncio streams + pickle5":
-        return lambda port, array, total: _uvloop_run(_pickle_send(port, array, total))
+        return lambda port, array, total: run_on("uvloop", _pickle_send(port, array, total))
     if peer == "multiprocessing.connection":
         return _mp_send
     return _zmq_send
@@ -411,17 +405,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median counts)")
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS),
                         help="which implementations to compare (default: all; zmq needs pyzmq)")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m aiozc.bench_tensors", description=__doc__)
-    add_arguments(parser)
-    parser.add_argument("--json", action="store_true", help="also print the result as JSON")
-    args = parser.parse_args(argv)
-    result = run(args)
-    if args.json:
-        print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from ._benchkit import run_on
 
 MiB = 1 << 20
 
@@ -87,14 +88,6 @@ class Case:
     series: str = ""  # "loop / server", the line or bar a report draws this case in
     state: str = ""  # aiozc only: how the body left ("sendfile", or the MSG_ZEROCOPY policy state)
     sendfile_bytes: int = 0  # aiozc only: bytes the transport sent with os.sendfile, all repeats
-
-
-def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    return asyncio.SelectorEventLoop
 
 
 def _make_app(body: bytes, file: Path, transports: list[Any]) -> Any:
@@ -258,8 +251,7 @@ def run(args: Any) -> dict[str, Any]:
         body, file = _make_inputs(opts.size_mib * MiB, Path(tmp))
         cases: list[Case] = []
         for loop_name in opts.loops:
-            with asyncio.Runner(loop_factory=_loop_factory(loop_name)) as runner:
-                cases += runner.run(_bench_loop(loop_name, opts, body, file))
+            cases += run_on(loop_name, _bench_loop(loop_name, opts, body, file))
     ratios = _ratios(cases)
     _print_table(cases, ratios, opts)
     targets = {
@@ -286,16 +278,3 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["asyncio", "uvloop"])
     parser.add_argument("--workloads", nargs="+", default=["body", "file"], choices=["body", "file"])
     parser.add_argument("--json", action="store_true", help="also print the result as JSON")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m aiozc.bench_web", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    result = run(args)
-    if args.json:
-        print(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main()

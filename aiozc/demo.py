@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import uvloop
-
 import aiozc
+
+from ._benchkit import LOOPS, FlowControlledSender, run_on
 
 _WRITE = 1 << 20
 
@@ -47,18 +47,6 @@ class _HashingReceiver(asyncio.BufferedProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self._done.done():
             self._done.set_exception(exc or ConnectionError("closed before EOF"))
-
-
-class _Sender(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.can_write = asyncio.Event()
-        self.can_write.set()
-
-    def pause_writing(self) -> None:
-        self.can_write.clear()
-
-    def resume_writing(self) -> None:
-        self.can_write.set()
 
 
 @dataclass
@@ -89,13 +77,15 @@ async def _transfer(use_aiozc: bool, chunks: list[memoryview], expected: str) ->
     loop = asyncio.get_running_loop()
     done: asyncio.Future[tuple[int, str]] = loop.create_future()
     factory: Callable[[], asyncio.BaseProtocol] = lambda: _HashingReceiver(done)
+    transport: Any
+    write: Callable[[memoryview], object]
     if use_aiozc:
         server: Any = await aiozc.create_server(factory, "127.0.0.1", 0)
-        transport, proto = await aiozc.create_connection(_Sender, *server.sockets[0].getsockname())
+        transport, proto = await aiozc.create_connection(FlowControlledSender, *server.sockets[0].getsockname())
         write = transport.write_zc
     else:
         server = await loop.create_server(factory, "127.0.0.1", 0)
-        transport, proto = await loop.create_connection(_Sender, *server.sockets[0].getsockname())
+        transport, proto = await loop.create_connection(FlowControlledSender, *server.sockets[0].getsockname())
         write = transport.write
     transport.set_write_buffer_limits(high=4 * _WRITE)
     total = len(chunks) * _WRITE
@@ -114,25 +104,15 @@ async def _transfer(use_aiozc: bool, chunks: list[memoryview], expected: str) ->
     return total / elapsed / 1e9, received == total and digest == expected, stats
 
 
-def _run_on(loop_name: str, coro: Any) -> Any:
-    if loop_name == "uvloop":
-        return uvloop.run(coro)
-    loop = asyncio.SelectorEventLoop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
-
-
 def run(args: argparse.Namespace) -> list[DemoResult]:
     total = int(args.gib * (1 << 30))
     chunks = _chunks(total, memoryview(os.urandom(64 << 20)))
     expected = _expected_digest(chunks)
     total = len(chunks) * _WRITE
     results = []
-    for loop_name in ("asyncio", "uvloop"):
+    for loop_name in LOOPS:
         for use_aiozc in (False, True):
-            gbps, match, stats = _run_on(loop_name, _transfer(use_aiozc, chunks, expected))
+            gbps, match, stats = run_on(loop_name, _transfer(use_aiozc, chunks, expected))
             results.append(
                 DemoResult(
                     loop=loop_name,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from .base import TransportOptions
 from .transport import ZeroCopyTransport
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 def _reject_ssl(ssl: Any) -> None:
@@ -30,9 +31,9 @@ def _set_nodelay(sock: socket.socket) -> None:
 async def _make_transport(
     loop: asyncio.AbstractEventLoop,
     sock: socket.socket,
-    protocol_factory: ProtocolFactory,
+    protocol_factory: Callable[[], P],
     options: TransportOptions,
-) -> tuple[ZeroCopyTransport, asyncio.BaseProtocol]:
+) -> tuple[ZeroCopyTransport, P]:
     sock.setblocking(False)
     _set_nodelay(sock)
     protocol = protocol_factory()
@@ -73,7 +74,7 @@ async def _connect_any(
 
 
 async def create_connection(
-    protocol_factory: ProtocolFactory,
+    protocol_factory: Callable[[], P],
     host: str | None = None,
     port: int | str | None = None,
     *,
@@ -81,7 +82,7 @@ async def create_connection(
     ssl: Any = None,
     local_addr: Any = None,
     **options: Any,
-) -> tuple[ZeroCopyTransport, asyncio.BaseProtocol]:
+) -> tuple[ZeroCopyTransport, P]:
     """Like :meth:`asyncio.loop.create_connection`, returning a :class:`ZeroCopyTransport`.
 
     ``options`` are transport options (``zc_threshold``, ``close_timeout``, ``engine``...).

@@ -1,0 +1,55 @@
+"""What the demo and the benchmarks share: running a coroutine on a named loop, and a
+sending protocol that honours pause_writing/resume_writing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import uvloop
+
+LOOPS = ("asyncio", "uvloop")
+T = TypeVar("T")
+
+
+def new_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "uvloop":
+        return uvloop.new_event_loop()
+    if name == "asyncio":
+        return asyncio.SelectorEventLoop()
+    raise ValueError(f"unknown loop {name!r}: expected one of {LOOPS}")
+
+
+def run_on(name: str, coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on a fresh loop of the named kind."""
+    loop = new_loop(name)
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+class FlowControlledSender(asyncio.Protocol):
+    """Writers await ``can_write`` after each write; ``reply`` gets the first bytes back."""
+
+    def __init__(self) -> None:
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.reply.done():
+            self.reply.set_result(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.reply.done():
+            self.reply.set_exception(exc or ConnectionError("closed before the reply"))
+        self.can_write.set()  # never leave a writer waiting on a dead connection
