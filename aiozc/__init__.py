@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from .base import TransportClosedError, TransportOptions
+from .buffers import BufferPool
 from .completions import Completion
 from .datagram import ZeroCopyDatagramTransport, create_datagram_endpoint
 from .policy import ZeroCopyState
@@ -17,6 +18,7 @@ from .transport import ZeroCopyTransport
 __version__ = "0.1.0"
 
 __all__ = [
+    "BufferPool",
     "Completion",
     "Server",
     "TransportClosedError",
