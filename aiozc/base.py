@@ -18,13 +18,14 @@ from typing import Any
 from . import _kernel
 from .completions import Completion, CompletionTracker, WriteHandle, range_length
 from .engines import Engine, SendPending, get_engine
-from .policy import PolicyOptions, ZeroCopyPolicy, ZeroCopyState
+from .policy import PolicyOptions, ZeroCopyPolicy
 from .readiness import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Multiplexer
 from .stats import TransportStats
 
 logger = logging.getLogger("aiozc")
 
 _ERRQUEUE_BATCH = 64
+DEFAULT_HIGH_WATER = 64 * 1024  # asyncio's FlowControlMixin default
 
 
 class TransportClosedError(ConnectionError):
@@ -111,6 +112,12 @@ class ZeroCopyTransportBase:
         self._fd = sock.fileno()
         self._protocol = protocol
         self._options = options
+        self._reading = False
+        # Flow control: queued bytes plus pinned bytes against asyncio's default limits.
+        self._queued = 0
+        self._protocol_paused = False
+        self._high_water = DEFAULT_HIGH_WATER
+        self._low_water = DEFAULT_HIGH_WATER // 4
         self._extra: dict[str, Any] = dict(extra or {})
         self._engine: Engine = get_engine(
             options.engine, sock=sock, loop=loop, async_capable=self._async_sends
@@ -158,6 +165,61 @@ class ZeroCopyTransportBase:
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else "closing" if self._closing else "open"
         return f"<{type(self).__name__} fd={self._fd} {state} {self.stats.state}>"
+
+    def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
+        # Always called, even if the transport was closed meanwhile: asyncio promises
+        # connection_made() before connection_lost(), which is scheduled after this.
+        try:
+            self._protocol.connection_made(self)
+        finally:
+            # Set even if connection_made() raised, or whoever awaits the new transport would hang.
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        if not self._closing:
+            self._reading = True
+            self._update_mask()
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued plus bytes sent zero-copy whose pages the kernel still holds."""
+        return self._queued + self._tracker.pinned_bytes
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water, self._low_water = high, low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._protocol_paused or self._conn_lost:
+            return
+        if self.get_write_buffer_size() <= self._high_water:
+            return
+        self._protocol_paused = True
+        self._call_protocol("pause_writing")
+
+    def _maybe_resume_protocol(self) -> None:
+        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
+            self._protocol_paused = False
+            self._call_protocol("resume_writing")
+
+    def _call_protocol(self, name: str) -> None:
+        try:
+            getattr(self._protocol, name)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {"message": f"protocol.{name}() failed", "exception": exc, "transport": self}
+            )
 
     # -- readiness -------------------------------------------------------------------------
 

@@ -59,7 +59,6 @@ __all__ = ["ZeroCopyDatagramTransport", "create_datagram_endpoint", "max_datagra
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
-_DEFAULT_HIGH_WATER = 64 * 1024  # asyncio's FlowControlMixin default
 # Largest UDP payload: 65535 minus the IPv4 (20) and UDP (8) headers; IPv6's payload-length field
 # excludes its own header, so 65535 - 8 there (no jumbograms).
 MAX_UDP4_PAYLOAD = 65507
@@ -217,12 +216,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         if sock.type != socket.SOCK_DGRAM:
             raise ValueError(f"a datagram socket was expected, got {sock!r}")
         self._queue: collections.deque[_Datagram] = collections.deque()
-        self._queued = 0
         self._address = address  # default destination (remote_addr), None if none
-        self._reading = False
-        self._protocol_paused = False
-        self._high_water = _DEFAULT_HIGH_WATER
-        self._low_water = _DEFAULT_HIGH_WATER // 4
         self._lost_sends = 0
         # While a send error is being classified: errno of the exception, and what the error
         # queue said about it (see _classify_send_error).
@@ -262,19 +256,6 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         self._co_room = 0
         self._co_handle: asyncio.Handle | None = None
         loop.call_soon(self._connection_made, waiter)
-
-    def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
-        # Always called, even if the transport was closed meanwhile: asyncio promises
-        # connection_made() before connection_lost(), which is scheduled after this.
-        try:
-            self._protocol.connection_made(self)
-        finally:
-            # Set even if connection_made() raised, or create_datagram_endpoint() would hang.
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-        if not self._closing:
-            self._reading = True
-            self._update_mask()
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -1316,48 +1297,18 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
     # -- flow control ----------------------------------------------------------------------
 
     def get_write_buffer_size(self) -> int:
-        """Bytes queued plus bytes sent zero-copy whose pages the kernel still holds."""
-        return self._queued + self._co_bytes + self._tracker.pinned_bytes
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low_water, self._high_water)
+        """Bytes queued (coalesce_zc ones too) plus pinned bytes the kernel still holds."""
+        return super().get_write_buffer_size() + self._co_bytes
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = _DEFAULT_HIGH_WATER if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water, self._low_water = high, low
         self._co_room = -1  # coalesce_zc: compare exactly until the next flush
-        self._maybe_pause_protocol()
-
-    def _maybe_pause_protocol(self) -> None:
-        if self._protocol_paused or self._conn_lost:
-            return
-        if self.get_write_buffer_size() <= self._high_water:
-            return
-        self._protocol_paused = True
-        self._call_protocol("pause_writing")
-
-    def _maybe_resume_protocol(self) -> None:
-        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
-            self._protocol_paused = False
-            self._call_protocol("resume_writing")
+        super().set_write_buffer_limits(high, low)
 
     def _call_protocol(self, name: str) -> None:
         if self._batching:
             self._deferred_calls.append((name, None))  # see _error_received
             return
-        try:
-            getattr(self._protocol, name)()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {"message": f"protocol.{name}() failed", "exception": exc, "transport": self}
-            )
+        super()._call_protocol(name)
 
     # -- closing ---------------------------------------------------------------------------
 

@@ -23,7 +23,6 @@ from .completions import Completion, WriteHandle
 from .policy import ZeroCopyState
 from .readiness import EPOLLHUP, Multiplexer
 
-_DEFAULT_HIGH_WATER = 64 * 1024
 # One os.sendfile call moves at most this much; the socket buffer limits it long before.
 _SENDFILE_MAX = 1 << 30
 
@@ -94,14 +93,9 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         server: Any = None,
     ) -> None:
         self._queue: collections.deque[_Segment] = collections.deque()
-        self._queued = 0
-        self._reading = False
         self._eof_received = False
         self._hup = False
         self._eof = False
-        self._protocol_paused = False
-        self._high_water = _DEFAULT_HIGH_WATER
-        self._low_water = _DEFAULT_HIGH_WATER // 4
         self._lost_writes = 0
         self._server = server
         asyncio.Transport.__init__(self, extra)
@@ -110,19 +104,6 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         if server is not None:
             server._attach(self)
         loop.call_soon(self._connection_made, waiter)
-
-    def _connection_made(self, waiter: asyncio.Future[None] | None) -> None:
-        # Always called, even if the transport was closed meanwhile: asyncio promises
-        # connection_made() before connection_lost(), which is scheduled after this.
-        try:
-            self._protocol.connection_made(self)
-        finally:
-            # Set even if connection_made() raised, or create_connection() hangs (it did).
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-        if not self._closing:
-            self._reading = True
-            self._update_mask()
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -439,48 +420,6 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         super()._after_completions()
         if not self._conn_lost:
             self._maybe_resume_protocol()
-
-    # -- flow control ----------------------------------------------------------------------
-
-    def get_write_buffer_size(self) -> int:
-        """Bytes queued plus bytes sent zero-copy whose pages the kernel still holds."""
-        return self._queued + self._tracker.pinned_bytes
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low_water, self._high_water)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = _DEFAULT_HIGH_WATER if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water, self._low_water = high, low
-        self._maybe_pause_protocol()
-
-    def _maybe_pause_protocol(self) -> None:
-        if self._protocol_paused or self._conn_lost:
-            return
-        if self.get_write_buffer_size() <= self._high_water:
-            return
-        self._protocol_paused = True
-        self._call_protocol("pause_writing")
-
-    def _maybe_resume_protocol(self) -> None:
-        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
-            self._protocol_paused = False
-            self._call_protocol("resume_writing")
-
-    def _call_protocol(self, name: str) -> None:
-        try:
-            getattr(self._protocol, name)()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {"message": f"protocol.{name}() failed", "exception": exc, "transport": self}
-            )
 
     # -- closing ---------------------------------------------------------------------------
 
