@@ -48,6 +48,9 @@ class TransportOptions:
     errqueue_drain_every: int = 32
     engine: str = "auto"
     read_size: int = 256 * 1024
+    # TCP completions on one host wait for the receiver to read (see PolicyOptions); UDP
+    # endpoints default to False: a datagram's completion comes when the device is done.
+    probe_first: bool = True
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> TransportOptions:
@@ -61,7 +64,9 @@ class TransportOptions:
         return opts
 
     def policy_options(self) -> PolicyOptions:
-        return PolicyOptions(self.zc_threshold, self.fallback_after, self.reprobe_bytes)
+        return PolicyOptions(
+            self.zc_threshold, self.fallback_after, self.reprobe_bytes, self.probe_first
+        )
 
 
 class _Held:
@@ -317,10 +322,10 @@ class ZeroCopyTransportBase:
     def _open_write(self, view: memoryview, future: asyncio.Future[Completion] | None) -> WriteHandle:
         return self._tracker.open_write(_Held(future, view), len(view))
 
-    def _wants_zerocopy(self, nbytes: int) -> bool:
+    def _wants_zerocopy(self, nbytes: int, *, continuing: bool = False) -> bool:
         if self._tracker.pinned_bytes >= self._options.max_pinned_bytes:
             return False
-        return self._policy.wants_zerocopy(nbytes)
+        return self._policy.wants_zerocopy(nbytes, continuing=continuing)
 
     def _send_chunk(self, write: WriteHandle | None, chunk: memoryview, address: Any = None) -> int:
         """One send call of (part of) ``write``; the only path data takes to the kernel.
@@ -336,7 +341,9 @@ class ZeroCopyTransportBase:
         # The threshold applies to the whole write, not to what is left of it: a partial
         # send's small tail still goes zero-copy, so a large write is reported zero-copy
         # whole (Completion.zerocopy) where the kernel allows it.
-        zerocopy = write is not None and self._wants_zerocopy(write.nbytes)
+        zerocopy = write is not None and self._wants_zerocopy(
+            write.nbytes, continuing=write.zc_sends > 0
+        )
         if zerocopy and self._submit_zc_fn is not None:
             self._submit_zc(write, chunk, address)  # raises SendPending
         if zerocopy:

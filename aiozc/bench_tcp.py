@@ -78,7 +78,7 @@ async def _connect(variant: Variant, address: tuple[str, int]) -> tuple[Any, Flo
         return await loop.create_connection(FlowControlledSender, *address)
     options: dict[str, Any] = {}
     if variant.kind == "naive":
-        options = {"fallback_after": 1 << 62, "max_pinned_bytes": 1 << 62}
+        options = {"fallback_after": 1 << 62, "max_pinned_bytes": 1 << 62, "probe_first": False}
     return await aiozc.create_connection(FlowControlledSender, *address, **options)
 
 

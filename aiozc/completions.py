@@ -123,6 +123,11 @@ class WriteHandle:
         self._done_lo: list[int] | None = None
         self._done_hi: list[int] | None = None
 
+    @property
+    def zc_sends(self) -> int:
+        """Zero-copy send calls made for this write so far (ids it consumed)."""
+        return self._ids
+
     def __repr__(self) -> str:
         state = ("open", "closed", "done")[self._state]
         return (

@@ -235,7 +235,7 @@ async def test_full_socket_eagain_waits_for_epollout_and_resends() -> None:
         listener.close()
     peer.setblocking(False)
     transport, protocol = await aiozc.create_connection(
-        RecordingProtocol, sock=sock, engine="io_uring", fallback_after=1 << 30
+        RecordingProtocol, sock=sock, engine="io_uring", fallback_after=1 << 30, probe_first=False
     )
     pair = Pair(transport, protocol, peer)  # type: ignore[arg-type]
     try:
@@ -352,7 +352,7 @@ async def test_ring_closes_with_last_transport_no_fd_leak() -> None:
 async def test_buffer_pool_fixed_buffer_sends_intact() -> None:
     loop = asyncio.get_running_loop()
     pool = BufferPool(100_000, 16)
-    pair = await uring_pair(fallback_after=1000)  # keep zero-copy on for every send
+    pair = await uring_pair(fallback_after=1000, probe_first=False)  # zero-copy on every send
     try:
         ring = LoopRing.existing(loop)
         assert ring is not None
@@ -691,7 +691,7 @@ async def test_second_pool_reregisters_while_fixed_sends_are_in_flight() -> None
     send from the first is still owed its notification (the kernel keeps the old table's
     pages for it). Data from both pools arrives intact."""
     loop = asyncio.get_running_loop()
-    pair = await stalled_pair(fallback_after=1000)
+    pair = await stalled_pair(fallback_after=1000, probe_first=False)
     first = BufferPool(1 << 20, 2)
     second = None
     try:

@@ -152,17 +152,39 @@ async def test_zerocopy_success_path_with_simulated_notifications(
     seen = _fake_uncopied(monkeypatch)
     pair = await connect_pair()
     try:
+        # Until the kernel confirmed one zero-copy send, one probe write is in flight and the
+        # writes behind it are copied (probe_first).
+        probe = random.randbytes(1 << 20)
+        during = random.randbytes(1 << 20)
+        probe_fut = pair.transport.write_zc(probe)
+        during_fut = pair.transport.write_zc(during)
+        await pair.read_all(2 << 20)
+        assert (await asyncio.wait_for(probe_fut, 10)).zerocopy
+        assert not (await asyncio.wait_for(during_fut, 10)).zerocopy
+        # Confirmed: from now on every write goes zero-copy and is reported so.
         bufs = [random.randbytes(1 << 20) for _ in range(20)]
         futs = [pair.transport.write_zc(b) for b in bufs]
-        data = await pair.read_all(20 << 20)
+        data = await pair.read_all(22 << 20)
         completions = await asyncio.wait_for(asyncio.gather(*futs), 10)
-        assert sha(data) == sha(b"".join(bufs))
+        assert sha(data) == sha(probe + during + b"".join(bufs))
         assert all(c.zerocopy and c.nbytes == 1 << 20 for c in completions)
         stats = pair.transport.stats
         assert stats.state == "zerocopy"
-        assert stats.zc_writes == 20 and stats.copy_writes == 0
+        assert stats.zc_writes == 21 and stats.copy_writes == 1
         assert stats.ids_copied == 0 and stats.ids_zerocopy == stats.zc_sends
         assert seen and stats.pinned_bytes == 0
+    finally:
+        pair.close()
+
+
+async def test_probe_first_off_pins_every_write_until_the_kernel_answers() -> None:
+    pair = await connect_pair(probe_first=False, fallback_after=1 << 20)
+    try:
+        futs = [pair.transport.write_zc(random.randbytes(256 << 10)) for _ in range(4)]
+        assert pair.transport.stats.zc_sends >= 4 or pair.transport._queue
+        await pair.read_all(1 << 20)
+        await asyncio.wait_for(asyncio.gather(*futs), 10)
+        assert pair.transport.stats.copy_sends == 0
     finally:
         pair.close()
 
