@@ -184,6 +184,22 @@ class ZeroCopyTransportBase:
             self._reading = True
             self._update_mask()
 
+    # -- reading control -------------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    def pause_reading(self) -> None:
+        # Completions keep flowing: EPOLLERR is reported whatever the mask says.
+        self._reading = False
+        self._update_mask()
+
+    def resume_reading(self) -> None:
+        if self._closing:
+            return
+        self._reading = True
+        self._update_mask()
+
     # -- flow control ----------------------------------------------------------------------
 
     def get_write_buffer_size(self) -> int:

@@ -303,21 +303,6 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
                 return
         self._error_received(_socket_error(message))
 
-    # -- reading control -------------------------------------------------------------------
-
-    def is_reading(self) -> bool:
-        return self._reading and not self._closing
-
-    def pause_reading(self) -> None:
-        self._reading = False
-        self._update_mask()
-
-    def resume_reading(self) -> None:
-        if self._closing:
-            return
-        self._reading = True
-        self._update_mask()
-
     # -- sending ---------------------------------------------------------------------------
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:

@@ -158,22 +158,6 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
     def _write_ready(self) -> None:
         self._flush()
 
-    # -- reading control -------------------------------------------------------------------
-
-    def is_reading(self) -> bool:
-        return self._reading and not self._closing
-
-    def pause_reading(self) -> None:
-        # Completions keep flowing: EPOLLERR is reported whatever the mask says.
-        self._reading = False
-        self._update_mask()
-
-    def resume_reading(self) -> None:
-        if self._closing:
-            return
-        self._reading = True
-        self._update_mask()
-
     # -- writing ---------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
