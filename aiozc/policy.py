@@ -18,6 +18,7 @@ DEFAULT_REPROBE_BYTES = 1024 * 1024 * 1024
 
 
 class ZeroCopyState(str, enum.Enum):
+    PROBING = "probing"  # one zero-copy write at a time until the kernel answers (probe_first)
     ZEROCOPY = "zerocopy"  # pass MSG_ZEROCOPY for eligible sends
     COPY_FALLBACK = "copy-fallback"  # the kernel kept copying; plain sends, re-probe now and then
     DISABLED = "disabled"  # zero-copy cannot work on this socket (see reason)
@@ -61,7 +62,10 @@ class ZeroCopyPolicy:
     _copied_streak: int = 0
     _bytes_since_probe: int = 0
     _probe_in_flight: bool = False
-    _confirmed: bool = False  # the kernel has reported one zero-copy send not copied
+
+    def __post_init__(self) -> None:
+        if self.options.probe_first and self.state is ZeroCopyState.ZEROCOPY:
+            self.state = ZeroCopyState.PROBING
 
     def disable(self, reason: str) -> None:
         self.state = ZeroCopyState.DISABLED
@@ -83,9 +87,7 @@ class ZeroCopyPolicy:
 
     def _probing(self) -> bool:
         """Zero-copy sends are probes, one at a time (see ``probe_first``)."""
-        if self.state is ZeroCopyState.COPY_FALLBACK:
-            return True
-        return self.options.probe_first and not self._confirmed
+        return self.state in (ZeroCopyState.PROBING, ZeroCopyState.COPY_FALLBACK)
 
     def _reprobe_due(self) -> bool:
         reprobe = self.options.reprobe_bytes
@@ -106,14 +108,14 @@ class ZeroCopyPolicy:
         if not copied:
             self._copied_streak = 0
             self._probe_in_flight = False
-            self._confirmed = True
-            if self.state is ZeroCopyState.COPY_FALLBACK:
+            if self._probing():
+                self.reason = "the kernel reported a zero-copy send as sent from our pages"
                 self.state = ZeroCopyState.ZEROCOPY
-                self.reason = "re-probe saw zero-copy"
             return
         self._probe_in_flight = False
         self._copied_streak += ids
-        if self.state is ZeroCopyState.ZEROCOPY and self._copied_streak >= self.options.fallback_after:
+        learning = self.state in (ZeroCopyState.ZEROCOPY, ZeroCopyState.PROBING)
+        if learning and self._copied_streak >= self.options.fallback_after:
             self.state = ZeroCopyState.COPY_FALLBACK
             self.reason = (
                 f"kernel reported {self._copied_streak} consecutive zero-copy sends copied "
