@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 from . import _kernel
 from .completions import Completion, CompletionTracker, WriteHandle, range_length
@@ -175,7 +175,7 @@ class ZeroCopyTransportBase:
         # Always called, even if the transport was closed meanwhile: asyncio promises
         # connection_made() before connection_lost(), which is scheduled after this.
         try:
-            self._protocol.connection_made(self)
+            self._protocol.connection_made(cast(asyncio.BaseTransport, self))
         finally:
             # Set even if connection_made() raised, or whoever awaits the new transport would hang.
             if waiter is not None and not waiter.done():

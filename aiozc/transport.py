@@ -16,7 +16,7 @@ import os
 import socket
 import stat
 import struct
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 from .base import TransportOptions, ZeroCopyTransportBase, byte_view, logger
 from .completions import Completion, WriteHandle
@@ -92,7 +92,7 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> None:
-        self._queue: collections.deque[_Segment] = collections.deque()
+        self._queue: collections.deque[_Segment | _FileSegment] = collections.deque()
         self._eof_received = False
         self._hup = False
         self._eof = False
@@ -326,7 +326,8 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
                 return False
             self._queue.popleft()
             return True
-        return self._advance_held(seg, self._send_chunk(seg.write, seg.data[seg.offset :]))
+        held = cast(memoryview, seg.data)  # held segments keep the caller's buffer view
+        return self._advance_held(seg, self._send_chunk(seg.write, held[seg.offset :]))
 
     def _advance_held(self, seg: _Segment, sent: int) -> bool:
         """``sent`` bytes of the held head segment went out; True if it is done."""
@@ -346,7 +347,7 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             self._update_mask()  # the socket was full (-EAGAIN): EPOLLOUT resumes flushing
             return
         seg = self._queue[0]
-        assert seg.write is write, "a zero-copy result must belong to the head segment"
+        assert isinstance(seg, _Segment) and seg.write is write, "result of another segment"
         self._advance_held(seg, sent)
         self._flush()
 

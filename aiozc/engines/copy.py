@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 
 class CopyEngine:
@@ -12,7 +13,7 @@ class CopyEngine:
         return "engine='copy' was chosen"
 
     def send(
-        self, sock: socket.socket, data: memoryview, *, zerocopy: bool, address: object | None = None
+        self, sock: socket.socket, data: memoryview, *, zerocopy: bool, address: Any = None
     ) -> int:
         if address is None:
             return sock.send(data)

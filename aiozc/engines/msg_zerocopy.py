@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 from .._kernel import MSG_ZEROCOPY, enable_zerocopy
 
@@ -14,7 +15,7 @@ class MsgZeroCopyEngine:
         return enable_zerocopy(sock)
 
     def send(
-        self, sock: socket.socket, data: memoryview, *, zerocopy: bool, address: object | None = None
+        self, sock: socket.socket, data: memoryview, *, zerocopy: bool, address: Any = None
     ) -> int:
         flags = MSG_ZEROCOPY if zerocopy else 0
         if address is None:
