@@ -23,7 +23,7 @@ from typing import Any
 
 import aiozc
 
-from ._benchkit import FlowControlledSender, run_on
+from ._benchkit import FlowControlledSender, pin_to_cpu, run_on
 
 _POOL = 64 << 20
 _HIGH_WATER = 1 << 20
@@ -31,7 +31,7 @@ _HIGH_WATER = 1 << 20
 
 def _receiver(listener: socket.socket, rounds: int) -> None:
     """Accept one connection per measurement; count bytes; answer one byte at the end."""
-    _pin_to_cpu(1)
+    pin_to_cpu(1)
     buf = bytearray(4 << 20)
     view = memoryview(buf)
     for _ in range(rounds):
@@ -45,14 +45,6 @@ def _receiver(listener: socket.socket, rounds: int) -> None:
                     break
                 got += n
             conn.sendall(b"k" if got == expected else b"!")
-
-
-def _pin_to_cpu(index: int) -> None:
-    """Sender and receiver each on a core of their own, when there are two: the scheduler
-    moving them around was the largest source of run-to-run spread (measured)."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        os.sched_setaffinity(0, {cpus[index]})
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -142,7 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     receiver = ctx.Process(target=_receiver, args=(listener, runs), daemon=True)
     receiver.start()
     listener.close()
-    _pin_to_cpu(0)
+    pin_to_cpu(0)
     samples: dict[tuple[int, str], list[dict[str, Any]]] = {}
     try:
         for size in sizes:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from ._benchkit import run_on
+from ._benchkit import pin_to_cpu, run_on
 
 MiB = 1 << 20
 
@@ -116,6 +116,7 @@ async def _run_client(port: int, path: str, clients: int, rounds: int, size: int
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CLIENT, "127.0.0.1", str(port), path, str(clients), str(rounds),
         str(size), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: pin_to_cpu(1),
     )
     out, err = await proc.communicate()
     if proc.returncode != 0:
@@ -247,6 +248,7 @@ def _target(ratios: dict[str, float], which: Callable[[str], bool], floor: float
 def run(args: Any) -> dict[str, Any]:
     """Run the benchmark, print the table, return the numbers (cases, ratios, targets)."""
     opts = _options(args)
+    pin_to_cpu(0)  # the server; each client process goes on the other core
     with tempfile.TemporaryDirectory(prefix="aiozc-bench-web-") as tmp:
         body, file = _make_inputs(opts.size_mib * MiB, Path(tmp))
         cases: list[Case] = []
