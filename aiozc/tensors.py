@@ -626,7 +626,8 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         waiter = self._waiter
         if waiter is not None and waiter.future.done():  # its recv() was cancelled
             waiter = self._waiter = None
-        if waiter is not None:
+        # Frames read ahead come first: a waiter takes the new frame only when none wait.
+        if waiter is not None and not self._ready:
             try:
                 waiter.dest.check(header)
             except ValueError as exc:
