@@ -460,17 +460,23 @@ class ZeroCopyTransportBase:
             ident = self._tracker.on_sent(write, sent, zerocopy=zerocopy)
         self._policy.on_sent(sent, zerocopy=zerocopy)
         if zerocopy:
-            self.stats.zc_sends += 1
-            self.stats.zc_bytes += sent
-            pinned = self._tracker.pinned_bytes
-            self.stats.pinned_bytes = pinned
-            if pinned > self.stats.peak_pinned_bytes:
-                self.stats.peak_pinned_bytes = pinned
+            self._count_zc_sends(1, sent)
             self._zc_since_drain += 1
         else:
             self.stats.copy_sends += 1
             self.stats.copy_bytes += sent
         return ident
+
+    def _count_zc_sends(self, calls: int, nbytes: int) -> int:
+        """Stats for ``calls`` zero-copy send calls (already in the tracker) that moved
+        ``nbytes``; returns the pinned bytes now."""
+        stats = self.stats
+        stats.zc_sends += calls
+        stats.zc_bytes += nbytes
+        pinned = stats.pinned_bytes = self._tracker.pinned_bytes
+        if pinned > stats.peak_pinned_bytes:
+            stats.peak_pinned_bytes = pinned
+        return pinned
 
     def _close_write(self, write: WriteHandle) -> None:
         self._resolve(self._tracker.close_write(write))

@@ -555,14 +555,8 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             sock.send(view, _kernel.MSG_ZEROCOPY)
         except OSError as exc:
             return self._fast_send_failed(_Datagram(view, self._address, future, True), exc, True)
-        tracker = self._tracker
         done = self._sent_whole(_Held(future, view), nbytes, zerocopy=True)
-        stats = self.stats
-        stats.zc_sends += 1
-        stats.zc_bytes += nbytes
-        pinned = stats.pinned_bytes = tracker.pinned_bytes
-        if pinned > stats.peak_pinned_bytes:
-            stats.peak_pinned_bytes = pinned
+        pinned = self._count_zc_sends(1, nbytes)
         if done:
             self._resolve(done)
         if not self._protocol_paused and self._queued + pinned > self._high_water:
@@ -697,11 +691,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             if zerocopy:
                 # Every datagram of a zero-copy run is >= zc_threshold >= 1 byte: one id each.
                 on_sent_many(write, nbytes, sent)
-                stats.zc_sends += sent
-                stats.zc_bytes += nbytes
-                pinned = stats.pinned_bytes = tracker.pinned_bytes
-                if pinned > stats.peak_pinned_bytes:
-                    stats.peak_pinned_bytes = pinned
+                self._count_zc_sends(sent, nbytes)
                 self._zc_since_drain += sent
             else:
                 if nbytes:
@@ -1023,12 +1013,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             view[:], self._datagram_zc_result, self._on_zc_released, held, ident, nbytes
         )
         self._sent_whole(held, nbytes, zerocopy=True)  # [] : its id is outstanding
-        stats = self.stats
-        stats.zc_sends += 1
-        stats.zc_bytes += nbytes
-        pinned = stats.pinned_bytes = tracker.pinned_bytes
-        if pinned > stats.peak_pinned_bytes:
-            stats.peak_pinned_bytes = pinned
+        pinned = self._count_zc_sends(1, nbytes)
         if not self._protocol_paused and self._queued + pinned > self._high_water:
             self._maybe_pause_protocol()
         self._zc_since_drain += 1
@@ -1067,12 +1052,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         chunks = [memoryview(buf) for buf in batch.bufs[:count]]
         self._engine.submit_zc_many(chunks, self._datagram_zc_result,  # type: ignore[attr-defined]
                                     self._on_zc_released, (batch, first), first)
-        stats = self.stats
-        stats.zc_sends += count
-        stats.zc_bytes += nbytes
-        pinned = stats.pinned_bytes = tracker.pinned_bytes
-        if pinned > stats.peak_pinned_bytes:
-            stats.peak_pinned_bytes = pinned
+        self._count_zc_sends(count, nbytes)
         self._batch_step(batch, count)
         return count
 
