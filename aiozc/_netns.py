@@ -43,7 +43,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import cffi
+import cffi  # type: ignore[import-untyped]
 
 __all__ = [
     "NetNamespace",
@@ -76,7 +76,7 @@ OPTMEM_NO_ZEROCOPY = 0
 
 _CMD_TIMEOUT = 30.0
 
-_ffi = cffi.FFI()
+_ffi: Any = cffi.FFI()  # cffi has no stubs
 _ffi.cdef("int setns(int fd, int nstype);")
 _libc: Any = None
 _libc_lock = threading.Lock()
@@ -325,9 +325,9 @@ class NetNamespace:
         finally:
             self._procs.clear()
             if self._created:
-                proc = _ip("netns", "del", self.name, check=False)
-                if proc.returncode != 0 and self.name in list_namespaces():
-                    raise NetnsError(f"ip netns del {self.name}: {proc.stderr.strip()}")
+                deleted = _ip("netns", "del", self.name, check=False)
+                if deleted.returncode != 0 and self.name in list_namespaces():
+                    raise NetnsError(f"ip netns del {self.name}: {deleted.stderr.strip()}")
             _live.pop(self.name, None)
 
     def __enter__(self) -> "NetNamespace":

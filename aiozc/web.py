@@ -23,13 +23,12 @@ each one per site (nothing global is patched):
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import fields
-from typing import Any, Optional, Union
+from typing import IO, Any, Optional, TypeGuard, Union, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -77,7 +76,7 @@ def _nbytes(chunk: BufferLike) -> int:
     return chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
 
 
-def _immutable_view_of_bytes(chunk: BufferLike) -> bool:
+def _immutable_view_of_bytes(chunk: BufferLike) -> TypeGuard[memoryview]:
     """A memoryview over exact ``bytes``: nobody can change it, so pinning it is safe."""
     return isinstance(chunk, memoryview) and type(chunk.obj) is bytes and chunk.c_contiguous
 
@@ -93,9 +92,10 @@ def _send_chunk(transport: asyncio.Transport, chunk: BufferLike) -> None:
     """Queue one chunk in order, keeping immutable data zero-copy-eligible."""
     if _immutable_view_of_bytes(chunk):
         view: memoryview = chunk
-        if view.nbytes == len(view.obj):
+        obj = cast(bytes, view.obj)  # exact bytes, checked above
+        if view.nbytes == len(obj):
             # The whole object: the transport's own exact-bytes rule applies.
-            transport.write(view.obj)
+            transport.write(obj)
         elif view.nbytes < _SMALL_SLICE:
             transport.write(view)  # copying a few pages beats tracking a completion
         else:
@@ -291,7 +291,7 @@ class _SendfileHook:
     async def __call__(
         self,
         transport: asyncio.WriteTransport,
-        file: io.BufferedIOBase,
+        file: IO[bytes],
         offset: int = 0,
         count: Optional[int] = None,
         *,
@@ -377,7 +377,9 @@ class ZeroCopySite(web.BaseSite):
         assert server is not None
         handler = server()
         # Per connection, not per app: stock sites of the same runner keep aiohttp's writer.
-        handler._request_factory = _wrap_request_factory(handler._request_factory)
+        factory = handler._request_factory
+        assert factory is not None  # only cleared when the connection is lost
+        handler._request_factory = _wrap_request_factory(factory)
         return handler
 
     async def start(self) -> None:
@@ -422,7 +424,9 @@ def _make_sites(
     reuse_port: Optional[bool],
     transport_options: dict[str, Any],
 ) -> list[web.BaseSite]:
-    common = dict(backlog=backlog, reuse_address=reuse_address, reuse_port=reuse_port)
+    common: dict[str, Any] = dict(
+        backlog=backlog, reuse_address=reuse_address, reuse_port=reuse_port
+    )
     sites: list[web.BaseSite] = []
     hosts: list[Optional[str]] = [host] if isinstance(host, str) or host is None else list(host)
     if host is not None or (path is None and sock is None) or port is not None:
