@@ -398,13 +398,15 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         pin = _mmsg.pin
         pins: list[Any] = []
         try:
-            for buf in objs:
-                try:
-                    pins.append(pin(buf))
-                except (TypeError, BufferError):
-                    byte_view(buf).release()  # raises the error sendto_zc() would
-                    raise
-            sizes = [len(p) for p in pins]
+            try:
+                pins = list(map(pin, objs))
+            except (TypeError, BufferError):
+                # The pins made before the bad buffer died with the list: find it, and raise
+                # the error sendto_zc() would.
+                for buf in objs:
+                    byte_view(buf).release()
+                raise
+            sizes = list(map(len, pins))
             biggest = max(sizes, default=0)
             if self._max_size is not None and biggest > self._max_size:
                 raise ValueError(
@@ -1036,22 +1038,28 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         threshold = self._options.zc_threshold
         budget = self._options.max_pinned_bytes - tracker.pinned_bytes
         sizes = batch.sizes
-        count = nbytes = 0
-        for size in sizes:  # as for single datagrams: zero-copy while below the pinned cap
-            if size < threshold or budget <= 0:
-                break
-            budget -= size
-            nbytes += size
-            count += 1
-        if not count:
-            return 0
+        total = sum(sizes)
+        if sizes and min(sizes) >= threshold and total - sizes[-1] < budget:
+            count, nbytes = len(sizes), total  # all of them (the loop below, in C)
+        else:
+            count = nbytes = 0
+            for size in sizes:  # as for single datagrams: zero-copy while below the pinned cap
+                if size < threshold or budget <= 0:
+                    break
+                budget -= size
+                nbytes += size
+                count += 1
+            if not count:
+                return 0
         first = tracker.next_id
         write = batch.write
         tracker.on_sent_many(write, nbytes, count)
-        # The engine's own views: each holds an export until its notification.
-        chunks = [memoryview(buf) for buf in batch.bufs[:count]]
-        self._engine.submit_zc_many(chunks, self._datagram_zc_result,  # type: ignore[attr-defined]
-                                    self._on_zc_released, (batch, first), first)
+        # The engine takes these pins over and ends them at the notifications: the batch may
+        # resolve or fail earlier (abort), the kernel's references must not end with it.
+        pins, batch.pins = batch.pins[:count], batch.pins[count:]
+        self._engine.submit_zc_many(pins, sizes[:count],  # type: ignore[attr-defined]
+                                    self._datagram_zc_result, self._on_zc_released,
+                                    (batch, first), first)
         self._count_zc_sends(count, nbytes)
         self._batch_step(batch, count)
         return count
