@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
@@ -113,6 +115,7 @@ class ZeroCopyTransportBase:
         extra: dict[str, Any] | None = None,
     ) -> None:
         self._loop = loop
+        self._make_future = _future_factory(loop)
         self._sock = sock
         self._fd = sock.fileno()
         self._protocol = protocol
@@ -578,7 +581,7 @@ class ZeroCopyTransportBase:
     # -- helpers for subclasses ------------------------------------------------------------
 
     def _new_future(self) -> asyncio.Future[Completion]:
-        return self._loop.create_future()
+        return self._make_future()
 
     def _done_future(self, completion: Completion) -> asyncio.Future[Completion]:
         future = self._loop.create_future()
@@ -602,3 +605,11 @@ def _safe_name(getter: Any) -> Any:
         return getter()
     except OSError:
         return None
+
+
+def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
+    """``loop.create_future``, minus its Python frame when the loop does not override it
+    (asyncio's own loops: ~15% of a future's cost, which a datagram hot path pays per call)."""
+    if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+        return functools.partial(asyncio.Future, loop=loop)
+    return loop.create_future

@@ -159,6 +159,16 @@ _MAX_BATCH = _mmsg.MAX_BATCH
 _EACH: dict[tuple[int, bool], Completion] = {}
 
 
+def _each(size: int, zerocopy: bool) -> Completion:
+    """The (shared, immutable) Completion of one datagram of a coalesced flush."""
+    each = _EACH.get((size, zerocopy))
+    if each is None:
+        if len(_EACH) >= 4096:
+            _EACH.clear()
+        each = _EACH[size, zerocopy] = Completion(size, zerocopy, int(zerocopy), 0)
+    return each
+
+
 class _FanOut:
     """The future of a ``coalesce_zc`` flush's batch: settles each sendto_zc() future of it."""
 
@@ -175,18 +185,18 @@ class _FanOut:
     def set_result(self, completion: Completion) -> None:
         self._done = True
         zerocopy = completion.zerocopy
-        by_size: dict[int, Completion] = {}  # usually one size
-        for future, size in zip(self.futures, self.sizes):
-            each = by_size.get(size)
-            if each is None:
-                each = _EACH.get((size, zerocopy))
-                if each is None:
-                    if len(_EACH) >= 4096:
-                        _EACH.clear()
-                    each = _EACH[size, zerocopy] = Completion(size, zerocopy, int(zerocopy), 0)
-                by_size[size] = each
+        sizes = self.sizes
+        if sizes and sizes.count(sizes[0]) == len(sizes):  # the usual case: one size
+            each = _each(sizes[0], zerocopy)
+            for future in self.futures:
+                try:
+                    future.set_result(each)
+                except asyncio.InvalidStateError:  # cancelled (cheaper than done() each time)
+                    pass
+            return
+        for future, size in zip(self.futures, sizes):
             if not future.done():
-                future.set_result(each)
+                future.set_result(_each(size, zerocopy))
 
     def set_exception(self, exc: BaseException) -> None:
         self._done = True
@@ -251,7 +261,6 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         self._coalesce = coalesce_zc
         self._co_objs: list[Any] = []
         self._co_pins: list[Any] = []
-        self._co_sizes: list[int] = []
         self._co_futures: list[asyncio.Future[Completion]] = []
         self._co_bytes = 0
         self._co_room = 0
@@ -343,7 +352,26 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         the call: see :meth:`_sendto_zc_coalesced`.
         """
         if self._coalesce:
-            if addr is None and self._connected and self._fast_max:
+            if addr is None and self._connected and self._fast_max and not self._closing:
+                # _sendto_zc_coalesced()'s common case, inline: it is all the Python work such
+                # a datagram costs before the flush (~1 us of ~4.3 us at 64000 B, measured).
+                try:
+                    pin = _pin(buf)
+                except (TypeError, BufferError):
+                    return self._sendto_zc_coalesced(buf)  # raises the error sendto_zc() would
+                nbytes = len(pin)
+                if nbytes <= self._fast_max and self._co_handle is not None and (
+                    len(self._co_pins) < _MAX_BATCH - 1
+                ):
+                    future = self._make_future()
+                    self._co_pins.append(pin)
+                    self._co_objs.append(buf)
+                    self._co_futures.append(future)
+                    self._co_bytes += nbytes
+                    if self._co_bytes > self._co_room and not self._protocol_paused:
+                        self._maybe_pause_protocol()  # which checks the exact size
+                    return future
+                _mmsg.unpin(pin)
                 return self._sendto_zc_coalesced(buf)
             self._flush_coalesced()
         if addr is None:
@@ -469,11 +497,10 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             raise ValueError(
                 f"datagram of {nbytes} bytes exceeds the {self._max_size}-byte UDP payload limit"
             )
-        future = self._loop.create_future()
+        future = self._make_future()
         pins = self._co_pins
         pins.append(pin)
         self._co_objs.append(buf)
-        self._co_sizes.append(nbytes)
         self._co_futures.append(future)
         self._co_bytes += nbytes
         if self._co_handle is None:
@@ -494,9 +521,10 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             handle.cancel()  # harmless when it is the callback running now
         if not self._co_pins:
             return
-        objs, pins, sizes, futures = self._co_objs, self._co_pins, self._co_sizes, self._co_futures
-        self._co_objs, self._co_pins, self._co_sizes, self._co_futures = [], [], [], []
+        objs, pins, futures = self._co_objs, self._co_pins, self._co_futures
+        self._co_objs, self._co_pins, self._co_futures = [], [], []
         self._co_bytes = 0
+        sizes = list(map(len, pins))
         if self._sock is None:  # pragma: no cover - _fail_pending emptied the lists first
             return
         self._send_batch(_Batch(_FanOut(futures, sizes), objs, pins, sizes), self._address)  # type: ignore[arg-type]
@@ -506,7 +534,7 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             self._co_handle.cancel()
             self._co_handle = None
         pins, futures = self._co_pins, self._co_futures
-        self._co_objs, self._co_pins, self._co_sizes, self._co_futures = [], [], [], []
+        self._co_objs, self._co_pins, self._co_futures = [], [], []
         self._co_bytes = 0
         for pin in pins:
             _mmsg.unpin(pin)
