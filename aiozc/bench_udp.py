@@ -22,6 +22,9 @@ the cache when a copying send reads it):
   the sendto_zc rows stay the per-datagram figures.
 * aiozc sendto_zc coalesced: the sendto_zc case on a transport made with ``coalesce_zc=True``
   (each datagram still its own call and future, sent by one sendmmsg per loop iteration).
+* "io_uring" rows: the same three API cases with ``engine="io_uring"`` (IORING_OP_SEND_ZC), and
+  "fixed" ones sending slices of an ``aiozc.BufferPool`` registered with the loop's ring; their
+  "vs MSG_ZC" column compares them with the same API on MSG_ZEROCOPY, same loop.
 
 Reported: GB/s (1e9 bytes / wall second), CPU seconds per GB (user + system of the sending process:
 ifb transmits in the sender's context, so the kernel's share is counted too), ratios, and for aiozc
@@ -67,6 +70,10 @@ VARIANTS: tuple[tuple[str, str, str | None], ...] = (
     ("aiozc sendto_zc io_uring (uvloop)", "aiozc+uring", "uvloop"),
     ("aiozc sendto_zc io_uring fixed (asyncio loop)", "aiozc+uring-fixed", "asyncio"),
     ("aiozc sendto_zc io_uring fixed (uvloop)", "aiozc+uring-fixed", "uvloop"),
+    ("aiozc sendto_zc coalesced io_uring (asyncio loop)", "aiozc-coalesce+uring", "asyncio"),
+    ("aiozc sendto_zc coalesced io_uring (uvloop)", "aiozc-coalesce+uring", "uvloop"),
+    ("aiozc sendto_zc coalesced io_uring fixed (asyncio loop)", "aiozc-coalesce+uring-fixed", "asyncio"),
+    ("aiozc sendto_zc coalesced io_uring fixed (uvloop)", "aiozc-coalesce+uring-fixed", "uvloop"),
     ("aiozc sendto_zc_many io_uring (asyncio loop)", "aiozc-many+uring", "asyncio"),
     ("aiozc sendto_zc_many io_uring (uvloop)", "aiozc-many+uring", "uvloop"),
     ("aiozc sendto_zc_many io_uring fixed (asyncio loop)", "aiozc-many+uring-fixed", "asyncio"),
@@ -75,7 +82,14 @@ VARIANTS: tuple[tuple[str, str, str | None], ...] = (
 # Case kinds that are aiozc transports (ratios, error-queue reads per zero-copy send).
 AIOZC_KINDS = ("aiozc", "aiozc-coalesce", "aiozc-many")
 # io_uring cases: "<aiozc kind>+uring[-fixed]", compared with the same API on MSG_ZEROCOPY.
-URING_KINDS = tuple(f"{k}+uring{f}" for k in ("aiozc", "aiozc-many") for f in ("", "-fixed"))
+URING_KINDS = tuple(
+    f"{k}+uring{f}" for k in ("aiozc", "aiozc-coalesce", "aiozc-many") for f in ("", "-fixed")
+)
+# The per-datagram API (one sendto_zc() call and one future per datagram), in each of its
+# modes and engines: what the 1.6x target is about.
+SENDTO_ZC_KINDS = ("aiozc", "aiozc-coalesce") + tuple(
+    k for k in URING_KINDS if not k.startswith("aiozc-many")
+)
 TARGET_URING_VS_MSG_ZEROCOPY = 1.2
 
 TARGET_RATIO_AT_64000 = 1.6
@@ -395,14 +409,34 @@ def _summary(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, bo
         r["errq_reads_per_zc_send"] for r in rows if r["kind"] in AIOZC_KINDS and "errq_reads_per_zc_send" in r
     ]
     targets: dict[str, bool] = {}
+    # The best sendto_zc() mode on each loop (MSG_ZEROCOPY or io_uring, sent during the call
+    # or coalesced per loop iteration): the per-datagram API against stock sendto().
+    best_sendto_zc: dict[str, dict[str, Any]] = {}
+    for row in big:
+        if row["kind"] in SENDTO_ZC_KINDS and "vs_stock_same_loop" in row:
+            held = best_sendto_zc.get(row["loop"])
+            if held is None or row["vs_stock_same_loop"] > held["vs_stock_same_loop"]:
+                best_sendto_zc[row["loop"]] = row
+    for loop, row in sorted(best_sendto_zc.items()):
+        ratios[f"64000 B best sendto_zc mode/stock GB/s ({loop}): {row['series']}"] = row[
+            "vs_stock_same_loop"
+        ]
+    if best_sendto_zc:
+        targets[
+            f"64000 B aiozc sendto_zc (one call, one future per datagram; best mode) >= "
+            f"{TARGET_RATIO_AT_64000}x stock on each loop, in GB/s and CPU efficiency"
+        ] = all(
+            min(r["vs_stock_same_loop"], r["cpu_vs_stock_same_loop"]) >= TARGET_RATIO_AT_64000
+            for r in best_sendto_zc.values()
+        )
     if per_loop:
-        targets[f"64000 B aiozc >= {TARGET_RATIO_AT_64000}x stock on each loop"] = min(per_loop) >= TARGET_RATIO_AT_64000
+        targets[f"64000 B aiozc sendto_zc sent during the call (MSG_ZEROCOPY) >= {TARGET_RATIO_AT_64000}x stock on each loop"] = min(per_loop) >= TARGET_RATIO_AT_64000
     if coalesced:
-        targets[f"64000 B aiozc sendto_zc coalesced >= {TARGET_RATIO_AT_64000}x stock on each loop"] = (
+        targets[f"64000 B aiozc sendto_zc coalesced (MSG_ZEROCOPY) >= {TARGET_RATIO_AT_64000}x stock on each loop"] = (
             min(coalesced) >= TARGET_RATIO_AT_64000
         )
     if many:
-        targets[f"64000 B aiozc sendto_zc_many >= {TARGET_RATIO_AT_64000}x stock on each loop"] = (
+        targets[f"64000 B aiozc sendto_zc_many (MSG_ZEROCOPY) >= {TARGET_RATIO_AT_64000}x stock on each loop"] = (
             min(many) >= TARGET_RATIO_AT_64000
         )
     if reads:
@@ -417,11 +451,14 @@ def _summary(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, bo
         # Judged on both wall clock and CPU time: on two shared cores a neighbour can slow one
         # row's wall clock alone (seen: a MSG_ZEROCOPY row at 0.82x of stock GB/s with the
         # same CPU s/GB as the other loop's 1.12x), which is no win for io_uring.
-        best = max(min(r["vs_msg_zerocopy"], r["cpu_vs_msg_zerocopy"]) for r in uring)
+        best: dict[str, float] = {}  # per loop: the best io_uring row
+        for r in uring:
+            worse = min(r["vs_msg_zerocopy"], r["cpu_vs_msg_zerocopy"])
+            best[r["loop"]] = max(best.get(r["loop"], 0.0), worse)
         targets[
             f"64000 B aiozc io_uring >= {TARGET_URING_VS_MSG_ZEROCOPY}x MSG_ZEROCOPY, same API and "
-            "loop, in GB/s and CPU efficiency (best row)"
-        ] = best >= TARGET_URING_VS_MSG_ZEROCOPY
+            "loop, in GB/s and CPU efficiency (best row on each loop)"
+        ] = min(best.values()) >= TARGET_URING_VS_MSG_ZEROCOPY
     lost = [r for r in rows if r["sink_rx"] != r["datagrams"]]
     targets["every datagram reached the sink"] = not lost
     return ratios, targets
@@ -435,8 +472,8 @@ def print_table(result: dict[str, Any]) -> None:
         f", sendto_zc_many batch {opts.get('batch', DEFAULT_BATCH)}"
     )
     header = (
-        f"{'size':>7}  {'series':<42}{'GB/s':>7}{'CPU s/GB':>10}{'vs stock':>10}{'CPU vs':>8}"
-        f"{'zc sends':>10}{'errq/zc':>9}"
+        f"{'size':>7}  {'series':<56}{'GB/s':>7}{'CPU s/GB':>10}{'vs stock':>10}{'CPU vs':>8}"
+        f"{'vs MSG_ZC':>11}{'zc sends':>10}{'errq/zc':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -446,13 +483,14 @@ def print_table(result: dict[str, Any]) -> None:
         cpu_ratio = f"{row['cpu_vs_stock_same_loop']:.2f}x" if mine else ""
         zc = f"{row['zc_sends']}" if "zc_sends" in row else ""
         errq = f"{row['errq_reads_per_zc_send']:.4f}" if "errq_reads_per_zc_send" in row else ""
+        vs_zc = f"{row['vs_msg_zerocopy']:.2f}x" if "vs_msg_zerocopy" in row else ""
         print(
-            f"{row['size']:>7}  {row['series']:<42}{row['gbps']:>7.2f}{row['cpu_s_per_gb']:>10.3f}"
-            f"{ratio:>10}{cpu_ratio:>8}{zc:>10}{errq:>9}"
+            f"{row['size']:>7}  {row['series']:<56}{row['gbps']:>7.2f}{row['cpu_s_per_gb']:>10.3f}"
+            f"{ratio:>10}{cpu_ratio:>8}{vs_zc:>11}{zc:>10}{errq:>9}"
         )
     print()
     for name, value in result["ratios"].items():
-        print(f"  {name:<56}{value:>6.2f}x")
+        print(f"  {name:<88}{value:>6.2f}x")
     for name, ok in result["targets"].items():
         print(f"target {name}: {'met' if ok else 'MISSED'}")
 
