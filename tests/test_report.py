@@ -53,3 +53,29 @@ def test_bar_plot_for_named_workloads_without_series(tmp_path: Path) -> None:
 
 def test_no_rows_means_json_only(tmp_path: Path) -> None:
     assert [p.name for p in write_report(tmp_path, "empty", {"x": 1})] == ["empty.json"]
+
+
+def test_udp_sink_two_panel_plot_and_replot_from_json(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from aiozc.report import main, replot
+
+    kinds = [("raw sendto", "raw", "-", 1.0), ("asyncio stock", "stock", None, 1.0),
+             ("aiozc sendto_zc", "aiozc", None, 1.2), ("aiozc sendto_zc io_uring", "aiozc+uring", None, 1.3),
+             ("aiozc sendto_zc_many io_uring fixed", "aiozc-many+uring-fixed", None, 2.0)]
+    rows = [
+        {"size": s, "series": name if loop == "-" else f"{name} ({lp})", "kind": kind,
+         "loop": loop or lp, "gbps": g * s / 4096}
+        for s in (4096, 16384, 64000) for lp in ("asyncio loop", "uvloop")
+        for name, kind, loop, g in kinds if loop != "-" or lp == "uvloop"
+    ]
+    written = write_report(tmp_path, "udp-sink", {"rows": rows, "plot": {"title": "t"}})
+    png = written[1]
+    first = png.read_bytes()
+    png.unlink()
+    assert replot(written[0]) == png and png.read_bytes() == first
+    png.unlink()
+    main([str(written[0])])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"x": 1}))
+    assert replot(empty) is None
