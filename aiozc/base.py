@@ -116,6 +116,7 @@ class ZeroCopyTransportBase:
     ) -> None:
         self._loop = loop
         self._make_future = _future_factory(loop)
+        self._copy_completions: dict[int, Completion] = {}
         self._sock = sock
         self._fd = sock.fileno()
         self._protocol = protocol
@@ -579,6 +580,17 @@ class ZeroCopyTransportBase:
             self._protocol = None  # type: ignore[assignment]
 
     # -- helpers for subclasses ------------------------------------------------------------
+
+    def _copy_completion(self, nbytes: int) -> Completion:
+        # Completions are immutable and those of copied writes differ only by size: share
+        # them (building a frozen dataclass costs ~0.35 us, measured; per write that is ~2% of
+        # a 64 KiB send).
+        completion = self._copy_completions.get(nbytes)
+        if completion is None:
+            if len(self._copy_completions) >= 64:
+                self._copy_completions.clear()
+            completion = self._copy_completions[nbytes] = Completion(nbytes, False)
+        return completion
 
     def _new_future(self) -> asyncio.Future[Completion]:
         return self._make_future()

@@ -274,7 +274,7 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             future.set_exception(ConnectionResetError("connection lost during write_zc()"))
         else:
             self.stats.copy_writes += 1
-            future.set_result(Completion(sent, False))
+            future.set_result(self._copy_completion(sent))
 
     def _enqueue_copy(self, data: bytes | bytearray | memoryview) -> None:
         view = byte_view(data) if isinstance(data, memoryview) else memoryview(data)
