@@ -96,24 +96,24 @@ async def until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-unt
 # --- engine selection ---------------------------------------------------------------------
 
 
-async def test_auto_picks_io_uring_only_for_measured_socket_types(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import aiozc.engines as engines
-
+async def test_auto_picks_io_uring_for_udp_only_once_a_pool_is_registered() -> None:
     loop = asyncio.get_running_loop()
     with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        # measured: io_uring is not faster for either (see aiozc/engines/__init__.py)
+        # measured: without fixed buffers io_uring is not faster (see aiozc/engines/__init__.py)
         for sock in (tcp, udp):
             assert isinstance(get_engine("auto", sock=sock, loop=loop, async_capable=True),
                               MsgZeroCopyEngine)
-        monkeypatch.setattr(engines, "AUTO_IO_URING_TYPES", frozenset({socket.SOCK_DGRAM}))
+        with BufferPool(4096, 4) as pool:
+            assert pool.register(loop)
+            assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True),
+                              IoUringEngine)
+            assert isinstance(get_engine("auto", sock=tcp, loop=loop, async_capable=True),
+                              MsgZeroCopyEngine)
+            # a transport that cannot drive async sends never gets io_uring
+            assert isinstance(get_engine("auto", sock=udp, loop=loop), MsgZeroCopyEngine)
+        # the pool closed: back to MSG_ZEROCOPY
         assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True),
-                          IoUringEngine)
-        assert isinstance(get_engine("auto", sock=tcp, loop=loop, async_capable=True),
                           MsgZeroCopyEngine)
-        # a transport that cannot drive async sends never gets io_uring
-        assert isinstance(get_engine("auto", sock=udp, loop=loop), MsgZeroCopyEngine)
         with pytest.raises(EngineUnavailable, match="not supported by this transport"):
             get_engine("io_uring", sock=udp, loop=loop)
     with pytest.raises(ValueError, match="io_uring"):
@@ -137,13 +137,13 @@ async def test_unavailable_io_uring_raises_at_creation_and_auto_falls_back(
     finally:
         peer.close()
         listener.close()
-    import aiozc.engines as engines
-
-    monkeypatch.setattr(engines, "AUTO_IO_URING_TYPES", frozenset({socket.SOCK_DGRAM}))
     loop = asyncio.get_running_loop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True),
-                          MsgZeroCopyEngine)
+        # BufferPool.register() is refused without io_uring, so no pool can make auto pick it
+        with BufferPool(4096, 4) as pool:
+            assert not pool.register(loop)
+            assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True),
+                              MsgZeroCopyEngine)
     assert await ring_closed()
 
 

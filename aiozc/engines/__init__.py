@@ -15,25 +15,22 @@ Choosing an engine (``engine=`` transport option)
   :class:`EngineUnavailable` at transport creation, with the probe's reason: a caller who
   names an engine wants to know, not to benchmark the wrong one.
 * ``"copy"``: plain copying sends.
-* ``"auto"`` (default): io_uring for the socket types in :data:`AUTO_IO_URING_TYPES` when
-  the probe says it works and the transport can drive it; MSG_ZEROCOPY otherwise, silently.
-  The set is empty: io_uring was not faster in any case measured (kernel 6.18, CPython 3.11,
-  uvloop, 2 shared cores; GB/s, medians of interleaved runs):
+* ``"auto"`` (default): io_uring for a datagram socket (:data:`AUTO_IO_URING_TYPES`) on a
+  loop where an :class:`~aiozc.buffers.BufferPool` is registered, when the probe says io_uring
+  works and the transport can drive it; MSG_ZEROCOPY otherwise, silently. Measured (kernel
+  6.18, CPython 3.11, 2 shared cores; ``python -m aiozc bench udp-sink``, 64000 B datagrams into
+  the ifb sink, median of 3, same API and loop on both engines):
 
-  - TCP loopback, 512 MiB of write_zc: with the default copy fallback both engines end up
-    sending by plain copy (every zero-copy send on one host is reported copied): 64 KiB
-    writes 2.94 (MSG_ZEROCOPY) vs 3.05 (io_uring), 1 MiB 3.86 vs 4.57 -- noise-level. With
-    zero-copy forced on every send: 64 KiB 1.82 vs 1.19 (0.65x: one SEND_ZC in flight per
-    socket costs a loop iteration per write), 1 MiB 1.89 vs 2.14.
-  - UDP into the ifb sink, 64000 B datagrams (true zero-copy), same API and loop on both
-    engines (``python -m aiozc bench udp-sink``, median of 3, uvloop; asyncio's loop within
-    2%): sendto_zc 10.7 (MSG_ZEROCOPY) vs 8.9 (io_uring, 0.83x; BufferPool fixed buffers
-    10.0, 0.93x), sendto_zc_many 17.1 vs 12.9 (0.76x; fixed buffers 14.9, 0.87x). CPU per
-    GB gives the same ratios. The kernel side of io_uring is cheaper (~3.0 vs ~3.8 us per
-    datagram, ~2.1 us with fixed buffers), but filling an SQE and reading two CQEs per
-    datagram in Python costs more than one send(2) or one sendmmsg(2) slot.
-
-  Add SOCK_DGRAM to AUTO_IO_URING_TYPES where measurements say otherwise.
+  - from a registered BufferPool (fixed buffers): sendto_zc_many 1.23-1.26x the MSG_ZEROCOPY
+    engine, sendto_zc with coalesce_zc 1.22-1.23x, sendto_zc sent during the call 1.00x.
+    The kernel skips pinning pages (~2.0 us per datagram against ~2.8 us).
+  - from ordinary buffers: 0.93-0.96x batched, 0.88x sent during the call: filling an SQE and
+    reading two CQEs in Python costs about what the kernel saves. So a registered pool is the
+    sign that io_uring pays; a transport cannot know which buffers it will be given.
+  - TCP over loopback: every zero-copy send is reported copied, both engines end up sending
+    by plain copy (noise-level differences); with zero-copy forced on every send io_uring
+    ran 0.65x at 64 KiB (one SEND_ZC in flight per socket costs a loop iteration per write).
+    So TCP stays on MSG_ZEROCOPY.
 """
 
 from __future__ import annotations
@@ -46,8 +43,9 @@ from typing import Protocol
 Address = object
 
 ENGINE_NAMES = ("auto", "msg_zerocopy", "io_uring", "copy")
-# Socket types for which engine="auto" picks io_uring (where available); see the docstring.
-AUTO_IO_URING_TYPES: frozenset[int] = frozenset()
+# Socket types for which engine="auto" picks io_uring, on a loop with a registered BufferPool
+# (where io_uring is available); see the docstring.
+AUTO_IO_URING_TYPES: frozenset[int] = frozenset({socket.SOCK_DGRAM})
 
 
 class SendPending(BlockingIOError):
@@ -127,6 +125,9 @@ def _auto_picks_io_uring(
         return False
     if sock.type not in AUTO_IO_URING_TYPES:
         return False
-    from .io_uring import uring_unavailable_reason
+    from .io_uring import LoopRing, uring_unavailable_reason
 
+    ring = LoopRing.existing(loop)
+    if ring is None or not ring.has_pools:
+        return False
     return uring_unavailable_reason() is None

@@ -232,6 +232,11 @@ class LoopRing:
         return self._ring is not None
 
     @property
+    def has_pools(self) -> bool:
+        """A BufferPool is registered with this loop's ring (see engine="auto")."""
+        return bool(self._pools)
+
+    @property
     def in_flight(self) -> int:
         """Requests whose result or notification is still owed (a group counts once)."""
         return len(self._requests) + len(self._groups)
