@@ -24,6 +24,7 @@ from aiozc.datagram import (
     ZeroCopyDatagramTransport,
     create_datagram_endpoint,
 )
+from udp_helpers import closed_port
 
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; Python's socket module lacks it
 BIG = 50000  # above the default 48 KiB zero-copy threshold of UDP
@@ -81,14 +82,6 @@ async def receiver() -> tuple[ZeroCopyDatagramTransport, Recorder]:
 
 async def sender(remote: Any, **options: Any) -> tuple[ZeroCopyDatagramTransport, Recorder]:
     return await create_datagram_endpoint(Recorder, remote_addr=remote, **options)  # type: ignore[return-value]
-
-
-def closed_port() -> tuple[str, int]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    addr = s.getsockname()
-    s.close()
-    return addr
 
 
 def payload(i: int, size: int) -> bytes:

@@ -7,7 +7,6 @@ that the loop's ring closed once its last transport was gone (no fd leaks across
 from __future__ import annotations
 
 import asyncio
-import errno
 import gc
 import os
 import random
@@ -21,12 +20,12 @@ from pathlib import Path
 import pytest
 
 import aiozc
-from aiozc import _uring
 from aiozc.buffers import BufferPool
 from aiozc.engines import EngineUnavailable, get_engine
 from aiozc.engines.io_uring import IoUringEngine, LoopRing, uring_unavailable_reason
 from aiozc.engines.msg_zerocopy import MsgZeroCopyEngine
 from tcp_helpers import Pair, RecordingProtocol, connect_pair, sha
+from udp_helpers import ErrorRecorder, closed_port
 
 REASON = uring_unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
@@ -660,19 +659,11 @@ async def test_udp_icmp_error_reported_and_every_future_resolves() -> None:
     the datagram is resent, exactly as with send(2)."""
     from aiozc.datagram import create_datagram_endpoint
 
-    errors: list[OSError] = []
-
-    class Proto(asyncio.DatagramProtocol):
-        def error_received(self, exc: OSError) -> None:
-            errors.append(exc)
-
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    closed_port = probe.getsockname()
-    probe.close()  # nobody listens there: ICMP port unreachable
-    transport, _ = await create_datagram_endpoint(
-        Proto, remote_addr=closed_port, engine="io_uring", zc_threshold=1, fallback_after=1000
+    transport, proto = await create_datagram_endpoint(
+        ErrorRecorder, remote_addr=closed_port(), engine="io_uring", zc_threshold=1,
+        fallback_after=1000,
     )
+    errors = proto.errors
     try:
         results = []
         for _ in range(8):  # one at a time: each send sees the previous datagram's ICMP error

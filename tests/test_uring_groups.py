@@ -17,6 +17,7 @@ import pytest
 from aiozc.buffers import BufferPool
 from aiozc.datagram import create_datagram_endpoint
 from aiozc.engines.io_uring import LoopRing, uring_unavailable_reason
+from udp_helpers import ErrorRecorder, closed_port
 
 REASON = uring_unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
@@ -160,17 +161,10 @@ async def test_refused_datagrams_resolve_report_and_release_once(handler_calls) 
     """ECONNREFUSED results in a group: futures resolve, errors reach error_received, each id
     is released once (voided ids are not), no handler call, nothing left pinned."""
     _record_exceptions(handler_calls)
-    errors: list[OSError] = []
-
-    class Proto(asyncio.DatagramProtocol):
-        def error_received(self, exc: OSError) -> None:
-            errors.append(exc)
-
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    closed_port = probe.getsockname()
-    probe.close()  # nobody listens: each datagram draws an ICMP port unreachable
-    transport, _ = await create_datagram_endpoint(Proto, remote_addr=closed_port, **LOOPBACK_OPTS)
+    transport, proto = await create_datagram_endpoint(
+        ErrorRecorder, remote_addr=closed_port(), **LOOPBACK_OPTS
+    )
+    errors = proto.errors
     ring = LoopRing.existing(asyncio.get_running_loop())
     assert ring is not None
     total = 0

@@ -1,0 +1,26 @@
+"""Small helpers shared by the UDP tests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+
+def closed_port() -> tuple[str, int]:
+    """A loopback UDP address nobody listens on: datagrams sent there draw ICMP port
+    unreachable, which a connected socket reports as ECONNREFUSED."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    addr = s.getsockname()
+    s.close()
+    return addr
+
+
+class ErrorRecorder(asyncio.DatagramProtocol):
+    """Keeps what error_received() got."""
+
+    def __init__(self) -> None:
+        self.errors: list[OSError] = []
+
+    def error_received(self, exc: OSError) -> None:
+        self.errors.append(exc)
