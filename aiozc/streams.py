@@ -21,7 +21,7 @@ class ZeroCopyStreamWriter(asyncio.StreamWriter):
 
 
 ClientConnectedCallback = Callable[
-    [asyncio.StreamReader, ZeroCopyStreamWriter], "Awaitable[None] | None"
+    [asyncio.StreamReader, ZeroCopyStreamWriter], Awaitable[None] | None
 ]
 
 

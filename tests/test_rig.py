@@ -20,13 +20,10 @@ from aiozc._netns import (
     list_namespaces,
     netns_available,
 )
-from rig import (  # noqa: F401 - fixtures are used by name
+from rig import (  # the fixtures themselves come from conftest (pytest_plugins)
     drain_zc,
-    enobufs_sink,
     ids_covered,
     require_netns,
-    sink_ns,
-    veth_pair,
     wait_zc_ids,
     zc_tcp_pair,
     zc_udp_socket,

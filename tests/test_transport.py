@@ -16,7 +16,7 @@ import pytest
 import aiozc
 from aiozc import _kernel
 from aiozc.readiness import Multiplexer
-from tcp_helpers import Pair, RecordingProtocol, connect_pair, sha
+from tcp_helpers import RecordingProtocol, connect_pair, sha
 
 
 async def test_write_zc_roundtrip_reports_completion() -> None:

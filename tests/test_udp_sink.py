@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from aiozc._netns import OPTMEM_NO_ZEROCOPY, SinkNamespace, VethPair
-from rig import enobufs_sink, sink_ns, veth_pair  # noqa: F401 - fixtures are used by name
 
 LOOPS = ["asyncio", "uvloop"]
 DATAGRAM = 64000
@@ -335,7 +334,7 @@ def raw_sendmmsg_ids(dst: str, count: int, batch: int) -> dict[str, Any]:
     which ids the kernel reported, and how many datagrams the sink saw."""
     from aiozc import _kernel
     from aiozc._mmsg import MmsgSender, pin
-    from rig import wait_zc_ids, zc_udp_socket  # noqa: F401
+    from rig import wait_zc_ids
     import socket
 
     rx_before = _ifb_rx_packets()
