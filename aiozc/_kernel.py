@@ -9,9 +9,9 @@ from __future__ import annotations
 import errno as _errno
 import socket
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
-import cffi
+import cffi  # type: ignore[import-untyped]
 
 SO_ZEROCOPY = 60
 MSG_ZEROCOPY = 0x4000000
@@ -26,7 +26,7 @@ SOL_IPV6 = socket.IPPROTO_IPV6
 MSG_ERRQUEUE = 0x2000
 MSG_CTRUNC = socket.MSG_CTRUNC
 
-_ffi = cffi.FFI()
+_ffi: Any = cffi.FFI()  # cffi has no stubs
 _ffi.cdef(
     """
     struct sock_extended_err {

@@ -16,14 +16,14 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import cffi
+import cffi  # type: ignore[import-untyped]
 
 __all__ = ["MAX_BATCH", "MmsgSender", "available", "pin", "unpin"]
 
 # UIO_MAXIOV: the kernel caps vlen at 1024 (silently: more are just not sent).
 MAX_BATCH = 1024
 
-_ffi = cffi.FFI()
+_ffi: Any = cffi.FFI()  # cffi has no stubs
 _ffi.cdef(
     """
     struct iovec {

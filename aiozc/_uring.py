@@ -60,9 +60,9 @@ import platform
 import socket
 import struct
 import warnings
-from typing import Final
+from typing import Any, Final
 
-import cffi
+import cffi  # type: ignore[import-untyped]
 
 __all__ = [
     "UringUnavailable",
@@ -141,7 +141,7 @@ _PROT_READ, _PROT_WRITE = 0x1, 0x2
 _MAP_SHARED, _MAP_POPULATE = 0x01, 0x8000
 _PROBE_OPS: Final = 256
 
-ffi = cffi.FFI()
+ffi: Any = cffi.FFI()  # cffi has no stubs; its cdata objects are typed Any too
 ffi.cdef(
     """
     struct io_sqring_offsets {
@@ -196,7 +196,7 @@ ffi.cdef(
     int munmap(void *addr, size_t length);
     """
 )
-_libc = ffi.dlopen(None)
+_libc: Any = ffi.dlopen(None)
 
 for _name, _size in (
     ("struct io_uring_sqe", 64),
@@ -223,7 +223,7 @@ class UringUnavailable(OSError):
 
 # --- raw syscalls ------------------------------------------------------------------------
 
-def _u32(v: int) -> object:
+def _u32(v: int) -> Any:
     return ffi.cast("unsigned int", v)
 
 
@@ -235,7 +235,7 @@ def _check(ret: int, what: str) -> int:
     return ret
 
 
-def _sys_setup(entries: int, params: object) -> int:
+def _sys_setup(entries: int, params: Any) -> int:
     return _check(_libc.syscall(_NR_SETUP, _u32(entries), params), "io_uring_setup")
 
 
@@ -252,14 +252,14 @@ def _sys_enter(fd: int, to_submit: int, min_complete: int, flags: int) -> int:
             return _check(ret, "io_uring_enter")
 
 
-def _sys_register(fd: int, opcode: int, arg: object, nr_args: int) -> int:
+def _sys_register(fd: int, opcode: int, arg: Any, nr_args: int) -> int:
     return _check(
         _libc.syscall(_NR_REGISTER, ffi.cast("int", fd), _u32(opcode), arg, _u32(nr_args)),
         f"io_uring_register({opcode})",
     )
 
 
-def _mmap(fd: int, length: int, offset: int) -> object:
+def _mmap(fd: int, length: int, offset: int) -> Any:
     ptr = _libc.mmap(ffi.NULL, length, _PROT_READ | _PROT_WRITE, _MAP_SHARED | _MAP_POPULATE,
                      fd, offset)
     if ptr == _MAP_FAILED:
@@ -395,11 +395,11 @@ class Ring:
         if flags & ~_SUPPORTED_SETUP:
             raise ValueError(f"unsupported io_uring setup flags {flags & ~_SUPPORTED_SETUP:#x}")
         self._closed = True  # until fully set up, so close() from __del__ paths is safe
-        self._maps: list[tuple[object, int]] = []
+        self._maps: list[tuple[Any, int]] = []
         self._eventfd = -1
-        self._buffers: list[object] = []          # from_buffer cdata of registered buffers
+        self._buffers: list[Any] = []             # from_buffer cdata of registered buffers
         self._buf_ranges: list[tuple[int, int]] = []
-        self._dests: dict[int, list[object]] = {}  # user_data -> sockaddr kept until result CQE
+        self._dests: dict[int, list[Any]] = {}  # user_data -> sockaddr kept until result CQE
         params = ffi.new("struct io_uring_params *")
         params.flags = flags
         if cq_entries is not None:
@@ -421,7 +421,7 @@ class Ring:
             raise
         self._closed = False
 
-    def _map_rings(self, p: object) -> None:
+    def _map_rings(self, p: Any) -> None:
         """mmap the SQ ring, CQ ring (one region with FEAT_SINGLE_MMAP) and the SQE array."""
         sq_size = p.sq_off.array + p.sq_entries * 4
         cq_size = p.cq_off.cqes + p.cq_entries * ffi.sizeof("struct io_uring_cqe")
@@ -431,7 +431,7 @@ class Ring:
         cq = sq if p.features & IORING_FEAT_SINGLE_MMAP else self._map(cq_size, IORING_OFF_CQ_RING)
         sqes = self._map(p.sq_entries * ffi.sizeof("struct io_uring_sqe"), IORING_OFF_SQES)
 
-        def u32(base: object, off: int) -> object:
+        def u32(base: Any, off: int) -> Any:
             return ffi.cast("uint32_t *", ffi.cast("char *", base) + off)
 
         self._sq_khead = u32(sq, p.sq_off.head)
@@ -451,7 +451,7 @@ class Ring:
         self.cq_entries = u32(cq, p.cq_off.ring_entries)[0]
         self._cqes = ffi.cast("struct io_uring_cqe *", ffi.cast("char *", cq) + p.cq_off.cqes)
 
-    def _map(self, length: int, offset: int) -> object:
+    def _map(self, length: int, offset: int) -> Any:
         ptr = _mmap(self.fd, length, offset)
         self._maps.append((ptr, length))
         return ptr
@@ -568,7 +568,7 @@ class Ring:
         """Free SQ slots (what prep_* can still fill before submit())."""
         return self._sq_entries - (self._sq_tail - self._sq_khead[0]) % (1 << 32)
 
-    def _get_sqe(self) -> object | None:
+    def _get_sqe(self) -> Any | None:
         if self.space_left() <= 0:
             return None
         sqe = self._sqes + (self._sq_tail & self._sq_mask)
@@ -746,5 +746,5 @@ class Ring:
                 del self._dests[user_data]
 
 
-def _address(cdata: object) -> int:
+def _address(cdata: Any) -> int:
     return int(ffi.cast("uintptr_t", cdata))

@@ -213,7 +213,9 @@ async def _stock(dst: str, views: list[memoryview], count: int) -> dict[str, Any
         if not can_write.is_set():
             await can_write.wait()
         transport.sendto(views[i % n])
-    while transport.get_write_buffer_size():  # what had to wait for socket space is sent too
+    # Until what had to wait for socket space is sent too. (get_write_buffer_size(): asyncio's
+    # datagram transport has it, typeshed's DatagramTransport does not.)
+    while transport.get_write_buffer_size():  # type: ignore[attr-defined]
         await asyncio.sleep(0)
     timed = clock.stop()
     transport.close()
