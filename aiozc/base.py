@@ -343,9 +343,11 @@ class ZeroCopyTransportBase:
         return self._tracker.open_write(_Held(future, view), len(view))
 
     def _wants_zerocopy(self, nbytes: int, *, continuing: bool = False) -> bool:
-        if self._tracker.pinned_bytes >= self._options.max_pinned_bytes:
-            return False
-        return self._policy.wants_zerocopy(nbytes, continuing=continuing)
+        # The policy first: in copy-fallback it says no at once (every write asks).
+        return (
+            self._policy.wants_zerocopy(nbytes, continuing=continuing)
+            and self._tracker.pinned_bytes < self._options.max_pinned_bytes
+        )
 
     def _send_chunk(self, write: WriteHandle | None, chunk: memoryview, address: Any = None) -> int:
         """One send call of (part of) ``write``; the only path data takes to the kernel.

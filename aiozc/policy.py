@@ -81,19 +81,16 @@ class ZeroCopyPolicy:
             return False
         if continuing:
             return True
-        if self.state is ZeroCopyState.COPY_FALLBACK:
-            return self._reprobe_due()
+        if self.state is ZeroCopyState.COPY_FALLBACK:  # a re-probe is due?
+            reprobe = self.options.reprobe_bytes
+            return (
+                reprobe > 0 and not self._probe_in_flight and self._bytes_since_probe >= reprobe
+            )
         return not self._probing() or not self._probe_in_flight
 
     def _probing(self) -> bool:
         """Zero-copy sends are probes, one at a time (see ``probe_first``)."""
         return self.state in (ZeroCopyState.PROBING, ZeroCopyState.COPY_FALLBACK)
-
-    def _reprobe_due(self) -> bool:
-        reprobe = self.options.reprobe_bytes
-        return (
-            reprobe > 0 and not self._probe_in_flight and self._bytes_since_probe >= reprobe
-        )
 
     def on_sent(self, nbytes: int, *, zerocopy: bool) -> None:
         """A send call returned ``nbytes`` > 0."""

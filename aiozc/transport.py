@@ -241,14 +241,21 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         return self._policy.state is not ZeroCopyState.DISABLED
 
     def _enqueue_held(self, view: memoryview, future: asyncio.Future[Completion] | None) -> None:
-        tried_now = not self._queue and not self._wants_zerocopy(len(view))
+        nbytes = len(view)
+        tried_now = not self._queue and not self._wants_zerocopy(nbytes)
         sent = 0
         if tried_now:
             # Nothing queued ahead and nothing to pin: send at once, and if the socket takes it
             # all there is no completion to track (measured: ~4 us less per 64 KiB write).
             sent = self._try_send_now(view)
-            if sent < 0 or sent == len(view):
-                self._finish_unqueued(view, future, sent)
+            if sent == nbytes:  # the common case, inline
+                view.release()
+                if future is not None:
+                    self.stats.copy_writes += 1
+                    future.set_result(self._copy_completion(sent))
+                return
+            if sent < 0:
+                self._fail_unqueued(view, future)
                 return
         write = self._open_write(view, future)
         if sent:
@@ -256,25 +263,18 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         seg = _Segment(view, write)
         seg.offset = sent
         self._queue.append(seg)
-        self._queued += len(view) - sent
+        self._queued += nbytes - sent
         if len(self._queue) == 1 and not tried_now:
             self._flush()
         else:
             self._update_mask()
         self._maybe_pause_protocol()
 
-    def _finish_unqueued(
-        self, view: memoryview, future: asyncio.Future[Completion] | None, sent: int
-    ) -> None:
-        """Resolve a write that never entered the queue: sent whole, or failed (sent < 0)."""
+    def _fail_unqueued(self, view: memoryview, future: asyncio.Future[Completion] | None) -> None:
+        """A write that never entered the queue failed: the connection was lost sending it."""
         view.release()
-        if future is None:
-            return
-        if sent < 0:
+        if future is not None:
             future.set_exception(ConnectionResetError("connection lost during write_zc()"))
-        else:
-            self.stats.copy_writes += 1
-            future.set_result(self._copy_completion(sent))
 
     def _enqueue_copy(self, data: bytes | bytearray | memoryview) -> None:
         view = byte_view(data) if isinstance(data, memoryview) else memoryview(data)
