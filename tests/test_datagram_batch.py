@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,8 @@ from aiozc import _mmsg
 from aiozc.base import TransportClosedError
 from aiozc.completions import Completion
 from aiozc.datagram import MAX_UDP4_PAYLOAD, ZeroCopyDatagramTransport, create_datagram_endpoint
-from test_datagram import BIG, Recorder, closed_port, payload, receiver, sender
+from test_datagram import BIG, Recorder, payload, receiver, sender
+from udp_helpers import closed_port
 
 
 class ScriptedSender:
@@ -378,3 +382,19 @@ async def test_batch_respects_max_pinned_bytes() -> None:
     assert t.stats.peak_pinned_bytes <= 3 * BIG and t.stats.copy_sends == 2
     assert await rp.wait_for(5) == bufs
     await finish(rt, t, p)
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-pool", "--uvloop"]], ids=["pool", "no-pool-uvloop"])
+def test_udp_pool_example_delivers_every_datagram(flags: list[str]) -> None:
+    """examples/udp_pool.py: every datagram arrives; the registered pool makes engine=auto
+    pick io_uring (where the kernel has it), no pool keeps MSG_ZEROCOPY."""
+    from aiozc.engines.io_uring import uring_unavailable_reason
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "udp_pool.py"
+    out = subprocess.run(
+        [sys.executable, str(example), "--count", "2000", "--size", "30000", *flags],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout
+    assert "receiver got 2000 datagrams, 60000000 bytes" in out, out
+    uring = not flags and uring_unavailable_reason() is None
+    assert f"engine {'io_uring' if uring else 'msg_zerocopy'}," in out, out
