@@ -25,7 +25,7 @@ from aiozc.engines import EngineUnavailable, get_engine
 from aiozc.engines.io_uring import IoUringEngine, LoopRing, uring_unavailable_reason
 from aiozc.engines.msg_zerocopy import MsgZeroCopyEngine
 from tcp_helpers import Pair, RecordingProtocol, connect_pair, sha
-from udp_helpers import ErrorRecorder, closed_port
+from udp_helpers import ErrorRecorder, buffer_locked as locked, closed_port
 
 REASON = uring_unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
@@ -75,12 +75,7 @@ async def ring_closed(timeout: float = 5.0) -> bool:
 
 async def buffer_locked(buf: bytearray) -> bool:
     """True while something holds an export of ``buf`` (it cannot be resized)."""
-    try:
-        buf.append(0)
-    except BufferError:
-        return True
-    buf.pop()
-    return False
+    return locked(buf)
 
 
 async def until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ import pytest
 from aiozc.buffers import BufferPool
 from aiozc.datagram import create_datagram_endpoint
 from aiozc.engines.io_uring import LoopRing, uring_unavailable_reason
-from udp_helpers import ErrorRecorder, closed_port
+from udp_helpers import ErrorRecorder, buffer_locked as _locked, closed_port
 
 REASON = uring_unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
@@ -26,16 +26,6 @@ LOOPS = ["asyncio", "uvloop"]
 DATAGRAM = 64000
 # Loopback copies: keep every datagram zero-copy-eligible so the batch takes the group path.
 LOOPBACK_OPTS = {"engine": "io_uring", "zc_threshold": 1, "fallback_after": 1_000_000}
-
-
-def _locked(buf: bytearray) -> bool:
-    """True while some buffer export (a pin) prevents resizing ``buf``."""
-    try:
-        buf.append(0)
-    except BufferError:
-        return True
-    buf.pop()
-    return False
 
 
 def _run(loop_name: str, coro):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Small helpers shared by the UDP tests."""
+"""Small helpers shared by the UDP and io_uring tests."""
 
 from __future__ import annotations
 
@@ -24,3 +24,13 @@ class ErrorRecorder(asyncio.DatagramProtocol):
 
     def error_received(self, exc: OSError) -> None:
         self.errors.append(exc)
+
+
+def buffer_locked(buf: bytearray) -> bool:
+    """True while some buffer export (a pin, a memoryview) prevents resizing ``buf``."""
+    try:
+        buf.append(0)
+    except BufferError:
+        return True
+    buf.pop()
+    return False
