@@ -374,25 +374,16 @@ def write_png(
 
 
 def write_report(
-    out_dir: str | Path,
-    name: str,
-    results: dict[str, Any],
-    *,
-    rows: list[dict[str, Any]] | None = None,
-    x: str | None = "size",
-    y: str = "gbps",
-    series: str = "series",
-    title: str | None = None,
-    xlabel: str | None = None,
-    ylabel: str | None = None,
+    out_dir: str | Path, name: str, results: dict[str, Any], **plot: Any
 ) -> list[Path]:
     """Write ``out_dir/<name>.json`` and, if there are rows to plot, ``out_dir/<name>.png``.
 
-    ``rows`` defaults to :func:`find_rows` of ``results``; ``x``/``y``/``series`` name the row
-    keys to plot (see the module docstring for the fallbacks). A bench may also put defaults
-    for these and for ``title``/``xlabel``/``ylabel`` in ``results["plot"]`` (used when the
-    caller passes none, as ``python -m aiozc bench NAME --out DIR`` does). Returns the paths
-    written.
+    ``plot`` are :func:`write_png`'s keywords (``rows``, ``x``, ``y``, ``series``, ``title``,
+    ``xlabel``, ``ylabel``). ``rows`` defaults to :func:`find_rows` of ``results``;
+    ``x``/``y``/``series`` name the row keys to plot (see the module docstring for the
+    fallbacks). A bench may also put defaults for these and for ``title``/``xlabel``/``ylabel``
+    in ``results["plot"]`` (used when the caller passes none, as ``python -m aiozc bench NAME
+    --out DIR`` does). Returns the paths written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -400,10 +391,7 @@ def write_report(
     json_path.write_text(json.dumps(results, indent=2, default=_jsonable) + "\n")
     written = [json_path]
     png_path = out / f"{name}.png"
-    if write_png(
-        png_path, name, results, rows=rows, x=x, y=y, series=series, title=title,
-        xlabel=xlabel, ylabel=ylabel,
-    ):
+    if write_png(png_path, name, results, **plot):
         written.append(png_path)
     return written
 
