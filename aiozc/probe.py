@@ -60,11 +60,16 @@ def _memlock() -> str:
 
 def _uring() -> str:
     try:
-        from . import _uring
+        from .engines.io_uring import uring_unavailable_reason
     except Exception as exc:  # the binding itself failed to load
         return f"unavailable: {exc}"
-    reason = _uring.probe()
-    return "available (IORING_OP_SEND_ZC)" if reason is None else f"unavailable: {reason}"
+    reason = uring_unavailable_reason()  # what engine="io_uring" checks
+    if reason is not None:
+        return f"unavailable: {reason}"
+    return (
+        "available (IORING_OP_SEND_ZC, REPORT_USAGE); engine='auto' uses it for UDP once a "
+        "BufferPool is registered with the loop"
+    )
 
 
 def _netns() -> str:
