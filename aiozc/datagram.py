@@ -159,6 +159,35 @@ _MAX_BATCH = _mmsg.MAX_BATCH
 _EACH: dict[tuple[int, bool], Completion] = {}
 
 
+class _BatchRetry:
+    """The future of a batch's datagram that io_uring refused and that is sent again on its
+    own: the batch (held open meanwhile, ``left``) counts it done once it is, and a refusal
+    is reported like any datagram of a batch. Duck-types what the send path asks of a future."""
+
+    __slots__ = ("transport", "batch", "_done")
+
+    def __init__(self, transport: ZeroCopyDatagramTransport, batch: _Batch) -> None:
+        self.transport = transport
+        self.batch = batch
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, completion: Completion) -> None:
+        self._done = True
+        self.transport._batch_step(self.batch)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._done = True
+        transport = self.transport
+        if transport._conn_lost or isinstance(exc, TransportClosedError):
+            return  # the batch's future failed with the transport
+        if isinstance(exc, OSError):
+            transport._error_received(exc)
+        transport._batch_step(self.batch)
+
+
 def _each(size: int, zerocopy: bool) -> Completion:
     """The (shared, immutable) Completion of one datagram of a coalesced flush."""
     each = _EACH.get((size, zerocopy))
@@ -1076,10 +1105,16 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
         pins, batch.pins = batch.pins[:count], batch.pins[count:]
         self._engine.submit_zc_many(pins, sizes[:count],  # type: ignore[attr-defined]
                                     self._datagram_zc_result, self._on_zc_released,
-                                    (batch, first), first)
+                                    (batch, first), first, self._batch_results_in)
         self._count_zc_sends(count, nbytes)
-        self._batch_step(batch, count)
+        # All but one count as done now; the last one holds the batch open until every result
+        # is in, since a datagram the kernel refused for now is sent again (see
+        # _datagram_zc_result) and the batch must not resolve before it went.
+        self._batch_step(batch, count - 1)
         return count
+
+    def _batch_results_in(self, ctx: tuple[_Batch, int]) -> None:
+        self._batch_step(ctx[0])  # the hold taken in _send_batch_uring
 
     def _submit_datagram_zc(self, dg: _Datagram) -> None:
         """The general path's io_uring send of ``dg``: submit, then account it as sent whole."""
@@ -1113,14 +1148,20 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             # Aborted or closed meanwhile: the tracker abandoned the write and failed its future.
             return None
         if isinstance(ctx, tuple) and isinstance(ctx[1], int):
-            # sendto_zc_many's io_uring path: (batch, first id). Its write was closed when the
-            # datagrams were submitted: the failure is reported like a sendto() error and the
-            # datagram counts as not zero-copy in the batch's Completion.
+            # sendto_zc_many's io_uring path: (batch, first id). The attempt counts as not
+            # zero-copy in the batch's Completion; the datagram goes again on its own, as a
+            # datagram the kernel refused at once would (EAGAIN: when there is room), and the
+            # batch waits for it (_BatchRetry).
             batch, first = ctx
-            size = batch.sizes[(ident - first) & MASK32]
-            self.stats.zc_bytes -= size
+            i = (ident - first) & MASK32
+            self.stats.zc_bytes -= batch.sizes[i]
             self._resolve(self._tracker.on_range(ident, ident, True))
-            self._error_received(_result_error(res, size))
+            batch.left += 1
+            retry = _Datagram(byte_view(batch.bufs[i]), self._address, _BatchRetry(self, batch), True)  # type: ignore[arg-type]
+            if res < 0:
+                self._datagram_zc_failed(retry, -res, at_head=False)
+            else:
+                self._queued_send_failed(retry, _result_error(res, retry.nbytes))
             return None
         if isinstance(ctx, tuple):  # the general path's (token, datagram)
             held, dg = ctx
@@ -1141,28 +1182,33 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             self._datagram_zc_failed(dg, -res)
         return None
 
-    def _datagram_zc_failed(self, dg: _Datagram, err: int) -> None:
-        """What the synchronous paths do for the same errno, from a result CQE."""
+    def _datagram_zc_failed(self, dg: _Datagram, err: int, *, at_head: bool = True) -> None:
+        """What the synchronous paths do for the same errno, from a result CQE. A datagram to
+        send again goes to the head of the queue (it was the head), or with ``at_head=False``
+        to its tail (a batch's datagrams, refused in order)."""
         if err == errno.EAGAIN:
             extra = self.stats.extra
             extra["zc_send_eagain"] = extra.get("zc_send_eagain", 0) + 1
-            self._requeue(dg)  # socket buffer full: EPOLLOUT resumes the queue
+            self._requeue(dg, at_head)  # socket buffer full: EPOLLOUT resumes the queue
             return
         if err in (errno.ENOBUFS, errno.ENOMEM):  # optmem / RLIMIT_MEMLOCK: resend by copy
             self._on_enobufs()
             dg.copy_only = True
-            self._requeue(dg)
+            self._requeue(dg, at_head)
             self._flush()
             return
         exc = OSError(err, os.strerror(err))
         if self._classify_send_error(exc):  # an earlier datagram's ICMP error: resend this one
-            self._requeue(dg)
+            self._requeue(dg, at_head)
             self._flush()
         else:
             self._queued_send_failed(dg, exc)
 
-    def _requeue(self, dg: _Datagram) -> None:
-        self._queue.appendleft(dg)
+    def _requeue(self, dg: _Datagram, at_head: bool = True) -> None:
+        if at_head:
+            self._queue.appendleft(dg)
+        else:
+            self._queue.append(dg)
         self._queued += dg.nbytes
         self._update_mask()
 

@@ -129,6 +129,8 @@ _Request = list  # [keep, expect, on_result, ctx, on_released, ident, resulted, 
 _G_PINS, _G_SIZES, _G_ON_RESULT, _G_CTX, _G_ON_RELEASED, _G_FIRST, _G_LEFT, _G_VOIDED = range(8)
 _G_UNIFORM = 8
 _G_KEY = 9  # its key in LoopRing._groups
+_G_RESULTS = 10  # result CQEs still to come
+_G_ON_DONE = 11  # on_done(ctx) once every result is in, or None
 _INDEX_BITS = 20
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
 _GROUP_SIZE = 1 << _INDEX_BITS
@@ -378,7 +380,7 @@ class LoopRing:
 
     def send_zc_many(self, fd: int, pins: list[Any], sizes: list[int], flags: int,
                      on_result: OnResult, on_released: OnReleased, ctx: Any,
-                     first_ident: int) -> None:
+                     first_ident: int, on_done: Callable[[Any], None] | None = None) -> None:
         """:meth:`send_zc` for many datagrams of a connected socket, accounted in advance with
         consecutive ids from ``first_ident``, each expecting ``sizes[i]`` bytes; ``ctx`` is
         shared by all.
@@ -387,14 +389,21 @@ class LoopRing:
         over: it ends them (``_mmsg.unpin``) once the kernel released every datagram of the
         group. One request entry stands for a whole group (user_data = group | index), so per
         datagram there is one ``pack_into`` and no request object or dict entry: the Python
-        work per 64000 B datagram that decides whether io_uring beats MSG_ZEROCOPY."""
+        work per 64000 B datagram that decides whether io_uring beats MSG_ZEROCOPY.
+
+        ``on_done(ctx)`` is called once the result of every datagram is in (after the
+        ``on_result`` calls for those that failed): until then a caller cannot know which
+        datagrams it must send again."""
         for start in range(0, len(pins), _GROUP_SIZE):
             stop = start + _GROUP_SIZE
+            last = stop >= len(pins)
             self._send_group(fd, pins[start:stop], sizes[start:stop], flags, on_result,
-                             on_released, ctx, (first_ident + start) & _U32)
+                             on_released, ctx, (first_ident + start) & _U32,
+                             on_done if last else None)
 
     def _send_group(self, fd: int, pins: list[Any], sizes: list[int], flags: int,
-                    on_result: OnResult, on_released: OnReleased, ctx: Any, first: int) -> None:
+                    on_result: OnResult, on_released: OnReleased, ctx: Any, first: int,
+                    on_done: Callable[[Any], None] | None) -> None:
         io = self._io
         if io is None:
             raise RuntimeError("io_uring ring is closed (no transport attached)")
@@ -403,7 +412,8 @@ class LoopRing:
         self._next_group = key + 1
         ud = _GROUP_UD | (key << _INDEX_BITS)
         uniform = sizes[0] if sizes and sizes.count(sizes[0]) == len(sizes) else -1
-        entry = [pins, sizes, on_result, ctx, on_released, first, len(pins), None, uniform, key]
+        entry = [pins, sizes, on_result, ctx, on_released, first, len(pins), None, uniform, key,
+                 len(pins), on_done]
         self._groups[key] = entry
         sqes, sq_mask, pack_into, cast = io.sqes, io.sq_mask, _SQE.pack_into, _cast
         entries = ring.sq_entries
@@ -511,26 +521,28 @@ class LoopRing:
         # per datagram, measured). The kernel posts a send's notification only after its
         # result (the request holds a reference on the notification until it completes), so
         # each datagram ends with its notification, or with a result without F_MORE.
+        finished: list[list[Any]] = []  # groups whose results are all in (see on_done)
         for ud, res, flags in io.reap():
             if ud == next_ud and flags == IORING_CQE_F_NOTIF and res == run_res:
                 next_ud += 1  # the next datagram of the run is released: the common case
                 continue
-            if ud >> _INDEX_BITS == cur_hi:
-                if flags == IORING_CQE_F_MORE and res == uniform:
-                    continue  # sent whole; its notification follows
-            elif ud >= _GROUP_UD:
+            if ud >> _INDEX_BITS != cur_hi:
+                if ud < _GROUP_UD:
+                    self._single_cqe(ud, res, flags, releases)
+                    continue
                 cur_hi = ud >> _INDEX_BITS
                 entry = groups.get(cur_hi ^ _GROUP_HI)
                 if entry is None:
                     cur_hi = -1
                     continue
                 uniform = entry[_G_UNIFORM]
-                if flags == IORING_CQE_F_MORE and res == uniform:
-                    continue
-            else:
-                self._single_cqe(ud, res, flags, releases)
-                continue
             assert entry is not None
+            if not flags & IORING_CQE_F_NOTIF:  # a result
+                entry[_G_RESULTS] -= 1
+                if not entry[_G_RESULTS] and entry[_G_ON_DONE] is not None:
+                    finished.append(entry)
+                if flags == IORING_CQE_F_MORE and res == uniform:
+                    continue  # sent whole; its notification follows
             if run_entry is not None:  # anything else ends the run
                 if self._end_run(run_entry, run_ud, next_ud, run_res, releases):
                     cur_hi = -1  # its group is done and gone (not this CQE's: that is alive)
@@ -559,6 +571,8 @@ class LoopRing:
             self._end_run(run_entry, run_ud, next_ud, run_res, releases)
         for cb, lo, hi, copied in releases:
             self._release_run(cb, lo, hi, copied)
+        for entry in finished:
+            self._call_on_done(entry)
 
     def _end_run(self, entry: list[Any], first_ud: int, next_ud: int, res: int,
                  releases: list[list[Any]]) -> bool:
@@ -609,6 +623,14 @@ class LoopRing:
         ident = req[_IDENT]
         if ident is not None:
             _add_release(releases, req[_ON_RELEASED], ident, ident, res & _COPIED)
+
+    def _call_on_done(self, entry: list[Any]) -> None:
+        try:
+            entry[_G_ON_DONE](entry[_G_CTX])
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._report(exc)
 
     def _group_result(self, entry: list[Any], i: int, res: int) -> None:
         """An unexpected result in a group: the transport hears of it (on_result) and, if it
@@ -727,7 +749,8 @@ class IoUringEngine:
         ring.send_zc(self._fd, self._flags, dest, chunk, on_result, on_released, ctx, ident, expect)
 
     def submit_zc_many(self, pins: list[Any], sizes: list[int], on_result: OnResult,
-                       on_released: OnReleased, ctx: Any, first_ident: int) -> None:
+                       on_released: OnReleased, ctx: Any, first_ident: int,
+                       on_done: Callable[[Any], None] | None = None) -> None:
         """:meth:`submit_zc` for many datagrams of a connected socket, accounted in advance
         with consecutive ids; the engine takes over ``pins`` (see
         :meth:`LoopRing.send_zc_many`)."""
@@ -735,7 +758,7 @@ class IoUringEngine:
         if ring is None:
             raise RuntimeError("io_uring engine is not attached to a socket")
         ring.send_zc_many(self._fd, pins, sizes, self._flags, on_result, on_released, ctx,
-                          first_ident)
+                          first_ident, on_done)
 
     def submit_and_reap(self) -> None:
         """Submit this loop's queued sends now and handle the completions available (see
