@@ -442,9 +442,12 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
 
         Raises like sendto_zc() for a bad buffer, an oversized datagram (nothing is sent: all
         are checked first) or a closing transport. Once sending started, a datagram the kernel
-        refuses is reported to ``protocol.error_received`` as with sendto() and counts as not
-        zero-copy in the Completion; protocol callbacks (error_received, pause_writing) raised
-        while the batch is handed to the kernel run when this call has handed over all of it.
+        refuses for now (socket full, option memory, an earlier datagram's ICMP error) is sent
+        again, as sendto() would, and the future waits for it; one it refuses for good is
+        reported to ``protocol.error_received`` as with sendto() and counts as not zero-copy
+        in the Completion. Protocol callbacks (error_received, pause_writing) raised while the
+        batch is handed to the kernel run when this call has handed over all of it. With the
+        io_uring engine a datagram sent again leaves after the rest of its batch.
         """
         self._check_writable("sendto_zc_many")
         addr = self._destination(addr)
