@@ -21,11 +21,11 @@ Choosing an engine (``engine=`` transport option)
   6.18, CPython 3.11, 2 shared cores; ``python -m aiozc bench udp-sink``, 64000 B datagrams into
   the ifb sink, median of 3, same API and loop on both engines):
 
-  - from a registered BufferPool (fixed buffers): sendto_zc_many 1.23-1.26x the MSG_ZEROCOPY
-    engine, sendto_zc with coalesce_zc 1.22-1.23x, sendto_zc sent during the call 1.00x.
+  - from a registered BufferPool (fixed buffers): sendto_zc_many 1.25-1.27x the MSG_ZEROCOPY
+    engine, sendto_zc with coalesce_zc 1.21-1.25x, sendto_zc sent during the call 1.01x.
     The kernel skips pinning pages (~2.0 us per datagram against ~2.8 us).
-  - from ordinary buffers: 0.93-0.96x batched, 0.88x sent during the call: filling an SQE and
-    reading two CQEs in Python costs about what the kernel saves. So a registered pool is the
+  - from ordinary buffers: 0.95-0.97x batched, 0.88-0.90x sent during the call: filling an
+    SQE and reading two CQEs in Python costs about what the kernel saves. So a registered pool is the
     sign that io_uring pays; a transport cannot know which buffers it will be given.
   - TCP over loopback: every zero-copy send is reported copied, both engines end up sending
     by plain copy (noise-level differences); with zero-copy forced on every send io_uring
