@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import socket
 
 import pytest
@@ -285,6 +286,7 @@ async def _send_batches_into_full_socket(dst: str, engine: str, batches: int, ba
     }
 
 
+@pytest.mark.skipif(shutil.which("tc") is None, reason="needs tc (iproute2) for a tbf qdisc")
 @pytest.mark.parametrize("coalesce", [False, True], ids=["many", "coalesced"])
 @pytest.mark.parametrize("engine", ["msg_zerocopy", "io_uring"])
 def test_full_socket_loses_no_batched_datagram(sink_ns, engine: str, coalesce: bool) -> None:  # type: ignore[no-untyped-def]
