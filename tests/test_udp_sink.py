@@ -47,15 +47,12 @@ async def _send_datagrams(
     import subprocess
 
     from aiozc.datagram import create_datagram_endpoint
-
-    errors: list[int] = []
-
-    class Proto(asyncio.DatagramProtocol):
-        def error_received(self, exc: OSError) -> None:
-            errors.append(exc.errno or 0)
+    from udp_helpers import ErrorRecorder
 
     rx_before = _ifb_rx_packets()
-    transport, _ = await create_datagram_endpoint(Proto, remote_addr=(dst, 9), coalesce_zc=coalesce_zc)
+    transport, proto = await create_datagram_endpoint(
+        ErrorRecorder, remote_addr=(dst, 9), coalesce_zc=coalesce_zc
+    )
     buf = bytearray(b"z" * size)  # one buffer, sent again and again
     completions: list[Any] = []
     unresolved = 0
@@ -91,7 +88,7 @@ async def _send_datagrams(
         "nbytes": sorted({c.nbytes for c in completions}),
         "rx_packets": _ifb_rx_packets() - rx_before,
         "phase_rx": phase_rx,
-        "errors": errors,
+        "errors": [e.errno or 0 for e in proto.errors],
         "stats": stats,
         **in_step,
     }
@@ -374,15 +371,10 @@ async def _send_batches(
     import subprocess
 
     from aiozc.datagram import create_datagram_endpoint
-
-    errors: list[int] = []
-
-    class Proto(asyncio.DatagramProtocol):
-        def error_received(self, exc: OSError) -> None:
-            errors.append(exc.errno or 0)
+    from udp_helpers import ErrorRecorder
 
     rx_before = _ifb_rx_packets()
-    transport, _ = await create_datagram_endpoint(Proto, remote_addr=(dst, 9))
+    transport, proto = await create_datagram_endpoint(ErrorRecorder, remote_addr=(dst, 9))
     if sndbuf:
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, 32, sndbuf)  # SO_SNDBUFFORCE
     pool = bytearray(b"b" * size * batch)
@@ -410,7 +402,7 @@ async def _send_batches(
         "nbytes": sorted({c.nbytes for c in completions}),
         "rx_packets": _ifb_rx_packets() - rx_before,
         "phase_rx": phase_rx,
-        "errors": errors,
+        "errors": [e.errno or 0 for e in proto.errors],
         "stats": transport.stats.as_dict(),
         "unexpected_ids": tracker.unexpected_ids,
         "pending_writes": tracker.pending_writes,

@@ -252,15 +252,9 @@ async def _send_batches_into_full_socket(dst: str, engine: str, batches: int, ba
         with open("/sys/class/net/ifb0/statistics/rx_packets") as f:
             return int(f.read())
 
-    errors: list[OSError] = []
-
-    class Proto(asyncio.DatagramProtocol):
-        def error_received(self, exc: OSError) -> None:
-            errors.append(exc)
-
     before = rx_packets()
-    transport, _ = await create_datagram_endpoint(
-        Proto, remote_addr=(dst, 9), engine=engine, coalesce_zc=coalesce
+    transport, proto = await create_datagram_endpoint(
+        ErrorRecorder, remote_addr=(dst, 9), engine=engine, coalesce_zc=coalesce
     )
     transport.get_extra_info("socket").setsockopt(
         socket_mod.SOL_SOCKET, socket_mod.SO_SNDBUF, 256 << 10
@@ -280,7 +274,7 @@ async def _send_batches_into_full_socket(dst: str, engine: str, batches: int, ba
         await asyncio.sleep(0.05)
     return {
         "rx": rx_packets() - before,
-        "errors": [repr(e) for e in errors],
+        "errors": [repr(e) for e in proto.errors],
         "nbytes": sum(c.nbytes for c in completions),
         "extra": extra,
     }
