@@ -627,3 +627,13 @@ def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Fut
     if type(loop).create_future is asyncio.BaseEventLoop.create_future:
         return functools.partial(asyncio.Future, loop=loop)
     return loop.create_future
+
+
+async def made(transport: asyncio.BaseTransport, waiter: asyncio.Future[None]) -> None:
+    """Wait until ``transport`` called connection_made (``waiter``); close it if that fails
+    or the wait is cancelled."""
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise

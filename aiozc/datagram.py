@@ -47,6 +47,7 @@ from .base import (
     _Held,
     byte_view,
     logger,
+    made,
 )
 from .completions import MASK32, Completion
 from .engines.copy import CopyEngine
@@ -1534,9 +1535,5 @@ async def _make_transport(
     except BaseException:
         sock.close()
         raise
-    try:
-        await waiter
-    except BaseException:
-        transport.close()
-        raise
+    await made(transport, waiter)
     return transport, protocol

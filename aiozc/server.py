@@ -7,7 +7,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from .base import TransportOptions
+from .base import TransportOptions, made
 from .transport import ZeroCopyTransport
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
@@ -39,11 +39,7 @@ async def _make_transport(
     protocol = protocol_factory()
     waiter: asyncio.Future[None] = loop.create_future()
     transport = ZeroCopyTransport(loop, sock, protocol, options, waiter=waiter)
-    try:
-        await waiter
-    except BaseException:
-        transport.close()
-        raise
+    await made(transport, waiter)
     return transport, protocol
 
 
