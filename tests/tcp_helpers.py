@@ -71,9 +71,15 @@ class Pair:
         self.peer.close()
 
 
-async def connect_pair(protocol_cls: type = RecordingProtocol, **options: Any) -> Pair:
+async def connect_pair(
+    protocol_cls: type = RecordingProtocol, *, peer_rcvbuf: int | None = None, **options: Any
+) -> Pair:
+    """Our transport connected to a plain peer socket; ``peer_rcvbuf`` sets the peer's receive
+    buffer (before listen(), so the accepted socket has it)."""
     loop = asyncio.get_running_loop()
     listener = socket.socket()
+    if peer_rcvbuf is not None:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, peer_rcvbuf)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     listener.setblocking(False)

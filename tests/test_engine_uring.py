@@ -16,6 +16,7 @@ import subprocess
 import sys
 import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,24 +43,9 @@ async def uring_pair(**options: object) -> Pair:
     return pair
 
 
-async def stalled_pair(**options: object) -> Pair:
+async def stalled_pair(**options: Any) -> Pair:
     """A pair whose peer reads nothing until told: sends sit in our socket's write queue."""
-    loop = asyncio.get_running_loop()
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALL_RCVBUF)  # before listen()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    listener.setblocking(False)
-    try:
-        accept = asyncio.ensure_future(loop.sock_accept(listener))
-        transport, protocol = await aiozc.create_connection(
-            RecordingProtocol, *listener.getsockname(), engine="io_uring", **options
-        )
-        peer, _ = await accept
-    finally:
-        listener.close()
-    peer.setblocking(False)
-    return Pair(transport, protocol, peer)  # type: ignore[arg-type]
+    return await connect_pair(peer_rcvbuf=STALL_RCVBUF, engine="io_uring", **options)
 
 
 async def ring_closed(timeout: float = 5.0) -> bool:
