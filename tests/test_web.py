@@ -179,6 +179,15 @@ async def fetch_sha(
         return resp, h.hexdigest(), n
 
 
+async def get_body(handler: Any) -> tuple[aiohttp.ClientResponse, bytes]:
+    """Serve ``handler`` at / on a ZeroCopySite; GET it once; the response and its body."""
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with serve(app) as url, aiohttp.ClientSession() as s:
+        async with s.get(url) as resp:
+            return resp, await resp.read()
+
+
 def make_app(rec: Recorder, blob: bytes, big_file: Path) -> web.Application:
     async def body(request: web.Request) -> web.Response:
         rec.watch(request)
@@ -256,11 +265,7 @@ async def test_write_buffer_numpy_is_released_before_return() -> None:
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    async with serve(app) as url, aiohttp.ClientSession() as s:
-        async with s.get(url) as resp:
-            data = await resp.read()
+    _, data = await get_body(handler)
     assert len(data) == 2 * BIG
     assert sha(data[:BIG]) == first
     assert data[BIG:] == np.full(BIG // 8, 7, dtype=np.uint64).tobytes()
@@ -312,11 +317,7 @@ async def test_mutable_write_keeps_asyncio_contract() -> None:
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    async with serve(app) as url, aiohttp.ClientSession() as s:
-        async with s.get(url) as resp:
-            data = await resp.read()
+    _, data = await get_body(handler)
     assert data == b"a" * (4 * MiB) + b"b" * (4 * MiB)
 
 
@@ -419,12 +420,8 @@ async def test_chunked_encoding_bytes_views_and_buffers(blob: bytes) -> None:
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    async with serve(app) as url, aiohttp.ClientSession() as s:
-        async with s.get(url) as resp:
-            assert resp.headers["Transfer-Encoding"] == "chunked"
-            data = await resp.read()
+    resp, data = await get_body(handler)
+    assert resp.headers["Transfer-Encoding"] == "chunked"
     assert data == blob[: 9 * MiB] + arr.tobytes() + b"tail"
     await rec.assert_clean()
 
