@@ -136,6 +136,7 @@ _INDEX_MASK = (1 << _INDEX_BITS) - 1
 _GROUP_SIZE = 1 << _INDEX_BITS
 _GROUP_UD = 1 << 63
 _GROUP_HI = _GROUP_UD >> _INDEX_BITS  # a group's key is its user_data >> _INDEX_BITS ^ this
+_FAILED = object()  # what LoopRing._guarded returns when the callback raised
 _NO_RANGE = (0, 0, 0)  # (lo, hi, index) of no fixed buffer: lo <= addr and addr + n <= 0 fails
 
 
@@ -625,34 +626,32 @@ class LoopRing:
             _add_release(releases, req[_ON_RELEASED], ident, ident, res & _COPIED)
 
     def _call_on_done(self, entry: list[Any]) -> None:
-        try:
-            entry[_G_ON_DONE](entry[_G_CTX])
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._report(exc)
+        self._guarded(entry[_G_ON_DONE], entry[_G_CTX])
 
     def _group_result(self, entry: list[Any], i: int, res: int) -> None:
         """An unexpected result in a group: the transport hears of it (on_result) and, if it
         says the send consumed no id (None), the id is not released again later."""
         ident = (entry[_G_FIRST] + i) & _U32
-        try:
-            if entry[_G_ON_RESULT](res, entry[_G_CTX], ident) is None:
-                if entry[_G_VOIDED] is None:
-                    entry[_G_VOIDED] = set()
-                entry[_G_VOIDED].add(i)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._report(exc)
+        if self._guarded(entry[_G_ON_RESULT], res, entry[_G_CTX], ident) is None:
+            if entry[_G_VOIDED] is None:
+                entry[_G_VOIDED] = set()
+            entry[_G_VOIDED].add(i)
 
     def _call_on_result(self, req: list[Any], res: int) -> None:
+        ident = self._guarded(req[_ON_RESULT], res, req[_CTX], req[_IDENT])
+        if ident is not _FAILED:
+            req[_IDENT] = ident
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, or ``_FAILED`` after reporting what it raised to the loop: a transport's
+        callback must not stop the reaping of every other transport's completions."""
         try:
-            req[_IDENT] = req[_ON_RESULT](res, req[_CTX], req[_IDENT])
+            return fn(*args)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             self._report(exc)
+            return _FAILED
 
     def _report(self, exc: BaseException) -> None:
         self._loop.call_exception_handler(
@@ -660,12 +659,7 @@ class LoopRing:
         )
 
     def _release_run(self, cb: OnReleased, lo: int, hi: int, copied: int) -> None:
-        try:
-            cb(lo, hi, bool(copied))
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._report(exc)
+        self._guarded(cb, lo, hi, bool(copied))
 
 
 def _add_release(releases: list[list[Any]], cb: OnReleased, lo: int, hi: int,
