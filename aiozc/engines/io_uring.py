@@ -209,9 +209,8 @@ class LoopRing:
         self._next_ud = 1
         self._submit_scheduled = False
         self._pools: list[Any] = []  # BufferPools registered as fixed buffers, index = position
-        self._fixed: dict[int, int] = {}  # id(pool's exporter object) -> fixed buffer index
-        # Address ranges of the registered pools, (lo, hi, index): how send_zc_many, which gets
-        # pins rather than views, recognises fixed buffers.
+        # Address ranges of the registered pools, (lo, hi, index = fixed buffer index): a send
+        # whose bytes lie inside one goes as a fixed buffer.
         self._fixed_ranges: list[tuple[int, int, int]] = []
         self._groups: dict[int, list[Any]] = {}  # send_zc_many groups by key
         self._next_group = 0
@@ -296,7 +295,6 @@ class LoopRing:
         if pool in self._pools:
             return
         self._pools.append(pool)
-        self._fixed[id(pool.exporter)] = len(self._pools) - 1
         self._update_fixed_ranges()
         if self._ring is not None:
             self._ring.unregister_buffers()
@@ -306,7 +304,6 @@ class LoopRing:
         if pool not in self._pools:
             return
         self._pools.remove(pool)
-        self._fixed = {id(p.exporter): i for i, p in enumerate(self._pools)}
         self._update_fixed_ranges()
         if self._ring is not None:
             self._ring.unregister_buffers()
@@ -343,14 +340,14 @@ class LoopRing:
         datagram goes whole or not at all) passes that ``ident`` and ``expect`` = its length:
         a result of exactly ``expect`` bytes then needs no callback, any other result still
         gets one (and its return value replaces ``ident``). A slice of a registered
-        :class:`~aiozc.buffers.BufferPool` goes as a fixed buffer (the pool's region spans its
-        whole mmap, so any slice of it lies inside)."""
+        :class:`~aiozc.buffers.BufferPool` goes as a fixed buffer (recognised by address: the
+        pool's region spans its whole mmap, so any view of its memory lies inside)."""
         io = self._io
         if io is None:
             raise RuntimeError("io_uring ring is closed (no transport attached)")
         handle = _from_buffer(_CHAR_ARRAY, chunk, False)
         addr = int(_cast(_UINTPTR, handle))
-        fixed = self._fixed.get(id(chunk.obj)) if self._fixed else None
+        fixed = self._fixed_index(addr, len(handle)) if self._fixed_ranges else None
         ioprio, index = (_ZC_IOPRIO, 0) if fixed is None else (_ZC_FIXED_IOPRIO, fixed)
         if dest is None:
             keep: tuple[Any, ...] = (chunk, handle)
