@@ -10,10 +10,10 @@ from typing import Any
 
 # bench name -> module with add_arguments(parser) and run(args) -> dict (prints its own table)
 BENCHES = {
-    "tcp": "aiozc.bench_tcp",
-    "udp-sink": "aiozc.bench_udp",
-    "aiohttp": "aiozc.bench_web",
-    "tensors": "aiozc.bench_tensors",
+    "tcp": "aiozc.tools.bench_tcp",
+    "udp-sink": "aiozc.tools.bench_udp",
+    "aiohttp": "aiozc.tools.bench_web",
+    "tensors": "aiozc.tools.bench_tensors",
 }
 
 
@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("probe", help="what this machine offers for zero-copy sends")
     demo = commands.add_parser("demo", help="1 GiB through write_zc on both loops, beside stock transports")
-    importlib.import_module("aiozc.demo").add_arguments(demo)
+    importlib.import_module("aiozc.tools.demo").add_arguments(demo)
     bench = commands.add_parser("bench", help="side-by-side benchmarks")
     benches = bench.add_subparsers(dest="bench", required=True)
     for name, module_name in BENCHES.items():
@@ -43,7 +43,7 @@ def _bench(args: argparse.Namespace) -> None:
         raise SystemExit(f"benchmark unavailable: {args.unavailable}")
     result: dict[str, Any] = args.module.run(args)
     if args.out is not None:
-        from .report import write_report
+        from .tools.report import write_report
 
         written = write_report(args.out, args.bench, result)
         print("wrote " + ", ".join(str(p) for p in written))
@@ -52,9 +52,9 @@ def _bench(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "probe":
-        importlib.import_module("aiozc.probe").main()
+        importlib.import_module("aiozc.tools.probe").main()
     elif args.command == "demo":
-        importlib.import_module("aiozc.demo").run(args)
+        importlib.import_module("aiozc.tools.demo").run(args)
     else:
         _bench(args)
 

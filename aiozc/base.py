@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
-from . import _kernel
+from ._sys import kernel as _kernel
 from .completions import Completion, CompletionTracker, WriteHandle, range_length
 from .engines import Engine, SendPending, get_engine
 from .policy import PolicyOptions, ZeroCopyPolicy

@@ -25,7 +25,7 @@ import asyncio
 import mmap
 from collections.abc import Iterator
 
-from . import _uring
+from ._sys import uring as _uring
 
 __all__ = ["BufferPool"]
 

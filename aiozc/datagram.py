@@ -6,7 +6,7 @@ datagram given to ``sendto()`` and ``sendto_zc()`` leaves in call order through 
 only fills while the socket's send buffer is full (EAGAIN).
 
 Batches. ``sendto_zc_many(bufs)`` sends many datagrams with one future and one tracker write:
-on a connected socket through sendmmsg(2) (:mod:`aiozc._mmsg`), up to 1024 datagrams per call,
+on a connected socket through sendmmsg(2) (:mod:`aiozc._sys.mmsg`), up to 1024 datagrams per call,
 each consuming one MSG_ZEROCOPY id in order (measured on the ifb sink). sendmmsg reports an
 error only for its first datagram; a later one that failed just ends the call early, and if
 that was a qdisc drop (ENOBUFS with IP_RECVERR) its id was used: the transport checks the error
@@ -39,7 +39,7 @@ import stat
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from . import _kernel, _mmsg
+from ._sys import kernel as _kernel, mmsg as _mmsg
 from .base import (
     TransportClosedError,
     TransportOptions,
@@ -126,7 +126,7 @@ class _Datagram:
 class _Batch:
     """One ``sendto_zc_many()`` call: one tracker write (one future) for all its datagrams.
 
-    Each buffer is held by a pin (:func:`aiozc._mmsg.pin`: a buffer export, as a memoryview
+    Each buffer is held by a pin (:func:`aiozc._sys.mmsg.pin`: a buffer export, as a memoryview
     would hold, and the address sendmmsg needs) until the batch resolves. It is the write's
     token (what ``_resolve`` gets back): ``future`` and ``view`` like :class:`~aiozc.base._Held`,
     ``view.release()`` ending every pin.

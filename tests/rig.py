@@ -1,9 +1,9 @@
-"""Test rig: pytest fixtures and helpers around :mod:`aiozc._netns` and :mod:`aiozc._kernel`.
+"""Test rig: pytest fixtures and helpers around :mod:`aiozc.tools.netns` and :mod:`aiozc._sys.kernel`.
 
 Fixtures (each skips with the reason from ``netns_available()`` when the rig cannot run: not
 root, no iproute2, no ifb, ...):
 
-* ``sink_ns``: a fresh :class:`~aiozc._netns.SinkNamespace`; UDP to ``sink_ns.sink_addr`` from a
+* ``sink_ns``: a fresh :class:`~aiozc.tools.netns.SinkNamespace`; UDP to ``sink_ns.sink_addr`` from a
   socket made with ``sink_ns.socket()`` / ``zc_udp_socket(sink_ns)`` (or code run with
   ``sink_ns.call(fn)``) is sent truly zero-copy (notifications copied=False).
 * ``enobufs_sink``: the same with ``net.core.optmem_max = 1024``: the first MSG_ZEROCOPY send of
@@ -33,9 +33,9 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 
-from aiozc import _kernel
-from aiozc._kernel import ZeroCopyRange
-from aiozc._netns import (
+from aiozc._sys import kernel as _kernel
+from aiozc._sys.kernel import ZeroCopyRange
+from aiozc.tools.netns import (
     OPTMEM_NO_ZEROCOPY,
     OPTMEM_ONE_PENDING_NOTIFICATION,
     NetNamespace,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from aiozc import _mmsg
+from aiozc._sys import mmsg as _mmsg
 from aiozc.base import TransportClosedError
 from aiozc.completions import Completion
 from aiozc.datagram import MAX_UDP4_PAYLOAD, ZeroCopyDatagramTransport, create_datagram_endpoint

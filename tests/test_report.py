@@ -1,4 +1,4 @@
-"""aiozc.report: the JSON + PNG writer shared by the benches."""
+"""aiozc.tools.report: the JSON + PNG writer shared by the benches."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aiozc.report import find_rows, format_size, write_report
+from aiozc.tools.report import find_rows, format_size, write_report
 
 
 def test_format_size() -> None:
@@ -57,7 +57,7 @@ def test_no_rows_means_json_only(tmp_path: Path) -> None:
 
 def test_udp_sink_two_panel_plot_and_replot_from_json(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from aiozc.report import main, replot
+    from aiozc.tools.report import main, replot
 
     kinds = [("raw sendto", "raw", "-", 1.0), ("asyncio stock", "stock", None, 1.0),
              ("aiozc sendto_zc", "aiozc", None, 1.2), ("aiozc sendto_zc io_uring", "aiozc+uring", None, 1.3),

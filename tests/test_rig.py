@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from aiozc import _kernel
-from aiozc._netns import (
+from aiozc._sys import kernel as _kernel
+from aiozc.tools.netns import (
     OPTMEM_NO_ZEROCOPY,
     OPTMEM_ONE_PENDING_NOTIFICATION,
     NamespaceCallError,
@@ -41,7 +41,7 @@ def udp_zerocopy_burst(dst: str, count: int, size: int) -> dict[str, object]:
     import select
     import time
 
-    from aiozc import _kernel as k
+    from aiozc._sys import kernel as k
 
     buf = bytearray(size)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -76,7 +76,7 @@ def zc_sizes(dst: str, sizes: list[int]) -> dict[str, object]:
     import select
     import time
 
-    from aiozc import _kernel as k
+    from aiozc._sys import kernel as k
 
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     assert k.enable_zerocopy(s) is None
@@ -119,7 +119,7 @@ def test_netns_available_gives_none_or_reason() -> None:
 
 
 def test_netns_unavailable_reason_when_not_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    import aiozc._netns as netns
+    import aiozc.tools.netns as netns
 
     netns_available.cache_clear()
     monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
@@ -155,7 +155,7 @@ def test_enter_in_forked_child(sink_ns: SinkNamespace) -> None:
 
 def test_reap_stale_namespaces_only_touches_dead_pids() -> None:
     require_netns()
-    from aiozc._netns import _ip, reap_stale_namespaces
+    from aiozc.tools.netns import _ip, reap_stale_namespaces
 
     dead = 4194304  # above pid_max's hard limit (2**22): never a live pid
     stale = f"aiozc-reaptest-{dead}-{os.getpid()}"  # unique even with concurrent test runs

@@ -656,7 +656,7 @@ def test_example_streams_between_two_processes() -> None:
 def test_benchmark_runs_and_reports_ratios() -> None:
     import argparse
 
-    from aiozc import bench_tensors
+    from aiozc.tools import bench_tensors
 
     args = argparse.Namespace(sizes_mib=[1], total_mib=2, min_frames=2, repeat=1, peers=["aiozc", "mp"])
     result = bench_tensors.run(args)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import aiozc
-from aiozc import _kernel
+from aiozc._sys import kernel as _kernel
 from aiozc.readiness import Multiplexer
 from tcp_helpers import RecordingProtocol, connect_pair, sha
 

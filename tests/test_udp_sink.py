@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from aiozc._netns import OPTMEM_NO_ZEROCOPY, SinkNamespace, VethPair
+from aiozc.tools.netns import OPTMEM_NO_ZEROCOPY, SinkNamespace, VethPair
 
 LOOPS = ["asyncio", "uvloop"]
 DATAGRAM = 64000
@@ -329,8 +329,8 @@ def test_tcp_over_veth_falls_back_to_copy(veth_pair: VethPair, loop: str) -> Non
 def raw_sendmmsg_ids(dst: str, count: int, batch: int) -> dict[str, Any]:
     """``count`` datagrams by sendmmsg(MSG_ZEROCOPY) in calls of ``batch``, then one send():
     which ids the kernel reported, and how many datagrams the sink saw."""
-    from aiozc import _kernel
-    from aiozc._mmsg import MmsgSender, pin
+    from aiozc._sys import kernel as _kernel
+    from aiozc._sys.mmsg import MmsgSender, pin
     from rig import wait_zc_ids
     import socket
 

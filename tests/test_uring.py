@@ -1,4 +1,4 @@
-"""aiozc._uring: the cffi io_uring binding, exercised with real sockets (loopback / a netns).
+"""aiozc._sys.uring: the cffi io_uring binding, exercised with real sockets (loopback / a netns).
 
 Every wait goes through the registered eventfd with a deadline, so a missing CQE fails the
 test instead of hanging it.
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from aiozc import _uring as u
-from aiozc._uring import (
+from aiozc._sys import uring as u
+from aiozc._sys.uring import (
     IORING_CQE_F_MORE,
     IORING_CQE_F_NOTIF,
     IORING_NOTIF_USAGE_ZC_COPIED,
@@ -374,7 +374,7 @@ def test_udp_sendto_with_dest(ring: Ring, family: int, host: str) -> None:
 # the packets, so the kernel releases our pages without copying them (PLATFORM.md).
 _NETNS_SENDER = r"""
 import json, socket, sys, select, os, time
-from aiozc import _uring as u
+from aiozc._sys import uring as u
 tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 dest = u.pack_sockaddr(socket.AF_INET, ("10.211.0.2", 9))
 buf = bytearray(b"z" * (64000 * 8))
@@ -485,7 +485,7 @@ def test_unclosed_ring_warns_and_closes() -> None:
 _MEMLOCK_SENDER = r"""
 import json, resource, socket
 resource.setrlimit(resource.RLIMIT_MEMLOCK, (256 * 1024, 256 * 1024))
-from aiozc import _uring as u
+from aiozc._sys import uring as u
 lsock = socket.create_server(("127.0.0.1", 0))
 tx = socket.create_connection(lsock.getsockname())
 rx, _ = lsock.accept()

@@ -56,8 +56,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .. import _kernel, _uring
-from .._uring import IORING_CQE_F_MORE, IORING_CQE_F_NOTIF, IORING_NOTIF_USAGE_ZC_COPIED
+from .._sys import kernel as _kernel, uring as _uring
+from .._sys.uring import IORING_CQE_F_MORE, IORING_CQE_F_NOTIF, IORING_NOTIF_USAGE_ZC_COPIED
 
 __all__ = ["IoUringEngine", "LoopRing", "uring_unavailable_reason"]
 
@@ -103,7 +103,7 @@ _ffi = _uring.ffi
 # The cffi backend's functions directly: ffi.cast/ffi.from_buffer wrap them in Python
 # (~0.1 us per send, measured).
 _from_buffer = _ffi._backend.from_buffer
-_unpin = _ffi._backend.release  # ends a from_buffer export (aiozc._mmsg.pin's too: one backend)
+_unpin = _ffi._backend.release  # ends a from_buffer export (aiozc._sys.mmsg.pin's too: one backend)
 _cast = _ffi._backend.cast
 _CHAR_ARRAY = _ffi.typeof("char[]")
 _UINTPTR = _ffi.typeof("uintptr_t")
@@ -383,7 +383,7 @@ class LoopRing:
         consecutive ids from ``first_ident``, each expecting ``sizes[i]`` bytes; ``ctx`` is
         shared by all.
 
-        ``pins`` are buffer exports from :func:`aiozc._mmsg.pin`, and the engine takes them
+        ``pins`` are buffer exports from :func:`aiozc._sys.mmsg.pin`, and the engine takes them
         over: it ends them (``_mmsg.unpin``) once the kernel released every datagram of the
         group. One request entry stands for a whole group (user_data = group | index), so per
         datagram there is one ``pack_into`` and no request object or dict entry: the Python

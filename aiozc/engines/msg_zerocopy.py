@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from .._kernel import MSG_ZEROCOPY, enable_zerocopy
+from .._sys.kernel import MSG_ZEROCOPY, enable_zerocopy
 
 
 class MsgZeroCopyEngine:

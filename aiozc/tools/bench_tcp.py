@@ -23,7 +23,7 @@ from typing import Any
 
 import aiozc
 
-from ._benchkit import FlowControlledSender, pin_to_cpu, run_on
+from .benchkit import FlowControlledSender, pin_to_cpu, run_on
 
 _POOL = 64 << 20
 _HIGH_WATER = 1 << 20

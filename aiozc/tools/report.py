@@ -15,7 +15,7 @@ size with their ratio to stock asyncio).
 
 To redraw a PNG from a saved JSON without re-running the bench::
 
-    python -m aiozc.report docs/bench/udp-sink.json      # or replot("docs/bench/udp-sink.json")
+    python -m aiozc.tools.report docs/bench/udp-sink.json      # or replot("docs/bench/udp-sink.json")
 """
 
 from __future__ import annotations
@@ -409,10 +409,10 @@ def replot(json_path: str | Path, png_path: str | Path | None = None) -> Path | 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m aiozc.report NAME.json...``: redraw each NAME.png from its saved JSON."""
+    """``python -m aiozc.tools.report NAME.json...``: redraw each NAME.png from its saved JSON."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m aiozc.report", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m aiozc.tools.report", description=main.__doc__)
     parser.add_argument("json", nargs="+", type=Path, help="bench result(s) written by --out")
     for src in parser.parse_args(argv).json:
         png = replot(src)

@@ -207,11 +207,11 @@ for _name, _size in (
     ("struct io_uring_probe_op", 8),
 ):
     if ffi.sizeof(_name) != _size:  # pragma: no cover - a declaration bug, not a runtime state
-        raise ImportError(f"aiozc._uring: sizeof({_name}) = {ffi.sizeof(_name)}, want {_size}")
+        raise ImportError(f"aiozc._sys.uring: sizeof({_name}) = {ffi.sizeof(_name)}, want {_size}")
 for _field, _off in (("addr2", 8), ("addr", 16), ("len", 24), ("msg_flags", 28),
                      ("user_data", 32), ("buf_index", 40), ("addr_len", 44), ("addr3", 48)):
     if ffi.offsetof("struct io_uring_sqe", _field) != _off:  # pragma: no cover
-        raise ImportError(f"aiozc._uring: io_uring_sqe.{_field} at wrong offset")
+        raise ImportError(f"aiozc._sys.uring: io_uring_sqe.{_field} at wrong offset")
 
 _ZERO_SQE: Final = bytes(64)
 _MAP_FAILED: Final = ffi.cast("void *", -1)

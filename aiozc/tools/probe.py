@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from . import _kernel
+from .._sys import kernel as _kernel
 
 
 def _read(path: str) -> str:
@@ -60,7 +60,7 @@ def _memlock() -> str:
 
 def _uring() -> str:
     try:
-        from .engines.io_uring import uring_unavailable_reason
+        from ..engines.io_uring import uring_unavailable_reason
     except Exception as exc:  # the binding itself failed to load
         return f"unavailable: {exc}"
     reason = uring_unavailable_reason()  # what engine="io_uring" checks
@@ -73,7 +73,7 @@ def _uring() -> str:
 
 
 def _netns() -> str:
-    from ._netns import netns_available
+    from .netns import netns_available
 
     reason = netns_available()
     return "yes (ifb sink rig usable)" if reason is None else f"no: {reason}"

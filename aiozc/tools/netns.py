@@ -411,7 +411,7 @@ class NetNamespace:
     def call_unprivileged(
         self, func: Callable[..., Any], *args: Any, memlock: int | None = None,
         uid: int = 65534, gid: int = 65534,
-        preload: Sequence[str] = ("socket", "select", "errno", "time", "json", "aiozc._kernel"),
+        preload: Sequence[str] = ("socket", "select", "errno", "time", "json", "aiozc._sys.kernel"),
         timeout: float | None = 60.0, **kwargs: Any,
     ) -> Any:
         """Like :meth:`call`, but ``func`` runs as ``uid``/``gid`` (no capabilities) with

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ._benchkit import run_on
+from .benchkit import run_on
 
 MiB = 1 << 20
 HOST = "127.0.0.1"

@@ -1,6 +1,6 @@
 """``python -m aiozc bench udp-sink``: UDP into an ifb sink, where MSG_ZEROCOPY really is zero-copy.
 
-The bench builds a private network namespace with an ``ifb0`` device (see :mod:`aiozc._netns`),
+The bench builds a private network namespace with an ``ifb0`` device (see :mod:`aiozc.tools.netns`),
 runs every case in a fresh interpreter inside it (``ip netns exec``) and deletes it afterwards.
 ifb drops what it is handed, so the kernel releases zero-copy pages without copying them: this is
 the one place on a single host where zero-copy sending can be measured for real (TCP to a local
@@ -104,7 +104,7 @@ TARGET_ERRQ_READS_PER_ZC_SEND = 0.05
 def _pool_slices(size: int) -> tuple[Any, list[memoryview]]:
     """The same walk over a 64 MiB aiozc.BufferPool (fixed buffers once registered with the
     loop's ring; each slot is page-aligned, so 64000 B slots take 64 KiB)."""
-    from .buffers import BufferPool
+    from ..buffers import BufferPool
 
     pool = BufferPool(size, POOL_BYTES // (-(-size // 4096) * 4096), register=False)
     chunk = os.urandom(MiB)
@@ -133,7 +133,7 @@ def _sink_rx_packets() -> int:
 
 
 def _raw_socket(dst: str, zerocopy: bool) -> socket.socket:
-    from . import _kernel
+    from .._sys import kernel as _kernel
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if zerocopy:
@@ -173,7 +173,7 @@ def _raw_sendto(dst: str, views: list[memoryview], count: int) -> dict[str, Any]
 
 def _raw_zerocopy(dst: str, views: list[memoryview], count: int) -> dict[str, Any]:
     """MSG_ZEROCOPY as a hand-written loop would do it: drain now and then, copy on ENOBUFS."""
-    from . import _kernel
+    from .._sys import kernel as _kernel
 
     sock = _raw_socket(dst, zerocopy=True)
     n = len(views)
@@ -282,7 +282,7 @@ async def _aiozc_many(
 async def _endpoint(dst: str, options: dict[str, Any]) -> Any:
     """The aiozc endpoint of a case; a BufferPool in ``options["pool"]`` is registered with
     this loop's ring first (fixed buffers)."""
-    from .datagram import create_datagram_endpoint
+    from ..datagram import create_datagram_endpoint
 
     options = dict(options)
     pool = options.pop("pool", None)
@@ -522,7 +522,7 @@ def run(args: Any = None) -> dict[str, Any]:
     ``args``: an argparse namespace (or anything) with optional ``sizes``, ``count``, ``window``,
     ``repeat``, ``loops``; missing ones take the defaults. Root only.
     """
-    from ._netns import SinkNamespace, netns_available
+    from .netns import SinkNamespace, netns_available
 
     if os.geteuid() != 0:
         raise SystemExit("bench udp-sink needs root: it creates a network namespace with an ifb device")
@@ -592,7 +592,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m aiozc.bench_udp", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m aiozc.tools.bench_udp", description=__doc__)
     add_arguments(parser)
     parser.add_argument("--out", help="write udp-sink.json and udp-sink.png into this directory")
     parser.add_argument("--json", action="store_true", help="also print the result as JSON")

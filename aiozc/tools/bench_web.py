@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from ._benchkit import pin_to_cpu, run_on
+from .benchkit import pin_to_cpu, run_on
 
 MiB = 1 << 20
 

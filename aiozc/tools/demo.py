@@ -19,7 +19,7 @@ from typing import Any
 
 import aiozc
 
-from ._benchkit import LOOPS, FlowControlledSender, run_on
+from .benchkit import LOOPS, FlowControlledSender, run_on
 
 _WRITE = 1 << 20
 
