@@ -276,7 +276,12 @@ class ZeroCopyTransportBase:
         # EPOLLERR with an empty error queue is a real socket error: read (and clear) it.
         err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
-            self._fatal_error(_oserror(err))
+            self._on_socket_error(_oserror(err))
+
+    def _on_socket_error(self, exc: OSError) -> None:
+        """The socket's pending error (SO_ERROR), read on EPOLLERR; stream transports first
+        deliver data that arrived before it."""
+        self._fatal_error(exc)
 
     # -- completions -----------------------------------------------------------------------
 

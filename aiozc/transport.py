@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import io
 import os
 import socket
 import stat
 import struct
+import termios
 from typing import Any, Iterable, cast
 
 from .base import TransportOptions, ZeroCopyTransportBase, byte_view, logger
@@ -100,6 +102,9 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         self._hup = False
         self._eof = False
         self._lost_writes = 0
+        # A peer's reset read from SO_ERROR while received data was still queued: delivered
+        # after that data, as the stock transports do (their recv() reports it at the end).
+        self._read_error: OSError | None = None
         self._server = server
         asyncio.Transport.__init__(self, extra)
         ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options or TransportOptions(), extra)
@@ -151,13 +156,31 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             self._fatal_error(exc)
             return False
         if nbytes == 0:
-            self._on_eof()
+            if self._read_error is not None:
+                self._fatal_error(self._read_error)
+            else:
+                self._on_eof()
             return False
         if self._buffered:
             self._protocol.buffer_updated(nbytes)  # type: ignore[attr-defined]
         else:
             self._protocol.data_received(data)  # type: ignore[attr-defined]
         return nbytes == size and self._sock is not None
+
+    def _on_socket_error(self, exc: OSError) -> None:
+        # A reset does not discard what had arrived before it; reading SO_ERROR cleared the
+        # error, so the data is readable and recv() then reports EOF, where the stashed error
+        # is delivered instead. With nothing queued there is nothing to wait for.
+        if self._read_error is None and _unread_bytes(self._fd) > 0:
+            self._read_error = exc
+            return
+        self._fatal_error(exc)
+
+    def _fatal_error(self, exc: BaseException) -> None:
+        # After a stashed reset, a send fails with EPIPE: report what the peer did instead.
+        if self._read_error is not None and isinstance(exc, OSError):
+            exc = self._read_error
+        super()._fatal_error(exc)
 
     def _on_eof(self) -> None:
         self._eof_received = True
@@ -456,6 +479,14 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             if self._server is not None:
                 self._server._detach(self)
                 self._server = None
+
+
+def _unread_bytes(fd: int) -> int:
+    """Bytes received and not yet read (SIOCINQ; a FIN is not counted)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
 
 
 def _file_end(file: Any, offset: int, count: int | None) -> int:
