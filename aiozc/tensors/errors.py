@@ -1,0 +1,27 @@
+"""The exceptions aiozc.tensors raises."""
+
+from __future__ import annotations
+
+__all__ = ["ChannelClosed", "FrameError", "FrameTooLarge", "IncompleteFrame", "TensorChannelError"]
+
+
+class TensorChannelError(Exception):
+    """Base class of every error this module raises about the channel or its frames."""
+
+
+class FrameError(TensorChannelError, ValueError):
+    """The peer sent a malformed frame; the connection has been aborted."""
+
+
+class FrameTooLarge(FrameError):
+    """A frame's header or body exceeds ``max_header_bytes`` / ``max_frame_bytes``."""
+
+
+class IncompleteFrame(TensorChannelError, ConnectionError):
+    """The connection ended in the middle of a frame."""
+
+
+class ChannelClosed(TensorChannelError, EOFError):
+    """The channel is closed (cleanly, at a frame boundary); ``async for`` stops on this."""
+
+
