@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m aiozc", description="aiozc: zero-copy asyncio transports")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("probe", help="what this machine offers for zero-copy sends")
-    demo = commands.add_parser("demo", help="1 GiB through write_zc on both loops, beside stock transports")
+    demo = commands.add_parser("demo", help="write_zc beside stock TCP on both loops, then UDP zero-copy into a sink")
     importlib.import_module("aiozc.tools.demo").add_arguments(demo)
     bench = commands.add_parser("bench", help="side-by-side benchmarks")
     benches = bench.add_subparsers(dest="bench", required=True)

@@ -522,7 +522,8 @@ def run(args: Any = None) -> dict[str, Any]:
     ``args``: an argparse namespace (or anything) with optional ``sizes``, ``count``, ``window``,
     ``repeat``, ``loops``; missing ones take the defaults. Root only.
     """
-    from .netns import SinkNamespace, netns_available
+    from .benchkit import udp_sink
+    from .netns import netns_available
 
     if os.geteuid() != 0:
         raise SystemExit("bench udp-sink needs root: it creates a network namespace with an ifb device")
@@ -536,9 +537,7 @@ def run(args: Any = None) -> dict[str, Any]:
     if opts.zc_threshold is not None:
         options["zc_threshold"] = opts.zc_threshold
     rows: list[dict[str, Any]] = []
-    with SinkNamespace(prefix="aiozc-sink") as ns:
-        # IPv6 router solicitations / MLD reports would add packets to the sink's counter.
-        ns.set_sysctl("net.ipv6.conf.ifb0.disable_ipv6", 1)
+    with udp_sink() as ns:
         variants = _selected(opts.loops)
         for size in opts.sizes:
             # Rounds interleave the cases (every case once per round), so a noisy neighbour on

@@ -1,14 +1,18 @@
-"""What the demo and the benchmarks share: running a coroutine on a named loop, and a
-sending protocol that honours pause_writing/resume_writing."""
+"""What the demo and the benchmarks share: running a coroutine on a named loop, a sending
+protocol that honours pause_writing/resume_writing, and the UDP sink namespace."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvloop
+
+if TYPE_CHECKING:
+    from .netns import SinkNamespace
 
 LOOPS = ("asyncio", "uvloop")
 T = TypeVar("T")
@@ -69,3 +73,17 @@ class FlowControlledSender(asyncio.Protocol):
             else:
                 self.reply.set_exception(exc)
         self.can_write.set()  # never leave a writer waiting on a dead connection
+
+
+@contextlib.contextmanager
+def udp_sink() -> Iterator["SinkNamespace"]:
+    """A sink namespace (ifb0) whose rx_packets counter counts only the datagrams sent to it.
+
+    IPv6 is off on ifb0: its router solicitations and MLD reports would add packets to the count.
+    Root only; check :func:`aiozc.tools.netns.netns_available` first for the reason it cannot run.
+    """
+    from .netns import SinkNamespace
+
+    with SinkNamespace(prefix="aiozc-sink") as ns:
+        ns.set_sysctl("net.ipv6.conf.ifb0.disable_ipv6", 1)
+        yield ns
