@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import importlib
 import os
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> list[DemoResult]:
             f"\nUDP zero-copy section skipped: {reason}. Run the demo as root with iproute2 "
             "installed (sudo .venv/bin/python -m aiozc demo) to see real zero-copy sends."
         )
-    print("\n" + _verdict(udp))
+    print("\n" + textwrap.fill(_verdict(udp), width=100))
     if not all(r.match for r in results):
         raise SystemExit("data mismatch")
     if any(r.sink_rx != r.datagrams for r in udp):
