@@ -10,7 +10,10 @@ from .buffers import BufferPool
 from .completions import Completion
 from .datagram import ZeroCopyDatagramTransport, create_datagram_endpoint
 from .policy import ZeroCopyState
+from .connect import connect_accepted_socket
+from .loop import EventLoopPolicy, install, new_event_loop, run
 from .server import Server, create_connection, create_server
+from .tls import start_tls
 from .stats import TransportStats
 from .streams import ZeroCopyStreamWriter, open_connection, start_server
 from .transport import ZeroCopyTransport
@@ -20,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BufferPool",
     "Completion",
+    "EventLoopPolicy",
     "Server",
     "TransportClosedError",
     "TransportOptions",
@@ -28,9 +32,14 @@ __all__ = [
     "ZeroCopyState",
     "ZeroCopyStreamWriter",
     "ZeroCopyTransport",
+    "connect_accepted_socket",
     "create_connection",
     "create_datagram_endpoint",
     "create_server",
+    "install",
+    "new_event_loop",
     "open_connection",
+    "run",
     "start_server",
+    "start_tls",
 ]

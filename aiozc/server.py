@@ -1,102 +1,37 @@
-"""``create_connection`` and ``create_server`` with asyncio's signatures, for zero-copy transports."""
+"""``create_server`` with asyncio's signature and errors, for zero-copy transports.
+
+The client side (``create_connection``, ``connect_accepted_socket``) is in :mod:`aiozc.connect`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
+from asyncio import trsock
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from .base import TransportOptions, made
+from . import tls
+from .base import TransportOptions, logger
+from .connect import (
+    check_stream_socket,
+    connect_accepted_socket,
+    create_connection,
+    set_nodelay,
+)
 from .transport import ZeroCopyTransport
+
+__all__ = ["Server", "connect_accepted_socket", "create_connection", "create_server"]
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
-
-def _reject_ssl(ssl: Any) -> None:
-    if ssl:
-        raise ValueError(
-            "aiozc does not support TLS: kernel TLS offload would be needed to send encrypted "
-            "data zero-copy; use asyncio's own transports for TLS connections"
-        )
-
-
-def _set_nodelay(sock: socket.socket) -> None:
-    # asyncio sets TCP_NODELAY on its TCP transports; match it so latency is comparable.
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-async def _make_transport(
-    loop: asyncio.AbstractEventLoop,
-    sock: socket.socket,
-    protocol_factory: Callable[[], P],
-    options: TransportOptions,
-) -> tuple[ZeroCopyTransport, P]:
-    sock.setblocking(False)
-    _set_nodelay(sock)
-    protocol = protocol_factory()
-    waiter: asyncio.Future[None] = loop.create_future()
-    transport = ZeroCopyTransport(loop, sock, protocol, options, waiter=waiter)
-    await made(transport, waiter)
-    return transport, protocol
-
-
-async def _connect_any(
-    loop: asyncio.AbstractEventLoop, host: str | None, port: int | str | None, local_addr: Any
-) -> socket.socket:
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not infos:
-        raise OSError(f"getaddrinfo({host!r}, {port!r}) returned nothing")
-    errors: list[OSError] = []
-    for family, type_, proto, _, address in infos:
-        sock = socket.socket(family, type_, proto)
-        try:
-            sock.setblocking(False)
-            if local_addr is not None:
-                sock.bind(local_addr)
-            await loop.sock_connect(sock, address)
-            return sock
-        except OSError as exc:
-            sock.close()
-            errors.append(exc)
-        except BaseException:
-            sock.close()
-            raise
-    if len(errors) == 1:
-        raise errors[0]
-    raise OSError(f"Multiple exceptions: {', '.join(map(str, errors))}")
-
-
-async def create_connection(
-    protocol_factory: Callable[[], P],
-    host: str | None = None,
-    port: int | str | None = None,
-    *,
-    sock: socket.socket | None = None,
-    ssl: Any = None,
-    local_addr: Any = None,
-    **options: Any,
-) -> tuple[ZeroCopyTransport, P]:
-    """Like :meth:`asyncio.loop.create_connection`, returning a :class:`ZeroCopyTransport`.
-
-    ``options`` are transport options (``zc_threshold``, ``close_timeout``, ``engine``...).
-    """
-    _reject_ssl(ssl)
-    opts = TransportOptions.from_kwargs(options)
-    loop = asyncio.get_running_loop()
-    if sock is None:
-        if host is None and port is None:
-            raise ValueError("host and port, or sock, must be given")
-        sock = await _connect_any(loop, host, port, local_addr)
-    elif host is not None or port is not None:
-        raise ValueError("host/port and sock can not be specified at the same time")
-    try:
-        return await _make_transport(loop, sock, protocol_factory, opts)
-    except BaseException:
-        sock.close()
-        raise
+# accept() errors meaning "out of descriptors or memory". Linux keeps reporting the listener
+# readable while they last, so retrying at once spins the loop; asyncio removes the reader and
+# retries after constants.ACCEPT_RETRY_DELAY (1 s). uvloop (libuv) backs off too.
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_RETRY_DELAY = 1.0
 
 
 class Server(asyncio.AbstractServer):
@@ -109,6 +44,9 @@ class Server(asyncio.AbstractServer):
         protocol_factory: ProtocolFactory,
         options: TransportOptions,
         backlog: int,
+        ssl: Any = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
     ) -> None:
         self._loop = loop
         self._sockets: list[socket.socket] | None = sockets
@@ -119,6 +57,13 @@ class Server(asyncio.AbstractServer):
         self._serving_forever: asyncio.Future[None] | None = None
         self._transports: set[ZeroCopyTransport] = set()
         self._closed = loop.create_future()
+        self._ssl = ssl
+        self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._ssl_shutdown_timeout = ssl_shutdown_timeout
+        # Out-of-resources back-off: listener fd -> the timer that re-adds its reader.
+        self._retry_timers: dict[int, asyncio.TimerHandle] = {}
+        self._out_of_resources_logged = False
+        self.accept_retry_delay = ACCEPT_RETRY_DELAY
 
     # -- bookkeeping used by transports ------------------------------------------------------
 
@@ -136,8 +81,9 @@ class Server(asyncio.AbstractServer):
     # -- AbstractServer ----------------------------------------------------------------------
 
     @property
-    def sockets(self) -> tuple[socket.socket, ...]:
-        return tuple(self._sockets or ())
+    def sockets(self) -> tuple[trsock.TransportSocket, ...]:
+        # asyncio hands out TransportSocket wrappers: no accept()/recv() behind the server's back.
+        return tuple(trsock.TransportSocket(sock) for sock in self._sockets or ())
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
@@ -163,7 +109,10 @@ class Server(asyncio.AbstractServer):
         if sockets is None:
             return
         for sock in sockets:
-            if self._serving:
+            timer = self._retry_timers.pop(sock.fileno(), None)
+            if timer is not None:
+                timer.cancel()
+            elif self._serving:
                 self._loop.remove_reader(sock.fileno())
             sock.close()
         self._serving = False
@@ -217,18 +166,48 @@ class Server(asyncio.AbstractServer):
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
-                self._loop.call_exception_handler(
-                    {"message": "aiozc server accept() failed", "exception": exc, "socket": listener}
-                )
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._back_off(listener, exc)
+                else:
+                    self._loop.call_exception_handler(
+                        {"message": "aiozc server accept() failed", "exception": exc,
+                         "socket": trsock.TransportSocket(listener)}
+                    )
                 return
+            if self._out_of_resources_logged:
+                self._out_of_resources_logged = False
+                logger.info("%r: accepting again", self)
             self._accept_connection(conn)
+
+    def _back_off(self, listener: socket.socket, exc: OSError) -> None:
+        """Stop watching ``listener`` and try again later; report the first failure only."""
+        if not self._out_of_resources_logged:
+            self._out_of_resources_logged = True
+            self._loop.call_exception_handler(
+                {"message": "socket.accept() out of system resource", "exception": exc,
+                 "socket": trsock.TransportSocket(listener),
+                 "retry_delay": self.accept_retry_delay}
+            )
+        fd = listener.fileno()
+        self._loop.remove_reader(fd)
+        self._retry_timers[fd] = self._loop.call_later(
+            self.accept_retry_delay, self._retry_accept, listener
+        )
+
+    def _retry_accept(self, listener: socket.socket) -> None:
+        self._retry_timers.pop(listener.fileno(), None)
+        if self._serving and self._sockets is not None:
+            self._loop.add_reader(listener.fileno(), self._accept_ready, listener)
 
     def _accept_connection(self, conn: socket.socket) -> None:
         try:
             conn.setblocking(False)
-            _set_nodelay(conn)
+            set_nodelay(conn)
             protocol = self._protocol_factory()
-            ZeroCopyTransport(self._loop, conn, protocol, self._options, server=self)
+            if self._ssl:
+                self._accept_tls(conn, protocol)
+            else:
+                ZeroCopyTransport(self._loop, conn, protocol, self._options, server=self)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, (SystemExit, KeyboardInterrupt)):
@@ -237,30 +216,77 @@ class Server(asyncio.AbstractServer):
                 {"message": "aiozc server failed to set up a connection", "exception": exc}
             )
 
+    def _accept_tls(self, conn: socket.socket, app_protocol: asyncio.BaseProtocol) -> None:
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        ssl_protocol = tls.wrap(
+            self._loop, app_protocol, self._ssl, waiter, server_side=True, server_hostname=None,
+            handshake_timeout=self._ssl_handshake_timeout,
+            shutdown_timeout=self._ssl_shutdown_timeout,
+        )
+        transport = ZeroCopyTransport(self._loop, conn, ssl_protocol, self._options, server=self)
+
+        def handshake_done(fut: asyncio.Future[None]) -> None:
+            # The SSL protocol already reported and closed on failure (asyncio logs the
+            # failure only in debug mode); retrieve it so no "never retrieved" warning follows.
+            if not fut.cancelled() and fut.exception() is not None:
+                transport.close()
+
+        waiter.add_done_callback(handshake_done)
+
     def __repr__(self) -> str:
         return f"<aiozc.Server sockets={self.sockets!r}>"
 
 
+def _hosts(host: str | Iterable[str] | None) -> list[str | None]:
+    if host == "":
+        return [None]
+    if host is None or isinstance(host, str) or not isinstance(host, Iterable):
+        return [host]
+    return list(host)
+
+
+async def _server_infos(
+    loop: asyncio.AbstractEventLoop, host: str | None, port: Any, family: int, flags: int
+) -> list[tuple[Any, ...]]:
+    infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM, flags=flags)
+    if not infos:
+        raise OSError(f"getaddrinfo({host!r}) returned empty list")
+    return list(infos)
+
+
+def _bind(sock: socket.socket, address: Any) -> bool:
+    """Bind, with asyncio's error message; False if the address family is not enabled."""
+    try:
+        sock.bind(address)
+    except OSError as err:
+        if err.errno == errno.EADDRNOTAVAIL:
+            return False  # asyncio: assume the family is not enabled (bpo-30945)
+        msg = f"error while attempting to bind on address {address!r}: {err.strerror.lower()}"
+        raise OSError(err.errno, msg) from None
+    return True
+
+
 def _listening_sockets(
-    infos: Iterable[tuple[Any, ...]], reuse_address: bool | None, reuse_port: bool | None
+    infos: list[tuple[Any, ...]], reuse_address: bool | None, reuse_port: bool | None
 ) -> list[socket.socket]:
     sockets: list[socket.socket] = []
-    seen: set[tuple[Any, ...]] = set()
     try:
-        for family, type_, proto, _, address in infos:
-            if (family, address) in seen:
-                continue
-            seen.add((family, address))
-            sock = socket.socket(family, type_, proto)
-            sockets.append(sock)
+        for family, type_, proto, _, address in dict.fromkeys(infos):
+            try:
+                sock = socket.socket(family, type_, proto)
+            except OSError:
+                continue  # asyncio: a family/type/protocol combination this host lacks
             if reuse_address is None or reuse_address:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
-            sock.setblocking(False)
+            sockets.append(sock)
+            if not _bind(sock, address):
+                sockets.pop().close()
+        if not sockets:
+            raise OSError(f"could not bind on any address out of {[i[4] for i in infos]!r}")
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -273,35 +299,43 @@ async def create_server(
     host: str | Iterable[str] | None = None,
     port: int | str | None = None,
     *,
+    family: int = socket.AF_UNSPEC,
+    flags: int = socket.AI_PASSIVE,
     sock: socket.socket | None = None,
     backlog: int = 100,
     ssl: Any = None,
     reuse_address: bool | None = None,
     reuse_port: bool | None = None,
+    ssl_handshake_timeout: float | None = None,
+    ssl_shutdown_timeout: float | None = None,
     start_serving: bool = True,
     **options: Any,
 ) -> Server:
-    """Like :meth:`asyncio.loop.create_server`; every accepted connection is a ZeroCopyTransport."""
-    _reject_ssl(ssl)
+    """Like :meth:`asyncio.loop.create_server`; every accepted connection is a ZeroCopyTransport
+    (with ``ssl``, asyncio's SSL transport over one)."""
+    tls.check_server_arguments(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+    tls.check_not_ssl_socket(ssl, sock)
     opts = TransportOptions.from_kwargs(options)
     loop = asyncio.get_running_loop()
-    if sock is not None:
-        if host is not None or port is not None:
+    if host is not None or port is not None:
+        if sock is not None:
             raise ValueError("host/port and sock can not be specified at the same time")
-        sock.setblocking(False)
-        sockets = [sock]
-    else:
-        hosts = [host] if host is None or isinstance(host, str) else list(host)
         infos: list[tuple[Any, ...]] = []
-        for h in hosts:
-            infos += await loop.getaddrinfo(
-                h or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )
-        if not infos:
-            raise OSError(f"getaddrinfo({host!r}, {port!r}) returned nothing")
+        for h in _hosts(host):
+            infos += await _server_infos(loop, h, port, family, flags)
         sockets = _listening_sockets(infos, reuse_address, reuse_port)
-    server = Server(loop, sockets, protocol_factory, opts, backlog)
+    else:
+        if sock is None:
+            raise ValueError("Neither host/port nor sock were specified")
+        check_stream_socket(sock)
+        sockets = [sock]
+    for s in sockets:
+        s.setblocking(False)
+    server = Server(
+        loop, sockets, protocol_factory, opts, backlog, ssl, ssl_handshake_timeout,
+        ssl_shutdown_timeout,
+    )
     if start_serving:
         server._start_serving()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # let the add_reader calls go through, as asyncio does
     return server

@@ -304,8 +304,8 @@ async def test_bad_inputs() -> None:
             transport.write("text")  # type: ignore[arg-type]
         empty = transport.write_zc(b"")
         assert empty.done() and empty.result() == aiozc.Completion(0, False)
-        with pytest.raises(ValueError, match="TLS"):
-            await aiozc.create_connection(RecordingProtocol, "127.0.0.1", 1, ssl=True)
+        with pytest.raises(ValueError, match="server_hostname is only meaningful with ssl"):
+            await aiozc.create_connection(RecordingProtocol, "127.0.0.1", 1, server_hostname="x")
         with pytest.raises(TypeError, match="no_such_option"):
             await aiozc.create_connection(RecordingProtocol, "127.0.0.1", 1, no_such_option=1)
         transport.close()

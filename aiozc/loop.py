@@ -1,0 +1,184 @@
+"""An asyncio event loop whose TCP and UDP transports are aiozc's, for libraries left unchanged.
+
+``aiozc.new_event_loop(base="uvloop" | "asyncio")`` is the base loop with six methods replaced:
+``create_connection``, ``create_server``, ``connect_accepted_socket``,
+``create_datagram_endpoint``, ``sendfile`` and ``start_tls``. Everything else (timers, DNS,
+subprocesses, Unix sockets, executors, signal handling) is the base loop's own. aiohttp,
+``asyncio.open_connection`` / ``start_server``, websockets... then run over zero-copy
+transports, and ``write_zc`` is there for code that wants it (``writer.transport.write_zc``).
+
+Like ``uvloop.run`` / ``uvloop.install``: ``aiozc.run(main())``, ``aiozc.EventLoopPolicy`` and
+``aiozc.install()``. Transport options given to any of them (``zc_threshold=...``) become the
+loop's defaults; keyword arguments of a call override them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import uvloop
+
+from . import connect, datagram, sendfile, server, tls
+from .base import TransportOptions
+from .transport import ZeroCopyTransport
+
+T = TypeVar("T")
+BASES = ("uvloop", "asyncio")
+
+
+class _AiozcLoopMixin:
+    """The methods that make transports; ``_aiozc_options`` are the loop's transport defaults."""
+
+    _aiozc_options: dict[str, Any]
+
+    def _aiozc_init(self, options: dict[str, Any]) -> None:
+        self._aiozc_options = dict(options)
+        try:
+            TransportOptions.from_kwargs(dict(options))  # reject bad options now, not at first use
+        except BaseException:
+            self.close()  # type: ignore[attr-defined]
+            raise
+
+    def _with_defaults(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {**self._aiozc_options, **kwargs}
+
+    async def create_connection(  # type: ignore[override]
+        self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None, **kwargs: Any
+    ) -> tuple[asyncio.Transport, Any]:
+        return await connect.create_connection(
+            protocol_factory, host, port, **self._with_defaults(kwargs)
+        )
+
+    async def create_server(  # type: ignore[override]
+        self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None, **kwargs: Any
+    ) -> server.Server:
+        return await server.create_server(
+            protocol_factory, host, port, **self._with_defaults(kwargs)
+        )
+
+    async def connect_accepted_socket(  # type: ignore[override]
+        self, protocol_factory: Callable[[], Any], sock: socket.socket, **kwargs: Any
+    ) -> tuple[asyncio.Transport, Any]:
+        return await connect.connect_accepted_socket(
+            protocol_factory, sock, **self._with_defaults(kwargs)
+        )
+
+    async def create_datagram_endpoint(  # type: ignore[override]
+        self, protocol_factory: Callable[[], Any], local_addr: Any = None,
+        remote_addr: Any = None, **kwargs: Any,
+    ) -> tuple[asyncio.DatagramTransport, Any]:
+        # Datagram sockets other than AF_INET/AF_INET6 (AF_UNIX) stay on the base loop: the
+        # error queue aiozc relies on is IP's.
+        sock = kwargs.get("sock")
+        family = kwargs.get("family", 0)
+        if (sock is not None and sock.family not in (socket.AF_INET, socket.AF_INET6)) or (
+            family not in (0, socket.AF_INET, socket.AF_INET6)
+        ):
+            return await super().create_datagram_endpoint(  # type: ignore[misc,no-any-return]
+                protocol_factory, local_addr, remote_addr, **kwargs
+            )
+        return await datagram.create_datagram_endpoint(
+            protocol_factory, local_addr, remote_addr, **self._with_defaults(kwargs)
+        )
+
+    async def sendfile(  # type: ignore[override]
+        self, transport: asyncio.WriteTransport, file: Any, offset: int = 0,
+        count: int | None = None, *, fallback: bool = True,
+    ) -> int:
+        if isinstance(transport, ZeroCopyTransport):
+            return await sendfile.loop_sendfile(
+                self, transport, file, offset, count, fallback=fallback  # type: ignore[arg-type]
+            )
+        return await super().sendfile(  # type: ignore[misc,no-any-return]
+            transport, file, offset, count, fallback=fallback
+        )
+
+    async def _sendfile_native(
+        self, transport: Any, file: Any, offset: int, count: int | None
+    ) -> int:
+        if isinstance(transport, ZeroCopyTransport):
+            return await sendfile.native(transport, file, offset, count)
+        return await super()._sendfile_native(  # type: ignore[misc,no-any-return]
+            transport, file, offset, count
+        )
+
+    async def start_tls(  # type: ignore[override]
+        self, transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol, sslcontext: Any,
+        **kwargs: Any,
+    ) -> asyncio.Transport:
+        if tls.is_aiozc_transport(transport):
+            return await tls.start_tls(transport, protocol, sslcontext, **kwargs)
+        return await super().start_tls(  # type: ignore[misc,no-any-return]
+            transport, protocol, sslcontext, **kwargs
+        )
+
+
+class AiozcSelectorEventLoop(_AiozcLoopMixin, asyncio.SelectorEventLoop):
+    """asyncio's selector loop with aiozc transports."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self._aiozc_init(options)
+
+
+class AiozcUVLoop(_AiozcLoopMixin, uvloop.Loop):  # type: ignore[misc]
+    """uvloop's loop with aiozc transports."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__()
+        self._aiozc_init(options)
+
+
+def new_event_loop(base: str = "uvloop", **options: Any) -> asyncio.AbstractEventLoop:
+    """A new aiozc loop on ``base`` ("uvloop" or "asyncio"); ``options`` are transport defaults."""
+    if base == "uvloop":
+        return AiozcUVLoop(**options)
+    if base == "asyncio":
+        return AiozcSelectorEventLoop(**options)
+    raise ValueError(f"base must be one of {BASES}, not {base!r}")
+
+
+def loop_factory(base: str = "uvloop", **options: Any) -> Callable[[], asyncio.AbstractEventLoop]:
+    """For ``asyncio.Runner(loop_factory=...)`` and pytest-asyncio's loop factories."""
+    new_event_loop(base, **options).close()  # check base and options here, not in the runner
+
+    def factory() -> asyncio.AbstractEventLoop:
+        return new_event_loop(base, **options)
+
+    return factory
+
+
+def run(
+    main: Coroutine[Any, Any, T], *, base: str = "uvloop", debug: bool | None = None,
+    **options: Any,
+) -> T:
+    """``asyncio.run(main)`` on a new aiozc loop (like ``uvloop.run``)."""
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=loop_factory(base, **options), debug=debug) as runner:
+            return runner.run(main)
+    policy = asyncio.get_event_loop_policy()  # pragma: no cover - Python 3.10
+    asyncio.set_event_loop_policy(EventLoopPolicy(base, **options))
+    try:
+        return asyncio.run(main, debug=bool(debug))
+    finally:
+        asyncio.set_event_loop_policy(policy)
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """An event-loop policy whose loops are aiozc loops (like ``uvloop.EventLoopPolicy``)."""
+
+    def __init__(self, base: str = "uvloop", **options: Any) -> None:
+        super().__init__()
+        self._aiozc_factory = loop_factory(base, **options)
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return self._aiozc_factory()
+
+
+def install(base: str = "uvloop", **options: Any) -> None:
+    """Make aiozc loops the default (``asyncio.set_event_loop_policy``, like ``uvloop.install``)."""
+    asyncio.set_event_loop_policy(EventLoopPolicy(base, **options))
