@@ -25,6 +25,7 @@ from aiozc.buffers import BufferPool
 from aiozc.engines import EngineUnavailable, get_engine
 from aiozc.engines.io_uring import IoUringEngine, LoopRing, uring_unavailable_reason
 from aiozc.engines.msg_zerocopy import MsgZeroCopyEngine
+from aiozc.tools.netns import sink_rx_packets
 from tcp_helpers import Pair, RecordingProtocol, connect_pair, sha
 from udp_helpers import ErrorRecorder, buffer_locked as locked, closed_port
 
@@ -466,17 +467,12 @@ def _run(loop_name: str, coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-def _ifb_rx_packets() -> int:
-    with open("/sys/class/net/ifb0/statistics/rx_packets") as f:
-        return int(f.read())
-
-
 async def _sink_sends(dst: str, count: int, fixed: bool, many: bool, connected: bool) -> dict:
     from aiozc.datagram import create_datagram_endpoint
 
     loop = asyncio.get_running_loop()
     pool = BufferPool(DATAGRAM, 32) if fixed else None
-    rx0 = _ifb_rx_packets()
+    rx0 = sink_rx_packets()
     kwargs = {"remote_addr": (dst, 9)} if connected else {"local_addr": ("0.0.0.0", 0)}
     transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, engine="io_uring",
                                                   **kwargs)
@@ -507,7 +503,7 @@ async def _sink_sends(dst: str, count: int, fixed: bool, many: bool, connected: 
         "zerocopy": [c.zerocopy for c in completions],
         "zc_sends": stats["zc_sends"],
         "engine": stats["engine"],
-        "rx": _ifb_rx_packets() - rx0,
+        "rx": sink_rx_packets() - rx0,
         "fixed_sends": fixed_sends,
         "ring_open": ring.is_open,
     }
@@ -605,7 +601,7 @@ async def _sink_eagain(dst: str, count: int) -> dict:
 
     subprocess.run("tc qdisc replace dev ifb0 root tbf rate 400mbit burst 128kb latency 5s".split(),
                    check=True)
-    rx0 = _ifb_rx_packets()
+    rx0 = sink_rx_packets()
     transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, engine="io_uring",
                                                   remote_addr=(dst, 9))
     transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
@@ -615,7 +611,7 @@ async def _sink_eagain(dst: str, count: int) -> dict:
     stats = transport.stats.as_dict()
     transport.close()
     await asyncio.sleep(0.05)
-    return {"zerocopy": sum(c.zerocopy for c in done), "rx": _ifb_rx_packets() - rx0,
+    return {"zerocopy": sum(c.zerocopy for c in done), "rx": sink_rx_packets() - rx0,
             "zc_sends": stats["zc_sends"], "ids": stats["ids_zerocopy"] + stats["ids_copied"],
             "eagain": stats["extra"].get("zc_send_eagain", 0), "state": stats["state"]}
 

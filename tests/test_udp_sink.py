@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from aiozc.tools.netns import OPTMEM_NO_ZEROCOPY, SinkNamespace, VethPair
+from aiozc.tools.netns import OPTMEM_NO_ZEROCOPY, SinkNamespace, VethPair, sink_rx_packets
 
 LOOPS = ["asyncio", "uvloop"]
 DATAGRAM = 64000
@@ -35,11 +35,6 @@ def _run(loop: str, coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-def _ifb_rx_packets() -> int:
-    with open("/sys/class/net/ifb0/statistics/rx_packets") as f:
-        return int(f.read())
-
-
 async def _send_datagrams(
     dst: str, count: int, size: int, window: int, extra_sends: int, phases: list[str],
     coalesce_zc: bool = False,
@@ -49,7 +44,7 @@ async def _send_datagrams(
     from aiozc.datagram import create_datagram_endpoint
     from udp_helpers import ErrorRecorder
 
-    rx_before = _ifb_rx_packets()
+    rx_before = sink_rx_packets()
     transport, proto = await create_datagram_endpoint(
         ErrorRecorder, remote_addr=(dst, 9), coalesce_zc=coalesce_zc
     )
@@ -60,7 +55,7 @@ async def _send_datagrams(
     for phase in phases:
         if phase != "-":
             subprocess.run(phase.split(), check=True)  # e.g. a tc command, inside the namespace
-        rx_phase = _ifb_rx_packets()
+        rx_phase = sink_rx_packets()
         pending: list[asyncio.Future[Any]] = []
         for _ in range(count):
             pending.append(transport.sendto_zc(buf))
@@ -70,7 +65,7 @@ async def _send_datagrams(
         done, not_done = await asyncio.wait(pending, timeout=10) if pending else (set(), set())
         unresolved += len(not_done)
         completions += [f.result() for f in pending if f in done]
-        phase_rx.append(_ifb_rx_packets() - rx_phase)
+        phase_rx.append(sink_rx_packets() - rx_phase)
     for _ in range(extra_sends):
         transport.sendto(bytes(size))  # exact bytes: may go zero-copy, held by reference
     tracker = transport._tracker
@@ -86,7 +81,7 @@ async def _send_datagrams(
         "unresolved": unresolved,
         "zerocopy": sum(c.zerocopy for c in completions),
         "nbytes": sorted({c.nbytes for c in completions}),
-        "rx_packets": _ifb_rx_packets() - rx_before,
+        "rx_packets": sink_rx_packets() - rx_before,
         "phase_rx": phase_rx,
         "errors": [e.errno or 0 for e in proto.errors],
         "stats": stats,
@@ -334,7 +329,7 @@ def raw_sendmmsg_ids(dst: str, count: int, batch: int) -> dict[str, Any]:
     from rig import wait_zc_ids
     import socket
 
-    rx_before = _ifb_rx_packets()
+    rx_before = sink_rx_packets()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     _kernel.enable_zerocopy(sock)
     _kernel.enable_recverr(sock)
@@ -361,7 +356,7 @@ def raw_sendmmsg_ids(dst: str, count: int, batch: int) -> dict[str, Any]:
         "lens": sorted(set(lens)),
         "ranges": [[r.lo, r.hi, r.copied] for r in ranges],
         "after": [[r.lo, r.hi] for r in after],
-        "rx_packets": _ifb_rx_packets() - rx_before,
+        "rx_packets": sink_rx_packets() - rx_before,
     }
 
 
@@ -373,7 +368,7 @@ async def _send_batches(
     from aiozc.datagram import create_datagram_endpoint
     from udp_helpers import ErrorRecorder
 
-    rx_before = _ifb_rx_packets()
+    rx_before = sink_rx_packets()
     transport, proto = await create_datagram_endpoint(ErrorRecorder, remote_addr=(dst, 9))
     if sndbuf:
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, 32, sndbuf)  # SO_SNDBUFFORCE
@@ -384,12 +379,12 @@ async def _send_batches(
     for phase in phases:
         if phase != "-":
             subprocess.run(phase.split(), check=True)
-        rx_phase = _ifb_rx_packets()
+        rx_phase = sink_rx_packets()
         for _ in range(batches):
             futures = [transport.sendto_zc_many(bufs)]
             futures += [transport.sendto_zc(bufs[i]) for i in range(singles)]  # interleaved
             completions += await asyncio.wait_for(asyncio.gather(*futures), 10)
-        phase_rx.append(_ifb_rx_packets() - rx_phase)
+        phase_rx.append(sink_rx_packets() - rx_phase)
     tracker = transport._tracker
     lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     transport.get_protocol().connection_lost = lambda exc: lost.set_result(None)  # type: ignore[method-assign]
@@ -400,7 +395,7 @@ async def _send_batches(
         "zerocopy": sum(c.zerocopy for c in completions),
         "zc_ids": sum(c.zc_sends - c.copied_sends for c in completions),
         "nbytes": sorted({c.nbytes for c in completions}),
-        "rx_packets": _ifb_rx_packets() - rx_before,
+        "rx_packets": sink_rx_packets() - rx_before,
         "phase_rx": phase_rx,
         "errors": [e.errno or 0 for e in proto.errors],
         "stats": transport.stats.as_dict(),

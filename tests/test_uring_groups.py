@@ -18,6 +18,7 @@ import pytest
 from aiozc.buffers import BufferPool
 from aiozc.datagram import create_datagram_endpoint
 from aiozc.engines.io_uring import LoopRing, uring_unavailable_reason
+from aiozc.tools.netns import sink_rx_packets
 from udp_helpers import ErrorRecorder, buffer_locked as _locked, closed_port
 
 REASON = uring_unavailable_reason()
@@ -248,11 +249,7 @@ async def _send_batches_into_full_socket(dst: str, engine: str, batches: int, ba
     sends fail with EAGAIN. Returns what the caller would see and the sink's packet count."""
     import socket as socket_mod
 
-    def rx_packets() -> int:
-        with open("/sys/class/net/ifb0/statistics/rx_packets") as f:
-            return int(f.read())
-
-    before = rx_packets()
+    before = sink_rx_packets()
     transport, proto = await create_datagram_endpoint(
         ErrorRecorder, remote_addr=(dst, 9), engine=engine, coalesce_zc=coalesce
     )
@@ -270,10 +267,10 @@ async def _send_batches_into_full_socket(dst: str, engine: str, batches: int, ba
     extra = dict(transport.stats.extra)
     transport.close()
     deadline = asyncio.get_running_loop().time() + 10
-    while rx_packets() - before < batches * batch and asyncio.get_running_loop().time() < deadline:
+    while sink_rx_packets() - before < batches * batch and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
     return {
-        "rx": rx_packets() - before,
+        "rx": sink_rx_packets() - before,
         "errors": [repr(e) for e in proto.errors],
         "nbytes": sum(c.nbytes for c in completions),
         "extra": extra,

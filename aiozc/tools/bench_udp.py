@@ -127,11 +127,6 @@ def _slices(size: int) -> list[memoryview]:
     return [pool[off : off + size] for off in range(0, POOL_BYTES - size + 1, size)]
 
 
-def _sink_rx_packets() -> int:
-    with open("/sys/class/net/ifb0/statistics/rx_packets") as f:
-        return int(f.read())
-
-
 def _raw_socket(dst: str, zerocopy: bool) -> socket.socket:
     from .._sys import kernel as _kernel
 
@@ -315,7 +310,9 @@ def measure_case(
         views = _slices(size)
     if loop == "uvloop":
         importlib.import_module("uvloop")  # before any case's clock starts
-    rx0 = _sink_rx_packets()
+    from .netns import sink_rx_packets
+
+    rx0 = sink_rx_packets()
     if kind == "raw":
         info = _raw_sendto(dst, views, count)
     elif kind == "raw-zc":
@@ -333,7 +330,7 @@ def measure_case(
         )
     else:
         raise ValueError(f"unknown case kind {kind!r}")
-    return {"sink_rx": _sink_rx_packets() - rx0, **info}
+    return {"sink_rx": sink_rx_packets() - rx0, **info}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ __all__ = [
     "list_namespaces",
     "netns_available",
     "reap_stale_namespaces",
+    "sink_rx_packets",
     "OPTMEM_ONE_PENDING_NOTIFICATION",
     "OPTMEM_NO_ZEROCOPY",
 ]
@@ -627,6 +628,16 @@ class SinkNamespace(NetNamespace):
             self.close()
             raise
         return self
+
+
+def sink_rx_packets(device: str = SinkNamespace.device) -> int:
+    """How many packets the sink device was handed (and dropped): every datagram sent to it.
+
+    Read from inside the sink's namespace (in code run there by ``call``): /sys/class/net shows
+    the devices of the reading process's network namespace.
+    """
+    with open(f"/sys/class/net/{device}/statistics/rx_packets") as f:
+        return int(f.read())
 
 
 class VethPair:
