@@ -25,6 +25,7 @@ from aiozc.buffers import BufferPool
 from aiozc.engines import EngineUnavailable, get_engine
 from aiozc.engines.io_uring import IoUringEngine, LoopRing, uring_unavailable_reason
 from aiozc.engines.msg_zerocopy import MsgZeroCopyEngine
+from aiozc.tools.benchkit import run_on
 from aiozc.tools.netns import sink_rx_packets
 from tcp_helpers import Pair, RecordingProtocol, connect_pair, sha
 from udp_helpers import ErrorRecorder, buffer_locked as locked, closed_port
@@ -459,14 +460,6 @@ LOOPS = ["asyncio", "uvloop"]
 DATAGRAM = 64000
 
 
-def _run(loop_name: str, coro):  # type: ignore[no-untyped-def]
-    if loop_name == "uvloop":
-        import uvloop
-
-        return uvloop.run(coro)
-    return asyncio.run(coro)
-
-
 async def _sink_sends(dst: str, count: int, fixed: bool, many: bool, connected: bool) -> dict:
     from aiozc.datagram import create_datagram_endpoint
 
@@ -511,7 +504,7 @@ async def _sink_sends(dst: str, count: int, fixed: bool, many: bool, connected: 
 
 def sink_sends(dst: str, loop_name: str, count: int, fixed: bool = False, many: bool = False,
                connected: bool = True) -> dict:
-    return _run(loop_name, _sink_sends(dst, count, fixed, many, connected))
+    return run_on(loop_name, _sink_sends(dst, count, fixed, many, connected))
 
 
 async def _sink_abort(dst: str) -> dict:
@@ -542,7 +535,7 @@ async def _sink_abort(dst: str) -> dict:
 
 
 def sink_abort(dst: str, loop_name: str) -> dict:
-    return _run(loop_name, _sink_abort(dst))
+    return run_on(loop_name, _sink_abort(dst))
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
@@ -617,7 +610,7 @@ async def _sink_eagain(dst: str, count: int) -> dict:
 
 
 def sink_eagain(dst: str, loop_name: str, count: int) -> dict:
-    return _run(loop_name, _sink_eagain(dst, count))
+    return run_on(loop_name, _sink_eagain(dst, count))
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from aiozc.tools.benchkit import run_on
 from aiozc.tools.netns import OPTMEM_NO_ZEROCOPY, SinkNamespace, VethPair, sink_rx_packets
 
 LOOPS = ["asyncio", "uvloop"]
@@ -25,14 +26,6 @@ TCP_PORT = 5001
 
 # ------------------------------------------------------------------------------------------
 # Run inside the namespace (fresh interpreter).
-
-
-def _run(loop: str, coro: Any) -> Any:
-    if loop == "uvloop":
-        import uvloop
-
-        return uvloop.run(coro)
-    return asyncio.run(coro)
 
 
 async def _send_datagrams(
@@ -95,7 +88,7 @@ def send_datagrams(
 ) -> dict[str, Any]:
     """``count`` sendto_zc of one buffer (per phase), up to ``window`` futures outstanding
     (0: all at once), then ``extra_sends`` sendto(bytes); counters and stats as JSON."""
-    return _run(
+    return run_on(
         loop, _send_datagrams(dst, count, size, window, extra_sends, phases or ["-"], coalesce_zc)
     )
 
@@ -125,7 +118,7 @@ async def _pinned_flow_control(dst: str) -> dict[str, Any]:
 def pinned_flow_control(dst: str, loop: str) -> dict[str, Any]:
     """Zero-copy datagrams in flight count as buffered: pause_writing above the high-water
     mark, resume_writing once the kernel released them."""
-    return _run(loop, _pinned_flow_control(dst))
+    return run_on(loop, _pinned_flow_control(dst))
 
 
 async def _tcp_server(host: str, port: int, expect: int) -> dict[str, Any]:
@@ -160,7 +153,7 @@ async def _tcp_server(host: str, port: int, expect: int) -> dict[str, Any]:
 
 
 def tcp_server(host: str, port: int, loop: str, expect: int) -> dict[str, Any]:
-    return _run(loop, _tcp_server(host, port, expect))
+    return run_on(loop, _tcp_server(host, port, expect))
 
 
 async def _tcp_client(host: str, port: int, chunks: int, chunk_size: int) -> dict[str, Any]:
@@ -194,7 +187,7 @@ async def _tcp_client(host: str, port: int, chunks: int, chunk_size: int) -> dic
 
 
 def tcp_client(host: str, port: int, loop: str, chunks: int, chunk_size: int) -> dict[str, Any]:
-    return _run(loop, _tcp_client(host, port, chunks, chunk_size))
+    return run_on(loop, _tcp_client(host, port, chunks, chunk_size))
 
 
 # ------------------------------------------------------------------------------------------
@@ -410,7 +403,7 @@ def send_batches(
 ) -> dict[str, Any]:
     """``batches`` sendto_zc_many() of ``batch`` datagrams (each followed by ``singles``
     sendto_zc()), per phase, on a socket with ``sndbuf`` (if given); counters and stats as JSON."""
-    return _run(loop, _send_batches(dst, batches, batch, size, phases or ["-"], singles, sndbuf))
+    return run_on(loop, _send_batches(dst, batches, batch, size, phases or ["-"], singles, sndbuf))
 
 
 def test_sendmmsg_zerocopy_uses_one_id_per_datagram(sink_ns: SinkNamespace) -> None:

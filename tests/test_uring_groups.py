@@ -18,6 +18,7 @@ import pytest
 from aiozc.buffers import BufferPool
 from aiozc.datagram import create_datagram_endpoint
 from aiozc.engines.io_uring import LoopRing, uring_unavailable_reason
+from aiozc.tools.benchkit import run_on
 from aiozc.tools.netns import sink_rx_packets
 from udp_helpers import ErrorRecorder, buffer_locked as _locked, closed_port
 
@@ -28,14 +29,6 @@ LOOPS = ["asyncio", "uvloop"]
 DATAGRAM = 64000
 # Loopback copies: keep every datagram zero-copy-eligible so the batch takes the group path.
 LOOPBACK_OPTS = {"engine": "io_uring", "zc_threshold": 1, "fallback_after": 1_000_000}
-
-
-def _run(loop_name: str, coro):  # type: ignore[no-untyped-def]
-    if loop_name == "uvloop":
-        import uvloop
-
-        return uvloop.run(coro)
-    return asyncio.run(coro)
 
 
 async def _wait_ring_idle(ring: LoopRing, timeout: float = 5.0) -> bool:
@@ -72,7 +65,7 @@ async def _sink_batch(dst: str) -> dict:
 
 
 def sink_batch(dst: str, loop_name: str) -> dict:
-    return _run(loop_name, _sink_batch(dst))
+    return run_on(loop_name, _sink_batch(dst))
 
 
 async def _sink_abort(dst: str) -> dict:
@@ -100,7 +93,7 @@ async def _sink_abort(dst: str) -> dict:
 
 
 def sink_abort(dst: str, loop_name: str) -> dict:
-    return _run(loop_name, _sink_abort(dst))
+    return run_on(loop_name, _sink_abort(dst))
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)

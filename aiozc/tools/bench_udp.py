@@ -36,13 +36,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import importlib
 import errno
 import json
 import os
 import socket
 import time
 from typing import Any
+
+from .benchkit import run_on, udp_sink  # uvloop with it: imported before any case's clock starts
+from .netns import sink_rx_packets
 
 MiB = 1 << 20
 POOL_BYTES = 64 * MiB
@@ -288,14 +290,6 @@ async def _endpoint(dst: str, options: dict[str, Any]) -> Any:
     )
 
 
-def _run_async(loop: str, coro: Any) -> Any:
-    if loop == "uvloop":
-        import uvloop
-
-        return uvloop.run(coro)
-    return asyncio.run(coro)
-
-
 def measure_case(
     dst: str, kind: str, loop: str | None, size: int, count: int, window: int,
     options: dict[str, Any] | None = None, batch: int = DEFAULT_BATCH,
@@ -308,24 +302,20 @@ def measure_case(
         options["pool"], views = _pool_slices(size)
     else:
         views = _slices(size)
-    if loop == "uvloop":
-        importlib.import_module("uvloop")  # before any case's clock starts
-    from .netns import sink_rx_packets
-
     rx0 = sink_rx_packets()
     if kind == "raw":
         info = _raw_sendto(dst, views, count)
     elif kind == "raw-zc":
         info = _raw_zerocopy(dst, views, count)
     elif kind == "stock":
-        info = _run_async(loop or "asyncio", _stock(dst, views, count))
+        info = run_on(loop or "asyncio", _stock(dst, views, count))
     elif kind == "aiozc":
-        info = _run_async(loop or "asyncio", _aiozc(dst, views, count, window, options or {}))
+        info = run_on(loop or "asyncio", _aiozc(dst, views, count, window, options or {}))
     elif kind == "aiozc-coalesce":
         coalesce = {**(options or {}), "coalesce_zc": True}
-        info = _run_async(loop or "asyncio", _aiozc(dst, views, count, window, coalesce))
+        info = run_on(loop or "asyncio", _aiozc(dst, views, count, window, coalesce))
     elif kind == "aiozc-many":
-        info = _run_async(
+        info = run_on(
             loop or "asyncio", _aiozc_many(dst, views, count, window, batch, options or {})
         )
     else:
@@ -519,7 +509,6 @@ def run(args: Any = None) -> dict[str, Any]:
     ``args``: an argparse namespace (or anything) with optional ``sizes``, ``count``, ``window``,
     ``repeat``, ``loops``; missing ones take the defaults. Root only.
     """
-    from .benchkit import udp_sink
     from .netns import netns_available
 
     if os.geteuid() != 0:
