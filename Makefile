@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.aiozc-installed
 TORCH_WHEELS ?= /opt/wheels
 
-.PHONY: demo test install os-deps bench clean
+.PHONY: demo test install os-deps bench clean core
 
 # iproute2 builds the network-namespace sink rig the tests and benchmarks use.
 # Installed only when missing and only when we are root (CI and sessions here are).
@@ -14,7 +14,7 @@ os-deps:
 		apt-get update -qq && apt-get install -y -qq iproute2; \
 	fi
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(wildcard aiozc/_sys/_core_*.c) aiozc/_sys/_core_build.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -30,8 +30,19 @@ install: os-deps $(STAMP)
 demo: install
 	$(PY) -m aiozc demo
 
+# The tests of what has a compiled and a pure-Python implementation: run once more on the
+# pure path (AIOZC_NO_EXTENSIONS=1), after the whole suite ran with the compiled core.
+CORE_TESTS := tests/test_completions.py tests/test_datagram.py tests/test_datagram_batch.py \
+	tests/test_udp_sink.py tests/test_transport.py tests/test_uring.py tests/test_engine_uring.py
+
 test: install
 	$(PY) -m pytest
+	AIOZC_NO_EXTENSIONS=1 $(PY) -m pytest -q $(CORE_TESTS)
+
+# In-place build of the compiled core (the editable install does it too): for worktrees
+# that import aiozc through PYTHONPATH.
+core:
+	$(PY) -m aiozc._sys._core_build
 
 bench: install
 	$(PY) -m aiozc bench tcp

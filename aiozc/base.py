@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from ._sys import kernel as _kernel
 from .completions import Completion, CompletionTracker, WriteHandle, range_length
+from .ctracker import new_tracker
 from .engines import Engine, SendPending, get_engine
 from .policy import PolicyOptions, ZeroCopyPolicy
 from .readiness import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Multiplexer
@@ -134,7 +135,8 @@ class ZeroCopyTransportBase:
         self._submit_zc_fn = getattr(self._engine, "submit_zc", None)
         self._zc_in_flight = 0  # zero-copy sends submitted whose result has not come back
         self._policy = ZeroCopyPolicy(options.policy_options())
-        self._tracker: CompletionTracker[_Held] = CompletionTracker()
+        # The compiled tracker where the compiled core is in use (same results, less CPU).
+        self._tracker: CompletionTracker[_Held] = new_tracker()  # type: ignore[assignment]
         self.stats = TransportStats(engine=self._engine.name)
         # MSG_ERRQUEUE on AF_UNIX returns application data: only read it where it means errors.
         self._errqueue_ok = _kernel.is_zerocopy_capable(sock) is None

@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._sys.core import path_in_use
+
 
 @dataclass
 class TransportStats:
     engine: str = "msg_zerocopy"
+    # "compiled" or "pure-python (<why>)": which implementation of the hot path runs
+    core: str = field(default_factory=path_in_use)
     state: str = "zerocopy"  # zerocopy | copy-fallback | disabled
     reason: str = ""  # why the state is what it is (fallback trigger, disable cause)
     zc_sends: int = 0  # send calls that passed MSG_ZEROCOPY and moved > 0 bytes (= ids used)

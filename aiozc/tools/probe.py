@@ -79,9 +79,16 @@ def _netns() -> str:
     return "yes (ifb sink rig usable)" if reason is None else f"no: {reason}"
 
 
+def _core_path() -> str:
+    from .._sys import core
+
+    return core.path_in_use()
+
+
 def probe() -> list[tuple[str, str]]:
     return [
         ("kernel", platform.release()),
+        ("aiozc core", _core_path()),
         ("SO_ZEROCOPY on TCP", _so_zerocopy(socket.SOCK_STREAM)),
         ("SO_ZEROCOPY on UDP", _so_zerocopy(socket.SOCK_DGRAM)),
         ("loopback TCP MSG_ZEROCOPY", _loopback_report()),

@@ -1,0 +1,68 @@
+"""cffi API-mode builder of the optional compiled core, ``aiozc._sys._core``.
+
+Run at install time through setup.py's ``cffi_modules`` (a compiler is needed; without one
+the install still succeeds and aiozc uses its pure-Python path, see setup.py), or by hand
+for an in-place build: ``python -m aiozc._sys._core_build`` (writes ``aiozc/_sys/_core*.so``).
+
+The C sources sit next to this file and are compiled as one translation unit.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import cffi  # type: ignore[import-untyped]
+
+HERE = pathlib.Path(__file__).resolve().parent
+C_SOURCES = ("_core_tracker.c",)
+
+CDEF = """
+typedef struct zc_tracker {
+    int64_t next;
+    int64_t outstanding, pinned, unexpected, npending;
+    int64_t *out_slot, *out_nbytes, *out_ids, *out_copied;
+    int *out_zc;
+    int64_t nout;
+    int out_uniform;
+    ...;
+} zc_tracker;
+
+#define ZC_ERR_NOT_LIVE ...
+#define ZC_ERR_CLOSED ...
+#define ZC_ERR_NBYTES ...
+#define ZC_ERR_EXCEEDS ...
+#define ZC_ERR_INTERLEAVE ...
+#define ZC_ERR_UNSENT ...
+#define ZC_ERR_NOMEM ...
+#define ZC_RESOLVED_NOW ...
+
+zc_tracker *zc_tracker_new(uint32_t start_id);
+void zc_tracker_free(zc_tracker *t);
+int64_t zc_open(zc_tracker *t, int64_t nbytes);
+int zc_on_sent_copy(zc_tracker *t, int64_t slot, int64_t nbytes);
+int64_t zc_on_sent_many(zc_tracker *t, int64_t slot, int64_t nbytes, int64_t ids);
+int64_t zc_sent_whole(zc_tracker *t, int64_t nbytes, int zerocopy);
+int zc_close(zc_tracker *t, int64_t slot);
+int64_t zc_on_range(zc_tracker *t, uint32_t lo, uint32_t hi, int copied);
+int64_t zc_abandon(zc_tracker *t);
+"""
+
+PRELUDE = """
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+"""
+
+ffibuilder = cffi.FFI()
+ffibuilder.cdef(CDEF)
+ffibuilder.set_source(
+    "aiozc._sys._core",
+    PRELUDE + "\n".join((HERE / name).read_text() for name in C_SOURCES),
+    extra_compile_args=["-O2", "-std=gnu99", "-Wall", "-Wno-unused-function"],
+)
+
+if __name__ == "__main__":
+    # In-place build: the module lands beside this file (the package's parent is the target).
+    ffibuilder.compile(tmpdir=str(HERE.parent.parent), verbose=False)

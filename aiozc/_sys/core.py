@@ -1,0 +1,38 @@
+"""The optional compiled core (cffi API mode, ``aiozc._sys._core``): which path is in use.
+
+The core is built at install time when a C compiler is available (setup.py); otherwise, or
+with ``AIOZC_NO_EXTENSIONS=1`` in the environment (the aiohttp / multidict / yarl
+convention), aiozc runs its pure-Python path: :mod:`aiozc.completions` and the cffi ABI-mode
+wrappers in this package. Both paths behave the same (tests/test_completions_diff.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["NO_EXTENSIONS", "compiled", "ffi", "lib", "path_in_use", "why_pure"]
+
+NO_EXTENSIONS = bool(os.environ.get("AIOZC_NO_EXTENSIONS"))
+
+ffi: Any = None
+lib: Any = None
+why_pure: str | None = None
+"""None when the compiled core is in use, else why not (in words)."""
+
+if NO_EXTENSIONS:
+    why_pure = "AIOZC_NO_EXTENSIONS is set"
+else:
+    try:
+        from . import _core  # type: ignore[attr-defined]
+    except ImportError:
+        why_pure = "compiled core not built (no C compiler at install time?)"
+    else:
+        ffi, lib = _core.ffi, _core.lib
+
+compiled = lib is not None
+
+
+def path_in_use() -> str:
+    """``"compiled"`` or ``"pure-python (<reason>)"``: for probe and the transport stats."""
+    return "compiled" if compiled else f"pure-python ({why_pure})"
