@@ -170,6 +170,30 @@ def test_reap_stale_namespaces_only_touches_dead_pids() -> None:
         _ip("netns", "del", stale, check=False)
 
 
+def test_rigs_take_the_next_name_when_a_stale_namespace_holds_theirs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    require_netns()
+    import itertools
+
+    from aiozc.tools import netns
+
+    prefix = f"aiozc-freetest{os.getpid()}"  # unique even with concurrent test runs
+    stale = [f"{prefix}-{os.getpid()}-0", f"{prefix}-{os.getpid()}-0-a"]
+    for name in stale:
+        netns._ip("netns", "add", name)
+    try:
+        for make, first in ((SinkNamespace, lambda r: r.name), (VethPair, lambda r: r.a.name)):
+            monkeypatch.setattr(netns, "_next_index", itertools.count().__next__)
+            with make(prefix=prefix) as rig:
+                assert first(rig).startswith(f"{prefix}-{os.getpid()}-1")
+                assert first(rig) in list_namespaces()
+        assert all(name in list_namespaces() for name in stale)  # never deleted: not ours
+    finally:
+        for name in stale:
+            netns._ip("netns", "del", name, check=False)
+
+
 def test_sink_namespace_shape(sink_ns: SinkNamespace) -> None:
     assert sink_ns.name.startswith(f"aiozc-sink-{os.getpid()}-")
     assert sink_ns.name in list_namespaces()

@@ -572,6 +572,32 @@ def _setns_path(path: str) -> None:
 # --------------------------------------------------------------------------------------------
 # The rigs
 
+N = TypeVar("N", bound=NetNamespace)
+
+
+def _first_free(prefix: str, create: Callable[[str], N]) -> tuple[N, str, int]:
+    """``create(base)`` for the first ``base`` = PREFIX-PID-N not taken, and that base and N.
+
+    A namespace of that name left by a dead process with our pid makes ``ip netns add`` fail
+    with "exists": take the next N.
+    """
+    for _ in range(16):
+        n = _next_index()
+        base = f"{prefix}-{os.getpid()}-{n}"
+        try:
+            return create(base), base, n
+        except NetnsError as exc:
+            if "exist" not in str(exc).lower():
+                raise
+    raise NetnsError("could not find a free namespace name")
+
+
+def _bring_up(ns: NetNamespace, device: str, mtu: int, addr: str) -> None:
+    """``device`` in ``ns``: its MTU, ``addr``/24, up."""
+    ns.ip("link", "set", device, "mtu", str(mtu))
+    ns.ip("addr", "add", f"{addr}/24", "dev", device)
+    ns.ip("link", "set", device, "up")
+
 
 class SinkNamespace(NetNamespace):
     """A namespace with ``ifb0`` (mtu 65535) at ``local_addr`` = 10.211.x.1/24, up.
@@ -603,30 +629,22 @@ class SinkNamespace(NetNamespace):
     def open(self) -> "SinkNamespace":
         if self._created:
             return self
-        for _ in range(16):
-            n = _next_index()
-            self.name = f"{self._prefix}-{os.getpid()}-{n}"
-            try:
-                self.create()
-                break
-            except NetnsError as exc:
-                if "exist" not in str(exc).lower():
-                    raise
-                self.name = ""  # stale namespace with our name from a dead pid: take another n
-        else:
-            raise NetnsError("could not find a free namespace name")
+        _, _, n = _first_free(self._prefix, self._create_as)
         x = self._octet if self._octet is not None else _subnet_octet(n)
         self.local_addr = f"10.211.{x}.1"
         self.sink_addr = f"10.211.{x}.2"
         self.subnet = f"10.211.{x}.0/24"
         try:
             self.ip("link", "add", self.device, "type", "ifb")
-            self.ip("link", "set", self.device, "mtu", str(self.mtu))
-            self.ip("addr", "add", f"{self.local_addr}/24", "dev", self.device)
-            self.ip("link", "set", self.device, "up")
+            _bring_up(self, self.device, self.mtu, self.local_addr)
         except BaseException:
             self.close()
             raise
+        return self
+
+    def _create_as(self, name: str) -> "SinkNamespace":
+        self.name = name
+        self.create()
         return self
 
 
@@ -666,19 +684,8 @@ class VethPair:
     def open(self) -> "VethPair":
         if self.a is not None:
             return self
-        for _ in range(16):
-            n = _next_index()
-            base = f"{self._prefix}-{os.getpid()}-{n}"
-            try:
-                a = NetNamespace(base + "-a").create()
-            except NetnsError as exc:
-                if "exist" in str(exc).lower():
-                    continue
-                raise
-            self.a = a
-            break
-        else:
-            raise NetnsError("could not find a free namespace name")
+        a, base, n = _first_free(self._prefix, lambda base: NetNamespace(base + "-a").create())
+        self.a = a
         x = self._octet if self._octet is not None else _subnet_octet(n)
         self.a_addr, self.b_addr, self.subnet = f"10.212.{x}.1", f"10.212.{x}.2", f"10.212.{x}.0/24"
         try:
@@ -687,9 +694,7 @@ class VethPair:
             a.ip("link", "add", self.device, "type", "veth", "peer", "name", self.device,
                  "netns", self.b.name)
             for ns, addr in ((a, self.a_addr), (self.b, self.b_addr)):
-                ns.ip("link", "set", self.device, "mtu", str(self.mtu))
-                ns.ip("addr", "add", f"{addr}/24", "dev", self.device)
-                ns.ip("link", "set", self.device, "up")
+                _bring_up(ns, self.device, self.mtu, addr)
         except BaseException:
             self.close()
             raise
