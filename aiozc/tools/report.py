@@ -96,6 +96,11 @@ def _plot_lines(ax: Any, groups: dict[str, list[tuple[Any, float]]]) -> None:
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=markers[i % len(markers)],
                 label=name, linewidth=1.8)
+    _size_axis(ax, xs)
+
+
+def _size_axis(ax: Any, xs: list[Any]) -> None:
+    """An x axis of sizes: log 2 once they span 8x or more, a tick labelled at each one."""
     if len(xs) > 1 and xs[0] > 0 and xs[-1] / xs[0] >= 8:
         ax.set_xscale("log", base=2)
     ax.set_xticks(xs)
@@ -211,12 +216,7 @@ def _write_udp_sink_png(
                 linestyle=style["linestyle"], linewidth=style["linewidth"], marker=style["marker"],
                 markersize=6, zorder=2 if style["reference"] else 3,
             )
-        xs = sorted({r[x] for r in points})
-        if len(xs) > 1 and xs[0] > 0 and xs[-1] / xs[0] >= 8:
-            top_ax.set_xscale("log", base=2)
-        top_ax.set_xticks(xs)
-        top_ax.set_xticklabels([format_size(v) for v in xs])
-        top_ax.minorticks_off()
+        _size_axis(top_ax, sorted({r[x] for r in points}))
         low = min(r[y] for r in points)
         if low > 0 and max(r[y] for r in points) / low >= 8:
             # log y: small sizes are not squashed to the floor, equal ratios look equal
