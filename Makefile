@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.aiozc-installed
 TORCH_WHEELS ?= /opt/wheels
 
-.PHONY: demo test install os-deps bench clean core
+.PHONY: demo test vm-test install os-deps bench clean core
 
 # iproute2 builds the network-namespace sink rig the tests and benchmarks use.
 # Installed only when missing and only when we are root (CI and sessions here are).
@@ -43,6 +43,12 @@ test: install
 # that import aiozc through PYTHONPATH.
 core:
 	$(PY) -m aiozc._sys._core_build
+
+# The TCP zero-copy success path, inside a QEMU guest (tools/vm): downloads QEMU, a Debian
+# kernel and busybox into /var/cache/aiozc-vm on first use; prints SKIPPED with the reason and
+# succeeds where it cannot run (not root, no /dev/net/tun, no apt, archive unreachable).
+vm-test: install
+	$(PY) -m aiozc.tools.vm test
 
 bench: install
 	$(PY) -m aiozc bench tcp

@@ -15,7 +15,7 @@ DEFAULT_TIMEOUT = 1200
 
 def _test(args: argparse.Namespace) -> int:
     command = python_in_guest(
-        ["-m", "pytest", "tests/vm", "-p", "no:cacheprovider", f"--junitxml={GUEST_OUT}/junit.xml", "-q", *args.pytest_args]
+        ["-m", "pytest", "tests/vm", "-p", "no:cacheprovider", f"--junitxml={GUEST_OUT}/junit.xml", "-q", "-o", "timeout=600", *args.pytest_args]
     )
     try:
         run = run_in_guest(command, timeout=args.timeout, stream=True)
@@ -65,13 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     test = commands.add_parser("test", help="run tests/vm inside the guest")
     test.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
     test.add_argument("--junitxml", help="copy the guest's junit xml here")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     test.set_defaults(func=_test)
     run = commands.add_parser("run", help="run a command inside the guest")
     run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command_name != "test":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.pytest_args = extra  # test: anything else goes to pytest inside the guest
     if args.command_name == "run" and args.command[:1] == ["--"]:
         args.command = args.command[1:]
     return int(args.func(args))

@@ -5,13 +5,16 @@ come back as one JSON line. The peer does the hashing: sha256 under software emu
 the guest far more than the sends being tested, so the guest sends a stream the peer can
 regenerate from a seed (``pattern``) and never hashes anything itself.
 
+Any op: ``rcvbuf`` sets the peer's SO_RCVBUF first (it also stops the window's autotuning).
+
 ops:
   sink     read until EOF (after ``delay`` s, ``chunk_delay`` s between reads of ``read_size``),
            reply {"bytes", "sha256", "expected"} (expected: sha256 of ``expect`` = pattern args)
   reset    read ``after`` bytes (after ``delay`` s), then reset the connection (SO_LINGER 0)
-  http_get GET ``url`` (a server in the guest), reply {"status", "bytes", "sha256"}
+  http_get GET ``url`` (a server in the guest), reply {"status", "bytes", "sha256", "expected"}
   tensors  serve aiozc.tensors on a new port, reply {"port"}; once that channel ends, reply
-           {"arrays": [{"dtype", "shape", "sha256"}, ...]} on this connection
+           {"arrays": [{"dtype", "shape", "sha256", "expected"}, ...]} on this connection
+           (expected: pattern sha256 for each entry of ``expect`` = [{seed, pool, total}])
 """
 
 from __future__ import annotations
@@ -82,7 +85,9 @@ async def _http_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
         async for chunk in response.content.iter_chunked(1 << 20):
             digest.update(chunk)
             total += len(chunk)
-    await _reply(writer, {"status": response.status, "bytes": total, "sha256": digest.hexdigest()})
+    expect = spec.get("expect")
+    expected = pattern_sha256(expect["seed"], expect["pool"], expect["total"]) if expect else None
+    await _reply(writer, {"status": response.status, "bytes": total, "sha256": digest.hexdigest(), "expected": expected})
 
 
 async def _tensors(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, spec: dict[str, Any]) -> None:
@@ -91,12 +96,14 @@ async def _tensors(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, s
     arrays: list[dict[str, Any]] = []
     finished = asyncio.get_running_loop().create_future()
 
+    expected = [pattern_sha256(e["seed"], e["pool"], e["total"]) for e in spec.get("expect", [])]
+
     async def handler(chan: Any) -> None:
         try:
             async for array in chan:
-                arrays.append(
-                    {"dtype": str(array.dtype), "shape": list(array.shape), "sha256": hashlib.sha256(array.tobytes()).hexdigest()}
-                )
+                digest = hashlib.sha256(array.tobytes()).hexdigest()
+                want = expected[len(arrays)] if len(arrays) < len(expected) else None
+                arrays.append({"dtype": str(array.dtype), "shape": list(array.shape), "sha256": digest, "expected": want})
         finally:
             if not finished.done():
                 finished.set_result(None)
@@ -115,7 +122,12 @@ _OPS = {"sink": _sink, "reset": _reset, "http_get": _http_get, "tensors": _tenso
 
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
-        spec = json.loads(await reader.readline())
+        line = await reader.readline()
+        if not line:  # connected and gone (a test checking that a connect is refused)
+            return
+        spec = json.loads(line)
+        if "rcvbuf" in spec:  # a small window keeps the guest's sends queued, pages pinned
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, spec["rcvbuf"])
         await _OPS[spec["op"]](reader, writer, spec)
     except Exception as exc:  # one bad connection must not stop the peer for the other tests
         print(f"peer: {exc!r}", file=sys.stderr)

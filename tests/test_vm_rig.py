@@ -1,0 +1,143 @@
+"""The guest VM rig's host-side pieces (tools/vm): initramfs, module order, skips, cleanup.
+The guest tests themselves are tests/vm (run inside the guest by `make vm-test`)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aiozc.tools import vm
+from aiozc.tools.vm import __main__ as vm_cli
+from aiozc.tools.vm import assets, guest
+from aiozc.tools.vm.initramfs import INIT, build_initramfs, module_depends, module_load_order
+from aiozc.tools.vm.peer import pattern_pool, pattern_sha256
+
+sys.path.insert(0, str(Path(__file__).parent / "vm"))
+from guest_helpers import POOL, alternates, stream_slice  # noqa: E402
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+
+def _read_newc(archive: bytes) -> list[tuple[str, int, bytes]]:
+    """(name, mode, data) of each entry, checking magic and 4-byte alignment on the way."""
+    entries, pos = [], 0
+    while True:
+        assert pos % 4 == 0 and archive[pos : pos + 6] == b"070701"
+        fields = [int(archive[pos + 6 + 8 * i : pos + 14 + 8 * i], 16) for i in range(13)]
+        mode, filesize, namesize = fields[1], fields[6], fields[11]
+        name_at = pos + 110
+        name = archive[name_at : name_at + namesize - 1].decode()
+        data_at = name_at + namesize + (-(110 + namesize) % 4)
+        entries.append((name, mode, archive[data_at : data_at + filesize]))
+        pos = data_at + filesize + (-filesize % 4)
+        if name == "TRAILER!!!":
+            assert archive[pos:] == b""
+            return entries
+
+
+def test_initramfs_holds_busybox_init_and_modules_in_load_order(tmp_path: Path) -> None:
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"\x7fELF" + os.urandom(1001))  # odd sizes exercise the padding
+    modules = []
+    for name, size in (("virtio", 3), ("virtio_net", 4097)):
+        modules.append(tmp_path / f"{name}.ko")
+        modules[-1].write_bytes(os.urandom(size))
+    entries = {name: (mode, data) for name, mode, data in _read_newc(gzip.decompress(build_initramfs(busybox, modules)))}
+    assert entries["bin/busybox"] == (0o100755, busybox.read_bytes())
+    assert entries["init"] == (0o100755, INIT.encode())
+    assert entries["modules/virtio_net.ko"][1] == modules[1].read_bytes()
+    assert entries["modules/order"][1] == b"virtio\nvirtio_net\n"
+    assert entries["proc"][0] == 0o040755
+
+
+def test_module_depends_reads_the_modinfo_string_table() -> None:
+    image = b"\x7fELF...\0license=GPL\0depends=virtio_ring,virtio,net-failover\0vermagic=6.1\0"
+    assert module_depends(image) == ["virtio_ring", "virtio", "net_failover"]
+    assert module_depends(b"\0depends=\0name=x\0") == []
+    assert module_depends(b"no modinfo here") == []
+
+
+def _fake_module(folder: Path, name: str, deps: str) -> None:
+    (folder / f"{name}.ko").write_bytes(b"\0name=" + name.encode() + b"\0depends=" + deps.encode() + b"\0")
+
+
+def test_module_load_order_puts_dependencies_first(tmp_path: Path) -> None:
+    for name, deps in {"9p": "9pnet,netfs,fscache", "fscache": "netfs", "netfs": "", "9pnet": "", "virtio_net": "virtio"}.items():
+        _fake_module(tmp_path, name, deps)
+    _fake_module(tmp_path, "virtio", "")
+    order = module_load_order(tmp_path, ["virtio_net", "9p"])
+    assert sorted(order) == sorted(["virtio", "virtio_net", "9pnet", "netfs", "fscache", "9p"])
+    for later, earlier in [("virtio_net", "virtio"), ("9p", "fscache"), ("fscache", "netfs"), ("9p", "9pnet")]:
+        assert order.index(earlier) < order.index(later)
+
+
+def test_module_load_order_refuses_cycles_and_missing_modules(tmp_path: Path) -> None:
+    _fake_module(tmp_path, "a", "b")
+    _fake_module(tmp_path, "b", "a")
+    with pytest.raises(ValueError, match="cycle"):
+        module_load_order(tmp_path, ["a"])
+    with pytest.raises(FileNotFoundError):
+        module_load_order(tmp_path, ["missing"])
+
+
+def test_unavailable_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "root" in (assets.why_unavailable() or "")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: False if p == "/dev/net/tun" else real_exists(p))
+    assert "/dev/net/tun" in (assets.why_unavailable() or "")
+
+
+def test_vm_test_skips_with_the_reason_and_succeeds(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(vm, "why_unavailable", lambda: "no /dev/net/tun (test)")
+    assert vm_cli.main(["test"]) == 0
+    assert "SKIPPED: guest VM tests cannot run here: no /dev/net/tun (test)" in capsys.readouterr().out
+
+
+def test_archive_failure_is_a_skip_not_a_crash(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(vm, "why_unavailable", lambda: None)
+
+    def unreachable() -> None:
+        raise assets.AssetError("apt-get download failed: Temporary failure resolving deb.debian.org")
+
+    monkeypatch.setattr(vm, "ensure_assets", unreachable)
+    assert vm_cli.main(["test"]) == 0
+    assert "resolving deb.debian.org" in capsys.readouterr().out
+
+
+def test_pattern_stream_is_the_pool_repeated() -> None:
+    seed, total = 5, 3 * POOL + 12345
+    pool = pattern_pool(seed, POOL)
+    stream = (pool * 4)[:total]
+    assert pattern_sha256(seed, POOL, total) == hashlib.sha256(stream).hexdigest()
+    rng = random.Random(1)
+    for _ in range(20):
+        offset, size = rng.randrange(total - POOL), rng.randrange(POOL + 1)
+        assert bytes(stream_slice(seed, offset, size)) == stream[offset : offset + size]
+
+
+def test_alternates() -> None:
+    assert alternates(["pause", "resume", "pause"]) and alternates([])
+    assert not alternates(["resume"]) and not alternates(["pause", "pause"])
+
+
+@needs_root
+def test_namespace_is_deleted_on_an_exception() -> None:
+    with pytest.raises(RuntimeError), guest._namespace() as (ns, tap):
+        assert ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        raise RuntimeError("boom")
+    assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_children_are_ended_on_an_exception() -> None:
+    with pytest.raises(RuntimeError), guest._process([sys.executable, "-c", "import time; time.sleep(60)"], name="qemu") as proc:
+        raise RuntimeError("boom")
+    assert proc.returncode is not None

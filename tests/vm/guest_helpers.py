@@ -1,0 +1,101 @@
+"""What the guest tests share: the peer in the rig's namespace, and a stream it can check.
+
+These tests only mean something inside the guest (``make vm-test``): there the kernel sends TCP
+from our pages through a virtio NIC. Outside they skip; on one host every TCP send is copied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+from typing import Any
+
+import pytest
+
+import aiozc
+from aiozc.tools.vm.peer import pattern_pool
+
+IN_GUEST = bool(os.environ.get("AIOZC_VM_GUEST"))
+guest_only = pytest.mark.skipif(
+    not IN_GUEST, reason="runs inside the guest VM, where TCP zero-copy happens: `make vm-test`"
+)
+
+POOL = (8 << 20) + 4093  # an odd size, so writes do not line up with the pool's end
+
+
+def peer_address() -> tuple[str, int]:
+    host, port = os.environ["AIOZC_VM_PEER"].rsplit(":", 1)
+    return host, int(port)
+
+
+@functools.lru_cache(maxsize=4)
+def doubled_pool(seed: int) -> memoryview:
+    """The pattern pool twice over: any stream offset starts a contiguous slice of up to POOL."""
+    pool = pattern_pool(seed, POOL)
+    return memoryview(pool + pool)
+
+
+def stream_slice(seed: int, offset: int, size: int) -> memoryview:
+    """Bytes ``offset .. offset+size`` of the pattern stream (the pool repeated)."""
+    assert size <= POOL
+    start = offset % POOL
+    return doubled_pool(seed)[start : start + size]
+
+
+class PeerClient(asyncio.Protocol):
+    """Records flow-control calls and the order of events; collects the peer's JSON reply."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+        self.flow: list[str] = []  # "pause" / "resume", in the order the transport called them
+        self.events: list[str] = []
+        self.reply: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.reply.add_done_callback(lambda f: f.cancelled() or f.exception())  # may go unread
+        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+        self._buf = b""
+
+    def pause_writing(self) -> None:
+        self.flow.append("pause")
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.flow.append("resume")
+        self.can_write.set()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if b"\n" in self._buf and not self.reply.done():
+            self.reply.set_result(json.loads(self._buf.split(b"\n", 1)[0]))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.events.append("connection_lost")
+        self.can_write.set()
+        if not self.lost.done():
+            self.lost.set_result(exc)
+        if not self.reply.done():
+            self.reply.set_exception(ConnectionError(f"closed before the peer replied ({exc!r})"))
+
+
+async def open_peer(spec: dict[str, Any], **options: Any) -> tuple[Any, PeerClient]:
+    """An aiozc connection to the peer, its first line telling the peer what to do."""
+    transport, proto = await aiozc.create_connection(PeerClient, *peer_address(), **options)
+    transport.write(json.dumps(spec).encode() + b"\n")
+    return transport, proto
+
+
+async def ask_peer(spec: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any] | None]:
+    """A plain control connection: send ``spec``, read the first reply line."""
+    reader, writer = await asyncio.open_connection(*peer_address())
+    writer.write(json.dumps(spec).encode() + b"\n")
+    await writer.drain()
+    line = await reader.readline()
+    return reader, writer, json.loads(line) if line else None
+
+
+def alternates(flow: list[str]) -> bool:
+    """pause, resume, pause, ... : never two of a kind in a row, starting with pause."""
+    return all(call == ("pause" if i % 2 == 0 else "resume") for i, call in enumerate(flow))

@@ -1,0 +1,195 @@
+"""TCP zero-copy's success path, from inside the guest to the peer in the rig's namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+import aiozc
+from guest_helpers import POOL, alternates, guest_only, open_peer, stream_slice
+
+pytestmark = guest_only
+
+MiB = 1 << 20
+
+
+async def _send_stream(transport, proto, seed: int, sizes: list[int], offset: int = 0) -> list[asyncio.Future]:
+    futures = []
+    for size in sizes:
+        futures.append(transport.write_zc(stream_slice(seed, offset, size)))
+        offset += size
+        await proto.can_write.wait()
+    return futures
+
+
+async def test_write_zc_completions_report_zerocopy() -> None:
+    seed, sizes = 1, [MiB] * 32
+    total = sum(sizes)
+    transport, proto = await open_peer({"op": "sink", "expect": {"seed": seed, "pool": POOL, "total": total}})
+    # The first write is the probe (TCP starts in `probing`); the rest go out behind it.
+    first = await transport.write_zc(stream_slice(seed, 0, sizes[0]))
+    assert transport.stats.state == "zerocopy", transport.stats.reason
+    completions = [first] + [await f for f in await _send_stream(transport, proto, seed, sizes[1:], sizes[0])]
+    transport.write_eof()
+    reply = await proto.reply
+    assert reply["bytes"] == total and reply["sha256"] == reply["expected"]
+    assert [c.zerocopy for c in completions] == [True] * len(sizes)
+    assert sum(c.nbytes for c in completions) == total
+    stats = transport.stats
+    assert stats.state == "zerocopy" and stats.ids_copied == 0 and stats.ids_zerocopy == stats.zc_sends > 0
+    assert stats.zc_write_bytes == total
+    transport.close()
+
+
+async def test_guest_loopback_is_copied_negative_control() -> None:
+    """The same sends to the guest's own loopback: the kernel copies, aiozc falls back.
+    What makes the test above mean something: it would fail on any path that copies."""
+    received = asyncio.Event()
+    got = 0
+
+    class Sink(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            nonlocal got
+            got += len(data)
+            if got >= 16 * MiB:
+                received.set()
+
+    server = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", 0)
+    transport, proto = await aiozc.create_connection(
+        aiozc_client_protocol, *server.sockets[0].getsockname(), probe_first=False
+    )
+    completions = [await f for f in [transport.write_zc(stream_slice(2, i * MiB, MiB)) for i in range(16)]]
+    await received.wait()
+    assert not any(c.zerocopy for c in completions)
+    assert transport.stats.ids_copied > 0 and transport.stats.state == "copy-fallback"
+    transport.close()
+    server.close()
+
+
+def aiozc_client_protocol() -> asyncio.Protocol:
+    return asyncio.Protocol()
+
+
+async def test_slow_receiver_keeps_pinned_under_cap_and_flow_alternates() -> None:
+    """The peer sleeps 1 s, then reads 256 KiB every 20 ms: pinned bytes stay capped."""
+    seed, cap, size = 3, 4 * MiB, MiB
+    sizes = [size] * 48
+    total = sum(sizes)
+    spec = {"op": "sink", "delay": 1.0, "read_size": 256 << 10, "chunk_delay": 0.02,
+            "expect": {"seed": seed, "pool": POOL, "total": total}}  # fmt: skip
+    transport, proto = await open_peer(spec, max_pinned_bytes=cap, probe_first=False)
+    transport.set_write_buffer_limits(high=8 * MiB)  # above the cap: the cap must do the bounding
+    pinned_seen = []
+    offset = 0
+    futures = []
+    for size in sizes:
+        futures.append(transport.write_zc(stream_slice(seed, offset, size)))
+        offset += size
+        pinned_seen.append(transport.stats.pinned_bytes)
+        await proto.can_write.wait()
+    await asyncio.gather(*futures)
+    transport.write_eof()
+    reply = await proto.reply
+    assert reply["bytes"] == total and reply["sha256"] == reply["expected"]
+    stats = transport.stats
+    # The cap is checked before each send call: one send call can take it past by at most a write.
+    assert 0 < stats.peak_pinned_bytes <= cap + size, (stats.peak_pinned_bytes, max(pinned_seen))
+    assert stats.copy_bytes > 0, "the cap never sent anything by copy: it was not reached"
+    assert stats.zc_write_bytes > 0
+    assert "pause" in proto.flow and alternates(proto.flow), proto.flow
+    transport.close()
+
+
+async def test_close_waits_for_kernel_completions_then_connection_lost() -> None:
+    """The peer reads nothing for 1.5 s: close() keeps the fd until every pinned send is released."""
+    seed, sizes = 4, [MiB] * 8
+    transport, proto = await open_peer({"op": "sink", "delay": 1.5}, probe_first=False)
+    transport.set_write_buffer_limits(high=64 * MiB)
+    futures = await _send_stream(transport, proto, seed, sizes)
+    for f in futures:
+        f.add_done_callback(lambda _: proto.events.append("completion"))
+    assert transport.stats.pinned_bytes > 0
+    transport.close()
+    assert not all(f.done() for f in futures)
+    assert await proto.lost is None
+    completions = [f.result() for f in futures]
+    assert proto.events == ["completion"] * len(sizes) + ["connection_lost"]
+    assert all(c.zerocopy for c in completions)
+    assert transport.stats.pinned_bytes == 0
+
+
+@pytest.mark.parametrize("how", ["abort", "peer_reset"])
+async def test_pinned_pages_on_abort_or_reset_resolve_and_stay_held(how: str) -> None:
+    """Every future resolves; each buffer stays exported (held) until its own future resolves."""
+    buffers = [bytearray(stream_slice(5, i * MiB, MiB)) for i in range(12)]
+    # A 128 KiB receive window: most of the 12 MiB stays in the guest's send queue, pinned.
+    spec = {"op": "sink", "delay": 30} if how == "abort" else {"op": "reset", "delay": 1.0, "after": 1 * MiB}
+    spec["rcvbuf"] = 128 << 10
+    transport, proto = await open_peer(spec, probe_first=False)
+    transport.set_write_buffer_limits(high=64 * MiB)
+    futures = [transport.write_zc(b) for b in buffers]
+    held_early = []
+    for buf, fut in zip(buffers, futures):
+        fut.add_done_callback(lambda _, buf=buf: held_early.append(_exported(buf)))
+    await asyncio.sleep(0.2)
+    assert transport.stats.pinned_bytes > 0
+    assert all(_exported(b) for b, f in zip(buffers, futures) if not f.done())
+    if how == "abort":
+        transport.abort()
+    lost = await asyncio.wait_for(proto.lost, 60)
+    assert all(f.done() for f in futures)
+    outcomes = [f.exception() or f.result() for f in futures]
+    expected = ConnectionAbortedError if how == "abort" else ConnectionResetError
+    assert any(isinstance(o, expected) for o in outcomes), outcomes
+    assert all(isinstance(o, (aiozc.Completion, expected)) for o in outcomes), outcomes
+    # Held up to the moment its future resolved (the callback runs just after), free after.
+    assert all(not _exported(b) for b in buffers)
+    if how == "peer_reset":
+        assert isinstance(lost, ConnectionResetError)
+
+
+def _exported(buf: bytearray) -> bool:
+    """True while someone holds a buffer export of ``buf`` (then it cannot be resized)."""
+    try:
+        buf.append(0)
+    except BufferError:
+        return True
+    buf.pop()
+    return False
+
+
+async def test_random_mix_of_write_writelines_write_zc_arrives_intact(vm_mix_bytes: int) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    total = vm_mix_bytes
+    transport, proto = await open_peer({"op": "sink", "expect": {"seed": seed, "pool": POOL, "total": total}})
+    transport.set_write_buffer_limits(high=8 * MiB)
+    futures, offset, kinds = [], 0, {"write": 0, "write_mutated": 0, "writelines": 0, "write_zc": 0}
+    while offset < total:
+        size = min(total - offset, rng.choice([rng.randrange(1, 4096), rng.randrange(16 << 10, 80 << 10), rng.randrange(MiB // 2, 2 * MiB)]))
+        kind = rng.choice(list(kinds))
+        kinds[kind] += 1
+        chunk = stream_slice(seed, offset, size)
+        if kind == "write":
+            transport.write(chunk)
+        elif kind == "write_mutated":  # asyncio's contract: the caller may reuse it at once
+            scratch = bytearray(chunk)
+            transport.write(scratch)
+            scratch[:] = bytes(len(scratch))
+        elif kind == "writelines":
+            cut = rng.randrange(size + 1)
+            transport.writelines([chunk[:cut], bytes(chunk[cut:])])
+        else:
+            futures.append(transport.write_zc(chunk))
+        offset += size
+        await proto.can_write.wait()
+    completions = await asyncio.gather(*futures)
+    transport.write_eof()
+    reply = await asyncio.wait_for(proto.reply, 300)
+    assert reply["bytes"] == total, (seed, reply)
+    assert reply["sha256"] == reply["expected"], f"stream corrupted (seed {seed})"
+    assert all(kinds.values()), kinds
+    assert any(c.zerocopy for c in completions) and transport.stats.ids_copied == 0
+    transport.close()
