@@ -9,6 +9,7 @@ until then. The stream and datagram transports only add how data is queued and r
 from __future__ import annotations
 
 import asyncio
+from asyncio import trsock
 import errno
 import functools
 import logging
@@ -106,6 +107,10 @@ class ZeroCopyTransportBase:
     # Whether this transport can drive an engine whose zero-copy sends complete later
     # (io_uring: _send_chunk raises SendPending, _after_zc_result continues).
     _async_sends = False
+    # close(): whether connection_lost may come once everything is handed to the kernel, before
+    # the kernel released the pinned buffers (the socket stays open for that meanwhile). TCP:
+    # on one host those completions wait for the peer to read, which a stock close() does not.
+    _lost_before_release = False
 
     def __init__(
         self,
@@ -150,7 +155,8 @@ class ZeroCopyTransportBase:
         self._zc_since_drain = 0
         self._mux = Multiplexer.for_loop(loop)
         self._mux.register(self._fd, self, self._mask())
-        self._extra.setdefault("socket", sock)
+        # As asyncio: a wrapper that allows options and names but not I/O behind our back.
+        self._extra.setdefault("socket", trsock.TransportSocket(sock))
         self._extra.setdefault("sockname", _safe_name(sock.getsockname))
         self._extra.setdefault("peername", _safe_name(sock.getpeername))
 
@@ -171,7 +177,9 @@ class ZeroCopyTransportBase:
         return self._protocol
 
     def abort(self) -> None:
-        self._force_close(ConnectionAbortedError("transport aborted"))
+        """Close at once, as asyncio: queued data is dropped, connection_lost(None), pending
+        write futures fail with ConnectionAbortedError."""
+        self._force_close(None, ConnectionAbortedError("transport aborted"))
 
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else "closing" if self._closing else "open"
@@ -234,7 +242,7 @@ class ZeroCopyTransportBase:
         self._call_protocol("pause_writing")
 
     def _maybe_resume_protocol(self) -> None:
-        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
+        if self._protocol_paused and not self._conn_lost and self.get_write_buffer_size() <= self._low_water:
             self._protocol_paused = False
             self._call_protocol("resume_writing")
 
@@ -511,6 +519,8 @@ class ZeroCopyTransportBase:
         if self._idle():
             self._call_connection_lost(None)
             return
+        if self._lost_before_release:
+            self._lose_protocol(None)
         self._update_mask()
         if self._close_timer is None:
             self._close_timer = self._loop.call_later(
@@ -519,7 +529,7 @@ class ZeroCopyTransportBase:
 
     def _close_deadline_passed(self) -> None:
         self._close_timer = None
-        if self._conn_lost:
+        if self._sock is None:
             return
         pending = self._tracker.outstanding_ids
         logger.warning(
@@ -533,21 +543,29 @@ class ZeroCopyTransportBase:
             None, TimeoutError(f"kernel did not release the buffer within {self._options.close_timeout}s")
         )
 
-    def _fatal_error(self, exc: BaseException) -> None:
-        if isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE):
-            logger.debug("%r: %s", self, exc)
-        elif not isinstance(exc, (ConnectionError, TimeoutError)):
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        """Close at once with ``exc``; as asyncio, socket errors are only logged (debug), and
+        anything else (a protocol callback that raised, a lost notification) goes to the loop's
+        exception handler, once."""
+        if self._sock is None:
+            return
+        if isinstance(exc, OSError) and not isinstance(exc, _kernel.ErrQueueTruncated):
+            logger.debug("%r: %s: %s", self, message, exc)
+        else:
             self._loop.call_exception_handler(
-                {"message": "aiozc transport error", "exception": exc, "transport": self}
+                {"message": message, "exception": exc, "transport": self,
+                 "protocol": self._protocol}
             )
         self._force_close(exc)
 
-    def _force_close(self, exc: BaseException | None) -> None:
-        if self._conn_lost:
+    def _force_close(self, exc: BaseException | None, pending_error: BaseException | None = None) -> None:
+        """Drop what is queued, tell the protocol ``exc`` and fail pending writes with
+        ``pending_error`` (default ``exc``); also ends a close that waits for completions."""
+        if self._sock is None:
             return
         self._closing = True
         self._discard_queue()
-        self._call_connection_lost(exc, exc)
+        self._call_connection_lost(exc, pending_error or exc)
 
     def _discard_queue(self) -> None:
         """Drop data not yet handed to the kernel (abort, fatal error)."""
@@ -555,22 +573,36 @@ class ZeroCopyTransportBase:
     def _call_connection_lost(
         self, exc: BaseException | None, pending_error: BaseException | None = None
     ) -> None:
+        """Tell the protocol (if not told yet) and release the socket."""
+        self._lose_protocol(exc)
+        self._release_socket(pending_error)
+
+    def _lose_protocol(self, exc: BaseException | None) -> None:
         if self._conn_lost:
             return
         self._conn_lost = True
         self._closing = True
+        self._loop.call_soon(self._notify_connection_lost, exc)
+
+    def _release_socket(self, pending_error: BaseException | None) -> None:
+        """Close the fd; writes still owed a completion fail with ``pending_error``."""
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        if self._sock is None:
+            return
+        pinned = not self._idle()
         self._fail_pending(pending_error)
         sock, self._sock = self._sock, None
-        if sock is not None:
-            self._mux.unregister(self._fd)
-            forget = getattr(self._engine, "forget", None)
-            if forget is not None:
-                forget(sock)  # io_uring: submit SQEs naming this fd before the number is reused
-            sock.close()
-        self._loop.call_soon(self._notify_connection_lost, exc)
+        self._mux.unregister(self._fd)
+        forget = getattr(self._engine, "forget", None)
+        if forget is not None:
+            forget(sock)  # io_uring: submit SQEs naming this fd before the number is reused
+        self._before_socket_close(sock, pinned)
+        sock.close()
+
+    def _before_socket_close(self, sock: socket.socket, pinned: bool) -> None:
+        """Last look at the socket; ``pinned``: the kernel may still hold released buffers."""
 
     def _fail_pending(self, exc: BaseException | None) -> None:
         error = exc or ConnectionAbortedError("transport closed before the write completed")

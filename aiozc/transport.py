@@ -18,7 +18,7 @@ import socket
 import stat
 import struct
 import termios
-from typing import Any, Iterable, cast
+from typing import Any, Callable, Iterable, cast
 
 from .base import TransportOptions, ZeroCopyTransportBase, byte_view, logger
 from .completions import Completion, WriteHandle
@@ -85,6 +85,7 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
     # io_uring: at most one zero-copy send in flight (stream order); its result advances the
     # head segment like a synchronous send would (_after_zc_result).
     _async_sends = True
+    _lost_before_release = True  # see base; close() never waits for the peer to read
 
     def __init__(
         self,
@@ -108,10 +109,25 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         self._server = server
         asyncio.Transport.__init__(self, extra)
         ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options or TransportOptions(), extra)
-        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        self._read_once = self._read_path(protocol)
         if server is not None:
             server._attach(self)
         loop.call_soon(self._connection_made, waiter)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._read_once = self._read_path(protocol)
+        super().set_protocol(protocol)
+
+    def _read_path(self, protocol: asyncio.BaseProtocol) -> Callable[[], bool]:
+        if isinstance(protocol, asyncio.BufferedProtocol):
+            return self._read_into_buffer
+        return self._read_data
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued in user space, as with the stock transports. Bytes sent zero-copy and
+        not yet released are in the kernel's send buffer like any sent data; they are bounded
+        by ``max_pinned_bytes`` (above it data is sent by copy) and shown in stats."""
+        return self._queued
 
     # -- readiness -------------------------------------------------------------------------
 
@@ -136,36 +152,65 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             if not self._read_once() or not self._reading or self._closing:
                 return
 
-    def _read_once(self) -> bool:
-        """One recv into the protocol; True if it filled the buffer (more is likely waiting)."""
+    def _read_data(self) -> bool:
+        """One recv for a Protocol; True if it filled the read size (more is likely waiting)."""
         assert self._sock is not None
         try:
-            if self._buffered:
-                buf = self._protocol.get_buffer(-1)  # type: ignore[attr-defined]
-                if not len(buf):
-                    raise RuntimeError("get_buffer() returned an empty buffer")
-                size = len(buf)
-                nbytes = self._sock.recv_into(buf)
-            else:
-                size = self._options.read_size
-                data = self._sock.recv(size)
-                nbytes = len(data)
+            data = self._sock.recv(self._options.read_size)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            self._fatal_error(exc)
+            self._fatal_error(exc, "Fatal read error on socket transport")
             return False
-        if nbytes == 0:
-            if self._read_error is not None:
-                self._fatal_error(self._read_error)
-            else:
-                self._on_eof()
+        if not data:
+            self._on_end_of_data()
             return False
-        if self._buffered:
-            self._protocol.buffer_updated(nbytes)  # type: ignore[attr-defined]
-        else:
+        try:
             self._protocol.data_received(data)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            return False
+        return len(data) == self._options.read_size and self._sock is not None
+
+    def _read_into_buffer(self) -> bool:
+        """One recv_into a BufferedProtocol's buffer; True if it filled it."""
+        assert self._sock is not None
+        try:
+            buf = self._protocol.get_buffer(-1)  # type: ignore[attr-defined]
+            size = len(buf)
+            if not size:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            return False
+        try:
+            nbytes = self._sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return False
+        if not nbytes:
+            self._on_end_of_data()
+            return False
+        try:
+            self._protocol.buffer_updated(nbytes)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+            return False
         return nbytes == size and self._sock is not None
+
+    def _on_end_of_data(self) -> None:
+        if self._read_error is not None:
+            self._fatal_error(self._read_error)
+        else:
+            self._on_eof()
 
     def _on_socket_error(self, exc: OSError) -> None:
         # A reset does not discard what had arrived before it; reading SO_ERROR cleared the
@@ -176,16 +221,22 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             return
         self._fatal_error(exc)
 
-    def _fatal_error(self, exc: BaseException) -> None:
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
         # After a stashed reset, a send fails with EPIPE: report what the peer did instead.
         if self._read_error is not None and isinstance(exc, OSError):
             exc = self._read_error
-        super()._fatal_error(exc)
+        super()._fatal_error(exc, message)
 
     def _on_eof(self) -> None:
         self._eof_received = True
         self._update_mask()
-        keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        try:
+            keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
         if not keep_open:
             self.close()
 
@@ -409,6 +460,8 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
     def _after_flush(self) -> None:
         if self._sock is None:
             return
+        # resume_writing() before connection_lost(), as asyncio's transports order them.
+        self._maybe_resume_protocol()
         if not self._queue:
             if self._eof:
                 self._shutdown_write()
@@ -416,7 +469,6 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
                 self._start_close()
                 return
         self._update_mask()
-        self._maybe_resume_protocol()
 
     def _shutdown_write(self) -> None:
         assert self._sock is not None
@@ -453,8 +505,10 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             self._shutdown_write()
 
     def close(self) -> None:
-        """Flush queued data, wait until the kernel released every pinned buffer (at most
-        ``close_timeout`` seconds), then close the socket and call connection_lost."""
+        """Flush queued data, then call connection_lost(None), as the stock transports do once
+        everything is in the kernel. Until the kernel has released every pinned buffer (at most
+        ``close_timeout`` seconds) the socket stays open behind the scenes, so write_zc()
+        futures still resolve and held buffers stay alive."""
         if self._closing:
             return
         self._closing = True
@@ -463,14 +517,16 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         else:
             self._start_close()
 
-    def abort(self) -> None:
-        """Close at once with RST; pending write futures fail with ConnectionAbortedError."""
-        if self._sock is not None and self._sock.type == socket.SOCK_STREAM:
+    def _before_socket_close(self, sock: socket.socket, pinned: bool) -> None:
+        # Closing a socket whose send queue still holds pages of buffers we are giving back
+        # (their futures fail now) would let the kernel go on sending them after the caller
+        # reused them: the peer would get the new contents. RST (SO_LINGER {1, 0}) makes
+        # close() drop that queue. With nothing pinned a plain close (FIN), as asyncio's abort.
+        if pinned and sock.type == socket.SOCK_STREAM:
             try:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             except OSError:
                 pass
-        super().abort()
 
     def _notify_connection_lost(self, exc: BaseException | None) -> None:
         try:

@@ -11,7 +11,10 @@ from typing import Any
 import aiozc
 
 
-class RecordingProtocol(asyncio.Protocol):
+class Recording:
+    """What a protocol saw; mixed into a Protocol or a BufferedProtocol (uvloop takes a class
+    that is both for a plain Protocol)."""
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.received = bytearray()
@@ -40,6 +43,10 @@ class RecordingProtocol(asyncio.Protocol):
         self.events.append("lost")
         if not self.lost.done():
             self.lost.set_result(exc)
+
+
+class RecordingProtocol(Recording, asyncio.Protocol):
+    pass
 
 
 @dataclass

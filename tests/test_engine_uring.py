@@ -304,7 +304,8 @@ async def test_close_waits_for_outstanding_notifications() -> None:
         fut = pair.transport.write_zc(buf)
         pair.transport.close()
         await asyncio.sleep(0.2)
-        assert not fut.done() and not pair.protocol.lost.done()
+        assert not fut.done()  # connection_lost may come first (all is in the kernel)
+        assert pair.transport.get_extra_info("socket").fileno() != -1
         assert await pair.read_until_eof() == buf
         assert (await asyncio.wait_for(fut, 10)).nbytes == len(buf)
         assert await asyncio.wait_for(pair.protocol.lost, 10) is None
