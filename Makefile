@@ -7,11 +7,15 @@ TORCH_WHEELS ?= /opt/wheels
 
 .PHONY: demo test vm-test install os-deps bench clean core
 
-# iproute2 builds the network-namespace sink rig the tests and benchmarks use.
-# Installed only when missing and only when we are root (CI and sessions here are).
+# iproute2 builds the network-namespace sink rig the tests and benchmarks use; wrk drives the
+# `bench aiohttp` wrk cases. Installed only when missing and only when we are root (CI and
+# sessions here are).
 os-deps:
 	@if ! command -v ip >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -qq && apt-get install -y -qq iproute2; \
+	fi
+	@if ! command -v wrk >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk) || true; \
 	fi
 
 $(STAMP): pyproject.toml setup.py $(wildcard aiozc/_sys/_core_*.c) aiozc/_sys/_core_build.py

@@ -14,6 +14,7 @@ BENCHES = {
     "udp-sink": "aiozc.tools.bench_udp",
     "aiohttp": "aiozc.tools.bench_web",
     "tensors": "aiozc.tools.bench_tensors",
+    "instructions": "aiozc.tools.bench_instructions",
 }
 
 

@@ -132,6 +132,12 @@ _UDP_REFERENCES = {  # kind -> (colour, linestyle, linewidth)
     "stock": ("black", (0, (5, 2)), 1.6),
     "raw": ("0.45", ":", 1.4),
     "raw-zc": ("0.45", (0, (6, 2, 1, 2)), 1.2),
+    # the C reference senders (aiozc.tools.cref): the ceiling, in reds
+    "c-send": ("#f4a582", ":", 1.4),
+    "c-zc": ("#d6604d", ":", 1.4),
+    "c-mmsg": ("#d6604d", (0, (6, 2, 1, 2)), 1.4),
+    "c-uring": ("#b2182b", "--", 1.4),
+    "c-uring-fixed": ("#67001f", "-", 1.6),
 }
 
 

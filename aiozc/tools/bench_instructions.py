@@ -1,0 +1,357 @@
+"""``python -m aiozc bench instructions``: user-space instructions per call, counted by callgrind.
+
+Timings on this 2-core shared machine move by 10-20% between runs; instruction counts do not, so
+this is the measure to prove a step of the hot path with. Every case runs in a fresh interpreter
+under ``valgrind --tool=callgrind`` (started with instrumentation off, so start-up is quick); the
+case's measured phase is bracketed by callgrind client requests (zero the counters, dump them),
+compiled into :mod:`aiozc.tools.cref`. Each case runs three times in its process: a warm-up,
+then ``calls`` and ``3 * calls`` calls; the per-call figure is the difference of the last two
+divided by the difference of their call counts, so set-up, the final awaits and anything paid
+once cancel out. Only user-space instructions are counted (system calls are not), including
+everything the event loop runs meanwhile (error-queue reads, future callbacks).
+
+Cases:
+
+* UDP, 64000 B datagrams into the ifb sink (as ``bench udp-sink``; root): stock ``sendto``,
+  aiozc ``sendto`` (a copy), ``sendto_zc`` (a window of 256 futures, await the oldest),
+  coalesced ``sendto_zc``, ``sendto_zc_many`` (per datagram), the io_uring engine with a
+  BufferPool, and the C reference senders; on both loops.
+* TCP, 64 KiB writes over loopback to a receiver in another process (not under callgrind):
+  stock ``write()``, aiozc ``write()`` and ``write_zc()``, on both loops.
+
+``PYTHONHASHSEED=0`` in every case: dict and set layouts then repeat from run to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import udp_cases
+
+TCP_WRITE = 64 << 10
+UDP_SIZE = 64000
+DEFAULT_CALLS = {"udp": 1024, "tcp": 256}
+WARMUP_CALLS = {"udp": 256, "tcp": 64}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    family: str  # "udp" | "tcp"
+    kind: str  # a udp_cases kind, or "tcp-stock-write" | "tcp-aiozc-write" | "tcp-aiozc-write_zc"
+    loop: str | None  # None: no event loop (the C senders)
+
+
+def _udp_cases() -> list[Case]:
+    cases = [
+        Case("C send MSG_ZEROCOPY", "udp", "c-zc", None),
+        Case(f"C sendmmsg MSG_ZEROCOPY ({udp_cases.C_PER_CALL} per call)", "udp", "c-mmsg", None),
+        Case(f"C io_uring SEND_ZC fixed ({udp_cases.C_PER_CALL} per submit)", "udp", "c-uring-fixed", None),
+    ]
+    for kind, what in (
+        ("stock", "stock sendto"),
+        ("aiozc-sendto", "aiozc sendto (a copy)"),
+        ("aiozc", "aiozc sendto_zc"),
+        ("aiozc-coalesce", "aiozc sendto_zc coalesced"),
+        ("aiozc-many", "aiozc sendto_zc_many"),
+        ("aiozc+uring-fixed", "aiozc sendto_zc io_uring + pool"),
+        ("aiozc-many+uring-fixed", "aiozc sendto_zc_many io_uring + pool"),
+    ):
+        cases += [Case(f"{what} ({loop})", "udp", kind, loop) for loop in ("asyncio", "uvloop")]
+    return cases
+
+
+def _tcp_cases() -> list[Case]:
+    return [
+        Case(f"TCP 64 KiB {what} ({loop})", "tcp", kind, loop)
+        for kind, what in (
+            ("tcp-stock-write", "stock write"),
+            ("tcp-aiozc-write", "aiozc write"),
+            ("tcp-aiozc-write_zc", "aiozc write_zc"),
+        )
+        for loop in ("asyncio", "uvloop")
+    ]
+
+
+CASES = _udp_cases() + _tcp_cases()
+
+
+@dataclass
+class Count:
+    case: str
+    family: str
+    kind: str
+    loop: str
+    per_call: float  # user instructions per call (per datagram, per write)
+    once: float  # instructions of the measured phase not proportional to the calls
+    calls: tuple[int, int]
+    info: dict[str, Any] = field(default_factory=dict)  # the case's own counters (last run)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inside the process under callgrind.
+
+
+def _tcp_receiver(listener: socket.socket) -> None:
+    """One connection per measured run: an 8-byte length, the stream, then one byte back."""
+    from .benchkit import pin_to_cpu
+
+    pin_to_cpu(1)
+    view = memoryview(bytearray(4 << 20))
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            header = b""
+            while len(header) < 8:
+                chunk = conn.recv(8 - len(header))
+                if not chunk:
+                    break
+                header += chunk
+            expected, got = int.from_bytes(header, "big"), 0
+            while got < expected:
+                n = conn.recv_into(view)
+                if not n:
+                    break
+                got += n
+            conn.sendall(b"k" if got == expected else b"!")
+
+
+async def _tcp_writes(port: int, kind: str, pool: memoryview, count: int) -> dict[str, Any]:
+    import aiozc
+
+    from .benchkit import FlowControlledSender
+
+    loop = asyncio.get_running_loop()
+    if kind == "tcp-stock-write":
+        transport, proto = await loop.create_connection(FlowControlledSender, "127.0.0.1", port)
+    else:
+        transport, proto = await aiozc.create_connection(FlowControlledSender, "127.0.0.1", port)
+    write = transport.write_zc if kind == "tcp-aiozc-write_zc" else transport.write
+    transport.write((count * TCP_WRITE).to_bytes(8, "big"))
+    slots = len(pool) // TCP_WRITE
+    clock = udp_cases.Clock()
+    for i in range(count):
+        offset = (i % slots) * TCP_WRITE
+        write(pool[offset : offset + TCP_WRITE])
+        if not proto.can_write.is_set():
+            await proto.can_write.wait()
+    reply = await proto.reply
+    stats = getattr(transport, "stats", None)
+    timed = clock.stop(state=getattr(stats, "state", "-"))
+    transport.close()
+    if reply != b"k":
+        raise RuntimeError("the receiver saw a short stream")
+    return timed
+
+
+def _run_once(spec: dict[str, Any], count: int, pool: Any) -> dict[str, Any]:
+    if spec["family"] == "udp":
+        return udp_cases.measure_case(
+            spec["dst"], spec["kind"], spec["loop"], UDP_SIZE, count, 256, {}, udp_cases.DEFAULT_BATCH
+        )
+    from .benchkit import run_on
+
+    return run_on(spec["loop"], _tcp_writes(spec["port"], spec["kind"], pool, count))
+
+
+def child_main(spec: dict[str, Any]) -> dict[str, Any]:
+    """Warm-up, then ``calls`` and ``3 * calls`` calls, each dumped as its own callgrind part."""
+    from . import cref
+
+    built, reason = cref.callgrind_markers()
+    if built is None:
+        raise RuntimeError(reason)
+    lib = built.lib
+    if spec["loop"] == "uvloop":
+        import uvloop  # noqa: F401  (imported before the counters start)
+    import aiozc  # noqa: F401
+
+    pool = memoryview(os.urandom(64 << 20)) if spec["family"] == "tcp" else None
+    lib.cref_cg_start()
+    runs = (("warmup", spec["warmup"]), ("small", spec["calls"]), ("large", 3 * spec["calls"]))
+    info: dict[str, Any] = {}
+    for label, count in runs:
+        udp_cases.CLOCK_HOOKS[:] = [(lib.cref_cg_zero, lambda label=label: lib.cref_cg_dump(label.encode()))]
+        info = _run_once(spec, count, pool)
+        if info.get("skipped"):
+            raise RuntimeError(info["skipped"])
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# Outside: run each case under callgrind, read its dumps.
+
+_TRIGGER = re.compile(r"^desc: Trigger: Client Request: (\S+)", re.M)
+_TOTAL = re.compile(r"^(?:summary|totals): (\d+)", re.M)
+
+
+def parse_dumps(paths: list[Path]) -> dict[str, int]:
+    """label -> instructions, from callgrind dump files triggered by ``cref_cg_dump(label)``."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        text = path.read_text(errors="replace")
+        trigger, total = _TRIGGER.search(text), _TOTAL.search(text)
+        if trigger and total:
+            counts[trigger.group(1)] = int(total.group(1))
+    return counts
+
+
+def per_call(counts: dict[str, int], calls: int) -> tuple[float, float]:
+    """(instructions per call, instructions paid once) from the ``small``/``large`` dumps."""
+    small, large = counts["small"], counts["large"]
+    slope = (large - small) / (2 * calls)
+    return slope, small - slope * calls
+
+
+def valgrind_missing() -> str | None:
+    if shutil.which("valgrind") is None:
+        return "valgrind is not installed (apt-get install valgrind)"
+    from . import cref
+
+    return cref.callgrind_markers()[1]
+
+
+def _valgrind_argv(out: Path) -> list[str]:
+    return [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+        "--dump-instr=no", "--dump-line=no", "--compress-strings=no", "--error-limit=no",
+        "--quiet",
+    ]
+
+
+def _measure(case: Case, calls: int, argv_prefix: list[str], extra: dict[str, Any]) -> Count:
+    spec = {"family": case.family, "kind": case.kind, "loop": case.loop, "calls": calls,
+            "warmup": WARMUP_CALLS[case.family], **extra}
+    with tempfile.TemporaryDirectory(prefix="aiozc-callgrind-") as tmp:
+        out = Path(tmp) / "cg.out"
+        argv = argv_prefix + _valgrind_argv(out) + [
+            sys.executable, "-m", "aiozc.tools.bench_instructions", "--child", json.dumps(spec),
+        ]
+        env = dict(os.environ, PYTHONHASHSEED="0")
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{case.name}: callgrind run failed:\n{proc.stderr[-3000:]}")
+        counts = parse_dumps(sorted(Path(tmp).glob("cg.out*")))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    info = json.loads(lines[-1]) if lines else {}
+    slope, once = per_call(counts, calls)
+    keep = {k: v for k, v in info.items() if k not in ("seconds", "cpu_s")}
+    return Count(case.name, case.family, case.kind, case.loop or "-", slope, once, (calls, 3 * calls), keep)
+
+
+def _selected(opts: argparse.Namespace) -> list[Case]:
+    return [
+        c for c in CASES
+        if c.family in opts.families
+        and (c.loop is None or c.loop in opts.loops)
+        and (not opts.kinds or c.kind in opts.kinds)
+    ]
+
+
+def measure_udp(cases: list[Case], ns: Any, calls: int) -> list[Count]:
+    """UDP cases inside an open SinkNamespace (``bench udp-sink --callgrind`` reuses it)."""
+    prefix = ["ip", "netns", "exec", ns.name]
+    return [_measure(c, calls, prefix, {"dst": ns.sink_addr}) for c in cases]
+
+
+def _run_udp(cases: list[Case], calls: int) -> list[Count]:
+    from .benchkit import udp_sink
+    from .netns import netns_available
+
+    if not cases:
+        return []
+    reason = "needs root (a network namespace with an ifb sink)" if os.geteuid() != 0 else netns_available()
+    if reason is not None:
+        print(f"UDP cases skipped: {reason}")
+        return []
+    with udp_sink() as ns:
+        return measure_udp(cases, ns, calls)
+
+
+def _run_tcp(cases: list[Case], calls: int) -> list[Count]:
+    if not cases:
+        return []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    receiver = mp.get_context("fork").Process(target=_tcp_receiver, args=(listener,), daemon=True)
+    receiver.start()
+    port = listener.getsockname()[1]
+    listener.close()
+    try:
+        return [_measure(c, calls, [], {"port": port}) for c in cases]
+    finally:
+        receiver.kill()
+        receiver.join(timeout=10)
+
+
+def print_table(counts: list[Count]) -> None:
+    print("user instructions per call (callgrind; differential over two runs of each case)")
+    print(f"{'case':<52}{'instr/call':>12}{'vs stock':>10}{'paid once':>12}  counters")
+    stock = {(c.family, c.loop): c.per_call for c in counts if c.kind in ("stock", "tcp-stock-write")}
+    for c in counts:
+        base = stock.get((c.family, c.loop))
+        ratio = f"{c.per_call / base:.2f}x" if base and c.kind not in ("stock", "tcp-stock-write") else ""
+        info = " ".join(f"{k}={v}" for k, v in c.info.items() if k in ("state", "zc_sends", "errqueue_reads", "syscalls"))
+        print(f"{c.case:<52}{c.per_call:>12,.0f}{ratio:>10}{c.once:>12,.0f}  {info}")
+
+
+def _options(args: Any) -> argparse.Namespace:
+    return argparse.Namespace(
+        families=list(getattr(args, "families", None) or ["udp", "tcp"]),
+        loops=list(getattr(args, "loops", None) or ["asyncio", "uvloop"]),
+        kinds=list(getattr(args, "kinds", None) or []),
+        calls=getattr(args, "calls", None),
+    )
+
+
+def run(args: Any = None) -> dict[str, Any]:
+    opts = _options(args)
+    reason = valgrind_missing()
+    if reason is not None:
+        print(f"bench instructions skipped: {reason}")
+        return {"bench": "instructions", "skipped": reason, "rows": []}
+    cases = _selected(opts)
+    counts = _run_udp([c for c in cases if c.family == "udp"], opts.calls or DEFAULT_CALLS["udp"])
+    counts += _run_tcp([c for c in cases if c.family == "tcp"], opts.calls or DEFAULT_CALLS["tcp"])
+    print_table(counts)
+    rows = [{**asdict(c), "series": c.case, "instructions": c.per_call} for c in counts]
+    return {"bench": "instructions", "options": vars(opts), "rows": rows,
+            "plot": {"y": "instructions", "title": "user instructions per call (callgrind)"}}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--families", nargs="+", choices=["udp", "tcp"], default=["udp", "tcp"])
+    parser.add_argument("--loops", nargs="+", choices=["asyncio", "uvloop"], default=["asyncio", "uvloop"])
+    parser.add_argument("--kinds", nargs="+", choices=sorted({c.kind for c in CASES}), default=None,
+                        help="only these case kinds")
+    parser.add_argument("--calls", type=int, default=None,
+                        help="calls in the smaller measured run (the larger makes 3x); default "
+                        f"{DEFAULT_CALLS['udp']} datagrams, {DEFAULT_CALLS['tcp']} TCP writes")
+
+
+def _child_entry(argv: list[str]) -> None:
+    spec = json.loads(argv[argv.index("--child") + 1])
+    print(json.dumps(child_main(spec)))
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv:
+        _child_entry(sys.argv)
+    else:
+        parser = argparse.ArgumentParser(prog="python -m aiozc.tools.bench_instructions")
+        add_arguments(parser)
+        run(parser.parse_args())
