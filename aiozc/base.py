@@ -15,14 +15,14 @@ import functools
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import Any, cast
 
 from ._sys import kernel as _kernel
 from .completions import Completion, CompletionTracker, WriteHandle, range_length
 from .ctracker import new_tracker
 from .engines import Engine, SendPending, get_engine
-from .policy import PolicyOptions, ZeroCopyPolicy
+from .options import TransportOptions, byte_view  # noqa: F401  (re-exported)
+from .policy import ZeroCopyPolicy
 from .readiness import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Multiplexer
 from .stats import TransportStats
 
@@ -36,43 +36,6 @@ class TransportClosedError(ConnectionError):
     """write_zc()/sendto_zc() on a transport that is closing or closed."""
 
 
-@dataclass
-class TransportOptions:
-    """Keyword options of every aiozc transport, with their defaults (see README)."""
-
-    zc_threshold: int = PolicyOptions.threshold
-    fallback_after: int = PolicyOptions.fallback_after
-    reprobe_bytes: int = PolicyOptions.reprobe_bytes
-    # close() keeps the fd open until the kernel released every pinned buffer, at most this long.
-    close_timeout: float = 30.0
-    # Above this many pinned bytes further zero-copy-eligible data is sent by copy instead.
-    max_pinned_bytes: int = 64 * 1024 * 1024
-    # Drain the error queue after this many zero-copy sends even without EPOLLERR having been
-    # dispatched yet; draining after every send would defeat the kernel's range merging.
-    errqueue_drain_every: int = 32
-    engine: str = "auto"
-    read_size: int = 256 * 1024
-    # TCP completions on one host wait for the receiver to read (see PolicyOptions); UDP
-    # endpoints default to False: a datagram's completion comes when the device is done.
-    probe_first: bool = True
-
-    @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> TransportOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = set(kwargs) - known
-        if unknown:
-            raise TypeError(f"unexpected aiozc transport option(s): {', '.join(sorted(unknown))}")
-        opts = cls(**kwargs)
-        if opts.close_timeout < 0 or opts.max_pinned_bytes < 0 or opts.read_size < 1:
-            raise ValueError("close_timeout and max_pinned_bytes must be >= 0, read_size >= 1")
-        return opts
-
-    def policy_options(self) -> PolicyOptions:
-        return PolicyOptions(
-            self.zc_threshold, self.fallback_after, self.reprobe_bytes, self.probe_first
-        )
-
-
 class _Held:
     """What a pending write keeps alive until the kernel is done with it."""
 
@@ -81,23 +44,6 @@ class _Held:
     def __init__(self, future: asyncio.Future[Completion] | None, view: memoryview) -> None:
         self.future = future
         self.view = view
-
-
-def byte_view(buf: Any) -> memoryview:
-    """A flat unsigned-byte view of any C-contiguous buffer (numpy arrays, mmap, bytes...)."""
-    try:
-        view = memoryview(buf)
-    except TypeError:
-        raise TypeError(f"expected a bytes-like object, got {type(buf).__name__}") from None
-    if not view.c_contiguous:
-        view.release()
-        raise ValueError("zero-copy send needs a C-contiguous buffer; pass a contiguous copy")
-    if view.format != "B" or view.ndim != 1:
-        # Slicing a multi-dimensional or typed view would slice elements/rows, not bytes.
-        flat = view.cast("B")
-        view.release()
-        return flat
-    return view
 
 
 class ZeroCopyTransportBase:

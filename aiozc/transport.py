@@ -119,7 +119,9 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         super().set_protocol(protocol)
 
     def _read_path(self, protocol: asyncio.BaseProtocol) -> Callable[[], bool]:
-        if isinstance(protocol, asyncio.BufferedProtocol):
+        # uvloop's rule, which covers asyncio's isinstance(BufferedProtocol): uvloop's own
+        # tests use a get_buffer() protocol that subclasses neither.
+        if hasattr(protocol, "get_buffer") and not isinstance(protocol, asyncio.Protocol):
             return self._read_into_buffer
         return self._read_data
 
@@ -266,7 +268,16 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             self._enqueue_copy(data)
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        for data in list_of_data:
+        # Every item is checked before any is sent, as asyncio's b"".join() does: a bad item
+        # must not leave the first ones on the wire.
+        items = list(list_of_data)
+        for index, data in enumerate(items):
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(
+                    f"writelines() item {index}: data must be a bytes-like object, "
+                    f"not {type(data).__name__!r}"
+                )
+        for data in items:
             self.write(data)
 
     def write_zc(self, buf: Any) -> asyncio.Future[Completion]:

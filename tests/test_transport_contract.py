@@ -358,3 +358,95 @@ async def test_abort_with_pinned_pages_never_sends_what_the_caller_wrote_afterwa
             assert received.count(0) > 0
     finally:
         pair.peer.close()
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+async def test_writelines_checks_every_item_before_sending_any(create: Create) -> None:
+    loop = asyncio.get_running_loop()
+    if create is not aiozc.create_connection and "uvloop" in type(loop).__module__:
+        pytest.skip("uvloop's own writelines() sends the items before a bad one (asyncio's does not)")
+    transport, _, peer = await connect_to_plain_peer(create)
+    try:
+        with pytest.raises(TypeError):
+            transport.writelines([b"first-", "second"])  # type: ignore[list-item]
+        transport.writelines([b"ok-", bytearray(b"then-"), memoryview(b"done")])
+        transport.close()
+        received = bytearray()
+        while chunk := await asyncio.wait_for(loop.sock_recv(peer, 1 << 16), 5):
+            received += chunk
+        assert received == b"ok-then-done"  # nothing of the refused call
+    finally:
+        peer.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "words"),
+    [
+        ({"zc_threshold": "16k"}, TypeError, ["zc_threshold", "'16k'"]),
+        ({"zc_threshold": True}, TypeError, ["zc_threshold", "True"]),
+        ({"zc_threshold": 0}, ValueError, ["zc_threshold", ">= 1"]),
+        ({"max_pinned_bytes": 1.5}, TypeError, ["max_pinned_bytes"]),
+        ({"close_timeout": "30"}, TypeError, ["close_timeout"]),
+        ({"close_timeout": -1}, ValueError, ["close_timeout", ">= 0"]),
+        ({"read_size": None}, TypeError, ["read_size"]),
+        ({"probe_first": "no"}, TypeError, ["probe_first"]),
+        ({"engine": 1}, TypeError, ["engine"]),
+    ],
+)
+async def test_transport_options_are_type_checked_by_name(
+    options: dict[str, Any], error: type[Exception], words: list[str]
+) -> None:
+    with pytest.raises(error) as info:
+        await aiozc.create_connection(RecordingProtocol, "127.0.0.1", 9, **options)
+    assert all(word in str(info.value) for word in words), info.value
+    with pytest.raises(error):
+        aiozc.TransportOptions(**options)
+
+
+async def test_write_zc_of_what_exports_no_buffer_raises_type_error() -> None:
+    np = pytest.importorskip("numpy")
+    from tcp_helpers import connect_pair
+
+    pair = await connect_pair()
+    try:
+        for bad in ("text", 12, object(), np.array(["2024-01-01"], dtype="datetime64[s]")):
+            with pytest.raises(TypeError):
+                pair.transport.write_zc(bad)
+        stamps = np.array(["2024-01-01", "2025-06-30"], dtype="datetime64[s]")
+        future = pair.transport.write_zc(stamps.view("int64"))  # what the message suggests
+        assert await pair.read_all(stamps.nbytes) == stamps.tobytes()
+        assert (await asyncio.wait_for(future, 5)).nbytes == stamps.nbytes
+    finally:
+        pair.close()
+
+
+class DuckBufferedProtocol(Recording):
+    """get_buffer()/buffer_updated() without subclassing asyncio.BufferedProtocol (uvloop's
+    test_create_server_buffered_* use one): read through the buffer, as uvloop does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buf = bytearray(512)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += self.buf[:nbytes]
+
+    def data_received(self, data: bytes) -> None:
+        raise AssertionError("data_received() called on a protocol with get_buffer()")
+
+
+async def test_a_protocol_with_get_buffer_reads_through_it() -> None:
+    transport, protocol, peer = await connect_to_plain_peer(aiozc.create_connection, DuckBufferedProtocol)
+    try:
+        peer.sendall(b"z" * 5000)
+        peer.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(protocol.eof.wait(), 5)
+        assert protocol.received == b"z" * 5000
+    finally:
+        transport.abort()
+        peer.close()
