@@ -34,9 +34,9 @@ def test_worse_counts_only_what_the_stock_loop_did_not_fail() -> None:
 
 
 def test_classify_matches_detail_and_leaves_unknown_unclassified() -> None:
-    rule = reasons.classify("uvloop/test_udp", "uvloop", "t.A.test_x",
-                            "TypeError: unexpected aiozc transport option(s): reuse_address [base.py:62]")
-    assert rule is not None and rule.area == "core"
+    rule = reasons.classify("uvloop/test_tcp", "uvloop", "t.A.test_x",
+                            "ValueError: aiozc does not support TLS: kernel TLS [server.py:19]")
+    assert rule is not None and rule.area == "loop"
     assert reasons.classify("uvloop/test_udp", "uvloop", "t.A.test_x", "something new") is None
 
 

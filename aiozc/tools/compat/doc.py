@@ -97,9 +97,12 @@ def generated(runs: list[Run], header: list[str]) -> str:
     lines = [BEGIN, "", *header, "", *_summary_table(pairs), ""]
     lines += ["Counts are tests; a test with a failing subtest counts as failed. `hang`: no result",
               "within the per-test timeout (the worker is killed and restarted after it).", ""]
-    lines += ["## Worse through aiozc than on the stock loop", ""]
+    lines += ["## Worse through aiozc than on the stock loop", "",
+              "area: whose code the fix is in (tcp, loop, core: see the owners in #11); `n/a`: the test",
+              "checks another implementation's internals, or a behaviour only one of the stock loops has",
+              "that aiozc, following the other, cannot share.", ""]
     lines += [f"{unclassified} of these are not classified yet." if unclassified else
-              "Every one is classified (area = whose code the fix is in; `unsupported` = a feature aiozc lacks)."]
+              "Every one is classified."]
     lines += failures
     stock_bad = _stock_failures(pairs)
     if stock_bad:

@@ -33,17 +33,53 @@ class Reason:
 
 _KW = r"unexpected aiozc transport option\(s\): "
 
+_TLS = "TLS over aiozc transports (asyncio's SSLProtocol over the aiozc transport, tls.py)"
+
 RULES: list[Reason] = [
+    # -- tests of another implementation's internals: not a contract aiozc can follow ---------
+    Reason("n/a", "reads asyncio.Server's private `_waiters` (uvloop fails it the same way)",
+           detail="no attribute '_waiters'"),
+    Reason("n/a", "mocks `asyncio.base_events.socket`, so it only tests asyncio's own create_server "
+           "(uvloop fails it too); through aiozc the real bind of 1.2.3.4 / ::2 runs",
+           test="test_create_server_multiple_hosts_ipv*"),
+    Reason("n/a", "reads uvloop's private transport attribute `_paused`", detail="no attribute '_paused'"),
+    Reason("n/a", "reads `get_extra_info('uvloop.sslproto')`, uvloop's own SSL protocol object",
+           test="test_flush_before_shutdown", detail="pause_writing"),
+    Reason("n/a", "uvloop-only behaviour: after abort() in connection_made uvloop has no socket to give and "
+           "returns None; aiozc, like asyncio, returns the closed socket", test="test_tcp_handle_abort_in_connection_made"),
+    Reason("n/a", "uvloop-only argument: uvloop still takes `reuse_address` (ValueError for True, "
+           "DeprecationWarning for False); asyncio 3.11 removed it, and aiozc raises TypeError as asyncio does",
+           detail=_KW + "reuse_address"),
+    Reason("n/a", "uvloop-only check: uvloop's sendto() refuses an unresolved host name ('DNS lookup') and "
+           "a family mismatch; asyncio's and aiozc's pass the address to socket.sendto",
+           test="test_udp_sendto_dns"),
+    Reason("n/a", "asyncio's datagram transport is also an asyncio.Transport (the test checks isinstance); "
+           "aiozc's, like uvloop's, is only a DatagramTransport",
+           suite="cpython/test_events", detail="is not an instance of <class 'asyncio.transports.Transport'>"),
+    Reason("suites", "flaky: fails on the stock uvloop loop too in some runs (a subprocess test, no sockets)",
+           suite="cpython/test_events", base="uvloop", test="test_subprocess_shell"),
     # -- TLS (#11 point 7) -------------------------------------------------------------------
     Reason("loop", "TLS: `ssl=` is refused (#11 point 7: layer asyncio's SSL protocol over the aiozc transport)",
            detail="aiozc does not support TLS"),
     Reason("loop", "`start_tls()` refuses aiozc transports (#11 points 7-8: the aiozc loop's start_tls)",
            detail="is not supported by start_tls"),
-    Reason("loop", "start_tls / TLS over an aiozc transport never completes (#11 point 7)",
-           suite="*:ssl", detail="no result after"),
+    Reason("loop", "start_tls() over an aiozc transport never completes", test="test_start_tls*",
+           detail="no result after|TimeoutError"),
+    Reason("loop", _TLS + ": never completes", suite="*:ssl", detail="no result after|TimeoutError"),
+    Reason("loop", _TLS + ": data written before close() is lost or cut short at shutdown",
+           suite="*:ssl", test="test_remote_shutdown_receives_trailing_data"),
+    Reason("loop", _TLS + ": data after close_notify reaches the SSL object (uvloop's own TLS discards it, bpo-39951)",
+           suite="*:ssl", test="test_bpo_39951_discard_trailing_data"),
+    # -- sendfile (#11 point 5) --------------------------------------------------------------
+    Reason("loop", "write() during loop.sendfile() must raise RuntimeError 'sendfile is in progress'",
+           test="test_sendfile_prevents_bare_write"),
+    Reason("loop", "loop.sendfile() when the native path raises SendfileNotAvailableError (the test "
+           "replaces loop._sendfile_native with BaseEventLoop's): the fallback never completes",
+           test="test_sendfile_force_fallback"),
+    Reason("loop", "fallback sendfile to a peer that closes in the middle: sent more than asyncio does "
+           "before noticing (asyncio stops within the socket buffer)",
+           test="test_sendfile_fallback_close_peer_in_the_middle_of_receiving"),
     # -- keyword arguments (#11 point 6) -----------------------------------------------------
-    Reason("core", "`reuse_address` is not accepted by aiozc.create_datagram_endpoint; asyncio raises "
-           "ValueError for True and ignores False (datagram.py)", detail=_KW + "reuse_address"),
     Reason("loop", "`ssl_handshake_timeout` / `ssl_shutdown_timeout` not accepted (#11 point 6: "
            "ValueError without ssl, as asyncio)", detail=_KW + "ssl_"),
     Reason("loop", "`family` / `proto` / `flags` / `server_hostname` / `local_addr` ... not accepted "
@@ -54,24 +90,13 @@ RULES: list[Reason] = [
            "aiozc re-raises the bare OSError", detail="(address already in use|Address already in use)"),
     Reason("loop", "a SOCK_DGRAM `sock=` is accepted instead of ValueError 'A Stream Socket was expected'",
            test="test_create_*_wrong_sock", suite="uvloop/test_tcp"),
-    Reason("loop", "create_server(host=[...]) with an address the host lacks: asyncio's message names the "
-           "address (\"error while attempting to bind on address\"), aiozc's does not",
-           test="test_create_server_multiple_hosts_ipv*"),
-    Reason("core", "wrong sock= for UDP: asyncio says 'A UDP Socket was expected', aiozc 'A datagram socket "
-           "was expected'", test="test_create_datagram_endpoint_wrong_sock"),
-    Reason("core", "sendto() to an unresolved host name: asyncio and uvloop raise ValueError "
-           "(the address must be resolved), aiozc passes it to the kernel", test="test_udp_sendto_dns"),
+    Reason("core", "wrong sock= for UDP: asyncio and uvloop say 'A UDP Socket was expected', aiozc "
+           "'A datagram socket was expected'", test="test_create_datagram_endpoint_wrong_sock"),
     # -- transport contract ------------------------------------------------------------------
-    Reason("tcp", "a protocol with get_buffer() that is not a BufferedProtocol subclass: uvloop picks the "
-           "buffered read path by duck typing, aiozc calls data_received (missing) and the connection "
-           "stays open", test="test_create_server_buffered_*"),
-    Reason("core", "asyncio's datagram transport is also an asyncio.Transport (the test checks "
-           "isinstance); aiozc's, like uvloop's, is only a DatagramTransport",
-           suite="cpython/test_events", detail="is not an instance of <class 'asyncio.transports.Transport'>"),
-    Reason("suites", "flaky: fails on the stock uvloop loop too in some runs (a subprocess test, no sockets)",
-           suite="cpython/test_events", base="uvloop", test="test_subprocess_shell"),
-    Reason("suites", "reads asyncio.Server's private `_waiters` (uvloop fails it the same way)",
-           detail="no attribute '_waiters'"),
+    Reason("tcp", "a protocol with get_buffer()/buffer_updated() that is not a BufferedProtocol subclass: "
+           "uvloop picks the buffered read path by duck typing (asyncio by isinstance); aiozc calls the "
+           "missing data_received, and the AttributeError leaves the connection open (#11 point 1)",
+           test="test_create_server_buffered_*"),
 ]
 
 
