@@ -77,6 +77,18 @@ def check_server_arguments(
         raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
 
 
+class _SSLProtocol(sslproto.SSLProtocol):
+    """asyncio's SSL protocol, also fed by ``data_received``.
+
+    ``start_tls`` swaps it in for a ``Protocol`` on a live transport; a transport that keeps the
+    read path it was made with then calls ``data_received``, which goes into the SSL protocol's
+    own buffer through asyncio's helper for exactly that.
+    """
+
+    def data_received(self, data: bytes) -> None:
+        asyncio.protocols._feed_data_to_buffered_proto(self, data)  # type: ignore[attr-defined]
+
+
 def wrap(
     loop: asyncio.AbstractEventLoop,
     app_protocol: asyncio.BaseProtocol,
@@ -91,7 +103,7 @@ def wrap(
 ) -> sslproto.SSLProtocol:
     """The protocol to give the zero-copy transport; ``ssl=True`` means a default context."""
     sslcontext = None if isinstance(ssl, bool) else ssl
-    return sslproto.SSLProtocol(
+    return _SSLProtocol(
         loop, app_protocol, sslcontext, waiter, server_side, server_hostname,
         call_connection_made=call_connection_made,
         ssl_handshake_timeout=handshake_timeout,
@@ -168,7 +180,7 @@ def kernel_tls_status() -> str:
             client.setsockopt(socket.IPPROTO_TCP, TCP_ULP, b"tls")
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                return "not available (TCP_ULP \"tls\": ENOENT, no tls module in this kernel)"
+                return "not available (TCP_ULP \"tls\": ENOENT, this kernel has no tls module); TLS uses asyncio's SSL layer, ciphertext copied"
             return f"not available (TCP_ULP \"tls\": {errno.errorcode.get(exc.errno, exc.errno)})"
         return "available (TCP_ULP \"tls\" accepted); aiozc does not use it yet"
     finally:

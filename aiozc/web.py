@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import fields
@@ -340,11 +341,12 @@ class ZeroCopySite(web.BaseSite):
         backlog: int = 128,
         reuse_address: Optional[bool] = None,
         reuse_port: Optional[bool] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
         **transport_options: Any,
     ) -> None:
-        if transport_options.pop("ssl_context", None) is not None:
-            raise ValueError("ZeroCopySite does not do TLS (MSG_ZEROCOPY sends plaintext pages)")
-        super().__init__(runner, backlog=backlog)
+        # With ssl_context, asyncio's TLS layer sits on the aiozc transport: bodies are
+        # encrypted (copied) and sent by write(), files by loop.sendfile's read-and-write path.
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host
         self._port = 8080 if port is None and sock is None else port
         self._sock = sock
@@ -365,7 +367,8 @@ class ZeroCopySite(web.BaseSite):
         host = self._host or "0.0.0.0"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def server(self) -> Optional[asyncio.AbstractServer]:
@@ -394,6 +397,7 @@ class ZeroCopySite(web.BaseSite):
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
+            ssl=self._ssl_context,
             **address,
             **self._transport_options,
         )

@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+from .. import tls as _tls
 from .._sys import kernel as _kernel
 
 
@@ -96,6 +97,7 @@ def probe() -> list[tuple[str, str]]:
         ("net.core.optmem_max", _read("/proc/sys/net/core/optmem_max") + " bytes"),
         ("io_uring_disabled sysctl", _read("/proc/sys/kernel/io_uring_disabled")),
         ("io_uring engine", _uring()),
+        ("kernel TLS (TCP_ULP tls)", _tls.kernel_tls_status()),
         ("network-namespace sink", _netns()),
     ]
 
