@@ -133,7 +133,8 @@ def _bind_local(
             sock.bind(laddr)
             return
         except OSError as exc:
-            msg = f"error while attempting to bind on address {laddr!r}: {exc.strerror.lower()}"
+            reason = (exc.strerror or "").lower()
+            msg = f"error while attempting to bind on address {laddr!r}: {reason}"
             errors.append(OSError(exc.errno, msg))
     if errors:
         raise errors.pop()
@@ -192,7 +193,9 @@ async def open_socket(
             await staggered.staggered_race(
                 [
                     # A default argument, not functools.partial: each attempt gets its own info.
-                    lambda info=info: _connect_sock(loop, exceptions, info, laddr_infos)
+                    lambda info=info: _connect_sock(  # type: ignore[misc]
+                        loop, exceptions, info, laddr_infos
+                    )
                     for info in infos
                 ],
                 happy_eyeballs_delay,

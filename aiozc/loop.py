@@ -55,8 +55,8 @@ class _AiozcLoopMixin:
 
     async def create_server(  # type: ignore[override]
         self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None, **kwargs: Any
-    ) -> server.Server:
-        return await server.create_server(
+    ) -> asyncio.Server:
+        return await server.create_server(  # type: ignore[return-value]
             protocol_factory, host, port, **self._with_defaults(kwargs)
         )
 
@@ -92,6 +92,12 @@ class _AiozcLoopMixin:
         if isinstance(transport, ZeroCopyTransport):
             return await sendfile.loop_sendfile(
                 self, transport, file, offset, count, fallback=fallback  # type: ignore[arg-type]
+            )
+        if not isinstance(self, asyncio.BaseEventLoop):
+            # uvloop has no loop.sendfile. Transports that declare asyncio's FALLBACK mode
+            # (asyncio's TLS transport over an aiozc one) get asyncio's read-and-write path.
+            return await sendfile.fallback_mode_sendfile(
+                self, transport, file, offset, count, fallback=fallback
             )
         return await super().sendfile(  # type: ignore[misc,no-any-return]
             transport, file, offset, count, fallback=fallback

@@ -7,18 +7,20 @@ aiozc transport's file. Here the native path is :meth:`ZeroCopyTransport.sendfil
 (``os.sendfile`` from the page cache, in order with queued writes) and the fallback reads
 chunks and sends them with ``write_zc``, whose futures are the flow control. Checks, errors
 and the file position afterwards are asyncio's (CPython's ``test_sendfile`` is the reference):
-the position is ``offset`` plus the bytes sent, also after a failure part-way.
+the position is ``offset`` plus the bytes sent, also after a failure part-way (in the
+fallback, as in asyncio's, bytes handed to the transport).
 """
 
 from __future__ import annotations
 
 import asyncio
+from asyncio import base_events, constants
 from typing import IO, Any
 
 from .transport import ZeroCopyTransport
 
 # asyncio's fallback reads 16 KiB at a time; larger chunks cost fewer executor round trips.
-FALLBACK_CHUNK = 256 * 1024
+FALLBACK_CHUNK = 64 * 1024
 
 
 def check_params(file: Any, offset: Any, count: Any) -> None:
@@ -72,30 +74,25 @@ async def read_and_send(
     """The fallback: read the file in chunks (in the default executor, as asyncio does) and
     ``write_zc`` them.
 
-    Each chunk is a fresh ``bytes`` that nothing else holds, so it may go zero-copy; at most two
-    are in flight, and a chunk counts as sent once its future resolved.
+    Each chunk is a fresh ``bytes`` that nothing else holds, so it may go zero-copy. The next
+    chunk is handed over once the previous one's future resolved (that is the flow control),
+    and, as in asyncio's fallback, a chunk counts as sent when it is handed to the transport.
     """
     if offset:
         file.seek(offset)
     total = 0
-    pending: tuple[asyncio.Future[Any], int] | None = None
+    previous: asyncio.Future[Any] | None = None
     try:
         while True:
-            queued = pending[1] if pending is not None else 0
-            size = FALLBACK_CHUNK if count is None else min(FALLBACK_CHUNK, count - total - queued)
+            size = FALLBACK_CHUNK if count is None else min(FALLBACK_CHUNK, count - total)
             data = await loop.run_in_executor(None, file.read, size) if size > 0 else b""
-            if pending is not None:
-                future, nbytes = pending
-                pending = None
-                await future
-                total += nbytes
+            if previous is not None:
+                await previous
             if not data:
                 return total
-            pending = (transport.write_zc(data), len(data))
+            previous = transport.write_zc(data)
+            total += len(data)
     finally:
-        if pending is not None and pending[0].done() and not pending[0].cancelled():
-            if pending[0].exception() is None:
-                total += pending[1]
         if total > 0 and hasattr(file, "seek"):
             file.seek(offset + total)
 
@@ -117,8 +114,36 @@ async def loop_sendfile(
     if transport.is_closing():
         raise RuntimeError("Transport is closing")
     try:
-        return await loop._sendfile_native(transport, file, offset, count)  # type: ignore[no-any-return]
+        sent: int = await loop._sendfile_native(transport, file, offset, count)
+        return sent
     except asyncio.SendfileNotAvailableError:
         if not fallback:
             raise
     return await read_and_send(loop, transport, file, offset, count)
+
+
+async def fallback_mode_sendfile(
+    loop: Any,
+    transport: asyncio.WriteTransport,
+    file: IO[bytes],
+    offset: int = 0,
+    count: int | None = None,
+    *,
+    fallback: bool = True,
+) -> int:
+    """``BaseEventLoop.sendfile`` for a loop without one (uvloop): transports that declare
+    asyncio's FALLBACK mode go through asyncio's own ``_sendfile_fallback``, which needs only
+    ``run_in_executor`` from the loop; any other transport is not supported, as on uvloop."""
+    mode = getattr(transport, "_sendfile_compatible", None)
+    if mode is not constants._SendfileMode.FALLBACK:
+        raise NotImplementedError(f"sendfile is not supported for transport {transport!r}")
+    if transport.is_closing():
+        raise RuntimeError("Transport is closing")
+    if not fallback:
+        raise RuntimeError(
+            f"fallback is disabled and native sendfile is not supported for transport "
+            f"{transport!r}"
+        )
+    fallback_fn = base_events.BaseEventLoop._sendfile_fallback  # type: ignore[attr-defined]
+    sent: int = await fallback_fn(loop, transport, file, offset, count)
+    return sent

@@ -261,7 +261,8 @@ def _bind(sock: socket.socket, address: Any) -> bool:
     except OSError as err:
         if err.errno == errno.EADDRNOTAVAIL:
             return False  # asyncio: assume the family is not enabled (bpo-30945)
-        msg = f"error while attempting to bind on address {address!r}: {err.strerror.lower()}"
+        reason = (err.strerror or "").lower()
+        msg = f"error while attempting to bind on address {address!r}: {reason}"
         raise OSError(err.errno, msg) from None
     return True
 

@@ -33,7 +33,9 @@ except ImportError:  # pragma: no cover - Python built without OpenSSL
 TCP_ULP = getattr(socket, "TCP_ULP", 31)
 
 
-def check_timeouts(ssl: Any, handshake_timeout: float | None, shutdown_timeout: float | None) -> None:
+def check_timeouts(
+    ssl: Any, handshake_timeout: float | None, shutdown_timeout: float | None
+) -> None:
     if handshake_timeout is not None and not ssl:
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
     if shutdown_timeout is not None and not ssl:
@@ -104,10 +106,11 @@ def wrap(
     """The protocol to give the zero-copy transport; ``ssl=True`` means a default context."""
     sslcontext = None if isinstance(ssl, bool) else ssl
     return _SSLProtocol(
-        loop, app_protocol, sslcontext, waiter, server_side, server_hostname,
+        loop, app_protocol, sslcontext, waiter,  # type: ignore[arg-type]
+        server_side, server_hostname,
         call_connection_made=call_connection_made,
-        ssl_handshake_timeout=handshake_timeout,
-        ssl_shutdown_timeout=shutdown_timeout,
+        ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]
+        ssl_shutdown_timeout=shutdown_timeout,  # type: ignore[arg-type]
     )
 
 
@@ -180,8 +183,11 @@ def kernel_tls_status() -> str:
             client.setsockopt(socket.IPPROTO_TCP, TCP_ULP, b"tls")
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                return "not available (TCP_ULP \"tls\": ENOENT, this kernel has no tls module); TLS uses asyncio's SSL layer, ciphertext copied"
-            return f"not available (TCP_ULP \"tls\": {errno.errorcode.get(exc.errno, exc.errno)})"
+                return (
+                    'not available (TCP_ULP "tls": ENOENT, this kernel has no tls module); '
+                    "TLS runs in asyncio's SSL layer, ciphertext copied"
+                )
+            return f"not available (TCP_ULP \"tls\": {errno.errorcode.get(exc.errno or 0, exc.errno)})"
         return "available (TCP_ULP \"tls\" accepted); aiozc does not use it yet"
     finally:
         client.close()

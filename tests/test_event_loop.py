@@ -103,7 +103,10 @@ def test_options_become_loop_defaults_and_calls_override_them(base: str) -> None
         t2, _ = await loop.create_connection(
             asyncio.Protocol, "127.0.0.1", port, zc_threshold=4096
         )
-        thresholds = (t1._options.zc_threshold, t2._options.zc_threshold)  # type: ignore[attr-defined]
+        thresholds = (
+            t1._options.zc_threshold,  # type: ignore[attr-defined]
+            t2._options.zc_threshold,  # type: ignore[attr-defined]
+        )
         t1.close()
         t2.close()
         server.close()

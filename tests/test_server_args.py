@@ -80,7 +80,8 @@ async def test_bind_failure_message_is_asyncios(listener: socket.socket) -> None
     expected = f"error while attempting to bind on address {address!r}: address already in use"
     with pytest.raises(OSError) as server_error:
         await aiozc.create_server(Recorder, *address, reuse_address=False)
-    assert server_error.value.errno == errno.EADDRINUSE and str(server_error.value).endswith(expected)
+    assert server_error.value.errno == errno.EADDRINUSE
+    assert str(server_error.value).endswith(expected)
     # And what asyncio's own loop says, so the two can never drift apart.
     def on_stock_loop() -> None:
         stock = asyncio.SelectorEventLoop()
@@ -145,7 +146,8 @@ def _info(family: int, n: int) -> tuple[Any, ...]:
 @pytest.mark.parametrize("first_count", [1, 2, 3])
 def test_interleave_matches_asyncio(seed: int, first_count: int) -> None:
     rng = random.Random(seed)
-    infos = [_info(rng.choice([socket.AF_INET, socket.AF_INET6]), n) for n in range(rng.randrange(1, 9))]
+    families = [socket.AF_INET, socket.AF_INET6]
+    infos = [_info(rng.choice(families), n) for n in range(rng.randrange(1, 9))]
     assert interleave_addrinfos(infos, first_count) == base_events._interleave_addrinfos(
         infos, first_count
     )
