@@ -46,7 +46,8 @@ def _bench(args: argparse.Namespace) -> None:
     if args.out is not None:
         from .tools.report import write_report
 
-        written = write_report(args.out, args.bench, result)
+        # a bench may name its report itself (bench tcp --vm: "tcp-vm", beside "tcp")
+        written = write_report(args.out, result.get("report_name", args.bench), result)
         print("wrote " + ", ".join(str(p) for p in written))
 
 

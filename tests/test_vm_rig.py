@@ -141,3 +141,22 @@ def test_children_are_ended_on_an_exception() -> None:
     with pytest.raises(RuntimeError), guest._process([sys.executable, "-c", "import time; time.sleep(60)"], name="qemu") as proc:
         raise RuntimeError("boom")
     assert proc.returncode is not None
+
+
+def test_bench_tcp_speaks_the_peers_protocol_in_the_guest() -> None:
+    from aiozc.tools.bench_tcp import Target
+
+    peer = Target(("10.213.0.1", 9000), vm_peer=True)
+    assert peer.header(123) == b'{"op": "sink"}\n'
+    assert peer.received_all(b'{"bytes": 123, "sha256": "x", "expected": null}\n', 123)
+    assert not peer.received_all(b'{"bytes": 122, "sha256": "x", "expected": null}\n', 123)
+    loopback = Target(("127.0.0.1", 1))
+    assert loopback.header(5) == (5).to_bytes(8, "big") and loopback.received_all(b"k", 5)
+
+
+def test_demo_vm_says_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    monkeypatch.setattr(vm, "why_unavailable", lambda: "needs root (test)")
+    with pytest.raises(SystemExit, match="needs root \\(test\\)"):
+        vm.run_demo(argparse.Namespace(gib=0.1))

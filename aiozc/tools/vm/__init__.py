@@ -7,7 +7,7 @@ sending through a virtio-net NIC does not: the NIC takes the pages as they are (
     python -m aiozc.tools.vm test [PYTEST ARGS]   # tests/vm inside the guest (make vm-test)
     python -m aiozc.tools.vm run -- CMD ...       # any command inside the guest
 
-``run_in_guest`` is what ``bench tcp --vm`` and ``demo --vm`` call.
+``run_in_guest`` is what ``bench tcp --vm`` calls; ``run_demo`` is ``demo --vm``'s hook.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .assets import AssetError, ensure_assets, why_unavailable
 from .guest import GuestError, GuestRun, run_job
 from .initramfs import GUEST_ADDR, GUEST_OUT, HOST_ADDR
 
-__all__ = ["GUEST_ADDR", "GUEST_OUT", "HOST_ADDR", "GuestRun", "Unavailable", "run_in_guest", "why_unavailable"]
+__all__ = ["GUEST_ADDR", "GUEST_OUT", "HOST_ADDR", "GuestRun", "Unavailable", "run_demo", "run_in_guest", "why_unavailable"]
 
 
 class Unavailable(RuntimeError):
@@ -44,3 +44,10 @@ def run_in_guest(command: Sequence[str], *, timeout: float = 900, stream: bool =
 def python_in_guest(args: Sequence[str]) -> list[str]:
     """argv for this very interpreter (the venv), which the guest sees at the same path."""
     return [sys.executable, *args]
+
+
+def run_demo(args: object) -> None:
+    """``python -m aiozc demo --vm`` (tools/demo.py calls this): the TCP table from the guest."""
+    from .demo import run_demo as run  # noqa: PLC0415 - the demo imports the transports
+
+    run(args)  # type: ignore[arg-type]
