@@ -1386,7 +1386,7 @@ def _enable_recverr_if_inet(sock: socket.socket) -> None:
 
 def _check_sock_alone(sock: socket.socket, **modifiers: Any) -> None:
     if sock.type != socket.SOCK_DGRAM:
-        raise ValueError(f"A datagram socket was expected, got {sock!r}")
+        raise ValueError(f"A UDP Socket was expected, got {sock!r}")  # asyncio's message
     problems = ", ".join(f"{k}={v}" for k, v in modifiers.items() if v)
     if problems:
         raise ValueError(
