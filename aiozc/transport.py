@@ -187,7 +187,7 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            self._fatal_error(self._get_buffer_error(exc), "Fatal error: protocol.get_buffer() call failed.")
             return False
         try:
             nbytes = self._sock.recv_into(buf)
@@ -207,6 +207,15 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
             return False
         return nbytes == size and self._sock is not None
+
+    def _get_buffer_error(self, exc: BaseException) -> BaseException:
+        """What connection_lost gets when get_buffer() failed: the exception itself, as
+        asyncio; on uvloop, uvloop's own RuntimeError, which its tests look for."""
+        if not _on_uvloop(self._loop):
+            return exc
+        error = RuntimeError("unhandled error (or an empty buffer) in get_buffer()")
+        error.__cause__ = exc
+        return error
 
     def _on_end_of_data(self) -> None:
         if self._read_error is not None:
@@ -546,6 +555,14 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             if self._server is not None:
                 self._server._detach(self)
                 self._server = None
+
+
+def _on_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return False
+    return isinstance(loop, uvloop.Loop)
 
 
 def _unread_bytes(fd: int) -> int:
