@@ -92,9 +92,16 @@ class BufferPool:
 
     def release(self, buf: memoryview) -> None:
         """Give a buffer from :meth:`acquire` back (only once its send has completed)."""
+        if _is_released(buf):
+            # release() ends the view itself, so this is the second release() of the same view
+            # (or one after the caller's own buf.release(), which leaves the slot acquired).
+            raise ValueError(
+                "this buffer was already given back: release() was called twice on it, or the "
+                "memoryview was released by hand before release()"
+            )
         slot = self._slot_of(buf)
         if slot not in self._in_use:
-            raise ValueError("buffer was not acquired from this pool (or released twice)")
+            raise ValueError("this pool's slot is not acquired: it was already released through another view")
         self._in_use.discard(slot)
         self._free.append(slot)
         buf.release()
@@ -136,6 +143,16 @@ class BufferPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _is_released(buf: object) -> bool:
+    if not isinstance(buf, memoryview):
+        return False
+    try:
+        buf.obj  # noqa: B018 - the one way to ask a memoryview whether it was released
+    except ValueError:
+        return True
+    return False
 
 
 def _address_of(buf: memoryview) -> int:

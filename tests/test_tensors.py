@@ -6,7 +6,6 @@ import asyncio
 import json
 import struct
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,40 +16,7 @@ from hypothesis.extra import numpy as hnp
 
 from aiozc import tensors
 from aiozc.tensors import Channel, ChannelClosed, FrameError, FrameTooLarge, IncompleteFrame
-
-HOST = "127.0.0.1"
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-
-
-class Pair:
-    """A connected client channel and the server-side channel for it."""
-
-    def __init__(self, server: Any, client: Channel, peer: Channel) -> None:
-        self.server, self.client, self.peer = server, client, peer
-
-    async def aclose(self) -> None:
-        self.client.close()
-        self.peer.close()
-        await asyncio.wait_for(asyncio.gather(self.client.wait_closed(), self.peer.wait_closed()), 5)
-        self.server.close()
-        await asyncio.wait_for(self.server.wait_closed(), 5)
-
-
-async def open_pair(**options: Any) -> Pair:
-    peers: asyncio.Queue[Channel] = asyncio.Queue()
-
-    async def handler(chan: Channel) -> None:
-        await peers.put(chan)
-        await chan.wait_closed()
-
-    server = await tensors.serve(handler, HOST, 0, **options)
-    port = server.sockets[0].getsockname()[1]
-    client = await tensors.connect(HOST, port, **options)
-    peer = await asyncio.wait_for(peers.get(), 5)
-    return Pair(server, client, peer)
+from tensor_helpers import HOST, Pair, channel_to_raw_peer, frame_bytes, open_pair
 
 
 @pytest.fixture
@@ -58,28 +24,6 @@ async def pair() -> AsyncIterator[Pair]:
     p = await open_pair()
     yield p
     await p.aclose()
-
-
-async def channel_to_raw_peer(payload: bytes, *, close: bool = True, **options: Any) -> tuple[Channel, Any]:
-    """A tensor channel connected to a plain asyncio server that writes ``payload`` (then closes)."""
-
-    async def raw_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(payload)
-        await writer.drain()
-        if close:
-            writer.close()
-        else:
-            await reader.read()  # hold the connection until the channel closes it
-
-    server = await asyncio.start_server(raw_handler, HOST, 0)
-    port = server.sockets[0].getsockname()[1]
-    chan = await tensors.connect(HOST, port, **options)
-    return chan, server
-
-
-def frame_bytes(header: dict[str, Any] | bytes, nbytes: int, body: bytes = b"", *, magic: bytes = b"AZTF") -> bytes:
-    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return struct.pack("<4sHHIQ", magic, 1, 0, len(raw), nbytes) + raw + body
 
 
 def assert_same(received: np.ndarray, sent: np.ndarray) -> None:

@@ -54,12 +54,13 @@ before either receives can wait on each other: receive in another task).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from .dtypes import decode_dtype, encode_dtype
-from .errors import ChannelClosed, FrameError, FrameTooLarge, IncompleteFrame, TensorChannelError
+from .errors import ChannelBroken, ChannelClosed, FrameError, FrameTooLarge, IncompleteFrame, TensorChannelError
 from .frames import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_HEADER_BYTES,
@@ -82,6 +83,7 @@ from .receive import _TensorProtocol
 
 __all__ = [
     "Channel",
+    "ChannelBroken",
     "ChannelClosed",
     "ChannelOptions",
     "Frame",
@@ -114,6 +116,25 @@ def _done_future(nbytes: int) -> asyncio.Future[Any]:
     return future
 
 
+async def _await_release(transport: Any, future: asyncio.Future[Any]) -> Any:
+    """The write's Completion; on cancellation, abort first if the array is still in use.
+
+    The rest of a frame cut short cannot be taken back: the transport would go on sending it
+    from the caller's array, which a caller told "cancelled" may already be overwriting, so the
+    peer would get a frame of mixed old and new bytes. aiozc.web follows the same rule.
+    """
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if not future.done():
+            transport.abort()  # fails the pending write at once (and releases the array)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(future), 30.0)
+        if future.done() and not future.cancelled():
+            future.exception()  # retrieved: the cancellation is what the caller gets
+        raise
+
+
 # --------------------------------------------------------------------------------------------
 # The public channel
 
@@ -141,7 +162,7 @@ class Channel:
         data, tag = as_sendable(array)
         if data.nbytes > self.options.max_frame_bytes:
             raise FrameTooLarge(f"array of {data.nbytes} bytes exceeds max_frame_bytes={self.options.max_frame_bytes}")
-        header = encode_header(data, name=name, metadata=metadata, tag=tag)
+        header = encode_header(data, name=name, metadata=metadata, tag=tag, max_frame_bytes=self.options.max_frame_bytes)
         if len(header) - PREFIX_SIZE > self.options.max_header_bytes:
             raise FrameTooLarge(f"frame header of {len(header) - PREFIX_SIZE} bytes exceeds max_header_bytes")
         transport = self.transport
@@ -157,9 +178,13 @@ class Channel:
 
         Waits first while the transport is over its write high-water mark, which bounds the
         memory pinned for a slow receiver. Returns the write's Completion.
+
+        Cancelled before the kernel released the array, it aborts the connection (the peer gets
+        an error, never a frame of mixed old and new bytes), and the cancellation reaches the
+        caller only once the transport has let go of the array.
         """
         await self.drain()
-        return await self.send_nowait(array, name=name, metadata=metadata)
+        return await _await_release(self.transport, self.send_nowait(array, name=name, metadata=metadata))
 
     async def drain(self) -> None:
         """Wait while the transport has paused writing (buffered + pinned bytes over the limit)."""
@@ -170,9 +195,11 @@ class Channel:
     async def recv_frame(self, out: ArrayLike | None = None, *, as_torch: bool = False) -> Frame:
         """The next frame, its body received into ``out`` if given (same shape and dtype).
 
-        Raises ChannelClosed at a clean end, IncompleteFrame if the peer vanished mid-frame,
-        FrameError for a malformed frame, ValueError if ``out`` doesn't match (the frame stays
-        queued for the next call).
+        Raises ChannelClosed at a clean end, ChannelBroken if the connection failed instead
+        (reset, aborted; IncompleteFrame, a subclass, if that cut a frame short), FrameError
+        for a malformed frame (the connection is then aborted), ValueError if ``out`` doesn't
+        match (the frame stays queued for the next call). Frames that arrived before the end
+        are delivered first.
         """
         return await self._protocol.add_waiter(_Destination.of(out, as_torch))
 

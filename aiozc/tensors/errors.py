@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ChannelClosed", "FrameError", "FrameTooLarge", "IncompleteFrame", "TensorChannelError"]
+__all__ = ["ChannelBroken", "ChannelClosed", "FrameError", "FrameTooLarge", "IncompleteFrame", "TensorChannelError"]
 
 
 class TensorChannelError(Exception):
@@ -17,7 +17,13 @@ class FrameTooLarge(FrameError):
     """A frame's header or body exceeds ``max_header_bytes`` / ``max_frame_bytes``."""
 
 
-class IncompleteFrame(TensorChannelError, ConnectionError):
+class ChannelBroken(TensorChannelError, ConnectionError):
+    """The connection failed (reset by the peer, aborted, an I/O error) instead of closing
+    cleanly. Frames that arrived before were delivered first; ``__cause__`` is the transport's
+    error. Unlike :class:`ChannelClosed`, ``async for`` does not end silently on this."""
+
+
+class IncompleteFrame(ChannelBroken):
     """The connection ended in the middle of a frame."""
 
 

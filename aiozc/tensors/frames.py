@@ -40,15 +40,25 @@ DEFAULT_READAHEAD_BYTES = 1 << 20
 SCRATCH_BYTES = 64 << 10
 _TAG = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 
+DEFAULT_READAHEAD_FRAMES = 128
+# The largest max_frame_bytes: numpy sizes arrays in a signed 64-bit npy_intp.
+MAX_FRAME_BYTES_LIMIT = (1 << 63) - 1
+
 ArrayLike = Any  # np.ndarray or torch.Tensor; typed loosely so torch stays optional
+
 
 @dataclass(frozen=True)
 class ChannelOptions:
     """Tensor-channel options; everything else given to connect/serve goes to the transport.
 
-    max_frame_bytes: largest body accepted from the peer (and sent to it).
+    max_frame_bytes: largest body accepted from the peer (and sent to it). It also bounds the
+        shape: the product of the non-zero dimensions times the itemsize must not exceed it,
+        so an empty array of shape (0, 2**48, 2**48) is refused (numpy could not make it).
     max_header_bytes: largest JSON header accepted (and sent); at most SCRATCH_BYTES - 20.
-    readahead_bytes: bodies read ahead while no recv() waits; 0 = only read on demand.
+    readahead_bytes: what frames read ahead while no recv() waits may hold; 0 = only read on
+        demand. A frame is charged its body, its header's parsed objects (48 bytes per header
+        byte: the worst JSON measured, nested one-element lists, costs 44) and 1 KiB.
+    readahead_frames: at most this many frames read ahead, whatever they hold.
     socket_buffer_bytes: if set, SO_SNDBUF and SO_RCVBUF for the connection. The default (None)
         leaves Linux's TCP autotuning on, which grows the receive buffer up to tcp_rmem's
         maximum (32 MiB here); a fixed size is capped at rmem_max/wmem_max and turns
@@ -58,11 +68,14 @@ class ChannelOptions:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     readahead_bytes: int = DEFAULT_READAHEAD_BYTES
+    readahead_frames: int = DEFAULT_READAHEAD_FRAMES
     socket_buffer_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_frame_bytes < 0 or self.readahead_bytes < 0:
-            raise ValueError("max_frame_bytes and readahead_bytes must be >= 0")
+        if not 0 <= self.max_frame_bytes <= MAX_FRAME_BYTES_LIMIT:
+            raise ValueError(f"max_frame_bytes must be in [0, {MAX_FRAME_BYTES_LIMIT}]")
+        if self.readahead_bytes < 0 or self.readahead_frames < 0:
+            raise ValueError("readahead_bytes and readahead_frames must be >= 0")
         if not 64 <= self.max_header_bytes <= SCRATCH_BYTES - PREFIX_SIZE:
             raise ValueError(f"max_header_bytes must be in [64, {SCRATCH_BYTES - PREFIX_SIZE}]")
 
@@ -81,6 +94,7 @@ class FrameHeader:
     name: str | None
     metadata: Any
     tag: str | None
+    header_bytes: int = 0  # length of the JSON it was parsed from
 
 
 @dataclass(frozen=True)
@@ -93,10 +107,28 @@ class Frame:
     tag: str | None = None
 
 
-def encode_header(array: np.ndarray, *, name: str | None, metadata: Any, tag: str | None) -> bytes:
+def check_extent(shape: tuple[int, ...], itemsize: int, max_frame_bytes: int) -> None:
+    """FrameTooLarge unless the non-zero dimensions times the itemsize fit in max_frame_bytes.
+
+    A zero dimension makes the body empty but not the shape harmless: numpy refuses to make an
+    array whose other dimensions overflow its size type (ValueError), however empty.
+    """
+    extent = math.prod(dim for dim in shape if dim) * itemsize
+    if extent > max_frame_bytes:
+        raise FrameTooLarge(
+            f"shape {shape[:8]} of {itemsize}-byte items spans {extent} bytes (counting zero "
+            f"dimensions as 1), more than max_frame_bytes={max_frame_bytes}"
+        )
+
+
+def encode_header(
+    array: np.ndarray, *, name: str | None, metadata: Any, tag: str | None,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> bytes:
     """Prefix + JSON header for a C-contiguous array."""
     if name is not None and not isinstance(name, str):
         raise TypeError("name must be a str or None")
+    check_extent(array.shape, array.dtype.itemsize, max_frame_bytes)
     header = {
         "dtype": encode_dtype(array.dtype),
         "byteorder": byteorder_of(array.dtype),
@@ -109,6 +141,8 @@ def encode_header(array: np.ndarray, *, name: str | None, metadata: Any, tag: st
         body = json.dumps(header, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise ValueError("metadata is nested too deeply to encode as JSON") from None
     return _PREFIX.pack(MAGIC, VERSION, 0, len(body), array.nbytes) + body
 
 
@@ -126,8 +160,13 @@ def parse_prefix(raw: bytes | memoryview, options: ChannelOptions) -> tuple[int,
     return header_len, nbytes
 
 
-def parse_header(raw: bytes | memoryview, nbytes: int) -> FrameHeader:
-    """Validate the JSON header against the body size announced by the prefix."""
+def parse_header(
+    raw: bytes | memoryview, nbytes: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> FrameHeader:
+    """Validate the JSON header against the body size announced by the prefix.
+
+    Raises FrameError (or FrameTooLarge) for anything else: those are the only outcomes.
+    """
     try:
         doc = json.loads(bytes(raw).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -138,6 +177,7 @@ def parse_header(raw: bytes | memoryview, nbytes: int) -> FrameHeader:
     if doc.get("byteorder", byteorder_of(dtype)) != byteorder_of(dtype):
         raise FrameError(f"byteorder {str(doc['byteorder'])[:8]!r} contradicts dtype {dtype}")
     shape = validate_shape(doc["shape"])
+    check_extent(shape, dtype.itemsize, max_frame_bytes)
     expected = math.prod(shape) * dtype.itemsize
     if expected != nbytes:
         raise FrameError(f"body size {nbytes} != prod(shape {shape}) * itemsize {dtype.itemsize} = {expected}")
@@ -146,7 +186,7 @@ def parse_header(raw: bytes | memoryview, nbytes: int) -> FrameHeader:
         raise FrameError("frame name must be a string or null")
     if tag is not None and not (isinstance(tag, str) and _TAG.match(tag)):
         raise FrameError(f"invalid frame tag {str(tag)[:40]!r}")
-    return FrameHeader(dtype, shape, nbytes, name, doc.get("metadata"), tag)
+    return FrameHeader(dtype, shape, nbytes, name, doc.get("metadata"), tag, len(raw))
 
 
 def byte_view(array: np.ndarray) -> memoryview:

@@ -113,9 +113,6 @@ class _Destination:
             want = f"shape {header.shape} dtype {header.dtype}" + (f" ({header.tag})" if header.tag else "")
             raise ValueError(f"out has {have} but the frame has {want}; the frame stays queued")
 
-    def array_for(self, header: FrameHeader) -> np.ndarray:
-        return self.view if self.view is not None else np.empty(header.shape, header.dtype)
-
     def result(self, frame: Frame) -> Frame:
         if self.view is not None:
             return Frame(self.obj, frame.name, frame.metadata, frame.tag)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ChannelClosed, FrameError, IncompleteFrame
+from .errors import ChannelBroken, ChannelClosed, FrameError, IncompleteFrame
 from .frames import PREFIX_SIZE, SCRATCH_BYTES, ChannelOptions, Frame, FrameHeader, byte_view, parse_header, parse_prefix
 from .interop import _Destination
 
@@ -21,8 +21,44 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aiozc.tensors")
 
-# What one read-ahead frame is charged beyond its body, so a flood of empty arrays is bounded too.
-_FRAME_OVERHEAD = 256
+# What a read-ahead frame is charged beyond its body and header: its Frame, FrameHeader and
+# ndarray objects (~230 bytes measured with tracemalloc for an empty array), with room to spare.
+_FRAME_OVERHEAD = 1024
+# Bytes of Python objects per byte of JSON header, an upper bound: json.loads of 32 KiB headers
+# measured with tracemalloc cost 4x (a list of 0s), 24x ({} or [0] items), 34x ([[[]]] items)
+# and 44x (one-element lists nested as deep as allowed), the worst found.
+_PARSED_BYTES_PER_HEADER_BYTE = 48
+
+# Receive scratch buffers not in use by any connection. A connection holds one only while bytes
+# of a prefix or header wait in it, so idle connections cost no 64 KiB each; the few spares
+# spare active connections a fresh zero-filled bytearray per read.
+_SPARE_SCRATCH: list[memoryview] = []
+_MAX_SPARE_SCRATCH = 8
+
+
+def _take_scratch() -> memoryview:
+    try:
+        return _SPARE_SCRATCH.pop()
+    except IndexError:
+        return memoryview(bytearray(SCRATCH_BYTES))
+
+
+def _give_back_scratch(view: memoryview) -> None:
+    if len(_SPARE_SCRATCH) < _MAX_SPARE_SCRATCH:
+        _SPARE_SCRATCH.append(view)
+
+
+def readahead_charge(header: FrameHeader) -> int:
+    """What a frame read ahead is taken to hold, conservatively (see ChannelOptions)."""
+    return header.nbytes + header.header_bytes * _PARSED_BYTES_PER_HEADER_BYTE + _FRAME_OVERHEAD
+
+
+def allocate(header: FrameHeader) -> np.ndarray:
+    """The array a frame's body is received into; FrameError if numpy cannot make it."""
+    try:
+        return np.empty(header.shape, header.dtype)
+    except (ValueError, MemoryError) as exc:
+        raise FrameError(f"cannot allocate a {header.dtype} array of shape {header.shape[:8]}: {exc}") from None
 
 # --------------------------------------------------------------------------------------------
 # The protocol: receive state machine and write flow control
@@ -38,6 +74,13 @@ class _Waiter:
     dest: _Destination
 
 
+@dataclass
+class _ReadAhead:
+    frame: Frame
+    header: FrameHeader
+    charge: int
+
+
 class _TensorProtocol(asyncio.BufferedProtocol):
     def __init__(self, options: ChannelOptions, on_connect: Callable[[Channel], None] | None = None) -> None:
         from . import Channel  # noqa: PLC0415 - the public half of this pair imports us
@@ -46,8 +89,7 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         self.channel = Channel(self)
         self._on_connect = on_connect
         self.transport: asyncio.Transport | None = None
-        self._scratch = bytearray(SCRATCH_BYTES)
-        self._scratch_view = memoryview(self._scratch)
+        self._scratch_view: memoryview | None = None  # taken while _fill > 0 or a read is due
         self._fill = 0
         self._state = _HEAD
         self._header: FrameHeader | None = None
@@ -55,7 +97,7 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         self._body_view: memoryview | None = None
         self._body_filled = 0
         self._body_owner: _Waiter | None = None  # None: read-ahead
-        self._ready: collections.deque[Frame] = collections.deque()
+        self._ready: collections.deque[_ReadAhead] = collections.deque()
         self._ready_bytes = 0
         self._waiter: _Waiter | None = None
         self._reading_paused = False
@@ -89,6 +131,8 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         if self._state == _BODY:
             return self._body_view[self._body_filled :]  # type: ignore[index]
         # _WAIT_DEST pauses reading; if a read still slips in, the scratch has room for it.
+        if self._scratch_view is None:
+            self._scratch_view = _take_scratch()
         return self._scratch_view[self._fill :]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -108,6 +152,7 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         self._lost_exc = exc
         self._wake_drain_waiters()
         self._advance()  # frames already complete in the scratch can still be handed out
+        self._drop_scratch()
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -134,16 +179,25 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         self._serve_waiter()
         self._fail_body_owner_if_lost()
         self._update_reading()
+        if not self._fill:
+            self._drop_scratch()
+
+    def _drop_scratch(self) -> None:
+        view, self._scratch_view = self._scratch_view, None
+        if view is not None:
+            _give_back_scratch(view)
 
     def _parse_header(self) -> bool:
         if self._fill < PREFIX_SIZE:
             return False
+        scratch = self._scratch_view
+        assert scratch is not None
         try:
-            header_len, nbytes = parse_prefix(self._scratch_view[:PREFIX_SIZE], self.options)
+            header_len, nbytes = parse_prefix(scratch[:PREFIX_SIZE], self.options)
             end = PREFIX_SIZE + header_len
             if self._fill < end:
                 return False
-            header = parse_header(self._scratch_view[PREFIX_SIZE:end], nbytes)
+            header = parse_header(scratch[PREFIX_SIZE:end], nbytes, self.options.max_frame_bytes)
         except FrameError as exc:
             self._fail(exc)
             return False
@@ -167,25 +221,40 @@ class _TensorProtocol(asyncio.BufferedProtocol):
                 waiter.future.set_exception(exc)
                 return False
             self._waiter = None
-            self._start_body(waiter.dest.array_for(header), waiter)
-            return True
-        if self._ready_bytes + header.nbytes + _FRAME_OVERHEAD <= self.options.readahead_bytes:
-            self._start_body(np.empty(header.shape, header.dtype), None)
-            return True
+            return self._start_body(waiter.dest.view, waiter)
+        options = self.options
+        if (
+            len(self._ready) < options.readahead_frames
+            and self._ready_bytes + readahead_charge(header) <= options.readahead_bytes
+        ):
+            return self._start_body(None, None)
         return False  # stays _WAIT_DEST; _update_reading pauses until recv() picks a destination
 
-    def _start_body(self, array: np.ndarray, owner: _Waiter | None) -> None:
+    def _start_body(self, array: np.ndarray | None, owner: _Waiter | None) -> bool:
+        """Receive the body into ``array`` (a new one if None); False if it can't be made."""
+        header = self._header
+        assert header is not None
+        if array is None:
+            try:
+                array = allocate(header)
+            except FrameError as exc:
+                if owner is not None:
+                    owner.future.set_exception(exc)
+                self._fail(exc)
+                return False
         self._body = array
         self._body_view = byte_view(array)
         self._body_owner = owner
         self._state = _BODY
         # Body bytes that arrived with the header: the one small copy on the receive path.
-        take = min(self._fill, self._header.nbytes)  # type: ignore[union-attr]
-        self._body_view[:take] = self._scratch_view[:take]
-        self._consume_scratch(take)
+        take = min(self._fill, header.nbytes)
+        if take:
+            self._body_view[:take] = self._scratch_view[:take]  # type: ignore[index]
+            self._consume_scratch(take)
         self._body_filled = take
-        if take == self._header.nbytes:  # type: ignore[union-attr]
+        if take == header.nbytes:
             self._finish_body()
+        return True
 
     def _finish_body(self) -> None:
         header = self._header
@@ -200,13 +269,16 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             if owner is not None and owner.dest.view is not None:
                 # The cancelled caller owns that memory again; don't hand it to someone else.
                 frame = Frame(frame.array.copy(), frame.name, frame.metadata, frame.tag)
-            self._ready.append(frame)
-            self._ready_bytes += header.nbytes + _FRAME_OVERHEAD
+            charge = readahead_charge(header)
+            self._ready.append(_ReadAhead(frame, header, charge))
+            self._ready_bytes += charge
 
     def _consume_scratch(self, n: int) -> None:
         rest = self._fill - n
         if rest:
-            self._scratch_view[:rest] = self._scratch_view[n : self._fill]
+            scratch = self._scratch_view
+            assert scratch is not None
+            scratch[:rest] = scratch[n : self._fill]
         self._fill = rest
 
     def _serve_waiter(self) -> None:
@@ -216,13 +288,14 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             return
         if self._ready:
             try:
-                waiter.dest.check(_header_of(self._ready[0]))
+                waiter.dest.check(self._ready[0].header)
             except ValueError as exc:
                 self._waiter = None
                 waiter.future.set_exception(exc)
                 return
-            frame = self._ready.popleft()
-            self._ready_bytes -= frame.array.nbytes + _FRAME_OVERHEAD
+            held = self._ready.popleft()
+            self._ready_bytes -= held.charge
+            frame = held.frame
             if waiter.dest.view is not None:
                 np.copyto(waiter.dest.view, frame.array)  # it was read ahead before out= was known
             self._waiter = None
@@ -254,6 +327,8 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         if self._state != _HEAD or self._fill:
             got = self._body_filled if self._state == _BODY else self._fill
             exc: BaseException = IncompleteFrame(f"connection closed in the middle of a frame ({got} bytes of it received)")
+        elif self._lost_exc is not None:
+            exc = ChannelBroken(f"connection lost: {self._lost_exc!r}")
         else:
             exc = ChannelClosed("channel closed")
         exc.__cause__ = self._lost_exc
@@ -297,7 +372,9 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             self._drain_waiters.append(future)
             await future
         if self._lost:
-            raise ChannelClosed("cannot send: the connection is closed") from self._lost_exc
+            if self._lost_exc is not None:
+                raise ChannelBroken(f"cannot send: connection lost: {self._lost_exc!r}") from self._lost_exc
+            raise ChannelClosed("cannot send: the connection is closed")
 
     def _wake_drain_waiters(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -305,7 +382,3 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             if not future.done():
                 future.set_result(None)
 
-
-def _header_of(frame: Frame) -> FrameHeader:
-    array = frame.array
-    return FrameHeader(array.dtype, array.shape, array.nbytes, frame.name, frame.metadata, frame.tag)
