@@ -374,6 +374,10 @@ def _options(args: Any) -> argparse.Namespace:
 
 def run(args: Any = None) -> dict[str, Any]:
     """Run every peer at every size, print the table, return rows + ratios for JSON."""
+    if getattr(args, "memory", False):
+        from . import mem_tensors  # noqa: PLC0415 - a different measurement, same command
+
+        return mem_tensors.run(args.connections, args.heavy_frames)
     opts = _options(args)
     peers = _available(opts.peers)
     runs: dict[tuple[str, int], list[Case]] = collections.defaultdict(list)
@@ -404,5 +408,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--total-mib", type=int, default=DEFAULT_TOTAL_MIB, help="payload per case (MiB)")
     parser.add_argument("--min-frames", type=int, default=6, help="frames per case at least")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median counts)")
+    parser.add_argument("--memory", action="store_true",
+                        help="measure RSS per idle connection and of read-ahead instead (mem_tensors)")
+    parser.add_argument("--connections", type=int, default=200, help="--memory: idle pairs")
+    parser.add_argument("--heavy-frames", type=int, default=160, help="--memory: frames with 32 KiB metadata")
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS),
                         help="which implementations to compare (default: all; zmq needs pyzmq)")
