@@ -407,10 +407,18 @@ async def test_cancelled_send_never_puts_a_mixed_frame_on_the_wire(pair: Pair) -
     pytest.fail(f"a cancelled send delivered a frame ({np.count_nonzero(got)} of {got.size} bytes new)")
 
 
-async def test_send_cancelled_after_completion_keeps_the_connection(pair: Pair) -> None:
-    await asyncio.wait_for(pair.client.send(np.arange(5)), 5)
+async def test_send_cancelled_while_waiting_for_flow_control_keeps_the_connection(pair: Pair) -> None:
+    pair.client.transport.set_write_buffer_limits(high=1 << 16)
+    first = np.arange(1 << 25, dtype=np.uint8)  # 32 MiB: more than socket buffers hold; paused
+    sending = pair.client.send_nowait(first)
+    await asyncio.sleep(0.05)
+    with pytest.raises(asyncio.TimeoutError):  # cancelled in drain(): nothing of it was queued
+        await asyncio.wait_for(pair.client.send(np.arange(3)), 0.05)
     assert not pair.client.is_closing()
-    assert (await pair.peer.recv()).tolist() == list(range(5))
+    np.testing.assert_array_equal(await asyncio.wait_for(pair.peer.recv(), 5), first)
+    await asyncio.wait_for(sending, 5)
+    await pair.client.send(np.arange(4))
+    assert (await asyncio.wait_for(pair.peer.recv(), 5)).tolist() == list(range(4))
 
 
 # ---------------------------------------------------------------------------------------------
