@@ -42,10 +42,11 @@ ahead into fresh arrays, up to ``readahead_bytes`` in total; a larger frame paus
 until the next ``recv`` says where it goes, so ``out=`` is filled in place. ``recv(out=...)``
 on a frame that was already read ahead copies it into ``out`` (the only case with a full copy).
 
-Backpressure: ``send`` first waits while the transport has paused writing (its buffer, which
-counts pinned zero-copy bytes, is over the high-water mark), then waits for the frame's
-completion, so a slow receiver bounds the sender's pinned memory. ``send_nowait`` pipelines
-frames; pair it with ``await chan.drain()``. Because the completion needs the peer to take the
+Backpressure: ``send`` first waits while the transport has paused writing (bytes queued in
+user space over the high-water mark), then waits for the frame's completion, so a slow
+receiver holds the sender back and one ``send`` pins at most its own array. ``send_nowait``
+pipelines frames; pair it with ``await chan.drain()`` (pinned bytes are bounded by the
+transport's ``max_pinned_bytes``, past which it copies). Because the completion needs the peer to take the
 bytes in, a task that awaits ``send`` of a large array must not be the one that would
 ``recv`` on the other end (as with blocking sockets, two peers that both send large frames
 before either receives can wait on each other: receive in another task).
@@ -176,8 +177,8 @@ class Channel:
     async def send(self, array: ArrayLike, *, name: str | None = None, metadata: Any = None) -> Any:
         """Send one frame and return once the kernel released the array (it may then be reused).
 
-        Waits first while the transport is over its write high-water mark, which bounds the
-        memory pinned for a slow receiver. Returns the write's Completion.
+        Waits first while the transport is over its write high-water mark, so a slow receiver
+        holds the sender back. Returns the write's Completion.
 
         Cancelled before the kernel released the array, it aborts the connection (the peer gets
         an error, never a frame of mixed old and new bytes), and the cancellation reaches the
@@ -187,7 +188,7 @@ class Channel:
         return await _await_release(self.transport, self.send_nowait(array, name=name, metadata=metadata))
 
     async def drain(self) -> None:
-        """Wait while the transport has paused writing (buffered + pinned bytes over the limit)."""
+        """Wait while the transport has paused writing (queued bytes over the high-water mark)."""
         await self._protocol.drain()
 
     # -- receiving
