@@ -144,8 +144,8 @@ def run(connections: int = 200, heavy_frames: int = 160) -> dict[str, Any]:
         heavy = _in_fresh_process("readahead", loop, heavy_frames)
         rows.append({"loop": loop, **idle, **heavy})
         print(
-            f"{loop:8s} idle pair: {idle['rss_bytes_per_idle_pair'] / 1024:6.1f} KiB RSS "
-            f"({connections} pairs) | {heavy_frames} zero-byte frames with 32 KiB metadata "
+            f"{loop:8s} idle channel: {idle['rss_bytes_per_idle_pair'] / 2048:5.1f} KiB RSS "
+            f"({connections} pairs in one process) | {heavy_frames} zero-byte frames with 32 KiB metadata "
             f"({heavy['wire_bytes'] / 1e6:.1f} MB on the wire) read ahead: "
             f"+{heavy['rss_growth_bytes'] / 2**20:.1f} MiB RSS"
         )
