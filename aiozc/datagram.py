@@ -592,7 +592,10 @@ class ZeroCopyDatagramTransport(ZeroCopyTransportBase, asyncio.DatagramTransport
             or self._engine.__class__ not in _FAST_ENGINES
         ):
             return None
-        view = memoryview(data)
+        try:
+            view = memoryview(data)
+        except ValueError:  # numpy datetime64 & co: byte_view() turns it into the TypeError
+            return None
         if view.ndim == 1 and view.format == "B" and view.c_contiguous and view.nbytes <= self._fast_max:
             return view
         view.release()  # the general path converts, or raises the right error

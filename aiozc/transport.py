@@ -125,6 +125,13 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             return self._read_into_buffer
         return self._read_data
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        # The stock transports differ once the fd is closed: asyncio gives the closed socket,
+        # uvloop None (its test_tcp_handle_abort_in_connection_made). Follow the loop's own.
+        if name == "socket" and self._sock is None and _on_uvloop(self._loop):
+            return default
+        return super().get_extra_info(name, default)
+
     def get_write_buffer_size(self) -> int:
         """Bytes queued in user space, as with the stock transports. Bytes sent zero-copy and
         not yet released are in the kernel's send buffer like any sent data; they are bounded

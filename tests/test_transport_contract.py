@@ -452,3 +452,30 @@ async def test_a_protocol_with_get_buffer_reads_through_it() -> None:
     finally:
         transport.abort()
         peer.close()
+
+
+async def test_socket_extra_info_after_abort_is_what_the_loops_own_transport_gives(create: Create) -> None:
+    transport, protocol, peer = await connect_to_plain_peer(create)
+    peer.close()
+    transport.abort()
+    await asyncio.wait_for(protocol.lost, 5)
+    sock = transport.get_extra_info("socket")
+    if "uvloop" in type(asyncio.get_running_loop()).__module__:
+        assert sock is None  # uvloop: no fd, no socket
+    else:
+        assert sock is not None and sock.fileno() == -1  # asyncio: the closed socket
+
+
+async def test_sendto_zc_of_what_exports_no_buffer_raises_type_error() -> None:
+    np = pytest.importorskip("numpy")
+    receiver, _ = await aiozc.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    sender, _ = await aiozc.create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=receiver.get_extra_info("sockname")
+    )
+    try:
+        for bad in ("text", np.array(["2024-01-01"], dtype="datetime64[s]")):
+            with pytest.raises(TypeError):
+                sender.sendto_zc(bad)
+    finally:
+        sender.close()
+        receiver.close()
