@@ -36,6 +36,8 @@ def _immutable(data: bytes | bytearray | memoryview) -> bool:
 
 
 _READS_PER_EVENT = 16
+# writelines() gathers at most this many items into one sendmsg (IOV_MAX is 1024).
+_GATHER_MAX = 64
 
 
 class _Segment:
@@ -284,6 +286,13 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             self._enqueue_copy(data)
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """write() of each item, in order.
+
+        With nothing queued and no item due to go zero-copy, the items leave in one sendmsg:
+        headers and body in one system call and one segment, as stock transports send them
+        once aiohttp has joined them, minus the join's copy (two sends per response instead
+        cost aiohttp under wrk up to half its requests/s, measured).
+        """
         # Every item is checked before any is sent, as asyncio's b"".join() does: a bad item
         # must not leave the first ones on the wire.
         items = list(list_of_data)
@@ -293,8 +302,44 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
                     f"writelines() item {index}: data must be a bytes-like object, "
                     f"not {type(data).__name__!r}"
                 )
-        for data in items:
+        index, offset = self._gather_now(items) if len(items) > 1 else (0, 0)
+        if offset:
+            self.write(memoryview(items[index]).cast("B")[offset:])
+            index += 1
+        for data in items[index:]:
             self.write(data)
+
+    def _gather_now(self, chunks: list[Any]) -> tuple[int, int]:
+        """One copying sendmsg of ``chunks`` when write() would send each at once by copy
+        anyway; returns where write() takes over: (chunk index, bytes of it already sent)."""
+        if self._queue or self._eof or self._closing or self._sock is None or len(chunks) > _GATHER_MAX:
+            return 0, 0
+        threshold = self._options.zc_threshold
+        for data in chunks:
+            kind = type(data)
+            if kind is memoryview:
+                if not data.c_contiguous:
+                    return 0, 0  # write() raises for it, in order
+            elif kind is not bytes and kind is not bytearray:
+                return 0, 0
+            if len(data) >= threshold and _immutable(data) and self._zc_possible() and (
+                self._wants_zerocopy(len(data))
+            ):
+                return 0, 0
+        try:
+            sent = self._sock.sendmsg(chunks)
+        except (BlockingIOError, InterruptedError):
+            return 0, 0
+        except OSError as exc:
+            self._fatal_error(exc)
+            return len(chunks), 0  # the connection is gone: write() drops the rest
+        self._account_send(None, sent, False)
+        for index, data in enumerate(chunks):
+            nbytes = data.nbytes if type(data) is memoryview else len(data)
+            if sent < nbytes:
+                return index, sent
+            sent -= nbytes
+        return len(chunks), 0
 
     def write_zc(self, buf: Any) -> asyncio.Future[Completion]:
         """Send ``buf`` without copying it where the kernel allows.

@@ -135,6 +135,11 @@ class ZeroCopyPayloadWriter(StreamWriter):
             # Small, or not ours: joining is what aiohttp does and is safe everywhere.
             transport.write(b"".join(chunks))
             return
+        if all(type(c) is bytes for c in chunks):
+            # Headers and a bytes body: the transport sends them in one sendmsg when neither
+            # goes zero-copy (one segment, like aiohttp's join), each on its own path otherwise.
+            transport.writelines(chunks)
+            return
         for chunk in chunks:  # in order, each one on its own zero-copy or copy path
             _send_chunk(transport, chunk)
 

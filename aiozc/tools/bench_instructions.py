@@ -43,15 +43,17 @@ from . import udp_cases
 
 TCP_WRITE = 64 << 10
 UDP_SIZE = 64000
-DEFAULT_CALLS = {"udp": 1024, "tcp": 256}
-WARMUP_CALLS = {"udp": 256, "tcp": 64}
+DEFAULT_CALLS = {"udp": 1024, "tcp": 256, "web": 128}
+WARMUP_CALLS = {"udp": 256, "tcp": 64, "web": 64}
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
-    family: str  # "udp" | "tcp"
-    kind: str  # a udp_cases kind, or "tcp-stock-write" | "tcp-aiozc-write" | "tcp-aiozc-write_zc"
+    family: str  # "udp" | "tcp" | "web"
+    # a udp_cases kind; "tcp-stock-write" | "tcp-aiozc-write" | "tcp-aiozc-write_zc";
+    # "web-<stock|aiozc>-<body size>" (instructions_web)
+    kind: str
     loop: str | None  # None: no event loop (the C senders)
 
 
@@ -86,7 +88,18 @@ def _tcp_cases() -> list[Case]:
     ]
 
 
-CASES = _udp_cases() + _tcp_cases()
+def _web_cases() -> list[Case]:
+    from .instructions_web import BODY_SIZES
+
+    return [
+        Case(f"aiohttp {size} body, {server} ({loop})", "web", f"web-{server}-{size}", loop)
+        for size in BODY_SIZES
+        for server in ("stock", "aiozc")
+        for loop in ("asyncio", "uvloop")
+    ]
+
+
+CASES = _udp_cases() + _tcp_cases() + _web_cases()
 
 
 @dataclass
@@ -240,16 +253,37 @@ def _measure(case: Case, calls: int, argv_prefix: list[str], extra: dict[str, An
         argv = argv_prefix + _valgrind_argv(out) + [
             sys.executable, "-m", "aiozc.tools.bench_instructions", "--child", json.dumps(spec),
         ]
-        env = dict(os.environ, PYTHONHASHSEED="0")
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{case.name}: callgrind run failed:\n{proc.stderr[-3000:]}")
+        if case.family == "web":
+            info = _measure_web(case, calls, argv_prefix + _valgrind_argv(out))
+        else:
+            env = dict(os.environ, PYTHONHASHSEED="0")
+            proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{case.name}: callgrind run failed:\n{proc.stderr[-3000:]}")
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            info = json.loads(lines[-1]) if lines else {}
         counts = parse_dumps(sorted(Path(tmp).glob("cg.out*")))
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    info = json.loads(lines[-1]) if lines else {}
     slope, once = per_call(counts, calls)
     keep = {k: v for k, v in info.items() if k not in ("seconds", "cpu_s")}
     return Count(case.name, case.family, case.kind, case.loop or "-", slope, once, (calls, 3 * calls), keep)
+
+
+def _measure_web(case: Case, calls: int, valgrind: list[str]) -> dict[str, Any]:
+    from . import instructions_web
+
+    _, server, size = case.kind.split("-", 2)
+    nbytes = instructions_web.BODY_SIZES[size]
+    spec = {"server": server, "size": nbytes, "loop": case.loop}
+    argv = valgrind + [sys.executable, "-m", "aiozc.tools.instructions_web", "--web-server", json.dumps(spec)]
+    instructions_web.drive(argv, nbytes, WARMUP_CALLS["web"], calls)
+    return {}
+
+
+def _run_web(cases: list[Case], calls: int) -> list[Count]:
+    from .instructions_web import CONNECTIONS
+
+    calls = max(CONNECTIONS, calls // CONNECTIONS * CONNECTIONS)  # whole rounds of connections
+    return [_measure(c, calls, [], {}) for c in cases]
 
 
 def _selected(opts: argparse.Namespace) -> list[Case]:
@@ -298,20 +332,29 @@ def _run_tcp(cases: list[Case], calls: int) -> list[Count]:
         receiver.join(timeout=10)
 
 
+def _is_stock(c: Count) -> bool:
+    return c.kind in ("stock", "tcp-stock-write") or c.kind.startswith("web-stock-")
+
+
+def _pair(c: Count) -> tuple[str, str, str]:
+    """What a row is compared with: stock on the same loop (and body size)."""
+    return c.family, c.loop, c.kind.rsplit("-", 1)[-1] if c.family == "web" else ""
+
+
 def print_table(counts: list[Count]) -> None:
     print("user instructions per call (callgrind; differential over two runs of each case)")
     print(f"{'case':<52}{'instr/call':>12}{'vs stock':>10}{'paid once':>12}  counters")
-    stock = {(c.family, c.loop): c.per_call for c in counts if c.kind in ("stock", "tcp-stock-write")}
+    stock = {_pair(c): c.per_call for c in counts if _is_stock(c)}
     for c in counts:
-        base = stock.get((c.family, c.loop))
-        ratio = f"{c.per_call / base:.2f}x" if base and c.kind not in ("stock", "tcp-stock-write") else ""
+        base = stock.get(_pair(c))
+        ratio = f"{c.per_call / base:.2f}x" if base and not _is_stock(c) else ""
         info = " ".join(f"{k}={v}" for k, v in c.info.items() if k in ("state", "zc_sends", "errqueue_reads", "syscalls"))
         print(f"{c.case:<52}{c.per_call:>12,.0f}{ratio:>10}{c.once:>12,.0f}  {info}")
 
 
 def _options(args: Any) -> argparse.Namespace:
     return argparse.Namespace(
-        families=list(getattr(args, "families", None) or ["udp", "tcp"]),
+        families=list(getattr(args, "families", None) or ["udp", "tcp", "web"]),
         loops=list(getattr(args, "loops", None) or ["asyncio", "uvloop"]),
         kinds=list(getattr(args, "kinds", None) or []),
         calls=getattr(args, "calls", None),
@@ -327,6 +370,7 @@ def run(args: Any = None) -> dict[str, Any]:
     cases = _selected(opts)
     counts = _run_udp([c for c in cases if c.family == "udp"], opts.calls or DEFAULT_CALLS["udp"])
     counts += _run_tcp([c for c in cases if c.family == "tcp"], opts.calls or DEFAULT_CALLS["tcp"])
+    counts += _run_web([c for c in cases if c.family == "web"], opts.calls or DEFAULT_CALLS["web"])
     print_table(counts)
     rows = [{**asdict(c), "series": c.case, "instructions": c.per_call} for c in counts]
     return {"bench": "instructions", "options": vars(opts), "rows": rows,
@@ -334,13 +378,15 @@ def run(args: Any = None) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--families", nargs="+", choices=["udp", "tcp"], default=["udp", "tcp"])
+    parser.add_argument("--families", nargs="+", choices=["udp", "tcp", "web"], default=["udp", "tcp", "web"],
+                        help="udp: datagrams into the sink; tcp: 64 KiB writes; web: aiohttp requests")
     parser.add_argument("--loops", nargs="+", choices=["asyncio", "uvloop"], default=["asyncio", "uvloop"])
     parser.add_argument("--kinds", nargs="+", choices=sorted({c.kind for c in CASES}), default=None,
                         help="only these case kinds")
     parser.add_argument("--calls", type=int, default=None,
                         help="calls in the smaller measured run (the larger makes 3x); default "
-                        f"{DEFAULT_CALLS['udp']} datagrams, {DEFAULT_CALLS['tcp']} TCP writes")
+                        f"{DEFAULT_CALLS['udp']} datagrams, {DEFAULT_CALLS['tcp']} TCP writes, "
+                        f"{DEFAULT_CALLS['web']} requests")
 
 
 def _child_entry(argv: list[str]) -> None:
