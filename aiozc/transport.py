@@ -270,7 +270,9 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if self._closing or self._sock is None:
+        # Like asyncio, take writes after close() until the queue has drained and the close
+        # began: resume_writing() during close() may write more (TLS's last records do).
+        if self._sock is None or self._conn_lost or self._close_timer is not None:
             self._lost_writes += 1
             if self._lost_writes == 5:
                 logger.warning("%r: write() on a closing or closed transport", self)

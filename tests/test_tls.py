@@ -255,3 +255,40 @@ def test_probe_reports_kernel_tls() -> None:
         except OSError:
             kernel_has_it = False
     assert status.startswith("available") == kernel_has_it
+
+
+async def test_writes_from_resume_writing_during_close_are_sent() -> None:
+    """asyncio's transports take writes made from resume_writing() while close() drains the
+    buffer; asyncio's SSL protocol writes its last records exactly then. aiozc dropped them
+    (uvloop's test_remote_shutdown_receives_trailing_data lost ~640 KiB of TLS records)."""
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        class TailOnResume(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            def resume_writing(self) -> None:
+                if not getattr(self, "tail_written", False):
+                    self.tail_written = True
+                    self.transport.write(b"tail")  # type: ignore[attr-defined]
+
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 10)
+        transport, _ = await aiozc.create_connection(
+            TailOnResume, *listener.getsockname(), zc_threshold=1 << 30
+        )
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 << 10)
+        peer, _ = listener.accept()
+        peer.setblocking(False)
+        transport.set_write_buffer_limits(high=1)
+        transport.write(PAYLOAD)  # the peer is not reading yet: queued, writing paused
+        assert transport.get_write_buffer_size() > 0
+        transport.close()
+        received = bytearray()
+        while True:
+            chunk = await loop.sock_recv(peer, 1 << 20)
+            if not chunk:
+                break
+            received += chunk
+        peer.close()
+    assert bytes(received) == PAYLOAD + b"tail"
