@@ -52,6 +52,9 @@ def header(shape: list[int], dtype: str = "|u1", **extra: Any) -> dict[str, Any]
     return {"dtype": dtype, "shape": shape, "name": None, "metadata": None, "tag": None, **extra}
 
 
+FRAME = frame_bytes(header([3], "<i2"), 6, np.array([1, 2, 3], "<i2").tobytes())  # a complete 3-element frame
+
+
 # ---------------------------------------------------------------------------------------------
 # shapes that multiply to zero but could never be allocated
 
@@ -162,7 +165,7 @@ _HEADERS = st.fixed_dictionaries(
         "tag": st.one_of(st.none(), st.sampled_from(["bfloat16", "__import__", "X", ""]), st.integers()),
     },
 )
-FUZZ_OPTIONS = ChannelOptions(max_frame_bytes=1 << 16)
+FUZZ_OPTIONS = ChannelOptions(max_frame_bytes=1 << 16, readahead_bytes=1 << 17, readahead_frames=3)
 
 
 def consistent_nbytes(doc: dict[str, Any]) -> int:
@@ -238,6 +241,20 @@ def encoded(doc: dict[str, Any], announce: int | None, seed: int) -> bytes:
     return frame_bytes(json.dumps(doc).encode(), nbytes, body)
 
 
+def check_invariants(protocol: _TensorProtocol, transport: FakeTransport) -> None:
+    """What must hold between any two events, whatever the peer sent."""
+    options = protocol.options
+    ready = protocol._ready
+    assert protocol._ready_bytes == sum(held.charge for held in ready)
+    assert len(ready) <= options.readahead_frames
+    assert protocol._ready_bytes <= options.readahead_bytes
+    assert protocol._fill == 0 or protocol._scratch_view is not None
+    if protocol._error is not None:
+        assert transport.aborted or transport.lost  # a FrameError ends the connection
+    elif not transport.is_closing():
+        assert transport.reading == (protocol._state != "wait-dest")
+
+
 async def feed(frames: list[bytes], chunk: int) -> tuple[list[tensors.Frame], BaseException, FakeTransport]:
     """Deliver the frames ``chunk`` bytes per read, receiving whenever reading pauses."""
     protocol = _TensorProtocol(FUZZ_OPTIONS)
@@ -253,6 +270,7 @@ async def feed(frames: list[bytes], chunk: int) -> tuple[list[tensors.Frame], Ba
             except (FrameError, ChannelBroken, ChannelClosed) as exc:
                 end = exc
                 break
+            check_invariants(protocol, transport)
             continue
         buf = protocol.get_buffer(-1)
         n = min(len(buf), chunk, len(stream))
@@ -260,6 +278,7 @@ async def feed(frames: list[bytes], chunk: int) -> tuple[list[tensors.Frame], Ba
         buf[:n] = stream[:n]
         stream = stream[n:]
         protocol.buffer_updated(n)
+        check_invariants(protocol, transport)
     if not transport.is_closing():
         protocol.eof_received()
         transport.lost = True
@@ -306,8 +325,8 @@ def test_receive_state_stays_consistent_over_random_headers(
     assert len(got) == accepted
     for frame, n in zip(got, good):
         np.testing.assert_array_equal(frame.array, np.arange(n, dtype="<i2"))
-    if refused:
-        assert isinstance(end, FrameError) and transport.aborted
+    if refused:  # aborted, unless the stream had ended before the bad header was reached
+        assert isinstance(end, FrameError) and (transport.aborted or transport.lost)
     else:
         assert isinstance(end, ChannelClosed) and not transport.aborted
 
@@ -362,6 +381,26 @@ async def test_readahead_frames_are_capped_in_number() -> None:
         assert len(chan._protocol._ready) == 10
         for _ in range(500):
             assert (await asyncio.wait_for(chan.recv(), 5)).tolist() == [7]
+    finally:
+        chan.close()
+        server.close()
+
+
+async def test_frames_left_in_the_scratch_when_the_connection_ends_are_still_delivered() -> None:
+    # Read-ahead is full, so the last frames still wait in the scratch when the reset comes.
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(FRAME * 6)
+        await asyncio.sleep(0.1)
+        reset(writer)
+
+    chan, server = await channel_to_raw_script(script, readahead_frames=2)
+    try:
+        await asyncio.wait_for(chan.wait_closed(), 5)
+        got = []
+        with pytest.raises(ChannelBroken):
+            async for array in chan:
+                got.append(array.tolist())
+        assert got == [[1, 2, 3]] * 6
     finally:
         chan.close()
         server.close()
@@ -423,8 +462,6 @@ async def test_send_cancelled_while_waiting_for_flow_control_keeps_the_connectio
 
 # ---------------------------------------------------------------------------------------------
 # a reset after complete frames
-
-FRAME = frame_bytes(header([3], "<i2"), 6, np.array([1, 2, 3], "<i2").tobytes())
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.1], ids=["reset-at-once", "reset-after-read-ahead"])

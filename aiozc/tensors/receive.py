@@ -152,7 +152,6 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         self._lost_exc = exc
         self._wake_drain_waiters()
         self._advance()  # frames already complete in the scratch can still be handed out
-        self._drop_scratch()
         if not self._closed.done():
             self._closed.set_result(None)
 
