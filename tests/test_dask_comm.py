@@ -1,0 +1,331 @@
+"""aiozc.dask at the comm level: byte-exact round trips, the wire format, errors and refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import ssl
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("distributed")
+
+import importlib  # noqa: E402
+from distributed.comm import connect, listen  # noqa: E402
+from distributed.comm.core import CommClosedError  # noqa: E402
+from distributed.protocol import Serialized, to_serialize  # noqa: E402
+
+import aiozc.dask as zcdask  # noqa: E402
+from aiozc.dask import wire  # noqa: E402
+from aiozc.dask.pool import POOLED_MIN, ReceivePool, size_class  # noqa: E402
+
+# The module, not the function distributed.protocol re-exports under the same name.
+dask_serialize = importlib.import_module("distributed.protocol.serialize")
+
+MiB = 1 << 20
+
+
+@dataclass
+class Pair:
+    client: zcdask.ZCComm
+    server: zcdask.ZCComm
+
+
+async def _pair(deserialize: bool = True) -> tuple[Pair, object]:
+    accepted: asyncio.Queue[zcdask.ZCComm] = asyncio.Queue()
+
+    async def handle(comm: zcdask.ZCComm) -> None:
+        await accepted.put(comm)
+
+    listener = listen("zc://127.0.0.1:0", handle, deserialize=deserialize)
+    await listener.start()
+    client = await connect(listener.contact_address)
+    server = await asyncio.wait_for(accepted.get(), 10)
+    return Pair(client, server), listener
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    p, listener = await _pair()
+    yield p
+    p.client.abort()
+    p.server.abort()
+    listener.stop()
+
+
+@pytest.fixture
+def no_copying_merge(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts dask's copying fallback for shards that are not adjacent slices of one buffer."""
+    calls: list[int] = []
+    real = dask_serialize.host_array_from_buffers
+
+    def counting(frames, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(frames))
+        return real(frames, *args, **kwargs)
+
+    monkeypatch.setattr(dask_serialize, "host_array_from_buffers", counting)
+    return calls
+
+
+async def _roundtrip(pair: Pair, msg: object) -> object:
+    write = asyncio.ensure_future(pair.client.write(msg))
+    got = await asyncio.wait_for(pair.server.read(), 60)
+    await asyncio.wait_for(write, 60)
+    return got
+
+
+def _pattern(nbytes: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, nbytes, dtype=np.uint8)
+
+
+async def test_small_messages_round_trip_both_ways(pair: Pair) -> None:
+    for i in range(50):
+        msg = {"op": "ping", "i": i, "blob": bytes(range(i % 256)) * 3, "nested": (None, 1.5, "x" * i)}  # msgpack gives tuples
+        assert await _roundtrip(pair, msg) == msg
+        await pair.server.write({"reply": i})
+        assert await pair.client.read() == {"reply": i}
+
+
+@pytest.fixture
+def one_mib_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dask shards frames over distributed.comm.shard (64 MiB); 1 MiB takes the same path with
+    arrays small enough for a fast suite."""
+    from distributed.comm.tcp import TCP
+
+    monkeypatch.setattr(zcdask.ZCComm, "max_shard_size", MiB)
+    monkeypatch.setattr(TCP, "max_shard_size", MiB)
+
+
+async def test_array_over_64_mib_arrives_exact_in_one_buffer(pair: Pair, no_copying_merge: list[int]) -> None:
+    await _check_arrays_in_one_buffer(pair, no_copying_merge, [64 * MiB + 123])
+
+
+@pytest.mark.parametrize("sizes", [[3 * MiB + 7, 5 * MiB, 2 * MiB, MiB + 1]], ids=["four"])
+async def test_sharded_arrays_arrive_exact_each_in_one_buffer(pair: Pair, no_copying_merge: list[int],
+                                                              one_mib_shards: None, sizes: list[int]) -> None:
+    await _check_arrays_in_one_buffer(pair, no_copying_merge, sizes)
+
+
+async def _check_arrays_in_one_buffer(pair: Pair, no_copying_merge: list[int], sizes: list[int]) -> None:
+    arrays = [_pattern(n, seed) for seed, n in enumerate(sizes)]
+    got = await _roundtrip(pair, {"data": [to_serialize(a) for a in arrays]})
+    assert no_copying_merge == []
+    for sent, received in zip(arrays, got["data"]):
+        assert received.nbytes == sent.nbytes and np.array_equal(received, sent)
+        assert received.flags.writeable
+        # The whole array sits at the start of a page-aligned pooled buffer.
+        assert received.ctypes.data % 4096 == 0
+
+
+async def test_tcp_comm_copies_shards_where_zc_does_not(no_copying_merge: list[int], one_mib_shards: None) -> None:
+    """The premise: dask's own tcp comm falls back to host_array_from_buffers for arrays 2..n."""
+    accepted: asyncio.Queue[object] = asyncio.Queue()
+
+    async def handle(comm: object) -> None:
+        await accepted.put(comm)
+
+    async with listen("tcp://127.0.0.1:0", handle) as listener:
+        client = await connect(listener.contact_address)
+        server = await accepted.get()
+        arrays = [_pattern(3 * MiB, 1), _pattern(3 * MiB, 2)]
+        await client.write({"data": [to_serialize(a) for a in arrays]})
+        got = await server.read()
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, got["data"]))
+        client.abort()
+        server.abort()
+    assert no_copying_merge, "dask's tcp comm no longer copies shards: revisit aiozc.dask's premise"
+
+
+async def test_many_small_frames(pair: Pair, no_copying_merge: list[int]) -> None:
+    arrays = [_pattern(n, n) for n in [1, 100, 4096, 32 << 10, 65 << 10, 7] * 150]
+    got = await _roundtrip(pair, [to_serialize(a) for a in arrays])
+    assert len(got) == len(arrays)
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, got))
+    assert no_copying_merge == []
+
+
+async def test_empty_and_zero_d_arrays(pair: Pair) -> None:
+    arrays = [np.empty(0, np.float64), np.array(3.25), np.zeros((0, 5), np.int32), np.array(7, np.uint8),
+              np.arange(12, dtype=np.int16).reshape(3, 4)]
+    got = await _roundtrip(pair, {"a": [to_serialize(a) for a in arrays], "e": b""})
+    assert got["e"] == b""
+    for sent, received in zip(arrays, got["a"]):
+        assert received.shape == sent.shape and received.dtype == sent.dtype
+        assert np.array_equal(received, sent)
+
+
+class Custom:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Custom) and other.payload == self.payload
+
+
+async def test_pickled_objects(pair: Pair) -> None:
+    big = Custom(bytes(_pattern(3 * MiB, 9)))
+    msg = {"small": to_serialize(Custom(b"abc")), "big": to_serialize(big),
+           "buffer": to_serialize(pickle.PickleBuffer(bytearray(b"\x01" * (2 * MiB))))}
+    got = await _roundtrip(pair, msg)
+    assert got["small"] == Custom(b"abc") and got["big"] == big
+    assert bytes(got["buffer"]) == b"\x01" * (2 * MiB)
+
+
+async def test_deserialize_false_hands_on_serialized_frames(one_mib_shards: None) -> None:
+    p, listener = await _pair(deserialize=False)
+    try:
+        array = _pattern(5 * MiB + 3, 5)
+        got = await _roundtrip(p, {"x": to_serialize(array), "meta": 1})
+        assert got["meta"] == 1
+        assert isinstance(got["x"], Serialized)
+        assert np.array_equal(dask_serialize.merge_and_deserialize(got["x"].header, got["x"].frames), array)
+    finally:
+        p.client.abort()
+        p.server.abort()
+        listener.stop()
+
+
+async def test_write_returns_bytes_sent(pair: Pair) -> None:
+    array = _pattern(MiB, 3)
+    write = asyncio.ensure_future(pair.client.write({"x": to_serialize(array)}))
+    await pair.server.read()
+    assert await write > array.nbytes
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def _bytes_on_stream(pair: Pair) -> int:
+    protocol = pair.server._protocol
+    return protocol._message.filled if protocol._message is not None else 0
+
+
+async def _wait_mid_message(pair: Pair) -> None:
+    for _ in range(5000):
+        if pair.server._protocol._state == "body" and _bytes_on_stream(pair):
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the message never started arriving")
+
+
+@pytest.mark.parametrize("who", ["sender", "receiver"])
+async def test_abort_mid_message_closes_both_sides(pair: Pair, who: str) -> None:
+    read = asyncio.ensure_future(pair.server.read())
+    array = _pattern(32 * MiB, 4)
+    write = asyncio.ensure_future(pair.client.write({"x": to_serialize(array)}))
+    await _wait_mid_message(pair)
+    (pair.client if who == "sender" else pair.server).abort()
+    with pytest.raises(CommClosedError):
+        await asyncio.wait_for(read, 10)
+    with pytest.raises(CommClosedError):
+        await asyncio.wait_for(write, 10)
+    assert pair.client.closed() and pair.server.closed()
+    stats = pair.client.transport.stats
+    for _ in range(1000):
+        if stats.pinned_bytes == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert stats.pinned_bytes == 0
+    with pytest.raises(CommClosedError):
+        await pair.server.read()
+    with pytest.raises(CommClosedError):
+        await pair.client.write({"after": 1})
+
+
+async def test_peer_closing_cleanly_ends_reads(pair: Pair) -> None:
+    read = asyncio.ensure_future(pair.server.read())
+    await pair.client.close()
+    with pytest.raises(CommClosedError):
+        await asyncio.wait_for(read, 10)
+
+
+async def test_garbage_on_the_wire_is_a_comm_closed_error(pair: Pair) -> None:
+    read = asyncio.ensure_future(pair.server.read())
+    pair.client.transport.write(b"GET / HTTP/1.1\r\n\r\n")
+    with pytest.raises(CommClosedError, match="not a zc:// message"):
+        await asyncio.wait_for(read, 10)
+
+
+async def test_message_over_the_cap_is_refused_before_allocating(pair: Pair) -> None:
+    pair.server._protocol.limits = wire.Limits(max_frames=8, max_message_bytes=MiB)
+    read = asyncio.ensure_future(pair.server.read())
+    before = zcdask.receive_pool().mapped
+    await asyncio.wait_for(pair.client.write({"x": to_serialize(_pattern(2 * MiB, 1))}), 10)
+    with pytest.raises(CommClosedError, match="over the cap"):
+        await asyncio.wait_for(read, 10)
+    assert zcdask.receive_pool().mapped == before
+
+
+def test_frame_count_cap() -> None:
+    prefix = wire.PREFIX.pack(wire.MAGIC, 9, 1, 0)
+    with pytest.raises(wire.WireError, match="more than the cap"):
+        wire.parse_prefix(memoryview(prefix), wire.Limits(max_frames=8))
+
+
+def test_group_sizes_must_cover_the_frames() -> None:
+    table = struct.pack("<2Q", 5, 5) + struct.pack("<1I", 1)
+    with pytest.raises(wire.WireError, match="do not cover"):
+        wire.parse_table(memoryview(table), 2, 1, wire.Limits())
+
+
+async def test_tls_and_require_encryption_are_refused_clearly() -> None:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    with pytest.raises(zcdask.EncryptionRefused, match="zc:// does not encrypt.*ssl_context"):
+        listen("zc://127.0.0.1:0", lambda comm: None, ssl_context=ctx)
+    with pytest.raises(zcdask.EncryptionRefused, match="require_encryption"):
+        listen("zc://127.0.0.1:0", lambda comm: None, require_encryption=True)
+    with pytest.raises(zcdask.EncryptionRefused, match="tls://"):
+        await connect("zc://127.0.0.1:9", timeout=5, require_encryption=True)
+
+
+# -- sender grouping and the receive pool ---------------------------------------------------
+
+
+def test_shards_of_one_array_form_one_group_even_with_a_short_tail() -> None:
+    array = np.zeros(3 * MiB + 10, np.uint8)
+    view = memoryview(array)
+    shards = [view[:MiB], view[MiB : 2 * MiB], view[2 * MiB : 3 * MiB], view[3 * MiB :]]
+    other = memoryview(np.zeros(2 * MiB, np.uint8))
+    frames = [b"header", b"pickle", *shards, other, b"x" * 100, b"y" * 100]
+    assert wire.group_frames(frames) == (2, 4, 1, 2)
+
+
+def test_small_frames_share_groups_of_about_a_mib() -> None:
+    frames = [memoryview(np.zeros(32 << 10, np.uint8)) for _ in range(100)]
+    sizes = wire.group_frames(frames)
+    assert sum(sizes) == 100 and max(sizes) <= 33 and len(sizes) == 4
+
+
+def test_pool_reuses_buffers_once_dask_drops_them() -> None:
+    pool = ReceivePool(max_idle_bytes=64 * MiB)
+    first = pool.acquire(4 * MiB + 1)
+    address = np.frombuffer(first, np.uint8).ctypes.data
+    assert address % 4096 == 0 and first.nbytes == 4 * MiB + 1
+    array = np.frombuffer(first[100:200], np.uint8)  # a slice kept alive keeps the buffer busy
+    del first
+    assert pool.outstanding == 1
+    del array
+    assert pool.outstanding == 0 and pool.idle_bytes == size_class(4 * MiB + 1)
+    second = pool.acquire(4 * MiB + 2)
+    assert np.frombuffer(second, np.uint8).ctypes.data == address
+    assert (pool.mapped, pool.reused) == (1, 1)
+    small = pool.acquire(POOLED_MIN - 1)
+    assert np.frombuffer(small, np.uint8).ctypes.data % 64 == 0
+    assert pool.mapped == 1
+
+
+def test_pool_keeps_no_more_idle_than_its_cap() -> None:
+    pool = ReceivePool(max_idle_bytes=3 * MiB)
+    buffers = [pool.acquire(MiB) for _ in range(5)]
+    del buffers
+    assert pool.idle_bytes == 3 * MiB and pool.outstanding == 0
+
+
+def test_size_classes_waste_at_most_an_eighth() -> None:
+    for n in [POOLED_MIN, 300_000, 4 * MiB, 4 * MiB + 1, 256 * MiB, 257 * MiB, 1000 * MiB + 3]:
+        c = size_class(n)
+        assert c >= n and c % 4096 == 0 and (c - n) <= n / 8 + 4096
