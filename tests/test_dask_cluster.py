@@ -1,0 +1,98 @@
+"""aiozc.dask end to end: a LocalCluster on zc:// (threads, and worker processes that find the
+backend only through the entry point)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+import dask  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
+
+import aiozc.dask  # noqa: E402,F401  (registers zc for the in-process cluster)
+
+ROOT = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+def _declared_entry_point() -> str:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return project["project"]["entry-points"]["distributed.comm.backends"]["zc"]
+
+
+@pytest.fixture
+def entry_point_path(tmp_path: Path) -> Iterator[str]:
+    """A dist-info holding pyproject's entry point, for interpreters started from here: the
+    venv's installed metadata may predate it (a worktree imports aiozc through PYTHONPATH)."""
+    dist = tmp_path / "aiozc_dask_entry-0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: aiozc-dask-entry\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text(f"[distributed.comm.backends]\nzc = {_declared_entry_point()}\n")
+    paths = [str(tmp_path), str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    yield os.pathsep.join(paths)
+
+
+def _pattern(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, n, dtype=np.uint8)
+
+
+def _checksum(a: np.ndarray) -> int:
+    return int(a.astype(np.uint64).sum())
+
+
+def _double(a: np.ndarray) -> np.ndarray:
+    return a * 2
+
+
+async def test_local_cluster_submit_gather_scatter_broadcast_rechunk() -> None:
+    async with LocalCluster(protocol="zc://", processes=False, n_workers=2, threads_per_worker=1,
+                            dashboard_address=None, asynchronous=True) as cluster:
+        assert cluster.scheduler_address.startswith("zc://")
+        async with Client(cluster, asynchronous=True) as client:
+            a, b = sorted(cluster.scheduler.workers)
+            assert a.startswith("zc://") and b.startswith("zc://")
+            data = _pattern(6 * MiB + 5, 1)
+            [remote] = await client.scatter([data], workers=[a])
+            # Runs on b: the array goes worker a -> worker b over zc://.
+            doubled = client.submit(_double, remote, workers=[b], allow_other_workers=False)
+            assert await client.submit(_checksum, doubled, workers=[a]) == _checksum(data * 2)
+            assert np.array_equal(await client.gather(doubled), data * 2)
+            who = await client.who_has([doubled])
+            assert set(who[doubled.key]) >= {b}
+            [everywhere] = await client.scatter([_pattern(MiB, 2)], broadcast=True)
+            assert set((await client.who_has([everywhere]))[everywhere.key]) == {a, b}
+            # One cluster start per loop: the rechunks run on the same one.
+            x = da.random.default_rng(3).random((1024, 1024), chunks=(1024, 64))
+            expected = x.compute(scheduler="sync")
+            for method in ["tasks", "p2p"]:
+                with dask.config.set({"array.rechunk.method": method}):
+                    y = x.rechunk((64, 1024))
+                assert np.array_equal(await client.compute(y), expected), method
+
+
+def test_worker_processes_find_zc_through_the_entry_point(entry_point_path: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nanny-started workers are fresh interpreters that never import aiozc.dask themselves."""
+    monkeypatch.setenv("PYTHONPATH", entry_point_path)
+    # multiprocessing's spawn hands the parent's sys.path to the child, over PYTHONPATH.
+    monkeypatch.syspath_prepend(entry_point_path.split(os.pathsep)[0])
+    with LocalCluster(protocol="zc://", processes=True, n_workers=2, threads_per_worker=1,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        a, b = sorted(client.scheduler_info()["workers"])
+        assert a.startswith("zc://") and b.startswith("zc://")
+        data = _pattern(3 * MiB, 7)
+        [remote] = client.scatter([data], workers=[a])
+        doubled = client.submit(_double, remote, workers=[b], allow_other_workers=False)
+        assert np.array_equal(client.gather(doubled), data * 2)
+        modules = client.run(lambda: sorted(m for m in sys.modules if m.startswith("aiozc.dask")))
+        assert all("aiozc.dask.comm" in mods for mods in modules.values())
