@@ -54,6 +54,12 @@ def _double(a: np.ndarray) -> np.ndarray:
     return a * 2
 
 
+def _where_and_checksum(a: np.ndarray) -> tuple[str, int]:
+    from distributed import get_worker
+
+    return get_worker().address, _checksum(a)
+
+
 async def test_local_cluster_submit_gather_scatter_broadcast_rechunk() -> None:
     async with LocalCluster(protocol="zc://", processes=False, n_workers=2, threads_per_worker=1,
                             dashboard_address=None, asynchronous=True) as cluster:
@@ -63,12 +69,11 @@ async def test_local_cluster_submit_gather_scatter_broadcast_rechunk() -> None:
             assert a.startswith("zc://") and b.startswith("zc://")
             data = _pattern(6 * MiB + 5, 1)
             [remote] = await client.scatter([data], workers=[a])
-            # Runs on b: the array goes worker a -> worker b over zc://.
+            # Runs on b: the array goes worker a -> worker b over zc://, and the result back.
             doubled = client.submit(_double, remote, workers=[b], allow_other_workers=False)
-            assert await client.submit(_checksum, doubled, workers=[a]) == _checksum(data * 2)
+            assert await client.submit(_where_and_checksum, doubled, workers=[a]) == (a, _checksum(data * 2))
+            assert await client.submit(_where_and_checksum, remote, workers=[b]) == (b, _checksum(data))
             assert np.array_equal(await client.gather(doubled), data * 2)
-            who = await client.who_has([doubled])
-            assert set(who[doubled.key]) >= {b}
             [everywhere] = await client.scatter([_pattern(MiB, 2)], broadcast=True)
             assert set((await client.who_has([everywhere]))[everywhere.key]) == {a, b}
             # One cluster start per loop: the rechunks run on the same one.

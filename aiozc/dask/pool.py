@@ -31,7 +31,7 @@ def size_class(nbytes: int) -> int:
 class ReceivePool:
     def __init__(self, max_idle_bytes: int) -> None:
         self.max_idle_bytes = max_idle_bytes
-        self._idle: dict[int, list[np.ndarray]] = {}
+        self._idle: dict[int, list[mmap.mmap]] = {}
         self._idle_bytes = 0
         self._lock = threading.Lock()  # finalizers run wherever the last slice dies (offload threads)
         self.mapped = 0  # new mappings made: a reuse makes none
@@ -47,19 +47,22 @@ class ReceivePool:
         if nbytes < POOLED_MIN:
             return _aligned_small(nbytes)
         cls = size_class(nbytes)
-        base = self._take_idle(cls)
-        if base is None:
-            base = np.frombuffer(mmap.mmap(-1, cls), dtype=np.uint8)  # anonymous: page-aligned
+        region = self._take_idle(cls)
+        if region is None:
+            region = mmap.mmap(-1, cls)  # anonymous: page-aligned
             self.mapped += 1
         else:
             self.reused += 1
-        handed = base[:nbytes]  # a new array object: its death tells us the buffer is free
+        # Its death tells us the buffer is free. It must be made from the mmap itself, not as a
+        # view of another array: numpy collapses a view's base to the array owning the memory,
+        # so an array dask makes from a slice would skip an intermediate view and let it die.
+        handed = np.frombuffer(region, dtype=np.uint8, count=nbytes)
         with self._lock:
             self.outstanding += 1
-        weakref.finalize(handed, self._give_back, base)
+        weakref.finalize(handed, self._give_back, region)
         return memoryview(handed)
 
-    def _take_idle(self, cls: int) -> np.ndarray | None:
+    def _take_idle(self, cls: int) -> mmap.mmap | None:
         with self._lock:
             bucket = self._idle.get(cls)
             if not bucket:
@@ -67,13 +70,13 @@ class ReceivePool:
             self._idle_bytes -= cls
             return bucket.pop()
 
-    def _give_back(self, base: np.ndarray) -> None:
-        cls = base.nbytes
+    def _give_back(self, region: mmap.mmap) -> None:
+        cls = len(region)
         with self._lock:
             self.outstanding -= 1
             if self._idle_bytes + cls > self.max_idle_bytes:
                 return  # dropped: the mapping is unmapped once numpy lets go of it
-            self._idle.setdefault(cls, []).append(base)
+            self._idle.setdefault(cls, []).append(region)
             self._idle_bytes += cls
 
     def clear(self) -> None:
