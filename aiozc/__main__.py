@@ -15,6 +15,7 @@ BENCHES = {
     "aiohttp": "aiozc.tools.bench_web",
     "tensors": "aiozc.tools.bench_tensors",
     "instructions": "aiozc.tools.bench_instructions",
+    "dask": "aiozc.tools.bench_dask",
 }
 
 

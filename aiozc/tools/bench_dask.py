@@ -1,0 +1,276 @@
+"""``python -m aiozc bench dask``: dask's tcp:// against aiozc's zc:// on LocalClusters with two
+worker processes each, both clusters up at once and the cases interleaved round by round.
+
+Per case and protocol: GB/s (payload bytes / wall time), CPU s/GB summed over the client process
+(which hosts the LocalCluster's scheduler) and both worker processes, and minor page faults per
+MiB over the same processes (from /proc/PID/stat). On one host the kernel copies every byte
+over loopback, so what differs is user-space work: copies, allocations, faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+PROTOCOLS = ("tcp", "zc")
+
+
+@dataclass
+class Sample:
+    case: str
+    protocol: str
+    nbytes: int
+    seconds: float
+    cpu_seconds: float
+    minor_faults: int
+
+    @property
+    def gbps(self) -> float:
+        return self.nbytes / self.seconds / 1e9
+
+    @property
+    def cpu_s_per_gb(self) -> float:
+        return self.cpu_seconds / (self.nbytes / 1e9)
+
+    @property
+    def faults_per_mib(self) -> float:
+        return self.minor_faults / (self.nbytes / MiB)
+
+
+def _proc_counters(pids: list[int]) -> tuple[float, int]:
+    """(user+system CPU seconds, minor faults) summed over ``pids``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu, faults = 0.0, 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # after the command: state(0) ... minflt(7) ... utime(11) stime(12)
+        faults += int(fields[7])
+        cpu += (int(fields[11]) + int(fields[12])) / ticks
+    return cpu, faults
+
+
+@contextlib.contextmanager
+def zc_entry_point_visible() -> Iterator[None]:
+    """Worker processes find zc:// only through the entry point; when this interpreter's aiozc
+    metadata predates it (a worktree on PYTHONPATH), lay a temporary dist-info that declares it."""
+    if importlib.metadata.entry_points(group="distributed.comm.backends", name="zc"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="aiozc-dask-ep-") as tmp:
+        dist = Path(tmp) / "aiozc_dask_entry-0.dist-info"
+        dist.mkdir()
+        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: aiozc-dask-entry\nVersion: 0\n")
+        (dist / "entry_points.txt").write_text("[distributed.comm.backends]\nzc = aiozc.dask:ZCBackend\n")
+        old = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tmp, old]))
+        sys.path.insert(0, tmp)  # multiprocessing's spawn hands sys.path to the child
+        try:
+            yield
+        finally:
+            sys.path.remove(tmp)
+            if old is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = old
+
+
+# -- functions that run on the workers ------------------------------------------------------------
+
+
+def _make(count: int, nbytes: int, seed: int) -> tuple[Any, ...]:
+    import numpy as np
+
+    return tuple(np.full(nbytes, (seed + i) % 251, dtype=np.uint8) for i in range(count))
+
+
+def _make_one(nbytes: int, seed: int) -> Any:
+    import numpy as np
+
+    return np.full(nbytes, seed % 251, dtype=np.uint8)
+
+
+def _total(parts: tuple[Any, ...]) -> int:
+    return sum(int(p[-1]) + p.nbytes for p in parts)
+
+
+class Bench:
+    """One cluster and client per protocol; each case a function of (client, workers, seed)."""
+
+    def __init__(self, protocol: str) -> None:
+        from distributed import Client, LocalCluster
+
+        self.protocol = protocol
+        self.cluster = LocalCluster(protocol=f"{protocol}://", processes=True, n_workers=2,
+                                    threads_per_worker=1, dashboard_address=None, silence_logs=40)
+        self.client = Client(self.cluster, set_as_default=False)
+        self.workers = sorted(self.client.scheduler_info()["workers"])
+        pids = self.client.run(os.getpid)
+        self.pids = [os.getpid(), *(pids[w] for w in self.workers)]
+
+    def close(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+    def measure(self, case: str, nbytes: int, prepare: Callable[[], Any], timed: Callable[[Any], Any]) -> Sample:
+        state = prepare()
+        cpu0, faults0 = _proc_counters(self.pids)
+        start = time.perf_counter()
+        timed(state)
+        seconds = time.perf_counter() - start
+        cpu1, faults1 = _proc_counters(self.pids)
+        del state
+        self.client.run(lambda: __import__("gc").collect())
+        return Sample(case, self.protocol, nbytes, seconds, cpu1 - cpu0, faults1 - faults0)
+
+
+def _w2w(b: Bench, count: int, size: int, seed: int) -> Sample:
+    a, other = b.workers
+
+    def prepare() -> Any:
+        data = b.client.submit(_make, count, size, seed, workers=[a], pure=False)
+        data.result()  # made on a, not timed; keep the small result off the client
+        return data
+
+    def timed(data: Any) -> None:
+        b.client.submit(_total, data, workers=[other], allow_other_workers=False, pure=False).result()
+
+    return b.measure(f"worker->worker {count}x{_size(size)}", count * size, prepare, timed)
+
+
+def _gather(b: Bench, count: int, size: int, seed: int) -> Sample:
+    a = b.workers[0]
+
+    def prepare() -> Any:
+        from distributed import wait
+
+        futures = [b.client.submit(_make_one, size, seed + i, workers=[a], pure=False) for i in range(count)]
+        with b.client.as_current():
+            wait(futures)
+        return futures
+
+    return b.measure(f"gather {count}x{_size(size)}", count * size, prepare, lambda f: b.client.gather(f))
+
+
+def _scatter(b: Bench, count: int, size: int, seed: int) -> Sample:
+    import numpy as np
+
+    a = b.workers[0]
+
+    def prepare() -> Any:
+        return [np.full(size, (seed + i) % 251, dtype=np.uint8) for i in range(count)]
+
+    def timed(arrays: Any) -> None:
+        futures = b.client.scatter(arrays, workers=[a], hash=False)
+        del futures
+
+    return b.measure(f"scatter {count}x{_size(size)}", count * size, prepare, timed)
+
+
+def _rechunk(b: Bench, side: int, seed: int) -> Sample:
+    import dask.array as da
+
+    def prepare() -> Any:
+        x = da.ones((side, side), chunks=(side, side // 16), dtype="float64") * (seed % 7)
+        return b.client.persist(x)
+
+    def timed(x: Any) -> None:
+        b.client.compute(x.rechunk((side // 16, side)).sum()).result()
+
+    return b.measure(f"rechunk {side}x{side} f8", side * side * 8, prepare, timed)
+
+
+def _size(n: int) -> str:
+    return f"{n // MiB} MiB" if n >= MiB else f"{n // 1024} KiB"
+
+
+def cases(scale: int) -> list[tuple[str, Callable[[Bench, int], Sample]]]:
+    big, mid, small = 256 * MiB // scale, 4 * MiB // scale, 32 << 10
+    out: list[tuple[str, Callable[[Bench, int], Sample]]] = [
+        ("w2w", lambda b, s: _w2w(b, 4, big, s)),
+    ]
+    for count, size in [(4, big), (1, big), (64, mid), (2048 // scale, small)]:
+        out.append(("gather", lambda b, s, c=count, z=size: _gather(b, c, z, s)))
+        out.append(("scatter", lambda b, s, c=count, z=size: _scatter(b, c, z, s)))
+    out.append(("rechunk", lambda b, s: _rechunk(b, 8192 // max(1, int(scale ** 0.5)), s)))
+    return out
+
+
+def _table(samples: list[Sample]) -> list[dict[str, Any]]:
+    rows = []
+    names = list(dict.fromkeys(s.case for s in samples))
+    for name in names:
+        row: dict[str, Any] = {"case": name}
+        for proto in PROTOCOLS:
+            mine = [s for s in samples if s.case == name and s.protocol == proto]
+            row[f"{proto}_gbps"] = statistics.median(s.gbps for s in mine)
+            row[f"{proto}_cpu_s_per_gb"] = statistics.median(s.cpu_s_per_gb for s in mine)
+            row[f"{proto}_faults_per_mib"] = statistics.median(s.faults_per_mib for s in mine)
+        row["speed_ratio"] = row["zc_gbps"] / row["tcp_gbps"]
+        row["cpu_ratio"] = row["zc_cpu_s_per_gb"] / row["tcp_cpu_s_per_gb"]
+        rows.append(row)
+    return rows
+
+
+def _print(rows: list[dict[str, Any]], rounds: int) -> None:
+    print(f"\ndask LocalCluster, 2 worker processes, median of {rounds} interleaved round(s)")
+    print(f"{'case':<26} {'tcp GB/s':>9} {'zc GB/s':>8} {'ratio':>6} {'tcp CPU s/GB':>13} "
+          f"{'zc CPU s/GB':>12} {'tcp flt/MiB':>12} {'zc flt/MiB':>11}")
+    for r in rows:
+        print(f"{r['case']:<26} {r['tcp_gbps']:>9.2f} {r['zc_gbps']:>8.2f} {r['speed_ratio']:>5.2f}x "
+              f"{r['tcp_cpu_s_per_gb']:>13.2f} {r['zc_cpu_s_per_gb']:>12.2f} "
+              f"{r['tcp_faults_per_mib']:>12.1f} {r['zc_faults_per_mib']:>11.1f}")
+
+
+def run(args: Any = None) -> dict[str, Any]:
+    rounds = getattr(args, "rounds", 3)
+    scale = getattr(args, "scale", 1)
+    only = getattr(args, "only", None)
+    chosen = [(name, fn) for name, fn in cases(scale) if not only or name in only]
+    samples: list[Sample] = []
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    with zc_entry_point_visible():
+        benches = {proto: Bench(proto) for proto in PROTOCOLS}
+        try:
+            for _, fn in chosen:  # warm-up: connections, pools, imports
+                for bench in benches.values():
+                    fn(bench, 0)
+            for rnd in range(rounds):
+                for _, fn in chosen:
+                    order = PROTOCOLS if rnd % 2 == 0 else PROTOCOLS[::-1]
+                    for proto in order:
+                        sample = fn(benches[proto], rnd + 1)
+                        samples.append(sample)
+                        print(f"  round {rnd + 1} {sample.case:<26} {proto}: {sample.gbps:6.2f} GB/s "
+                              f"{sample.cpu_s_per_gb:5.2f} CPU s/GB {sample.faults_per_mib:7.1f} flt/MiB",
+                              flush=True)
+        finally:
+            for bench in benches.values():
+                bench.close()
+    rows = _table(samples)
+    _print(rows, rounds)
+    return {"options": {"rounds": rounds, "scale": scale, "only": only}, "rows": rows,
+            "samples": [asdict(s) for s in samples]}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    parser.add_argument("--scale", type=int, default=1, help="divide the payload sizes by this (quick runs)")
+    parser.add_argument("--only", nargs="*", choices=["w2w", "gather", "scatter", "rechunk"],
+                        help="run only these kinds of case")
+
+
+if __name__ == "__main__":
+    run(argparse.Namespace(rounds=1, scale=8, only=None))
