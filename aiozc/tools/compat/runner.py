@@ -53,10 +53,16 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _spawn(cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _spawn(cmd: list[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    # In the cache: CPython's tests leave @test_PID_tmp files in their working directory.
+    # The aiozc being measured stays first on the path.
+    package_root = str(Path(__file__).resolve().parents[3])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)}
     with log.open("ab") as out:
         # Own process group: a hung test's helper threads and children go with it.
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=cwd, env=env)
 
 
 def _worker_cmd(run: Run, source: Source, events: Path, skip: Path, timeout: float,
@@ -80,7 +86,7 @@ def run_suite(run: Run, source: Source, workdir: Path, *, timeout: float = 30.0,
     started_at = time.monotonic()
     offset = 0
     for _ in range(MAX_RESTARTS):
-        proc = _spawn(_worker_cmd(run, source, events, skip, timeout, shim, only or []), log)
+        proc = _spawn(_worker_cmd(run, source, events, skip, timeout, shim, only or []), log, workdir)
         current: str | None = None
         last_progress = time.monotonic()
         finished = False
