@@ -545,7 +545,9 @@ class ZeroCopyTransportBase:
         if forget is not None:
             forget(sock)  # io_uring: submit SQEs naming this fd before the number is reused
         self._before_socket_close(sock, pinned)
-        sock.close()
+        # Closed on the next iteration, after connection_lost(), as asyncio's and uvloop's
+        # transports do: the fd (and get_extra_info('socket')) stays valid until then.
+        self._loop.call_soon(sock.close)
 
     def _before_socket_close(self, sock: socket.socket, pinned: bool) -> None:
         """Last look at the socket; ``pinned``: the kernel may still hold released buffers."""

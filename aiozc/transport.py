@@ -131,7 +131,9 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         # The stock transports differ once the fd is closed: asyncio gives the closed socket,
         # uvloop None (its test_tcp_handle_abort_in_connection_made). Follow the loop's own.
         if name == "socket" and self._sock is None and _on_uvloop(self._loop):
-            return default
+            sock = self._extra.get("socket")
+            if sock is None or sock.fileno() == -1:
+                return default
         return super().get_extra_info(name, default)
 
     def get_write_buffer_size(self) -> int:

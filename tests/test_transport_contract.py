@@ -479,3 +479,16 @@ async def test_sendto_zc_of_what_exports_no_buffer_raises_type_error() -> None:
     finally:
         sender.close()
         receiver.close()
+
+
+async def test_the_fd_stays_valid_until_connection_lost_has_run(create: Create) -> None:
+    """Stock transports close the socket after connection_lost, not inside close()/abort():
+    code right after abort() may still read the fd (uvloop's sock_cancel_fd_leak test does)."""
+    transport, protocol, peer = await connect_to_plain_peer(create)
+    try:
+        fileno = transport.get_extra_info("socket").fileno()
+        transport.abort()
+        assert transport.get_extra_info("socket").fileno() == fileno
+        await asyncio.wait_for(protocol.lost, 5)
+    finally:
+        peer.close()
