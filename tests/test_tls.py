@@ -292,3 +292,27 @@ async def test_writes_from_resume_writing_during_close_are_sent() -> None:
             received += chunk
         peer.close()
     assert bytes(received) == PAYLOAD + b"tail"
+
+
+async def test_connect_accepted_socket_serves_tls(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """The server side of TLS on a socket accepted elsewhere (asyncio's server_side=True)."""
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        connecting = asyncio.ensure_future(aiozc.open_connection(
+            *listener.getsockname(), ssl=client_ctx, server_hostname="localhost"
+        ))
+        accepted, _ = await loop.sock_accept(listener)
+        reader = asyncio.StreamReader()
+        transport, _ = await aiozc.connect_accepted_socket(
+            lambda: asyncio.StreamReaderProtocol(reader), accepted, ssl=server_ctx,
+            ssl_handshake_timeout=30,
+        )
+        client_reader, client_writer = await connecting
+        assert transport.get_extra_info("ssl_object").server_side
+        client_writer.write(b"over tls")
+        assert await reader.readexactly(8) == b"over tls"
+        client_writer.close()
+        transport.close()
