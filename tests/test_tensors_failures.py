@@ -560,11 +560,14 @@ EXIT_SCRIPT = textwrap.dedent(
     class Task:  # dask-style bookkeeping: a cycle holding futures, views and arrays
         pass
 
-    async def main():
+    async def main(engine):
         listener = socket.create_server(("127.0.0.1", 0))
         port = listener.getsockname()[1]
-        transport, _ = await aiozc.create_connection(asyncio.Protocol, "127.0.0.1", port,
-                                                     zc_threshold=1, probe_first=False)
+        try:
+            transport, _ = await aiozc.create_connection(asyncio.Protocol, "127.0.0.1", port,
+                                                         zc_threshold=1, probe_first=False, engine=engine)
+        except aiozc.EngineUnavailable:
+            return
         peer, _ = listener.accept()  # never reads: the writes stay pinned or queued
         state = Task()
         state.self = state
@@ -581,11 +584,12 @@ EXIT_SCRIPT = textwrap.dedent(
         await asyncio.sleep(0.01)
         transport.abort()
         chan.abort()
-        globals()["STATE"] = state  # dropped only at interpreter exit
+        globals().setdefault("STATES", []).append(state)  # dropped only at interpreter exit
 
     for factory in (asyncio.new_event_loop, uvloop.new_event_loop):
-        loop = factory()
-        loop.run_until_complete(main())  # neither closed nor cleaned up
+        for engine in ("msg_zerocopy", "io_uring"):  # io_uring: SQEs hold cffi exports of the views
+            loop = factory()
+            loop.run_until_complete(main(engine))  # neither closed nor cleaned up
     """
 )
 # asyncio reports each failed future nobody retrieved, on stderr; nothing else may appear.
