@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fcntl
 import io
 import os
 import socket
 import stat
 import struct
-import termios
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Iterable, cast
 
 from .base import TransportOptions, ZeroCopyTransportBase, byte_view, logger
 from .completions import Completion, WriteHandle
 from .policy import ZeroCopyState
-from .readiness import EPOLLHUP, Multiplexer
+from .readiness import Multiplexer
+from .streamread import StreamReading, on_uvloop
 
 # One os.sendfile call moves at most this much; the socket buffer limits it long before.
 _SENDFILE_MAX = 1 << 30
@@ -35,7 +34,6 @@ def _immutable(data: bytes | bytearray | memoryview) -> bool:
     return type(data) is memoryview and type(data.obj) is bytes
 
 
-_READS_PER_EVENT = 16
 # writelines() gathers at most this many items into one sendmsg (IOV_MAX is 1024).
 _GATHER_MAX = 64
 
@@ -81,7 +79,7 @@ class _FileSegment:
             self.future.set_exception(exc)
 
 
-class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
+class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport):
     """TCP transport over MSG_ZEROCOPY (or another engine); see the module docstring."""
 
     # io_uring: at most one zero-copy send in flight (stream order); its result advances the
@@ -116,21 +114,10 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             server._attach(self)
         loop.call_soon(self._connection_made, waiter)
 
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._read_once = self._read_path(protocol)
-        super().set_protocol(protocol)
-
-    def _read_path(self, protocol: asyncio.BaseProtocol) -> Callable[[], bool]:
-        # uvloop's rule, which covers asyncio's isinstance(BufferedProtocol): uvloop's own
-        # tests use a get_buffer() protocol that subclasses neither.
-        if hasattr(protocol, "get_buffer") and not isinstance(protocol, asyncio.Protocol):
-            return self._read_into_buffer
-        return self._read_data
-
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         # The stock transports differ once the fd is closed: asyncio gives the closed socket,
         # uvloop None (its test_tcp_handle_abort_in_connection_made). Follow the loop's own.
-        if name == "socket" and self._sock is None and _on_uvloop(self._loop):
+        if name == "socket" and self._sock is None and on_uvloop(self._loop):
             sock = self._extra.get("socket")
             if sock is None or sock.fileno() == -1:
                 return default
@@ -152,115 +139,6 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
         # reading keeps that from spinning the loop while completions can still arrive.
         edge = self._closing or (self._hup and not read)
         return Multiplexer.mask(read=read, write=write, edge=edge)
-
-    def _read_ready(self, events: int) -> None:
-        if not self._reading or self._eof_received or self._closing:
-            if events & EPOLLHUP and not self._hup:
-                self._hup = True
-                self._update_mask()
-            return
-        # Like libuv, keep reading while reads fill the buffer: one readiness dispatch per
-        # socket-buffer's worth instead of one per recv.
-        for _ in range(_READS_PER_EVENT):
-            if not self._read_once() or not self._reading or self._closing:
-                return
-
-    def _read_data(self) -> bool:
-        """One recv for a Protocol; True if it filled the read size (more is likely waiting)."""
-        assert self._sock is not None
-        try:
-            data = self._sock.recv(self._options.read_size)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            self._fatal_error(exc, "Fatal read error on socket transport")
-            return False
-        if not data:
-            self._on_end_of_data()
-            return False
-        try:
-            self._protocol.data_received(data)  # type: ignore[attr-defined]
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
-            return False
-        return len(data) == self._options.read_size and self._sock is not None
-
-    def _read_into_buffer(self) -> bool:
-        """One recv_into a BufferedProtocol's buffer; True if it filled it."""
-        assert self._sock is not None
-        try:
-            buf = self._protocol.get_buffer(-1)  # type: ignore[attr-defined]
-            size = len(buf)
-            if not size:
-                raise RuntimeError("get_buffer() returned an empty buffer")
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(self._get_buffer_error(exc), "Fatal error: protocol.get_buffer() call failed.")
-            return False
-        try:
-            nbytes = self._sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            self._fatal_error(exc, "Fatal read error on socket transport")
-            return False
-        if not nbytes:
-            self._on_end_of_data()
-            return False
-        try:
-            self._protocol.buffer_updated(nbytes)  # type: ignore[attr-defined]
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
-            return False
-        return nbytes == size and self._sock is not None
-
-    def _get_buffer_error(self, exc: BaseException) -> BaseException:
-        """What connection_lost gets when get_buffer() failed: the exception itself, as
-        asyncio; on uvloop, uvloop's own RuntimeError, which its tests look for."""
-        if not _on_uvloop(self._loop):
-            return exc
-        error = RuntimeError("unhandled error (or an empty buffer) in get_buffer()")
-        error.__cause__ = exc
-        return error
-
-    def _on_end_of_data(self) -> None:
-        if self._read_error is not None:
-            self._fatal_error(self._read_error)
-        else:
-            self._on_eof()
-
-    def _on_socket_error(self, exc: OSError) -> None:
-        # A reset does not discard what had arrived before it; reading SO_ERROR cleared the
-        # error, so the data is readable and recv() then reports EOF, where the stashed error
-        # is delivered instead. With nothing queued there is nothing to wait for.
-        if self._read_error is None and _unread_bytes(self._fd) > 0:
-            self._read_error = exc
-            return
-        self._fatal_error(exc)
-
-    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
-        # After a stashed reset, a send fails with EPIPE: report what the peer did instead.
-        if self._read_error is not None and isinstance(exc, OSError):
-            exc = self._read_error
-        super()._fatal_error(exc, message)
-
-    def _on_eof(self) -> None:
-        self._eof_received = True
-        self._update_mask()
-        try:
-            keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
-            return
-        if not keep_open:
-            self.close()
 
     def _write_ready(self) -> None:
         self._flush()
@@ -611,22 +489,6 @@ class ZeroCopyTransport(ZeroCopyTransportBase, asyncio.Transport):
             if self._server is not None:
                 self._server._detach(self)
                 self._server = None
-
-
-def _on_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return False
-    return isinstance(loop, uvloop.Loop)
-
-
-def _unread_bytes(fd: int) -> int:
-    """Bytes received and not yet read (SIOCINQ; a FIN is not counted)."""
-    try:
-        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-    except OSError:
-        return 0
 
 
 def _file_end(file: Any, offset: int, count: int | None) -> int:

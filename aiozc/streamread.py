@@ -1,0 +1,167 @@
+"""The read side of the TCP transport: Protocol and BufferedProtocol reads, EOF, and a peer's
+reset delivered after the data that came before it; asyncio's rules for callbacks that raise."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import struct
+import termios
+from typing import Any, Callable
+
+from .readiness import EPOLLHUP
+
+_READS_PER_EVENT = 16
+
+
+class StreamReading:
+    """Mixed into ZeroCopyTransport ahead of ZeroCopyTransportBase, which provides the socket,
+    the protocol, ``_update_mask``, ``close`` and ``_fatal_error`` (reached through super())."""
+
+    _sock: Any
+    _fd: int
+    _loop: asyncio.AbstractEventLoop
+    _protocol: Any
+    _options: Any
+    _reading: bool
+    _closing: bool
+    _eof_received: bool
+    _hup: bool
+    _read_error: OSError | None
+    _read_once: Callable[[], bool]
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._read_once = self._read_path(protocol)
+        super().set_protocol(protocol)
+
+    def _read_path(self, protocol: asyncio.BaseProtocol) -> Callable[[], bool]:
+        # uvloop's rule, which covers asyncio's isinstance(BufferedProtocol): uvloop's own
+        # tests use a get_buffer() protocol that subclasses neither.
+        if hasattr(protocol, "get_buffer") and not isinstance(protocol, asyncio.Protocol):
+            return self._read_into_buffer
+        return self._read_data
+
+    def _read_ready(self, events: int) -> None:
+        if not self._reading or self._eof_received or self._closing:
+            if events & EPOLLHUP and not self._hup:
+                self._hup = True
+                self._update_mask()
+            return
+        # Like libuv, keep reading while reads fill the buffer: one readiness dispatch per
+        # socket-buffer's worth instead of one per recv.
+        for _ in range(_READS_PER_EVENT):
+            if not self._read_once() or not self._reading or self._closing:
+                return
+
+    def _read_data(self) -> bool:
+        """One recv for a Protocol; True if it filled the read size (more is likely waiting)."""
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(self._options.read_size)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return False
+        if not data:
+            self._on_end_of_data()
+            return False
+        try:
+            self._protocol.data_received(data)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            return False
+        return len(data) == self._options.read_size and self._sock is not None
+
+    def _read_into_buffer(self) -> bool:
+        """One recv_into a BufferedProtocol's buffer; True if it filled it."""
+        assert self._sock is not None
+        try:
+            buf = self._protocol.get_buffer(-1)  # type: ignore[attr-defined]
+            size = len(buf)
+            if not size:
+                raise RuntimeError("get_buffer() returned an empty buffer")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(self._get_buffer_error(exc), "Fatal error: protocol.get_buffer() call failed.")
+            return False
+        try:
+            nbytes = self._sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return False
+        if not nbytes:
+            self._on_end_of_data()
+            return False
+        try:
+            self._protocol.buffer_updated(nbytes)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+            return False
+        return nbytes == size and self._sock is not None
+
+    def _get_buffer_error(self, exc: BaseException) -> BaseException:
+        """What connection_lost gets when get_buffer() failed: the exception itself, as
+        asyncio; on uvloop, uvloop's own RuntimeError, which its tests look for."""
+        if not on_uvloop(self._loop):
+            return exc
+        error = RuntimeError("unhandled error (or an empty buffer) in get_buffer()")
+        error.__cause__ = exc
+        return error
+
+    def _on_end_of_data(self) -> None:
+        if self._read_error is not None:
+            self._fatal_error(self._read_error)
+        else:
+            self._on_eof()
+
+    def _on_socket_error(self, exc: OSError) -> None:
+        # A reset does not discard what had arrived before it; reading SO_ERROR cleared the
+        # error, so the data is readable and recv() then reports EOF, where the stashed error
+        # is delivered instead. With nothing queued there is nothing to wait for.
+        if self._read_error is None and _unread_bytes(self._fd) > 0:
+            self._read_error = exc
+            return
+        self._fatal_error(exc)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        # After a stashed reset, a send fails with EPIPE: report what the peer did instead.
+        if self._read_error is not None and isinstance(exc, OSError):
+            exc = self._read_error
+        super()._fatal_error(exc, message)
+
+    def _on_eof(self) -> None:
+        self._eof_received = True
+        self._update_mask()
+        try:
+            keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+
+def on_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return False
+    return isinstance(loop, uvloop.Loop)
+
+
+def _unread_bytes(fd: int) -> int:
+    """Bytes received and not yet read (SIOCINQ; a FIN is not counted)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
