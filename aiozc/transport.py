@@ -305,16 +305,25 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
             future.set_exception(ConnectionResetError("connection lost during write_zc()"))
 
     def _enqueue_copy(self, data: bytes | bytearray | memoryview) -> None:
-        view = byte_view(data) if isinstance(data, memoryview) else memoryview(data)
-        with view:
-            sent = 0
-            if not self._queue:
-                sent = self._try_send_now(view)
-                if sent < 0:
-                    return
-            if sent == len(view):
+        if type(data) is bytes:
+            # The common small write (aiohttp's joined headers and body) goes to send() as it
+            # is, without a memoryview around it.
+            sent = self._try_send_now(data) if not self._queue else 0  # type: ignore[arg-type]
+            if sent < 0 or sent == len(data):
                 return
-            self._append_copy(view[sent:])
+            with memoryview(data) as view:
+                self._append_copy(view[sent:])
+        else:
+            view = byte_view(data) if isinstance(data, memoryview) else memoryview(data)
+            with view:
+                sent = 0
+                if not self._queue:
+                    sent = self._try_send_now(view)
+                    if sent < 0:
+                        return
+                if sent == len(view):
+                    return
+                self._append_copy(view[sent:])
         self._update_mask()
         self._maybe_pause_protocol()
 

@@ -46,3 +46,17 @@ async def test_a_zero_copy_item_keeps_its_own_send() -> None:
         assert await pair.read_all(len(head) + len(body)) == head + body
     finally:
         pair.close()
+
+
+async def test_small_bytes_writes_sent_partly_arrive_whole_and_in_order() -> None:
+    # Below the zero-copy threshold, bytes go to send() as they are; a partial send queues
+    # the rest (a copy), and later writes queue behind it.
+    pair = await connect_pair(peer_rcvbuf=4096, engine="copy")
+    try:
+        pieces = [os.urandom(8000) for _ in range(1000)]
+        for piece in pieces:
+            pair.transport.write(piece)
+        expected = b"".join(pieces)
+        assert await pair.read_all(len(expected)) == expected
+    finally:
+        pair.close()
