@@ -334,3 +334,64 @@ def test_size_classes_waste_at_most_an_eighth() -> None:
     for n in [POOLED_MIN, 300_000, 4 * MiB, 4 * MiB + 1, 256 * MiB, 257 * MiB, 1000 * MiB + 3]:
         c = size_class(n)
         assert c >= n and c % 4096 == 0 and (c - n) <= n / 8 + 4096
+
+
+ABORT_LOOP = """
+import asyncio, gc, sys
+import numpy as np
+from distributed.comm import connect, listen
+from distributed.comm.core import CommClosedError
+from distributed.protocol import to_serialize
+import aiozc.dask as zcdask
+
+async def one(i, listener, accepted):
+    client = await connect(listener.contact_address)
+    server = await accepted.get()
+    read = asyncio.ensure_future(server.read())
+    write = asyncio.ensure_future(client.write({"x": to_serialize(np.full(8 << 20, i % 251, np.uint8))}))
+    while not read.done() and not (server._protocol._message and server._protocol._message.filled):
+        await asyncio.sleep(0)
+    mid = not read.done()
+    (client if i % 2 else server).abort()
+    outcomes = await asyncio.wait_for(asyncio.gather(read, write, return_exceptions=True), 10)
+    if mid:
+        assert all(isinstance(o, CommClosedError) for o in outcomes), outcomes
+    for _ in range(1000):
+        if client.transport.stats.pinned_bytes == 0:
+            break
+        await asyncio.sleep(0.001)
+    assert client.transport.stats.pinned_bytes == 0
+    client.abort(); server.abort()
+    return mid
+
+async def main():
+    accepted = asyncio.Queue()
+    async def handle(comm):
+        await accepted.put(comm)
+    listener = listen("zc://127.0.0.1:0", handle)
+    await listener.start()
+    mids = [await one(i, listener, accepted) for i in range(100)]
+    listener.stop()
+    gc.collect()
+    assert zcdask.receive_pool().outstanding == 0, zcdask.receive_pool().outstanding
+    print("mid-message aborts:", sum(mids))
+
+asyncio.run(main())
+"""
+
+
+def test_hundred_aborts_mid_message_then_a_clean_exit() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", ABORT_LOOP], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": path})
+    assert out.returncode == 0, out.stderr[-3000:]
+    aborted_mid = int(out.stdout.rsplit(":", 1)[1])
+    assert aborted_mid >= 50, out.stdout
+    for noise in ("Task was destroyed", "Exception ignored", "Unclosed", "Traceback"):
+        assert noise not in out.stderr, out.stderr[-3000:]
