@@ -323,6 +323,26 @@ def test_pool_reuses_buffers_once_dask_drops_them() -> None:
     assert pool.mapped == 1
 
 
+def _thp_mode() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "absent"
+    return text.split("[", 1)[1].split("]", 1)[0]
+
+
+@pytest.mark.skipif(_thp_mode() not in ("madvise", "always"), reason="transparent huge pages unavailable")
+def test_big_fresh_buffers_fault_per_huge_page_not_per_page() -> None:
+    import resource
+
+    pool = ReceivePool(max_idle_bytes=0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    buf = pool.acquire(32 * MiB)
+    np.frombuffer(buf, np.uint8)[:] = 1
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 32 * 256 // 4, faults  # 4 KiB pages would be 8192
+
+
 def test_pool_keeps_no_more_idle_than_its_cap() -> None:
     pool = ReceivePool(max_idle_bytes=3 * MiB)
     buffers = [pool.acquire(MiB) for _ in range(5)]

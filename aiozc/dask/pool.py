@@ -14,11 +14,13 @@ from __future__ import annotations
 import mmap
 import threading
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
 POOLED_MIN = 256 << 10
 ALIGN = 64
+HUGE_PAGE = 2 << 20
 
 
 def size_class(nbytes: int) -> int:
@@ -31,7 +33,7 @@ def size_class(nbytes: int) -> int:
 class ReceivePool:
     def __init__(self, max_idle_bytes: int) -> None:
         self.max_idle_bytes = max_idle_bytes
-        self._idle: dict[int, list[mmap.mmap]] = {}
+        self._idle: dict[int, list[_Region]] = {}
         self._idle_bytes = 0
         self._lock = threading.Lock()  # finalizers run wherever the last slice dies (offload threads)
         self.mapped = 0  # new mappings made: a reuse makes none
@@ -49,20 +51,20 @@ class ReceivePool:
         cls = size_class(nbytes)
         region = self._take_idle(cls)
         if region is None:
-            region = mmap.mmap(-1, cls)  # anonymous: page-aligned
+            region = _new_region(cls)
             self.mapped += 1
         else:
             self.reused += 1
         # Its death tells us the buffer is free. It must be made from the mmap itself, not as a
         # view of another array: numpy collapses a view's base to the array owning the memory,
         # so an array dask makes from a slice would skip an intermediate view and let it die.
-        handed = np.frombuffer(region, dtype=np.uint8, count=nbytes)
+        handed = np.frombuffer(region.mapping, dtype=np.uint8, count=nbytes, offset=region.offset)
         with self._lock:
             self.outstanding += 1
         weakref.finalize(handed, self._give_back, region)
         return memoryview(handed)
 
-    def _take_idle(self, cls: int) -> mmap.mmap | None:
+    def _take_idle(self, cls: int) -> _Region | None:
         with self._lock:
             bucket = self._idle.get(cls)
             if not bucket:
@@ -70,8 +72,8 @@ class ReceivePool:
             self._idle_bytes -= cls
             return bucket.pop()
 
-    def _give_back(self, region: mmap.mmap) -> None:
-        cls = len(region)
+    def _give_back(self, region: _Region) -> None:
+        cls = region.size
         with self._lock:
             self.outstanding -= 1
             if self._idle_bytes + cls > self.max_idle_bytes:
@@ -83,6 +85,36 @@ class ReceivePool:
         with self._lock:
             self._idle.clear()
             self._idle_bytes = 0
+
+
+@dataclass(frozen=True)
+class _Region:
+    mapping: mmap.mmap
+    offset: int  # where the buffer starts: a huge-page boundary for big ones
+    size: int
+
+
+def _new_region(nbytes: int) -> _Region:
+    """An anonymous (page-aligned) mapping. From 2 MiB up, started on a 2 MiB boundary inside a
+    mapping 2 MiB larger (the slack is never touched, so never resident) and advised for
+    transparent huge pages (THP is "madvise" here): 256 faults per MiB on first touch with 4 KiB
+    pages, 0.5-1 with huge pages (measured). An mmap of 32 MiB alone came back 4 KiB-aligned: no THP.
+    """
+    if nbytes < HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return _Region(_anonymous(nbytes), 0, nbytes)
+    mapping = _anonymous(nbytes + HUGE_PAGE)
+    address = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
+    offset = -address % HUGE_PAGE
+    try:
+        mapping.madvise(mmap.MADV_HUGEPAGE, offset, nbytes)
+    except OSError:  # THP compiled out or disabled: 4 KiB pages
+        pass
+    return _Region(mapping, offset, nbytes)
+
+
+def _anonymous(nbytes: int) -> mmap.mmap:
+    # Private: mmap's default MAP_SHARED is shmem, which gets no huge pages (shmem_enabled).
+    return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 def _aligned_small(nbytes: int) -> memoryview:
