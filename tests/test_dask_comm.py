@@ -294,10 +294,28 @@ def test_shards_of_one_array_form_one_group_even_with_a_short_tail() -> None:
     assert wire.group_frames(frames) == (2, 4, 1, 2)
 
 
-def test_small_frames_share_groups_of_about_a_mib() -> None:
-    frames = [memoryview(np.zeros(32 << 10, np.uint8)) for _ in range(100)]
-    sizes = wire.group_frames(frames)
-    assert sum(sizes) == 100 and max(sizes) <= 33 and len(sizes) == 4
+def test_small_bytes_frames_share_groups_of_about_a_mib_arrays_never_share() -> None:
+    frames = [b"h" * 100, *(bytes(32 << 10) for _ in range(40)), memoryview(np.zeros(10, np.uint8)),
+              memoryview(np.zeros(10, np.uint8)), b"tail"]
+    assert wire.group_frames(frames) == (33, 8, 1, 1, 1)
+
+
+async def test_two_small_arrays_in_one_message_get_separate_buffers(pair: Pair) -> None:
+    """distributed's test_do_not_share_buffers: one kept alive must not pin the other's memory."""
+    a, b = np.array([1, 2]), np.arange(5000, dtype=np.int64)
+    got = await _roundtrip(pair, {"data": [to_serialize(a), to_serialize(b)], "pickled": to_serialize([a, b])})
+    first, second = got["data"]
+    assert np.array_equal(first, a) and np.array_equal(second, b)
+    assert _host_buffer(first) is not _host_buffer(second)
+    p1, p2 = got["pickled"]
+    assert _host_buffer(p1) is not _host_buffer(p2)
+
+
+def _host_buffer(array: np.ndarray) -> object:
+    base = array
+    while getattr(base, "base", None) is not None:
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else base
 
 
 def test_pool_reuses_buffers_once_dask_drops_them() -> None:

@@ -24,8 +24,11 @@ MAGIC = b"zcD1"
 PREFIX = struct.Struct("<4sIII")
 PREFIX_SIZE = PREFIX.size
 
-# Frames below this are "small": consecutive small frames share one receive buffer, up to
-# SMALL_GROUP_BYTES, so 2048 x 32 KiB arrays cost 64 allocations and recv calls, not 2048.
+# bytes frames (msgpack, pickles, compressed data) below SMALL_FRAME share one receive buffer,
+# up to SMALL_GROUP_BYTES: they are dropped as soon as they are deserialized. Object buffers
+# (arrays) never share one, whatever their size: an array kept alive must not keep its
+# neighbours' memory alive (dask's tcp comm has the same rule; distributed's
+# test_do_not_share_buffers).
 SMALL_FRAME = 64 << 10
 SMALL_GROUP_BYTES = 1 << 20
 
@@ -73,16 +76,17 @@ def _exporter(frame: object) -> object | None:
 
 
 def group_frames(frames: Sequence[object]) -> tuple[int, ...]:
-    """Group sizes for ``frames``: each large frame with its following shards, small ones pooled."""
+    """Group sizes for ``frames``: each object buffer with its following shards in a group of its
+    own, large bytes frames alone, small bytes frames together."""
     sizes: list[int] = []
     prev_owner: object | None = None
-    small_bytes = -1  # bytes in the open small group; -1: no small group open
+    small_bytes = -1  # bytes in the open group of small bytes frames; -1: none open
     for frame in frames:
         n = frame_nbytes(frame)
         owner = _exporter(frame)
-        if owner is not None and owner is prev_owner and small_bytes < 0:
+        if owner is not None and owner is prev_owner:
             sizes[-1] += 1  # the next shard of the same array, however short
-        elif n >= SMALL_FRAME:
+        elif owner is not None or n >= SMALL_FRAME:
             sizes.append(1)
             small_bytes = -1
         elif 0 <= small_bytes < SMALL_GROUP_BYTES:
@@ -91,7 +95,7 @@ def group_frames(frames: Sequence[object]) -> tuple[int, ...]:
         else:
             sizes.append(1)
             small_bytes = n
-        prev_owner = owner if small_bytes < 0 else None
+        prev_owner = owner
     return tuple(sizes)
 
 
