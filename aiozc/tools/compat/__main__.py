@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     runs: list[runner.Run] = []
     for suite in chosen:
-        for base in args.base or loops.BASES:
+        for base in [b for b in args.base or loops.BASES if b in suite.bases()]:
             for mode in args.mode or loops.MODES:
                 run = runner.run_suite(runner.Run(suite.name, base, mode), srcs[suite.source], workdir,
                                        timeout=args.timeout, shim=args.shim, only=args.only)
@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     if str(args.doc) == "-":
         print(doc.generated(runs, header))
         return
+    fresh = list(runs)
     runs = _merged(args.doc.with_suffix(".json"), runs)
-    if len(runs) > len(chosen) * len(args.base or loops.BASES) * len(args.mode or loops.MODES):
+    if len(runs) > len(fresh):
         header.append("Partial rerun: the runs not selected this time are kept from docs/compat.json.")
     doc.write(args.doc, doc.generated(runs, header))
     data = [{"suite": r.suite, "base": r.base, "mode": r.mode, "seconds": r.seconds, "results": r.results}

@@ -92,7 +92,14 @@ RULES: list[Reason] = [
            test="test_create_*_wrong_sock", suite="uvloop/test_tcp"),
     Reason("core", "wrong sock= for UDP: asyncio and uvloop say 'A UDP Socket was expected', aiozc "
            "'A datagram socket was expected'", test="test_create_datagram_endpoint_wrong_sock"),
+    Reason("loop", "TLS + sendfile to a peer that closes: the TLS close waits for asyncio's 30 s SSL shutdown "
+           "timeout in 2 of 3 runs (29.4 s; stock asyncio 0.3 s), so the test exceeds the per-test timeout",
+           suite="cpython/test_sendfile", test="test_sendfile_ssl*", detail="no result after"),
     # -- transport contract ------------------------------------------------------------------
+    Reason("tcp", "get_extra_info('socket') is None once the transport has closed (the server side closes "
+           "at once, and aiozc released the socket before create_connection returned); uvloop still "
+           "returns its socket object then. Timing-dependent: skipped ('fd not reused') in other runs",
+           test="test_create_connection_sock_cancel_fd_leak", detail="no attribute 'fileno'"),
     Reason("tcp", "a protocol with get_buffer()/buffer_updated() that is not a BufferedProtocol subclass: "
            "uvloop picks the buffered read path by duck typing (asyncio by isinstance); aiozc calls the "
            "missing data_received, and the AttributeError leaves the connection open (#11 point 1)",

@@ -28,6 +28,12 @@ class Suite:
     classes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # base -> class names
     # base -> test methods left out, with the reason in EXCLUDED_WHY (printed in docs/compat.md)
     exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # uvloop's files skip some tests where ``implementation == "asyncio"``; set to "uvloop" to
+    # run those on asyncio's loop anyway (what asyncio's own SSLProtocol does with them)
+    implementation: str | None = None
+
+    def bases(self) -> tuple[str, ...]:
+        return tuple(self.classes)
 
     def class_names(self, base: str) -> tuple[str, ...]:
         return self.classes[base]
@@ -53,6 +59,8 @@ SUITES: dict[str, Suite] = {
     for s in (
         _uv("uvloop/test_tcp", "tests.test_tcp", "Test_UV_TCP", "Test_AIO_TCP"),
         _uv("uvloop/test_tcp:ssl", "tests.test_tcp", "Test_UV_TCPSSL", "Test_AIO_TCPSSL"),
+        Suite("uvloop/test_tcp:ssl-uvloop-only", "uvloop", "tests.test_tcp",
+              {"asyncio": ("Test_AIO_TCPSSL",)}, implementation="uvloop"),
         _uv("uvloop/test_udp", "tests.test_udp", "Test_UV_UDP", "Test_AIO_UDP"),
         _cp("cpython/test_events", "test.test_asyncio.test_events", "EPollEventLoopTests",
             uvloop_exclude=("test_add_signal_handler", "test_bidirectional_pty")),
@@ -78,7 +86,10 @@ def load(suite: Suite, base: str) -> list[unittest.TestCase]:
     loader = unittest.TestLoader()
     tests: list[unittest.TestCase] = []
     for class_name in suite.class_names(base):
-        tests += _iter_tests(loader.loadTestsFromTestCase(getattr(module, class_name)))
+        case = getattr(module, class_name)
+        if suite.implementation is not None:
+            case.implementation = suite.implementation
+        tests += _iter_tests(loader.loadTestsFromTestCase(case))
     excluded = suite.exclude.get(base, ())
     return [t for t in tests if t.id().rsplit(".", 1)[-1] not in excluded]
 
