@@ -44,6 +44,8 @@ from . import udp_cases
 TCP_WRITE = 64 << 10
 UDP_SIZE = 64000
 DEFAULT_CALLS = {"udp": 1024, "tcp": 256, "web": 128}
+# udp + tcp: ~3-6 minutes on this machine; web adds 1-2 minutes per case (12 cases).
+DEFAULT_FAMILIES = ("udp", "tcp")
 WARMUP_CALLS = {"udp": 256, "tcp": 64, "web": 64}
 
 
@@ -354,7 +356,7 @@ def print_table(counts: list[Count]) -> None:
 
 def _options(args: Any) -> argparse.Namespace:
     return argparse.Namespace(
-        families=list(getattr(args, "families", None) or ["udp", "tcp", "web"]),
+        families=list(getattr(args, "families", None) or DEFAULT_FAMILIES),
         loops=list(getattr(args, "loops", None) or ["asyncio", "uvloop"]),
         kinds=list(getattr(args, "kinds", None) or []),
         calls=getattr(args, "calls", None),
@@ -378,8 +380,9 @@ def run(args: Any = None) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--families", nargs="+", choices=["udp", "tcp", "web"], default=["udp", "tcp", "web"],
-                        help="udp: datagrams into the sink; tcp: 64 KiB writes; web: aiohttp requests")
+    parser.add_argument("--families", nargs="+", choices=["udp", "tcp", "web"], default=list(DEFAULT_FAMILIES),
+                        help="udp: datagrams into the sink; tcp: 64 KiB writes; web: aiohttp requests "
+                        "(not by default: ~1-2 minutes per case under callgrind)")
     parser.add_argument("--loops", nargs="+", choices=["asyncio", "uvloop"], default=["asyncio", "uvloop"])
     parser.add_argument("--kinds", nargs="+", choices=sorted({c.kind for c in CASES}), default=None,
                         help="only these case kinds")
