@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import mmap
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -247,7 +248,8 @@ def _one_call(sock: socket.socket, fd: int, pool: RegionPool, slot: tuple[mmap.m
     else:
         pool.put_back_unused(slot)
     if zc.err:
-        step.error = OSError(zc.err, f"socket error {errno.errorcode.get(zc.err, zc.err)}")
+        code = -zc.err  # the kernel stores sock_error(), a negative errno
+        step.error = OSError(code, os.strerror(code))  # ConnectionResetError for ECONNRESET
         return False
     if zc.recv_skip_hint:
         return _copy(sock, zc.recv_skip_hint, step)

@@ -162,7 +162,7 @@ def _probe_getsockopt(address: int) -> str | None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
-        with socket.create_connection(listener.getsockname()) as client:
+        with socket.create_connection(listener.getsockname()):
             server, _ = listener.accept()
             with server:
                 try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import tls as _tls
 from .._sys import kernel as _kernel
+from .._sys import zcrx as _zcrx
 
 
 def _read(path: str) -> str:
@@ -53,6 +54,14 @@ def _await_notification(sock: socket.socket) -> str:
     return "no notification within 1s"
 
 
+def _zerocopy_receive() -> str:
+    reason = _zcrx.zerocopy_receive_unavailable()
+    if reason is not None:
+        return f"unavailable: {reason}"
+    return ("mmap + getsockopt work (pages map only from a MSG_ZEROCOPY sender; "
+            "MSS a multiple of 4096 for ~100%)")
+
+
 def _memlock() -> str:
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     fmt = lambda v: "unlimited" if v == resource.RLIM_INFINITY else f"{v // 1024} KiB"  # noqa: E731
@@ -93,6 +102,8 @@ def probe() -> list[tuple[str, str]]:
         ("SO_ZEROCOPY on TCP", _so_zerocopy(socket.SOCK_STREAM)),
         ("SO_ZEROCOPY on UDP", _so_zerocopy(socket.SOCK_DGRAM)),
         ("loopback TCP MSG_ZEROCOPY", _loopback_report()),
+        ("TCP_ZEROCOPY_RECEIVE", _zerocopy_receive()),
+        ("sendmsg SCM_ZC_NOTIFICATION", _zcrx.sendmsg_notifications_status()),
         ("RLIMIT_MEMLOCK", _memlock()),
         ("net.core.optmem_max", _read("/proc/sys/net/core/optmem_max") + " bytes"),
         ("io_uring_disabled sysctl", _read("/proc/sys/kernel/io_uring_disabled")),
