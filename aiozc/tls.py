@@ -121,8 +121,11 @@ def app_transport(ssl_protocol: sslproto.SSLProtocol) -> asyncio.Transport:
 
 
 def is_aiozc_transport(transport: Any) -> bool:
+    """An aiozc transport, or asyncio's TLS transport over one (start_tls inside TLS)."""
     from .transport import ZeroCopyTransport
 
+    while isinstance(transport, sslproto._SSLProtocolTransport):
+        transport = getattr(transport._ssl_protocol, "_transport", None)
     return isinstance(transport, ZeroCopyTransport)
 
 

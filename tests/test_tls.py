@@ -316,3 +316,30 @@ async def test_connect_accepted_socket_serves_tls(
         assert await reader.readexactly(8) == b"over tls"
         client_writer.close()
         transport.close()
+
+
+async def test_start_tls_over_an_aiozc_tls_connection(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """TLS inside TLS: start_tls() on the TLS transport of an aiozc connection (uvloop's
+    test_create_server_ssl_over_ssl hung on the uvloop base: the outer transport was refused)."""
+
+    async def upgrade_then_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.readexactly(8) == b"STARTTLS"
+        writer.write(b"GO AHEAD")
+        await _upgrade(writer, server_ctx, server_side=True)
+        await _echo(reader, writer)
+
+    server = await aiozc.start_server(upgrade_then_echo, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await aiozc.open_connection(
+        "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+    )
+    writer.write(b"STARTTLS")
+    assert await reader.readexactly(8) == b"GO AHEAD"
+    outer = writer.transport
+    inner = await _upgrade(writer, client_ctx, server_side=False)
+    assert inner.get_extra_info("ssl_object") is not outer.get_extra_info("ssl_object")
+    assert await _round_trip(reader, writer) == PAYLOAD
+    server.close()
+    await server.wait_closed()
