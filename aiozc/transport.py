@@ -37,19 +37,20 @@ def _immutable(data: bytes | bytearray | memoryview) -> bool:
 # writelines() gathers at most this many items into one sendmsg (IOV_MAX is 1024).
 _GATHER_MAX = 64
 
-# A peer advertising a receive window below this gets copies, not MSG_ZEROCOPY. Measured here
-# (kernel 6.18, loopback): a peer with SO_RCVBUF 4096 (window 4096) made zero-copy writes crawl,
-# 64 KiB in ~27 s against 0.03 s copied, with 47 retransmits and 51 tail-loss probes per 256 KiB;
-# plain sockets do the same, so it is the kernel's handling of zero-copy skbs (the receiver's
-# prune/drop counters rose, a copied send's skbs fit the tiny buffer), not aiozc. The sender's own
-# SO_SNDBUF did not matter (4096 with a default peer: no crawl). A default peer advertises ~64 KiB
-# at connect and more once autotuned, so this only catches deliberately tiny peer buffers, and a
-# slow reader's shrunk window costs only a copy the kernel would make on one host anyway.
+# A peer whose advertised receive window stayed below this for the last _PEER_WINDOW_SPAN gets
+# copies, not MSG_ZEROCOPY. Measured here (kernel 6.18, loopback): a peer with SO_RCVBUF 4096
+# (window 4096) made zero-copy writes crawl, 64 KiB in ~27 s against 0.03 s copied, with 47
+# retransmits and 51 tail-loss probes per 256 KiB; plain sockets do the same, so it is the
+# kernel's handling of zero-copy skbs against a tiny receive buffer (the receiver's prune/drop
+# counters rose), not aiozc. The sender's own SO_SNDBUF did not matter (4096 with a default peer:
+# no crawl). A default peer advertises ~64 KiB at connect and more once autotuned.
 _MIN_PEER_WINDOW = 32 * 1024
+# The peak over this span decides, not the last reading: a slow reader's window is 0 while its
+# (large) buffer is full, and that must not cost zero-copy; a tiny buffer never opens wider.
+_PEER_WINDOW_SPAN = 1.0
 # struct tcp_info's tcpi_snd_wnd (Linux 5.4+): the peer's advertised window after scaling.
 _TCPI_SND_WND = struct.Struct("=228xI")
-# One reading serves this long: the getsockopt costs ~3 us here and a write can ask twice; a
-# tiny peer buffer is a setting, not a moment, so a 10 ms old reading still names it.
+# One reading serves this long: the getsockopt costs ~3 us here and a write can ask twice.
 _PEER_WINDOW_MAX_AGE = 0.01
 
 
@@ -122,8 +123,8 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
         # after that data, as the stock transports do (their recv() reports it at the end).
         self._read_error: OSError | None = None
         self._server = server
-        self._peer_window_at = float("-inf")
-        self._peer_window_seen = _MIN_PEER_WINDOW
+        self._peer_window_at = self._peer_window_peak_at = float("-inf")
+        self._peer_window_peak = 0
         asyncio.Transport.__init__(self, extra)
         ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options or TransportOptions(), extra)
         self._read_once = self._read_path(protocol)
@@ -291,12 +292,15 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
         return continuing or self._peer_window() >= _MIN_PEER_WINDOW
 
     def _peer_window(self) -> int:
-        """The peer's advertised receive window, or _MIN_PEER_WINDOW if the kernel cannot say."""
+        """The peak of the peer's advertised receive window over about _PEER_WINDOW_SPAN."""
         now = self._loop.time()
         if now - self._peer_window_at >= _PEER_WINDOW_MAX_AGE:
             self._peer_window_at = now
-            self._peer_window_seen = self._read_peer_window()
-        return self._peer_window_seen
+            seen = self._read_peer_window()
+            if seen >= self._peer_window_peak or now - self._peer_window_peak_at >= _PEER_WINDOW_SPAN:
+                self._peer_window_peak = seen
+                self._peer_window_peak_at = now
+        return self._peer_window_peak
 
     def _read_peer_window(self) -> int:
         if self._sock is None:
