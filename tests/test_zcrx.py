@@ -272,3 +272,22 @@ def test_exhausted_pool_pauses_and_a_release_from_another_thread_resumes(tcp_pai
         assert head + rest == payload
     finally:
         pool.close()
+
+
+def test_mixed_mapped_and_copied_stream_stays_in_order(tcp_pair, pool) -> None:
+    # MSG_ZEROCOPY writes (mappable pages) interleaved with small plain writes (copied).
+    sender, receiver = tcp_pair(True)
+    sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    parts = [os.urandom(256 * 1024) if i % 2 == 0 else os.urandom(1000) for i in range(40)]
+
+    def run() -> None:
+        for i, part in enumerate(parts):
+            sender.sendall(part, kernel.MSG_ZEROCOPY if i % 2 == 0 else 0)
+        sender.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    data, mapped, copied = receive_all(receiver, pool)
+    t.join()
+    assert data == b"".join(parts)
+    assert mapped > 0 and copied > 0
