@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 
 import pytest
@@ -13,7 +14,9 @@ from aiozc.tools import bench_dask  # noqa: E402
 
 def test_proc_counters_see_this_process_work_and_fault() -> None:
     cpu0, faults0 = bench_dask._proc_counters([os.getpid()])
-    block = bytearray(16 << 20)  # zero pages, faulted in when written
+    # A fresh anonymous mapping: a bytearray can reuse heap pages an earlier test already
+    # faulted in (the test failed after tests/test_compat_tool.py in the full suite).
+    block = mmap.mmap(-1, 16 << 20)
     for i in range(0, len(block), 4096):
         block[i] = 1
     sum(range(2_000_000))
