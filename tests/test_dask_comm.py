@@ -433,3 +433,30 @@ def test_hundred_aborts_mid_message_then_a_clean_exit() -> None:
     assert aborted_mid >= 50, out.stdout
     for noise in ("Task was destroyed", "Exception ignored", "Unclosed", "Traceback"):
         assert noise not in out.stderr, out.stderr[-3000:]
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[int] = []
+        self.zc: list[int] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(len(data))
+
+    def write_zc(self, frame: object) -> object:
+        self.zc.append(wire.frame_nbytes(frame))
+        return object()
+
+
+def test_small_frames_go_out_in_bounded_joins_larger_ones_held() -> None:
+    comm = object.__new__(zcdask.ZCComm)
+    comm._transport = _RecordingTransport()
+    comm._zc_threshold = 16 << 10
+    frames = [b"msgpack", *(memoryview(np.zeros(8 << 10, np.uint8)) for _ in range(200)),
+              memoryview(np.zeros(32 << 10, np.uint8))]
+    header, layout = wire.encode_header(frames)
+    comm._send(header, frames, layout)
+    sent = comm._transport
+    assert sent.zc == [32 << 10]
+    assert sum(sent.writes) == len(header) + 7 + 200 * (8 << 10)
+    assert max(sent.writes) <= (256 << 10) + (8 << 10)

@@ -4,7 +4,7 @@
 find it through the entry point group ``distributed.comm.backends``; nanny-started workers are
 fresh interpreters and find it that way too. Importing this module also registers it.
 
-Settings (dask config, all optional): ``distributed.comm.zc.zc-threshold`` (64 KiB: frames this
+Settings (dask config, all optional): ``distributed.comm.zc.zc-threshold`` (16 KiB: frames this
 large go through ``write_zc``), ``pool-bytes`` (idle receive buffers kept per process),
 ``max-message-bytes`` (half the memory limit, as dask's tcp comm caps a read), ``max-frames``,
 ``readahead-bytes`` (unread messages buffered before reading pauses).
