@@ -14,7 +14,7 @@ import pathlib
 import cffi  # type: ignore[import-untyped]
 
 HERE = pathlib.Path(__file__).resolve().parent
-C_SOURCES = ("_core_tracker.c",)
+C_SOURCES = ("_core_tracker.c", "_core_dgram.c")
 
 CDEF = """
 typedef struct zc_tracker {
@@ -35,6 +35,35 @@ typedef struct zc_tracker {
 #define ZC_ERR_UNSENT ...
 #define ZC_ERR_NOMEM ...
 #define ZC_RESOLVED_NOW ...
+
+typedef struct zc_dgram {
+    int fd;
+    int blocked, zerocopy, paused;
+    int64_t threshold, max_size, max_pinned, high_water, drain_every, since_drain;
+    int64_t zc_sends, zc_bytes, copy_sends, copy_bytes, peak_pinned_bytes, errqueue_reads;
+    int64_t notifications, ids_zerocopy, drained_ids, messages;
+    uint32_t msg_errno, msg_info, msg_data;
+    uint8_t msg_origin, msg_type, msg_code;
+    uint8_t msg_addr[28];
+    uint32_t msg_addrlen;
+    ...;
+} zc_dgram;
+
+#define DG_DECLINED ...
+#define DG_TRUNCATED ...
+#define DG_F_RESOLVED ...
+#define DG_F_MESSAGE ...
+#define DG_F_COPY ...
+#define DG_F_PAUSE ...
+#define DG_F_FAILED ...
+#define DG_SLOT_SHIFT ...
+#define DG_COPY_ERRNO ...
+
+zc_dgram *zc_dgram_new(int fd, zc_tracker *t);
+void zc_dgram_free(zc_dgram *d);
+int zc_dgram_drain(zc_dgram *d, int limit);
+int64_t zc_dgram_send(zc_dgram *d, const char *buf, int64_t n);
+int64_t zc_dgram_send_copy(zc_dgram *d, const char *buf, int64_t n);
 
 zc_tracker *zc_tracker_new(uint32_t start_id);
 void zc_tracker_free(zc_tracker *t);
@@ -59,7 +88,9 @@ ffibuilder = cffi.FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "aiozc._sys._core",
-    PRELUDE + "\n".join((HERE / name).read_text() for name in C_SOURCES),
+    PRELUDE
+    + "\n".join((HERE / name).read_text() for name in C_SOURCES)
+    + (HERE / "_core_nogil.h").read_text(),
     extra_compile_args=["-O2", "-std=gnu99", "-Wall", "-Wno-unused-function"],
 )
 

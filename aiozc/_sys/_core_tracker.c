@@ -367,11 +367,12 @@ static int cmp_i64(const void *x, const void *y) {
     return (a > b) - (a < b);
 }
 
-/* on_range: returns how many writes resolved (out arrays), or an error. */
-int64_t zc_on_range(zc_tracker *t, uint32_t lo, uint32_t hi, int copied) {
+/* on_range: returns how many writes resolved (out arrays), or an error. With `append` the
+ * resolved writes are added to those already in the out arrays (a drain of many ranges). */
+static int64_t on_range(zc_tracker *t, uint32_t lo, uint32_t hi, int copied, int append) {
     int64_t length = (int64_t)((uint32_t)(hi - lo)) + 1, newly = 0, nd = 0, capd = 0, i, r;
     int64_t *done = NULL;
-    out_reset(t);
+    if (!append) out_reset(t);
     if (t->outstanding) {
         int64_t window = t->next - ID_SPACE;
         int64_t u_lo = window + ((lo - window) & 0xFFFFFFFF);
@@ -387,7 +388,7 @@ int64_t zc_on_range(zc_tracker *t, uint32_t lo, uint32_t hi, int copied) {
     }
     t->unexpected += length - newly;
     if (!nd) { free(done); return 0; }
-    if (grow_out(t, nd)) goto nomem;
+    if (grow_out(t, t->nout + nd)) goto nomem;
     for (i = 1; i < nd; i++)
         if (done[i] < done[i - 1]) { qsort(done, (size_t)nd, sizeof(int64_t), cmp_i64); break; }
     for (i = 0; i < nd; i++) resolve(t, done[i], rec(t, done[i]));
@@ -401,6 +402,15 @@ nomem:
 }
 
 /* abandon: every unresolved write's slot goes to out_slot, in open order; returns the count. */
+int64_t zc_on_range(zc_tracker *t, uint32_t lo, uint32_t hi, int copied) {
+    return on_range(t, lo, hi, copied, 0);
+}
+
+/* on_range(copied=False) adding to the out arrays (the datagram drain). */
+static int64_t zc_on_range_append(zc_tracker *t, uint32_t lo, uint32_t hi) {
+    return on_range(t, lo, hi, 0, 1);
+}
+
 int64_t zc_abandon(zc_tracker *t) {
     int64_t s, n = 0;
     out_reset(t);
