@@ -17,7 +17,7 @@ import socket
 from typing import Any
 
 from .._sys import kernel as _kernel, mmsg as _mmsg
-from ..base import TransportOptions, ZeroCopyTransportBase
+from ..base import TransportOptions, ZeroCopyTransportBase, byte_view
 from ..completions import Completion
 from ..readiness import Multiplexer
 from . import hot as _hot
@@ -208,9 +208,14 @@ class ZeroCopyDatagramTransport(
             self._flush_coalesced()
         if addr is None and self._hot_send is not None:
             # The compiled path (hot.py): all of it is one C call, a future and a dict entry.
+            kind = buf.__class__
             try:
+                if kind is not memoryview and kind is not bytes and kind is not bytearray:
+                    # What memoryview() refuses (numpy datetime64 & co), cffi would take as
+                    # raw bytes: refuse it the same way (byte_view raises TypeError).
+                    byte_view(buf).release()
                 pin = _hot.from_buffer(buf)
-            except (TypeError, ValueError, BufferError):  # ValueError: numpy datetime64 & co
+            except (TypeError, ValueError, BufferError):
                 return self._sendto_zc(buf, addr)  # raises the error sendto_zc() documents
             nbytes = len(pin)
             r = self._hot_send(self._hot_d, pin, nbytes)
