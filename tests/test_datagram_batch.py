@@ -121,6 +121,18 @@ async def test_bad_batches_send_nothing() -> None:
     await p.lost
 
 
+async def test_one_buffer_instead_of_an_iterable_is_named() -> None:
+    # Iterating b"abc" gives ints: the error used to say "got int" (issue #12, point 6).
+    import numpy as np
+
+    rt, rp, t, p = await pair()
+    for one in (b"abc", bytearray(b"abc"), memoryview(b"abc"), np.zeros(3, np.uint8)):
+        with pytest.raises(TypeError, match=r"iterable of buffers, got one buffer \(\w+\)"):
+            t.sendto_zc_many(one)
+    assert t.stats.zc_sends == t.stats.copy_sends == 0
+    await finish(rt, t, p)
+
+
 async def test_buffers_are_held_until_the_batch_resolves() -> None:
     rt, rp, t, p = await pair()
     bufs = [bytearray(payload(i, BIG)) for i in range(4)]

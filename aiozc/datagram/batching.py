@@ -116,6 +116,12 @@ class _BatchingMixin:
         io_uring engine a datagram sent again leaves after the rest of its batch.
         """
         self._check_writable("sendto_zc_many")
+        if _is_buffer(bufs):
+            # Iterating a bytes-like gives ints: say what was passed instead of "got int".
+            raise TypeError(
+                f"sendto_zc_many() takes an iterable of buffers, got one buffer "
+                f"({type(bufs).__name__}); use sendto_zc() for a single datagram"
+            )
         addr = self._destination(addr)
         if self._co_pins:
             self._flush_coalesced()
@@ -314,3 +320,12 @@ class _BatchingMixin:
                 self._error_received(arg)
             else:
                 self._call_protocol(name)
+
+
+def _is_buffer(obj: Any) -> bool:
+    """True for objects exporting the buffer protocol (numpy arrays, mmap, array.array...)."""
+    try:
+        memoryview(obj).release()
+    except TypeError:
+        return False
+    return True
