@@ -18,7 +18,7 @@ os-deps:
 		apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk) || true; \
 	fi
 
-$(STAMP): pyproject.toml setup.py $(wildcard aiozc/_sys/_core_*.c) aiozc/_sys/_core_build.py
+$(STAMP): pyproject.toml setup.py $(wildcard aiozc/_sys/_core_*.c) aiozc/_sys/_core_build.py aiozc/_sys/_core_sources.py $(wildcard aiozc/_sys/_core_*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -46,7 +46,7 @@ test: install
 # In-place build of the compiled core (the editable install does it too): for worktrees
 # that import aiozc through PYTHONPATH.
 core:
-	$(PY) -m aiozc._sys._core_build
+	$(PY) aiozc/_sys/_core_build.py
 
 # The TCP zero-copy success path, inside a QEMU guest (tools/vm): downloads QEMU, a Debian
 # kernel and busybox into /var/cache/aiozc-vm on first use; prints SKIPPED with the reason and

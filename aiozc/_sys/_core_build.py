@@ -2,21 +2,37 @@
 
 Run at install time through setup.py's ``cffi_modules`` (a compiler is needed; without one
 the install still succeeds and aiozc uses its pure-Python path, see setup.py), or by hand
-for an in-place build: ``python -m aiozc._sys._core_build`` (writes ``aiozc/_sys/_core*.so``).
+for an in-place build: ``python aiozc/_sys/_core_build.py`` (``make core``; by path, so a stale core
+never stops its own rebuild) (writes ``aiozc/_sys/_core*.so``).
 
 The C sources sit next to this file and are compiled as one translation unit.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 
 import cffi  # type: ignore[import-untyped]
 
 HERE = pathlib.Path(__file__).resolve().parent
-C_SOURCES = ("_core_tracker.c", "_core_dgram.c")
+
+
+def _load_sources_module():  # type: ignore[no-untyped-def]
+    # By path: setup.py's cffi_modules runs this file outside the package.
+    spec = importlib.util.spec_from_file_location("_aiozc_core_sources", HERE / "_core_sources.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_sources = _load_sources_module()
+C_SOURCES = _sources.C_SOURCES
+SOURCE_HASH = _sources.source_hash(HERE)
 
 CDEF = """
+#define ZC_CORE_SOURCE_HASH ...
 typedef struct zc_tracker {
     int64_t next;
     int64_t outstanding, pinned, unexpected, npending;
@@ -76,7 +92,8 @@ int64_t zc_on_range(zc_tracker *t, uint32_t lo, uint32_t hi, int copied);
 int64_t zc_abandon(zc_tracker *t);
 """
 
-PRELUDE = """
+PRELUDE = f"""
+#define ZC_CORE_SOURCE_HASH {SOURCE_HASH}u
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>

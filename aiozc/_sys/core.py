@@ -9,7 +9,10 @@ wrappers in this package. Both paths behave the same (tests/test_completions_dif
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
+
+from ._core_sources import source_hash
 
 __all__ = ["NO_EXTENSIONS", "compiled", "ffi", "lib", "path_in_use", "why_pure"]
 
@@ -20,6 +23,20 @@ lib: Any = None
 why_pure: str | None = None
 """None when the compiled core is in use, else why not (in words)."""
 
+
+
+def _stale_reason(core_lib: Any) -> str | None:
+    """Why a built core must not be used: it came from other sources than those beside it
+    (an editable checkout that moved on), so its functions need not match their callers."""
+    try:
+        want = source_hash()
+    except OSError:
+        return None  # installed without sources (a wheel): nothing to compare against
+    if getattr(core_lib, "ZC_CORE_SOURCE_HASH", None) != want:
+        return "the compiled core is stale (built from older sources; rebuild: make core)"
+    return None
+
+
 if NO_EXTENSIONS:
     why_pure = "AIOZC_NO_EXTENSIONS is set"
 else:
@@ -28,7 +45,11 @@ else:
     except ImportError:
         why_pure = "compiled core not built (no C compiler at install time?)"
     else:
-        ffi, lib = _core.ffi, _core.lib
+        why_pure = _stale_reason(_core.lib)
+        if why_pure is None:
+            ffi, lib = _core.ffi, _core.lib
+        else:
+            warnings.warn(f"aiozc: {why_pure}; using the pure-Python path", RuntimeWarning)
 
 compiled = lib is not None
 

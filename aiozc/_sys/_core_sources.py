@@ -1,0 +1,25 @@
+"""What the compiled core is built from, and a fingerprint of it.
+
+Standalone on purpose (no aiozc imports): the builder loads it by path at install time, and
+:mod:`aiozc._sys.core` compares the fingerprint built into ``_core`` with the sources beside
+it, so that a core left over from older sources (an editable checkout that moved on) is not
+called with the wrong functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+
+HERE = pathlib.Path(__file__).resolve().parent
+C_SOURCES = ("_core_tracker.c", "_core_dgram.c")
+BUILD_INPUTS = (*C_SOURCES, "_core_nogil.h", "_core_build.py")
+
+
+def source_hash(here: pathlib.Path = HERE) -> int:
+    """A u32 fingerprint of every file the core is built from; OSError if one is missing
+    (an install that ships no sources: nothing to compare)."""
+    digest = hashlib.sha256()
+    for name in BUILD_INPUTS:
+        digest.update((here / name).read_bytes())
+    return int.from_bytes(digest.digest()[:4], "little")
