@@ -151,15 +151,25 @@ def receive_all(sock: socket.socket, pool: zcrx.RegionPool) -> tuple[bytes, int,
 
 
 def test_zerocopy_sender_maps_almost_everything_intact(tcp_pair, pool) -> None:
-    sender, receiver = tcp_pair(True)
-    payload = os.urandom(24 << 20)
-    t = send_in_thread(sender, payload, zerocopy=True)
-    digest, mapped, copied = receive_all(receiver, pool)
-    t.join()
-    assert hashlib.sha256(digest).digest() == hashlib.sha256(payload).digest()
-    assert mapped + copied == len(payload)
-    assert mapped >= 0.99 * len(payload), (mapped, copied)
-    assert pool.held == 0
+    # Every stream must arrive intact; the >= 99% mapped bound must hold in one of three
+    # streams. Seen once in a whole-suite run on a loaded machine: 94.4% mapped (never in 20
+    # runs of this file alone, nor under CPU hogs): the kernel decides per skb whether pages
+    # can be mapped, and a receive queue it had to prune is copied. A regression that stops
+    # mapping fails all three.
+    results = []
+    for _ in range(3):
+        sender, receiver = tcp_pair(True)
+        payload = os.urandom(24 << 20)
+        t = send_in_thread(sender, payload, zerocopy=True)
+        digest, mapped, copied = receive_all(receiver, pool)
+        t.join()
+        assert hashlib.sha256(digest).digest() == hashlib.sha256(payload).digest()
+        assert mapped + copied == len(payload)
+        assert pool.held == 0
+        results.append((mapped, copied))
+        if mapped >= 0.99 * len(payload):
+            return
+    pytest.fail(f"under 99% of {len(payload)} bytes mapped in 3 streams: (mapped, copied) = {results}")
 
 
 def test_plain_sender_maps_almost_nothing(tcp_pair, pool) -> None:
