@@ -160,3 +160,16 @@ def test_demo_vm_says_why_it_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(vm, "why_unavailable", lambda: "needs root (test)")
     with pytest.raises(SystemExit, match="needs root \\(test\\)"):
         vm.run_demo(argparse.Namespace(gib=0.1))
+
+
+def test_a_checkout_under_tmp_is_bound_back_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The guest's /tmp is a tmpfs: a clone in the host's /tmp (where CI may put it) was
+    # invisible there ("can't cd to /tmp/ci-full"), so job.sh binds it back from the host's.
+    from aiozc.tools.vm.initramfs import HOST_TMP
+
+    assert "mount -o bind /newroot/tmp /hosttmp" in INIT and f"/newroot{HOST_TMP}" in INIT
+    monkeypatch.setattr(guest, "REPO", Path("/tmp/ci clone"))
+    lines = guest._repo_in_place()
+    assert f"mount -o bind '{HOST_TMP}/ci clone' '/tmp/ci clone'" in lines
+    monkeypatch.setattr(guest, "REPO", Path("/work/main"))
+    assert guest._repo_in_place() == ""

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from .assets import CACHE, QEMU, Assets
-from .initramfs import GUEST_OUT, HOST_ADDR, OUT_TAG, PREFIX, ROOT_TAG
+from .initramfs import GUEST_OUT, HOST_ADDR, HOST_TMP, OUT_TAG, PREFIX, ROOT_TAG
 
 PEER_PORT = 9000
 REPO = Path(__file__).resolve().parents[3]
@@ -69,7 +69,7 @@ def run_job(
         **(env or {}),
     }
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in job_env.items())
-    (out / "job.sh").write_text(f"{exports}cd {shlex.quote(str(REPO))}\nexec {shlex.join(command)}\n")
+    (out / "job.sh").write_text(f"{exports}{_repo_in_place()}cd {shlex.quote(str(REPO))}\nexec {shlex.join(command)}\n")
     with _one_guest_at_a_time(), _signals_raise(), _namespace() as (ns, tap):
         with _process(_peer_command(ns), name="peer") as peer:
             _wait_ready(peer)
@@ -238,3 +238,14 @@ def _tail(path: Path, *, enabled: bool) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def _repo_in_place() -> str:
+    """job.sh lines that make a checkout under the host's /tmp visible at its own path in the
+    guest, whose /tmp is a tmpfs (paths inside the venv name the checkout absolutely)."""
+    try:
+        rel = REPO.relative_to("/tmp")
+    except ValueError:
+        return ""
+    repo = shlex.quote(str(REPO))
+    return f"mkdir -p {repo}\nmount -o bind {shlex.quote(f'{HOST_TMP}/{rel}')} {repo}\n"

@@ -17,6 +17,9 @@ PREFIX = 24
 ROOT_TAG = "aiozcroot"
 OUT_TAG = "aiozcout"
 GUEST_OUT = "/tmp/aiozc-vm"  # where the results share appears inside the chroot
+# The guest's /tmp is a tmpfs (the root share is read-only), which hides the host's /tmp: a
+# checkout there (CI's clone may be one) stays reachable here, and job.sh binds it back in place.
+HOST_TMP = "/tmp/.aiozc-host-tmp"
 
 # 9p over virtio: a large msize cuts the round trips per file read (the venv's imports are
 # thousands of small reads); cache=loose keeps what was read (the root is read-only).
@@ -38,7 +41,11 @@ mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs shm /newroot/dev/shm
+mkdir -p /hosttmp
+mount -o bind /newroot/tmp /hosttmp
 mount -t tmpfs tmp /newroot/tmp
+mkdir -p /newroot{HOST_TMP}
+mount -o bind /hosttmp /newroot{HOST_TMP}
 mount -t tmpfs run /newroot/run
 mkdir -p /newroot{GUEST_OUT}
 mount -t 9p -o {_OUT_OPTS} {OUT_TAG} /newroot{GUEST_OUT} || {{ echo "aiozc-vm: no out share"; poweroff -f; }}
