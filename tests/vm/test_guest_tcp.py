@@ -11,6 +11,7 @@ import pytest
 
 import aiozc
 from guest_helpers import POOL, alternates, guest_only, open_peer, stream_slice
+from udp_helpers import buffer_locked
 
 pytestmark = guest_only
 
@@ -155,10 +156,10 @@ async def test_pinned_pages_on_abort_or_reset_resolve_and_stay_held(how: str) ->
     futures = [transport.write_zc(b) for b in buffers]
     held_early = []
     for buf, fut in zip(buffers, futures):
-        fut.add_done_callback(lambda _, buf=buf: held_early.append(_exported(buf)))
+        fut.add_done_callback(lambda _, buf=buf: held_early.append(buffer_locked(buf)))
     await asyncio.sleep(0.2)
     assert transport.stats.pinned_bytes > 0
-    assert all(_exported(b) for b, f in zip(buffers, futures) if not f.done())
+    assert all(buffer_locked(b) for b, f in zip(buffers, futures) if not f.done())
     if how == "abort":
         transport.abort()
     lost = await asyncio.wait_for(proto.lost, 60)
@@ -168,19 +169,9 @@ async def test_pinned_pages_on_abort_or_reset_resolve_and_stay_held(how: str) ->
     assert any(isinstance(o, expected) for o in outcomes), outcomes
     assert all(isinstance(o, (aiozc.Completion, expected)) for o in outcomes), outcomes
     # Held up to the moment its future resolved (the callback runs just after), free after.
-    assert all(not _exported(b) for b in buffers)
+    assert all(not buffer_locked(b) for b in buffers)
     if how == "peer_reset":
         assert isinstance(lost, ConnectionResetError)
-
-
-def _exported(buf: bytearray) -> bool:
-    """True while someone holds a buffer export of ``buf`` (then it cannot be resized)."""
-    try:
-        buf.append(0)
-    except BufferError:
-        return True
-    buf.pop()
-    return False
 
 
 async def test_random_mix_of_write_writelines_write_zc_arrives_intact(vm_mix_bytes: int) -> None:
