@@ -275,14 +275,7 @@ class _BatchingMixin:
         """Was ``dg``, which sendmmsg did not count as sent, dropped by the qdisc after the
         kernel gave it an id? Its notification is then queued already (see _zerocopy_enobufs):
         the id is accounted, the drop reported, and ``dg`` is done."""
-        self._enobufs_datagram, self._enobufs_consumed = dg, False
-        self._hot_sync()
-        try:
-            self._drain_errqueue()
-        finally:
-            self._enobufs_datagram = None
-            self._hot_sync()
-        if not self._enobufs_consumed:
+        if not self._drain_claiming_id(dg):
             dg.view.release()
             return False
         self.stats.enobufs += 1

@@ -210,14 +210,7 @@ class _SendingMixin:
         # already queued, so after the drain nothing looks outstanding and the policy would
         # disable zero-copy for the transient case (the base's _on_enobufs does the same).
         outstanding = self._tracker.outstanding_ids
-        self._enobufs_datagram, self._enobufs_consumed = dg, False
-        self._hot_sync()
-        try:
-            self._drain_errqueue()
-        finally:
-            self._enobufs_datagram = None
-            self._hot_sync()
-        if self._enobufs_consumed:
+        if self._drain_claiming_id(dg):
             self._report_local_drop()
             if dg.batch is not None:
                 self._batch_datagram_done(dg)
@@ -227,6 +220,19 @@ class _SendingMixin:
         if self._sock is None:
             raise TransportClosedError("transport closed while sending")
         return False
+
+    def _drain_claiming_id(self, dg: _Datagram) -> bool:
+        """Drain the error queue with ``dg`` as the datagram whose refused send may have used
+        the next id (qdisc drop, see _zerocopy_enobufs); True if its notification was there
+        and the id is now accounted."""
+        self._enobufs_datagram, self._enobufs_consumed = dg, False
+        self._hot_sync()
+        try:
+            self._drain_errqueue()
+        finally:
+            self._enobufs_datagram = None
+            self._hot_sync()
+        return self._enobufs_consumed
 
     def on_zerocopy_range(self, lo: int, hi: int, copied: bool) -> None:
         dg = self._enobufs_datagram
