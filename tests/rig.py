@@ -26,10 +26,14 @@ or for every module, in ``tests/conftest.py``::
 
 from __future__ import annotations
 
+import os
 import select
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +55,7 @@ __all__ = [
     "id_count",
     "ids_covered",
     "require_netns",
+    "require_nobody_can_run",
     "sink_ns",
     "veth_pair",
     "wait_zc_ids",
@@ -59,6 +64,20 @@ __all__ = [
 ]
 
 U32 = 0xFFFFFFFF
+
+
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+def require_nobody_can_run(repo: Path) -> None:
+    """``pytest.skip`` unless uid 65534 can run this interpreter on this checkout (a clone
+    in a 0700 ``mktemp -d`` directory cannot be read by it: "No module named 'aiozc'")."""
+    probe = subprocess.run(
+        [*NOBODY, sys.executable, "-c", "import aiozc"],
+        cwd=repo, capture_output=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=60,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"uid 65534 cannot import aiozc from {repo} (directory permissions)")
 
 
 def require_netns() -> None:

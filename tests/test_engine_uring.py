@@ -29,6 +29,7 @@ from aiozc.tools.benchkit import run_on
 from aiozc.tools.netns import sink_rx_packets
 from tcp_helpers import Pair, RecordingProtocol, connect_pair, sha
 from udp_helpers import ErrorRecorder, buffer_locked as locked, closed_port
+from rig import NOBODY, require_nobody_can_run
 
 REASON = uring_unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unavailable: {REASON}")
@@ -426,9 +427,9 @@ def test_memlock_enomem_resends_by_copy_then_disables(loop_name: str) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv(1) missing")
     repo = Path(__file__).resolve().parent.parent
+    require_nobody_can_run(repo)
     proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-         sys.executable, "-c", _MEMLOCK_CLIENT, loop_name],
+        [*NOBODY, sys.executable, "-c", _MEMLOCK_CLIENT, loop_name],
         cwd=repo, capture_output=True, text=True, timeout=60,
         env={**os.environ, "PYTHONPATH": str(repo)},
     )

@@ -32,6 +32,7 @@ from aiozc._sys.uring import (
     IORING_NOTIF_USAGE_ZC_COPIED,
     Ring,
 )
+from rig import NOBODY, require_nobody_can_run
 
 REASON = u.probe()
 needs_uring = pytest.mark.skipif(REASON is not None, reason=f"io_uring SEND_ZC unavailable: {REASON}")
@@ -506,10 +507,11 @@ print(json.dumps(out))
 def test_unprivileged_send_zc_is_memlock_accounted() -> None:
     """Without CAP_IPC_LOCK, in-flight SEND_ZC bytes count against RLIMIT_MEMLOCK: over the
     limit the result is -ENOMEM (an engine's cue to copy instead), still with F_MORE."""
+    repo = Path(__file__).resolve().parent.parent
+    require_nobody_can_run(repo)
     proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-         sys.executable, "-c", _MEMLOCK_SENDER],
-        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=30,
+        [*NOBODY, sys.executable, "-c", _MEMLOCK_SENDER],
+        cwd=repo, capture_output=True, text=True, timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [[1, -errno.ENOMEM, IORING_CQE_F_MORE],
