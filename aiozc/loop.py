@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import warnings
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -24,10 +25,12 @@ import uvloop
 
 from . import connect, datagram, sendfile, server, tls
 from .base import TransportOptions
+from .readiness import Multiplexer
 from .transport import ZeroCopyTransport
 
 T = TypeVar("T")
 BASES = ("uvloop", "asyncio")
+_UNSET: Any = object()
 
 
 class _AiozcLoopMixin:
@@ -45,6 +48,11 @@ class _AiozcLoopMixin:
 
     def _with_defaults(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return {**self._aiozc_options, **kwargs}
+
+    def _aiozc_transport_of(self, fd: int) -> Any:
+        """The aiozc transport whose socket is ``fd``. Those sockets sit in aiozc's private
+        epoll, which the base loop cannot see, so its own "used by transport" check misses them."""
+        return Multiplexer.handler_for(self, fd)  # type: ignore[arg-type]
 
     async def create_connection(  # type: ignore[override]
         self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None, **kwargs: Any
@@ -123,12 +131,31 @@ class _AiozcLoopMixin:
         )
 
 
+def _fileobj_fd(fileobj: Any) -> int | None:
+    """The fd of an int or an object with fileno(), None where the loop itself must refuse it."""
+    if isinstance(fileobj, int):
+        return fileobj
+    try:
+        return int(fileobj.fileno())
+    except (AttributeError, TypeError, ValueError, OSError):
+        return None
+
+
 class AiozcSelectorEventLoop(_AiozcLoopMixin, asyncio.SelectorEventLoop):
     """asyncio's selector loop with aiozc transports."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__()
         self._aiozc_init(options)
+
+    def _ensure_fd_no_transport(self, fd: Any) -> None:
+        # asyncio's add_/remove_reader/writer and sock_* methods call this: refuse an aiozc
+        # transport's socket as asyncio refuses its own transports' (until close()).
+        super()._ensure_fd_no_transport(fd)  # type: ignore[misc]
+        fileno = _fileobj_fd(fd)
+        transport = None if fileno is None else self._aiozc_transport_of(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
 
 class AiozcUVLoop(_AiozcLoopMixin, uvloop.Loop):  # type: ignore[misc]
@@ -137,6 +164,50 @@ class AiozcUVLoop(_AiozcLoopMixin, uvloop.Loop):  # type: ignore[misc]
     def __init__(self, **options: Any) -> None:
         super().__init__()
         self._aiozc_init(options)
+
+    async def create_datagram_endpoint(  # type: ignore[override]
+        self, protocol_factory: Callable[[], Any], local_addr: Any = None,
+        remote_addr: Any = None, *, reuse_address: Any = _UNSET, **kwargs: Any,
+    ) -> tuple[asyncio.DatagramTransport, Any]:
+        # uvloop still takes reuse_address (asyncio 3.11 removed it): True is refused, any
+        # other value warns, and with sock= it is ignored. Its messages, word for word.
+        if reuse_address is not _UNSET and kwargs.get("sock") is None:
+            if reuse_address:
+                raise ValueError(
+                    "Passing `reuse_address=True` is no longer supported, as the usage of "
+                    "SO_REUSEPORT in UDP poses a significant security concern."
+                )
+            warnings.warn(
+                "The *reuse_address* parameter has been deprecated as of 0.15.",
+                DeprecationWarning, stacklevel=2,
+            )
+        return await super().create_datagram_endpoint(
+            protocol_factory, local_addr, remote_addr, **kwargs
+        )
+
+    # uvloop refuses add_/remove_reader/writer on a transport's fd until the transport's handle
+    # is closed (after connection_lost); aiozc's sockets are unknown to it, so check them here.
+    def _ensure_fd_no_aiozc_transport(self, fileobj: Any) -> None:
+        fd = _fileobj_fd(fileobj)
+        transport = None if fd is None else self._aiozc_transport_of(fd)
+        if transport is not None:
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+
+    def add_reader(self, fileobj: Any, callback: Callable[..., Any], *args: Any) -> None:
+        self._ensure_fd_no_aiozc_transport(fileobj)
+        super().add_reader(fileobj, callback, *args)
+
+    def remove_reader(self, fileobj: Any) -> bool:
+        self._ensure_fd_no_aiozc_transport(fileobj)
+        return super().remove_reader(fileobj)  # type: ignore[no-any-return]
+
+    def add_writer(self, fileobj: Any, callback: Callable[..., Any], *args: Any) -> None:
+        self._ensure_fd_no_aiozc_transport(fileobj)
+        super().add_writer(fileobj, callback, *args)
+
+    def remove_writer(self, fileobj: Any) -> bool:
+        self._ensure_fd_no_aiozc_transport(fileobj)
+        return super().remove_writer(fileobj)  # type: ignore[no-any-return]
 
 
 def new_event_loop(base: str = "uvloop", **options: Any) -> asyncio.AbstractEventLoop:

@@ -53,6 +53,12 @@ class Multiplexer:
             mux = cls._by_loop[loop] = cls(loop)
         return mux
 
+    @classmethod
+    def handler_for(cls, loop: asyncio.AbstractEventLoop, fd: int) -> ReadinessHandler | None:
+        """What ``loop``'s multiplexer has registered for ``fd``, if anything."""
+        mux = cls._by_loop.get(loop)
+        return None if mux is None else mux._handlers.get(fd)
+
     def __len__(self) -> int:
         return len(self._handlers)
 

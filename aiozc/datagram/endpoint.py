@@ -3,17 +3,72 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import stat
+from asyncio import selector_events
 from collections.abc import Callable
 from typing import Any
+
+import uvloop
 
 from ..base import TransportOptions, logger, made
 from ._common import UDP_ERRQUEUE_DRAIN_EVERY, UDP_ZC_THRESHOLD
 from .transport import ZeroCopyDatagramTransport
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
+class SelectorLoopDatagramTransport(ZeroCopyDatagramTransport, asyncio.Transport):
+    """On asyncio's selector loop: also an ``asyncio.Transport``, as asyncio's own datagram
+    transport is (``_SelectorDatagramTransport`` derives ``_SelectorTransport``). Its
+    ``write()`` raises NotImplementedError there too."""
+
+
+class UVLoopDatagramTransport(ZeroCopyDatagramTransport):
+    """On uvloop: ``sendto(data, addr)`` refuses what uvloop's UDPTransport refuses, a host
+    that is not a numeric address of the socket's family, before anything is sent (uvloop
+    converts the address itself and never resolves names in sendto)."""
+
+    def _destination(self, addr: Any) -> Any:
+        if addr is not None and self._address is None and self._sock is not None:
+            _check_numeric_address(self._sock.family, addr)
+        return super()._destination(addr)
+
+
+def _check_numeric_address(family: int, addr: Any) -> None:
+    # The shape errors (not a tuple, wrong length) are left to socket.sendto, whose TypeError
+    # uvloop's conversion raises too.
+    if not (isinstance(addr, tuple) and len(addr) >= 2) or addr[0] == "<broadcast>":
+        return
+    host = addr[0]
+    if isinstance(host, (bytes, bytearray)):
+        host = bytes(host).decode("ascii", "replace")
+    if isinstance(host, str) and not _is_numeric_host(family, host):
+        raise ValueError(f"{addr!r}: socket family mismatch or a DNS lookup is required")
+
+
+@functools.lru_cache(maxsize=256)  # uvloop caches converted addresses the same way
+def _is_numeric_host(family: int, host: str) -> bool:
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return True
+    if family == socket.AF_INET6:
+        host = host.partition("%")[0]  # a zone (fe80::1%eth0), as uv_ip6_addr takes it
+    try:
+        socket.inet_pton(family, host)
+    except OSError:
+        return False
+    return True
+
+
+def transport_class(loop: asyncio.AbstractEventLoop) -> type[ZeroCopyDatagramTransport]:
+    """The datagram transport class whose class hierarchy and checks match ``loop``'s own."""
+    if isinstance(loop, uvloop.Loop):
+        return UVLoopDatagramTransport
+    if isinstance(loop, selector_events.BaseSelectorEventLoop):
+        return SelectorLoopDatagramTransport
+    return ZeroCopyDatagramTransport
 
 def _check_sock_alone(sock: socket.socket, **modifiers: Any) -> None:
     if sock.type != socket.SOCK_DGRAM:
@@ -160,7 +215,7 @@ async def _make_transport(
     try:
         protocol = protocol_factory()
         waiter: asyncio.Future[None] = loop.create_future()
-        transport = ZeroCopyDatagramTransport(
+        transport = transport_class(loop)(
             loop, sock, protocol, options, address=address, waiter=waiter, coalesce_zc=coalesce_zc
         )
     except BaseException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import collections
+from collections.abc import Callable
 from typing import Any
 
 from ..base import TransportClosedError, byte_view, logger
@@ -383,6 +384,23 @@ class _SendingMixin:
 
     # -- errors ----------------------------------------------------------------------------
 
+    # Inside sendto(): asyncio's and uvloop's transports call error_received() synchronously
+    # from sendto(), so what it raises reaches sendto()'s caller. aiozc's send paths may call it
+    # in the middle of their bookkeeping: the exception is kept and raised when the path is done.
+    _sendto_active = False
+    _sendto_error: BaseException | None = None
+
+    def _in_sendto(self, send: Callable[..., Any], *args: Any) -> None:
+        outer, self._sendto_active = self._sendto_active, True
+        try:
+            send(*args)
+        finally:
+            self._sendto_active = outer
+        error = self._sendto_error
+        if error is not None and not outer:
+            self._sendto_error = None
+            raise error
+
     def _report_soft_error(self, exc: OSError) -> None:
         """A recv/send error on the socket: report it once, whichever way it came."""
         before = self.stats.socket_errors
@@ -403,6 +421,9 @@ class _SendingMixin:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as error:
+            if self._sendto_active and self._sendto_error is None:
+                self._sendto_error = error  # raised by _in_sendto once the send path is done
+                return
             self._loop.call_exception_handler(
                 {"message": "protocol.error_received() failed", "exception": error, "transport": self}
             )

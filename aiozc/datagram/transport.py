@@ -182,9 +182,11 @@ class ZeroCopyDatagramTransport(
                 else:
                     self._hot_tokens[r >> _hot.SLOT_SHIFT] = (None, data)
                 return None
-            self._hot_refused(r, data, None, held and len(data) >= self._options.zc_threshold)
+            self._in_sendto(
+                self._hot_refused, r, data, None, held and len(data) >= self._options.zc_threshold
+            )
             return None
-        self._sendto(data, addr)
+        self._in_sendto(self._sendto, data, addr)
 
     def sendto_zc(self, buf: Any, addr: Any = None) -> asyncio.Future[Completion]:
         """Send ``buf`` as one datagram without copying it where the kernel allows.
