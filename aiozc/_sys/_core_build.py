@@ -90,6 +90,38 @@ int64_t zc_sent_whole(zc_tracker *t, int64_t nbytes, int zerocopy);
 int zc_close(zc_tracker *t, int64_t slot);
 int64_t zc_on_range(zc_tracker *t, uint32_t lo, uint32_t hi, int copied);
 int64_t zc_abandon(zc_tracker *t);
+
+typedef struct zc_uring {
+    uint32_t sq_tail;
+    int64_t *ev;
+    int64_t nev, filled, next_ud, next_group;
+    int err;
+    int64_t submits, submitted, fixed_sends;
+    ...;
+} zc_uring;
+
+#define ZU_GROUP_SIZE ...
+#define ZU_EXPECT_ANY ...
+#define ZU_EV_G_RESULT ...
+#define ZU_EV_G_RELEASE ...
+#define ZU_EV_G_RELEASE_COPIED ...
+#define ZU_EV_G_RESULTS_IN ...
+#define ZU_EV_G_END ...
+#define ZU_EV_S_RESULT ...
+#define ZU_EV_S_DONE ...
+
+zc_uring *zc_uring_new(int fd, uint32_t setup_flags, uint32_t *sq_khead, uint32_t *sq_ktail,
+                       uint32_t *sq_kflags, uint32_t sq_mask, uint32_t sq_entries, void *sqes,
+                       uint32_t *cq_khead, uint32_t *cq_ktail, uint32_t cq_mask, void *cqes);
+void zc_uring_free(zc_uring *r);
+int zc_uring_set_fixed(zc_uring *r, uint64_t *lo, uint64_t *hi, int n);
+uint32_t zc_uring_pending(zc_uring *r);
+int64_t zc_uring_submit(zc_uring *r);
+int64_t zc_uring_send(zc_uring *r, int fd, uint32_t flags, char *buf, int64_t len, char *dest,
+                      uint32_t dest_len, int64_t expect);
+int64_t zc_uring_send_group(zc_uring *r, int fd, uint32_t flags, char **bufs, int64_t *sizes,
+                            int64_t n);
+int64_t zc_uring_reap(zc_uring *r);
 """
 
 PRELUDE = f"""

@@ -37,27 +37,30 @@ view, so nobody can release it) and the destination sockaddr until its notificat
 whatever happens to the awaiting task or the transport. A :meth:`LoopRing.send_zc_many` group
 owns its datagrams' pins (buffer exports) and ends them once every datagram was released.
 
-The hot path fills SQEs and reads CQEs with ``struct`` on the mapped rings (:class:`_RingIO`)
-instead of ``Ring.prep_send_zc`` / ``Ring.reap``: per 64000 B datagram that is ~0.3 us instead
-of ~1.4 us of Python. A fixed-buffer datagram costs the kernel ~2.0 us, against ~2.8 us for
-MSG_ZEROCOPY through sendmmsg, so io_uring wins only where the Python work per datagram stays
-below that difference: batches (one request entry per group, notifications released in runs).
+The SQE fill, the submit and the CQE reap are :mod:`aiozc._sys.uring_io`'s: in the compiled
+core one C call per batch (``_core_uring.c``), else the pure-Python reference. What comes back
+is a list of compact events (a group's datagrams released, an unexpected result, a single
+send done) that :meth:`LoopRing._dispatch` maps to the transports' callbacks. A fixed-buffer
+datagram costs the kernel ~2.0 us, against ~2.8 us for MSG_ZEROCOPY through sendmmsg, so
+io_uring wins only where the Python work per datagram stays below that difference: batches
+(one request entry per group, notifications released in runs).
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import os
 import socket
-import struct
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from .._sys import kernel as _kernel, uring as _uring
-from .._sys.uring import IORING_CQE_F_MORE, IORING_CQE_F_NOTIF, IORING_NOTIF_USAGE_ZC_COPIED
+from .._sys.uring_io import (
+    EV_G_END, EV_G_RELEASE, EV_G_RELEASE_COPIED, EV_G_RESULT, EV_G_RESULTS_IN, EV_S_DONE,
+    EV_S_RESULT, GROUP_SIZE, CRingIO, RingIO, ring_io,
+)
 
 __all__ = ["IoUringEngine", "LoopRing", "uring_unavailable_reason"]
 
@@ -89,108 +92,26 @@ def uring_unavailable_reason() -> str | None:
     return None
 
 
-# struct io_uring_sqe / io_uring_cqe (uapi; _uring checks sizes and offsets at import).
-# One pack_into per SQE costs ~0.3 us where setting the fields through cffi cost ~1.4 us
-# (measured, CPython 3.11): at ~3 us of kernel work per 64000 B datagram that is the
-# difference between io_uring trailing MSG_ZEROCOPY and beating it.
-_SQE = struct.Struct("<BBHiQQIIQHHHHQQ")
-_CQE = struct.Struct("<QiI")
 _U32 = 0xFFFFFFFF
-_COPIED = IORING_NOTIF_USAGE_ZC_COPIED
-_ZC_IOPRIO = _uring.IORING_SEND_ZC_REPORT_USAGE
-_ZC_FIXED_IOPRIO = _uring.IORING_SEND_ZC_REPORT_USAGE | _uring.IORING_RECVSEND_FIXED_BUF
 _ffi = _uring.ffi
 # The cffi backend's functions directly: ffi.cast/ffi.from_buffer wrap them in Python
 # (~0.1 us per send, measured).
 _from_buffer = _ffi._backend.from_buffer
 _unpin = _ffi._backend.release  # ends a from_buffer export (aiozc._sys.mmsg.pin's too: one backend)
-_cast = _ffi._backend.cast
 _CHAR_ARRAY = _ffi.typeof("char[]")
-_UINTPTR = _ffi.typeof("uintptr_t")
 
-
-# One SEND_ZC in flight is a list, not an object: building it is ~0.4 us cheaper per send,
-# which is most of what the datagram hot path can still save (measured, CPython 3.11).
+# One SEND_ZC in flight is a list, not an object (cheaper to build, measured).
 _KEEP = 0  # (chunk memoryview, cffi from_buffer handle[, sockaddr holder]) until released
-_EXPECT = 1  # a result of exactly this many bytes needs no callback (None: always call)
-_ON_RESULT = 2  # on_result(res, ctx, ident) -> ident
-_CTX = 3
-_ON_RELEASED = 4  # on_released(lo, hi, copied)
-_IDENT = 5  # the u32 id the send consumed, None if none (yet)
-_RESULTED = 6  # the result CQE was seen
-_NOTIFIED = 7  # notification res seen before the result (defensive), else None
-_Request = list  # [keep, expect, on_result, ctx, on_released, ident, resulted, notified]
+_ON_RESULT = 1  # on_result(res, ctx, ident) -> ident
+_CTX = 2
+_ON_RELEASED = 3  # on_released(lo, hi, copied)
+_IDENT = 4  # the u32 id the send consumed, None if none (yet)
+_Request = list  # [keep, on_result, ctx, on_released, ident]
 
-# A send_zc_many group: [pins, sizes, on_result, ctx, on_released, first id, datagrams not yet
-# released, indexes whose id on_result voided (None: none)]. Its SQEs carry user_data
-# _GROUP_UD | key << _INDEX_BITS | index; single requests count up from 1, far below.
-# The last item is the datagrams' common size (-1 if they differ): the common result CQE then
-# needs no per-index lookup.
-_G_PINS, _G_SIZES, _G_ON_RESULT, _G_CTX, _G_ON_RELEASED, _G_FIRST, _G_LEFT, _G_VOIDED = range(8)
-_G_UNIFORM = 8
-_G_KEY = 9  # its key in LoopRing._groups
-_G_RESULTS = 10  # result CQEs still to come
-_G_ON_DONE = 11  # on_done(ctx) once every result is in, or None
-_INDEX_BITS = 20
-_INDEX_MASK = (1 << _INDEX_BITS) - 1
-_GROUP_SIZE = 1 << _INDEX_BITS
-_GROUP_UD = 1 << 63
-_GROUP_HI = _GROUP_UD >> _INDEX_BITS  # a group's key is its user_data >> _INDEX_BITS ^ this
+# A send_zc_many group (its SQEs and CQEs are the RingIO's): [pins, on_result, ctx,
+# on_released, first id, indexes whose id on_result voided (None: none), on_done].
+_G_PINS, _G_ON_RESULT, _G_CTX, _G_ON_RELEASED, _G_FIRST, _G_VOIDED, _G_ON_DONE = range(7)
 _FAILED = object()  # what LoopRing._guarded returns when the callback raised
-_NO_RANGE = (0, 0, 0)  # (lo, hi, index) of no fixed buffer: lo <= addr and addr + n <= 0 fails
-
-
-class _RingIO:
-    """Bulk access to a :class:`_uring.Ring`'s mapped SQE array and CQ ring.
-
-    ``Ring.prep_send_zc``/``Ring.reap`` are the reference implementation; LoopRing fills SQEs
-    and this reads CQEs through ``struct`` on memoryviews of the mappings, for the
-    per-datagram hot path. It uses the Ring's private mapping attributes (same package;
-    tests/test_uring.py pins the layout) and the SQ tail is published by ``Ring.submit`` as
-    usual.
-    """
-
-    def __init__(self, ring: _uring.Ring) -> None:
-        self.ring = ring
-        self.sqes = self._sqes = memoryview(_ffi.buffer(ring._sqes, ring.sq_entries * 64))
-        self._cqes = memoryview(_ffi.buffer(ring._cqes, ring.cq_entries * 16))
-        self.sq_mask = self._sq_mask = ring._sq_mask
-        self.sq_entries = ring.sq_entries
-        self._cq_mask = ring._cq_mask
-        # cffi uint32_t pointers into the CQ ring (typed Any: cffi has no stubs)
-        self._cq_khead: Any = ring._cq_khead
-        self._cq_ktail: Any = ring._cq_ktail
-
-    def release(self) -> None:
-        self._sqes.release()
-        self._cqes.release()
-
-    def reap(self) -> list[tuple[int, int, int]]:
-        """Every available CQE as (user_data, res, flags), like Ring.reap()."""
-        ring = self.ring
-        if ring._needs_enter():
-            _uring._sys_enter(ring.fd, 0, 0, _uring.IORING_ENTER_GETEVENTS)
-        out: list[tuple[int, int, int]] = []
-        iter_unpack, cqes, mask = _CQE.iter_unpack, self._cqes, self._cq_mask
-        while True:
-            head = self._cq_khead[0]
-            tail = self._cq_ktail[0]
-            n = (tail - head) & _U32
-            if not n:
-                return out
-            start = head & mask
-            end = start + n
-            if end <= mask + 1:
-                out += iter_unpack(cqes[start << 4 : end << 4])
-            else:  # the batch wraps around the end of the CQ array
-                out += iter_unpack(cqes[start << 4 :])
-                out += iter_unpack(cqes[: (end - mask - 1) << 4])
-            self._cq_khead[0] = tail  # the kernel may now reuse those slots
-            # The CQ was full: overflowed CQEs are flushed back only on GETEVENTS.
-            kflags: Any = ring._sq_kflags
-            if not kflags[0] & _uring.IORING_SQ_CQ_OVERFLOW:
-                return out
-            _uring._sys_enter(ring.fd, 0, 0, _uring.IORING_ENTER_GETEVENTS)
 
 
 class LoopRing:
@@ -203,20 +124,32 @@ class LoopRing:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._ring: _uring.Ring | None = None
-        self._io: _RingIO | None = None
+        self._io: RingIO | None = None
         self._users = 0
-        self._requests: dict[int, list[Any]] = {}
-        self._next_ud = 1
+        self._requests: dict[int, list[Any]] = {}  # single sends by user_data
         self._submit_scheduled = False
         self._pools: list[Any] = []  # BufferPools registered as fixed buffers, index = position
         # Address ranges of the registered pools, (lo, hi, index = fixed buffer index): a send
         # whose bytes lie inside one goes as a fixed buffer.
         self._fixed_ranges: list[tuple[int, int, int]] = []
         self._groups: dict[int, list[Any]] = {}  # send_zc_many groups by key
-        self._next_group = 0
-        self.submits = 0  # io_uring_enter calls made to submit (tests: batching)
-        self.submitted = 0  # SQEs submitted
-        self.fixed_sends = 0  # sends from a registered BufferPool (IORING_RECVSEND_FIXED_BUF)
+        # The counters of rings closed before (the RingIO of the open one counts on).
+        self._counted = [0, 0, 0]
+
+    @property
+    def submits(self) -> int:
+        """io_uring_enter calls made to submit (tests: batching)."""
+        return self._counted[0] + (self._io.submits if self._io is not None else 0)
+
+    @property
+    def submitted(self) -> int:
+        """SQEs submitted."""
+        return self._counted[1] + (self._io.submitted if self._io is not None else 0)
+
+    @property
+    def fixed_sends(self) -> int:
+        """Sends from a registered BufferPool (IORING_RECVSEND_FIXED_BUF)."""
+        return self._counted[2] + (self._io.fixed_sends if self._io is not None else 0)
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop) -> LoopRing:
@@ -243,6 +176,11 @@ class LoopRing:
         """Requests whose result or notification is still owed (a group counts once)."""
         return len(self._requests) + len(self._groups)
 
+    @property
+    def compiled(self) -> bool:
+        """The ring's SQEs and CQEs go through the compiled core (else pure Python)."""
+        return isinstance(self._io, CRingIO)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def attach(self) -> None:
@@ -263,23 +201,29 @@ class LoopRing:
             try:
                 efd = ring.register_eventfd()
                 self._register_fixed(ring)
+                io = ring_io(ring)
+                io.set_fixed([(lo, hi) for lo, hi, _ in self._fixed_ranges])
                 self._loop.add_reader(efd, self._on_eventfd)
             except BaseException:
                 ring.close()
                 raise
             self._ring = ring
-            self._io = _RingIO(ring)
+            self._io = io
         return self._ring
 
     def _maybe_close(self) -> None:
         # Closing when idle keeps no fd or loop reader alive after the last transport.
-        ring = self._ring
-        if ring is None or self._users > 0 or self._requests or self._groups or ring.pending():
+        ring, io = self._ring, self._io
+        if ring is None or io is None or self._users > 0 or self._requests or self._groups:
             return
-        self._ring = None
-        if self._io is not None:
-            self._io.release()
-            self._io = None
+        if io.pending():
+            return
+        self._ring = self._io = None
+        counted = self._counted
+        counted[0] += io.submits
+        counted[1] += io.submitted
+        counted[2] += io.fixed_sends
+        io.release()
         if not self._loop.is_closed():
             self._loop.remove_reader(ring.eventfd)
         ring.close()
@@ -295,21 +239,22 @@ class LoopRing:
         if pool in self._pools:
             return
         self._pools.append(pool)
-        self._update_fixed_ranges()
-        if self._ring is not None:
-            self._ring.unregister_buffers()
-            self._register_fixed(self._ring)
+        self._reregister()
 
     def remove_pool(self, pool: Any) -> None:
         if pool not in self._pools:
             return
         self._pools.remove(pool)
+        self._reregister()
+        if self._ring is None and not self._pools and self._users == 0:
+            self._by_loop.pop(self._loop, None)
+
+    def _reregister(self) -> None:
         self._update_fixed_ranges()
-        if self._ring is not None:
+        if self._ring is not None and self._io is not None:
             self._ring.unregister_buffers()
             self._register_fixed(self._ring)
-        elif not self._pools and self._users == 0:
-            self._by_loop.pop(self._loop, None)
+            self._io.set_fixed([(lo, hi) for lo, hi, _ in self._fixed_ranges])
 
     def _update_fixed_ranges(self) -> None:
         self._fixed_ranges = []
@@ -317,12 +262,6 @@ class LoopRing:
             with _ffi.from_buffer(pool.region) as handle:
                 lo = int(_ffi.cast("uintptr_t", handle))
             self._fixed_ranges.append((lo, lo + len(pool.region), index))
-
-    def _fixed_index(self, addr: int, size: int) -> int | None:
-        for lo, hi, index in self._fixed_ranges:
-            if lo <= addr and addr + size <= hi:
-                return index
-        return None
 
     def _register_fixed(self, ring: _uring.Ring) -> None:
         if self._pools:
@@ -346,32 +285,14 @@ class LoopRing:
         if io is None:
             raise RuntimeError("io_uring ring is closed (no transport attached)")
         handle = _from_buffer(_CHAR_ARRAY, chunk, False)
-        addr = int(_cast(_UINTPTR, handle))
-        fixed = self._fixed_index(addr, len(handle)) if self._fixed_ranges else None
-        ioprio, index = (_ZC_IOPRIO, 0) if fixed is None else (_ZC_FIXED_IOPRIO, fixed)
         if dest is None:
             keep: tuple[Any, ...] = (chunk, handle)
-            dest_addr = dest_len = 0
+            ud = io.send(fd, flags, handle, None, 0, expect)
         else:
             holder = _ffi.new("char[]", dest)  # read by the kernel when the send is issued
             keep = (chunk, handle, holder)
-            dest_addr, dest_len = int(_cast(_UINTPTR, holder)), len(dest)
-        ud = self._next_ud
-        ring = io.ring
-        khead: Any = ring._sq_khead  # cffi uint32_t pointer (no stubs)
-        tail = ring._sq_tail
-        if (tail - khead[0]) & _U32 >= io.sq_entries:
-            self._submit_now()  # SQ full: this iteration already queued _SQ_ENTRIES sends
-            tail = ring._sq_tail
-            if (tail - khead[0]) & _U32 >= io.sq_entries:
-                raise BlockingIOError(errno.EAGAIN, "io_uring submission queue full")
-        _SQE.pack_into(io.sqes, (tail & io.sq_mask) << 6, _uring.IORING_OP_SEND_ZC, 0, ioprio,
-                       fd, dest_addr, addr, len(handle), flags, ud, index, 0, dest_len, 0, 0, 0)
-        ring._sq_tail = (tail + 1) & _U32
-        self._next_ud = ud + 1
-        self._requests[ud] = [keep, expect, on_result, ctx, on_released, ident, False, None]
-        if fixed is not None:
-            self.fixed_sends += 1
+            ud = io.send(fd, flags, handle, holder, len(dest), expect)
+        self._requests[ud] = [keep, on_result, ctx, on_released, ident]
         if not self._submit_scheduled:
             self._submit_scheduled = True
             self._loop.call_soon(self._submit_batch)
@@ -385,69 +306,27 @@ class LoopRing:
 
         ``pins`` are buffer exports from :func:`aiozc._sys.mmsg.pin`, and the engine takes them
         over: it ends them (``_mmsg.unpin``) once the kernel released every datagram of the
-        group. One request entry stands for a whole group (user_data = group | index), so per
-        datagram there is one ``pack_into`` and no request object or dict entry: the Python
-        work per 64000 B datagram that decides whether io_uring beats MSG_ZEROCOPY.
+        group. One request entry stands for a whole group (user_data = group | index), and
+        the RingIO fills its SQEs in one call.
 
         ``on_done(ctx)`` is called once the result of every datagram is in (after the
         ``on_result`` calls for those that failed): until then a caller cannot know which
         datagrams it must send again."""
-        for start in range(0, len(pins), _GROUP_SIZE):
-            stop = start + _GROUP_SIZE
-            last = stop >= len(pins)
-            self._send_group(fd, pins[start:stop], sizes[start:stop], flags, on_result,
-                             on_released, ctx, (first_ident + start) & _U32,
-                             on_done if last else None)
-
-    def _send_group(self, fd: int, pins: list[Any], sizes: list[int], flags: int,
-                    on_result: OnResult, on_released: OnReleased, ctx: Any, first: int,
-                    on_done: Callable[[Any], None] | None) -> None:
         io = self._io
         if io is None:
             raise RuntimeError("io_uring ring is closed (no transport attached)")
-        ring = io.ring
-        key = self._next_group
-        self._next_group = key + 1
-        ud = _GROUP_UD | (key << _INDEX_BITS)
-        uniform = sizes[0] if sizes and sizes.count(sizes[0]) == len(sizes) else -1
-        entry = [pins, sizes, on_result, ctx, on_released, first, len(pins), None, uniform, key,
-                 len(pins), on_done]
-        self._groups[key] = entry
-        sqes, sq_mask, pack_into, cast = io.sqes, io.sq_mask, _SQE.pack_into, _cast
-        entries = ring.sq_entries
-        ranges = self._fixed_ranges
-        fixed_lo, fixed_hi, fixed_index = ranges[0] if ranges else _NO_RANGE
-        tail = ring._sq_tail
-        free = entries - ring.pending()
-        fixed_sends = 0
-        room = len(pins) <= free  # then the loop needs no SQ-full check
-        for pin, size in zip(pins, sizes):
-            if not room and not free:
-                ring._sq_tail = tail
-                self._submit_now()  # SQ full: hand this much to the kernel now
-                tail = ring._sq_tail
-                free = entries - ring.pending()
-                if not free:
-                    raise BlockingIOError(errno.EAGAIN, "io_uring submission queue full")
-            addr = int(cast(_UINTPTR, pin))
-            if fixed_lo <= addr and addr + size <= fixed_hi:
-                ioprio, index = _ZC_FIXED_IOPRIO, fixed_index
-                fixed_sends += 1
-            elif len(ranges) > 1 and (other := self._fixed_index(addr, size)) is not None:
-                ioprio, index = _ZC_FIXED_IOPRIO, other
-                fixed_sends += 1
-            else:
-                ioprio, index = _ZC_IOPRIO, 0
-            pack_into(sqes, (tail & sq_mask) << 6, _uring.IORING_OP_SEND_ZC, 0, ioprio, fd, 0,
-                      addr, size, flags, ud, index, 0, 0, 0, 0, 0)
-            tail = (tail + 1) & _U32
-            free -= 1
-            ud += 1
-        ring._sq_tail = tail
-        self.fixed_sends += fixed_sends
-        if not self._submit_scheduled:
-            self._submit_scheduled = True
-            self._loop.call_soon(self._submit_batch)
+        for start in range(0, len(pins), GROUP_SIZE):
+            stop = start + GROUP_SIZE
+            group_pins = pins[start:stop] if start or len(pins) > stop else pins
+            key, error = io.send_group(fd, flags, group_pins, sizes[start:stop])
+            self._groups[key] = [group_pins, on_result, ctx, on_released,
+                                 (first_ident + start) & _U32, None,
+                                 on_done if stop >= len(pins) else None]
+            if not self._submit_scheduled:
+                self._submit_scheduled = True
+                self._loop.call_soon(self._submit_batch)
+            if error is not None:
+                raise error
 
     def submit_and_reap(self) -> None:
         """Enter the kernel now for what is queued and handle every completion available.
@@ -465,7 +344,7 @@ class LoopRing:
     @property
     def queued(self) -> int:
         """SQEs prepared and not yet submitted."""
-        return 0 if self._ring is None else self._ring.pending()
+        return 0 if self._io is None else self._io.pending()
 
     def _submit_batch(self) -> None:
         self._submit_scheduled = False
@@ -476,15 +355,8 @@ class LoopRing:
         self._maybe_close()
 
     def _submit_now(self) -> None:
-        ring = self._ring
-        if ring is None:
-            return
-        n = ring.pending()
-        if not n:
-            return
-        ring.submit()
-        self.submits += 1
-        self.submitted += n
+        if self._io is not None:
+            self._io.submit()
 
     # -- completion ------------------------------------------------------------------------
 
@@ -503,127 +375,62 @@ class LoopRing:
         io = self._io
         if io is None:
             return
-        # Releases are delivered after the whole batch, merged into runs of consecutive ids
-        # per transport: like MSG_ZEROCOPY's coalesced ranges, one tracker/policy update
-        # covers many sends instead of one each.
-        releases: list[list[Any]] = []  # [callback, lo, hi, copied bit]
-        groups = self._groups
-        # The group of the previous CQE, cached: (ud >> _INDEX_BITS, entry, its uniform size).
-        cur_hi, entry, uniform = -1, None, -1
-        # A run of notifications of one group, consecutive and alike: its entry, the first
-        # one's user_data, the user_data that would extend it and their res.
-        run_entry: list[Any] | None = None
-        run_ud = next_ud = -1
-        run_res = 0
-        # send_zc_many's CQEs are the hot path, handled inline (a call per CQE cost ~0.2 us
-        # per datagram, measured). The kernel posts a send's notification only after its
-        # result (the request holds a reference on the notification until it completes), so
-        # each datagram ends with its notification, or with a result without F_MORE.
+        events = io.reap()
+        if events:
+            self._dispatch(events)
+
+    def _dispatch(self, events: list[int]) -> None:
+        """Hand a reap's events (aiozc._sys.uring_io) to the transports' callbacks.
+
+        on_result runs in CQE order; releases are delivered after the whole batch, merged
+        into runs of consecutive ids per transport: like MSG_ZEROCOPY's coalesced ranges, one
+        tracker/policy update covers many sends instead of one each. on_done comes last.
+        """
+        releases: list[list[Any]] = []  # [callback, lo, hi, copied]
         finished: list[list[Any]] = []  # groups whose results are all in (see on_done)
-        for ud, res, flags in io.reap():
-            if ud == next_ud and flags == IORING_CQE_F_NOTIF and res == run_res:
-                next_ud += 1  # the next datagram of the run is released: the common case
-                continue
-            if ud >> _INDEX_BITS != cur_hi:
-                if ud < _GROUP_UD:
-                    self._single_cqe(ud, res, flags, releases)
-                    continue
-                cur_hi = ud >> _INDEX_BITS
-                entry = groups.get(cur_hi ^ _GROUP_HI)
-                if entry is None:
-                    cur_hi = -1
-                    continue
-                uniform = entry[_G_UNIFORM]
-            assert entry is not None
-            if not flags & IORING_CQE_F_NOTIF:  # a result
-                entry[_G_RESULTS] -= 1
-                if not entry[_G_RESULTS] and entry[_G_ON_DONE] is not None:
+        groups, requests = self._groups, self._requests
+        it = iter(events)
+        for kind, key, a, b in zip(it, it, it, it):
+            if kind == EV_G_RELEASE or kind == EV_G_RELEASE_COPIED:
+                entry = groups[key]
+                self._group_released(entry, a, b, kind == EV_G_RELEASE_COPIED, releases)
+            elif kind == EV_G_END:
+                for pin in groups.pop(key)[_G_PINS]:  # the kernel references none of them
+                    _unpin(pin)
+            elif kind == EV_S_DONE:
+                req = requests.pop(key, None)
+                if req is not None and req[_IDENT] is not None:
+                    ident = req[_IDENT]
+                    _add_release(releases, req[_ON_RELEASED], ident, ident, bool(a))
+            elif kind == EV_S_RESULT:
+                req = requests.get(key)
+                if req is not None:
+                    self._call_on_result(req, a)
+            elif kind == EV_G_RESULT:
+                self._group_result(groups[key], a, b)
+            elif kind == EV_G_RESULTS_IN:
+                entry = groups[key]
+                if entry[_G_ON_DONE] is not None:
                     finished.append(entry)
-                if flags == IORING_CQE_F_MORE and res == uniform:
-                    continue  # sent whole; its notification follows
-            if run_entry is not None:  # anything else ends the run
-                if self._end_run(run_entry, run_ud, next_ud, run_res, releases):
-                    cur_hi = -1  # its group is done and gone (not this CQE's: that is alive)
-                run_entry, next_ud = None, -1
-            i = ud & _INDEX_MASK
-            if flags & IORING_CQE_F_NOTIF:
-                if entry[_G_VOIDED] is None:
-                    run_entry, run_ud, next_ud, run_res = entry, ud, ud + 1, res
-                    continue
-                copied = res & _COPIED
-            else:
-                if res != entry[_G_SIZES][i]:
-                    self._group_result(entry, i, res)
-                if flags & IORING_CQE_F_MORE:
-                    continue
-                copied = _COPIED  # nothing more will come: count it as not zero-copy
-            voided = entry[_G_VOIDED]
-            if voided is None or i not in voided:
-                ident = (entry[_G_FIRST] + i) & _U32
-                _add_release(releases, entry[_G_ON_RELEASED], ident, ident, copied)
-            entry[_G_LEFT] -= 1
-            if not entry[_G_LEFT]:
-                self._end_group(entry)
-                cur_hi = -1
-        if run_entry is not None:
-            self._end_run(run_entry, run_ud, next_ud, run_res, releases)
         for cb, lo, hi, copied in releases:
             self._release_run(cb, lo, hi, copied)
         for entry in finished:
-            self._call_on_done(entry)
+            self._guarded(entry[_G_ON_DONE], entry[_G_CTX])
 
-    def _end_run(self, entry: list[Any], first_ud: int, next_ud: int, res: int,
-                 releases: list[list[Any]]) -> bool:
-        """Release a run of a group's notifications (user_data ``first_ud`` up to, not
-        including, ``next_ud``); True if that ended the group."""
-        count = next_ud - first_ud
-        lo = (entry[_G_FIRST] + (first_ud & _INDEX_MASK)) & _U32
-        _add_release(releases, entry[_G_ON_RELEASED], lo, (lo + count - 1) & _U32, res & _COPIED)
-        entry[_G_LEFT] -= count
-        if entry[_G_LEFT]:
-            return False
-        self._end_group(entry)
-        return True
-
-    def _end_group(self, entry: list[Any]) -> None:
-        """Every datagram of the group was released: the kernel references none of its buffers."""
-        del self._groups[entry[_G_KEY]]
-        for pin in entry[_G_PINS]:
-            _unpin(pin)
-
-    def _single_cqe(self, ud: int, res: int, flags: int, releases: list[list[Any]]) -> None:
-        """A CQE of a :meth:`send_zc` request."""
-        requests = self._requests
-        if flags & IORING_CQE_F_NOTIF:
-            req = requests.pop(ud, None)  # the kernel no longer references the chunk
-            if req is None:
-                return
-            if not req[_RESULTED]:
-                req[_NOTIFIED] = res  # result not seen yet: finish both when it arrives
-                requests[ud] = req
-            elif req[_IDENT] is not None:
-                ident = req[_IDENT]
-                _add_release(releases, req[_ON_RELEASED], ident, ident, res & _COPIED)
+    @staticmethod
+    def _group_released(entry: list[Any], index: int, count: int, copied: bool,
+                        releases: list[list[Any]]) -> None:
+        """Datagrams ``index .. index + count - 1`` of a group released: their ids, but those
+        that on_result voided."""
+        first, cb, voided = entry[_G_FIRST], entry[_G_ON_RELEASED], entry[_G_VOIDED]
+        if voided is None:
+            lo = (first + index) & _U32
+            _add_release(releases, cb, lo, (lo + count - 1) & _U32, copied)
             return
-        req = requests.get(ud)
-        if req is None:
-            return
-        req[_RESULTED] = True
-        if res != req[_EXPECT]:
-            self._call_on_result(req, res)
-        # Always decide from F_MORE: failed sends (-ECONNRESET, -ENOMEM...) carry it too, and
-        # until the notification the kernel may reference the chunk.
-        if flags & IORING_CQE_F_MORE and req[_NOTIFIED] is None:
-            return
-        res = _COPIED if req[_NOTIFIED] is None else req[_NOTIFIED]
-        # No notification (still) to come: the kernel no longer references the chunk.
-        del requests[ud]
-        ident = req[_IDENT]
-        if ident is not None:
-            _add_release(releases, req[_ON_RELEASED], ident, ident, res & _COPIED)
-
-    def _call_on_done(self, entry: list[Any]) -> None:
-        self._guarded(entry[_G_ON_DONE], entry[_G_CTX])
+        for i in range(index, index + count):
+            if i not in voided:
+                ident = (first + i) & _U32
+                _add_release(releases, cb, ident, ident, copied)
 
     def _group_result(self, entry: list[Any], i: int, res: int) -> None:
         """An unexpected result in a group: the transport hears of it (on_result) and, if it
@@ -655,12 +462,12 @@ class LoopRing:
             {"message": "aiozc io_uring completion handler failed", "exception": exc}
         )
 
-    def _release_run(self, cb: OnReleased, lo: int, hi: int, copied: int) -> None:
-        self._guarded(cb, lo, hi, bool(copied))
+    def _release_run(self, cb: OnReleased, lo: int, hi: int, copied: bool) -> None:
+        self._guarded(cb, lo, hi, copied)
 
 
 def _add_release(releases: list[list[Any]], cb: OnReleased, lo: int, hi: int,
-                 copied: int) -> None:
+                 copied: bool) -> None:
     """Extend the last run of ``releases`` with ids ``lo..hi`` if they continue it, else
     start a new one."""
     if releases:

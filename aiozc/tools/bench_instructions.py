@@ -72,6 +72,7 @@ def _udp_cases() -> list[Case]:
         ("aiozc-coalesce", "aiozc sendto_zc coalesced"),
         ("aiozc-many", "aiozc sendto_zc_many"),
         ("aiozc+uring-fixed", "aiozc sendto_zc io_uring + pool"),
+        ("aiozc-coalesce+uring-fixed", "aiozc sendto_zc coalesced io_uring + pool"),
         ("aiozc-many+uring-fixed", "aiozc sendto_zc_many io_uring + pool"),
     ):
         cases += [Case(f"{what} ({loop})", "udp", kind, loop) for loop in ("asyncio", "uvloop")]
