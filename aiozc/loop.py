@@ -209,6 +209,20 @@ class AiozcUVLoop(_AiozcLoopMixin, uvloop.Loop):  # type: ignore[misc]
         self._ensure_fd_no_aiozc_transport(fileobj)
         return super().remove_writer(fileobj)  # type: ignore[no-any-return]
 
+    # uvloop's sock_recv, sock_recv_into and sock_accept always wait through its own reader
+    # registration, which refuses a transport's fd: the same refusal for aiozc's.
+    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
+        self._ensure_fd_no_aiozc_transport(sock)
+        return await super().sock_recv(sock, n)  # type: ignore[no-any-return]
+
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
+        self._ensure_fd_no_aiozc_transport(sock)
+        return await super().sock_recv_into(sock, buf)  # type: ignore[no-any-return]
+
+    async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
+        self._ensure_fd_no_aiozc_transport(sock)
+        return await super().sock_accept(sock)  # type: ignore[no-any-return]
+
 
 def new_event_loop(base: str = "uvloop", **options: Any) -> asyncio.AbstractEventLoop:
     """A new aiozc loop on ``base`` ("uvloop" or "asyncio"); ``options`` are transport defaults."""

@@ -275,6 +275,22 @@ def test_add_reader_on_a_transports_fd_is_refused_as_by_the_base_loop(base: str)
             except RuntimeError as exc:
                 assert f"File descriptor {fd} is used by transport" in str(exc)
                 out.append(f"{name}: refused")
+        sock = socket.socket(fileno=fd)  # the same fd, detached (not closed) below
+        try:
+            # The stock loops refuse before waiting: the task is done after one iteration.
+            task = asyncio.ensure_future(loop.sock_recv(sock, 1))
+            await asyncio.sleep(0)
+            if not task.done():
+                out.append("sock_recv: waited")
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            elif isinstance(task.exception(), RuntimeError):
+                assert "is used by transport" in str(task.exception())
+                out.append("sock_recv: refused")
+            else:
+                out.append(f"sock_recv: {task.exception()!r}")
+        finally:
+            sock.detach()
         transport.close()
         listener.close()
         await asyncio.sleep(0.05)
