@@ -47,10 +47,17 @@ class TransportOptions:
     # TCP completions on one host wait for the receiver to read (see PolicyOptions); UDP
     # endpoints default to False: a datagram's completion comes when the device is done.
     probe_first: bool = True
+    # TCP zero-copy receive (aiozc.zcrx.ZeroCopyReceive, True for its defaults); datagram
+    # transports ignore it, so it can be a loop-wide default.
+    zc_receive: Any = None
 
     def __post_init__(self) -> None:
         for name, (kind, minimum, unit) in _RULES.items():
             setattr(self, name, _checked(name, getattr(self, name), kind, minimum, unit))
+        if self.zc_receive is not None:
+            from .zcrx import ZeroCopyReceive  # noqa: PLC0415 - cffi only for those who opt in
+
+            self.zc_receive = ZeroCopyReceive.coerce(self.zc_receive)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> TransportOptions:

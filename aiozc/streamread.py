@@ -29,6 +29,10 @@ class StreamReading:
     _hup: bool
     _read_error: OSError | None
     _read_once: Callable[[], bool]
+    # Zero-copy receive (aiozc.zcread), when the zc_receive option is on; _rx_blocked while
+    # every region of its pool is held (reading paused until one is freed).
+    _zc_reader: Any = None
+    _rx_blocked = False
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._read_once = self._read_path(protocol)
@@ -37,12 +41,16 @@ class StreamReading:
     def _read_path(self, protocol: asyncio.BaseProtocol) -> Callable[[], bool]:
         # uvloop's rule, which covers asyncio's isinstance(BufferedProtocol): uvloop's own
         # tests use a get_buffer() protocol that subclasses neither.
+        if self._zc_reader is not None:
+            step = self._zc_reader.read_path(protocol)
+            if step is not None:
+                return step
         if hasattr(protocol, "get_buffer") and not isinstance(protocol, asyncio.Protocol):
             return self._read_into_buffer
         return self._read_data
 
     def _read_ready(self, events: int) -> None:
-        if not self._reading or self._eof_received or self._closing:
+        if not self._reading or self._eof_received or self._closing or self._rx_blocked:
             if events & EPOLLHUP and not self._hup:
                 self._hup = True
                 self._update_mask()

@@ -127,6 +127,10 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
         self._peer_window_peak = 0
         asyncio.Transport.__init__(self, extra)
         ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options or TransportOptions(), extra)
+        if self._options.zc_receive is not None:
+            from .zcread import ZeroCopyReader  # noqa: PLC0415 - its cffi only for those who opt in
+
+            self._zc_reader = ZeroCopyReader(self, self._options.zc_receive)
         self._read_once = self._read_path(protocol)
         if server is not None:
             server._attach(self)
@@ -150,7 +154,7 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
     # -- readiness -------------------------------------------------------------------------
 
     def _mask(self) -> int:
-        read = self._reading and not self._eof_received and not self._closing
+        read = self._reading and not self._eof_received and not self._closing and not self._rx_blocked
         # While a zero-copy send is in flight its result, not EPOLLOUT, resumes flushing.
         write = bool(self._queue) and not self._zc_in_flight
         # A hung-up socket stays readable/EPOLLHUP forever; edge-triggered while we are not
@@ -540,6 +544,8 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
                 pass
 
     def _notify_connection_lost(self, exc: BaseException | None) -> None:
+        if self._zc_reader is not None:
+            self._zc_reader.close()  # held leases stay valid: their regions are the pool's
         try:
             super()._notify_connection_lost(exc)
         finally:

@@ -80,6 +80,14 @@ class Lease:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    def __del__(self) -> None:
+        # A lease dropped without release() must not cost the pool a region for good.
+        if self._region is not None:
+            try:
+                self.release()
+            except Exception:  # noqa: BLE001 - e.g. a closed loop at interpreter exit
+                pass
+
     def __repr__(self) -> str:
         state = "released" if self._view is None else "live"
         return f"<Lease {self.nbytes} bytes {state}>"
@@ -106,6 +114,7 @@ class RegionPool:
         self._held = 0  # regions out as leases or deferred
         self._callbacks: list[Callable[[], None]] = []
         self._closed = False
+        self.pid = os.getpid()  # after fork() the regions are not mapped (MADV_DONTFORK)
 
     # -- for receive() ------------------------------------------------------------------------
     def acquire(self) -> tuple[mmap.mmap, int] | None:
@@ -182,6 +191,17 @@ class RegionPool:
     def held(self) -> int:
         with self._lock:
             return self._held
+
+    @property
+    def deferred(self) -> int:
+        """Released regions still pinned by a derived view (freed by :meth:`collect`)."""
+        with self._lock:
+            return len(self._deferred)
+
+    def available(self) -> bool:
+        """Whether :meth:`acquire` would return a region now."""
+        with self._lock:
+            return bool(self._idle) or self._held < self.regions
 
     def close(self) -> None:
         """Unmap idle regions and close the owner socket. Live leases keep their own mapping
@@ -274,3 +294,66 @@ def _copy(sock: socket.socket, nbytes: int, step: ReceiveStep) -> bool:
     step.pieces.append(data)
     step.copied += len(data)
     return True
+
+
+# ------------------------------------------------------------------------------------------
+# The transport option
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroCopyReceive:
+    """Opt-in zero-copy receive for a TCP transport: ``create_connection(...,
+    zc_receive=ZeroCopyReceive(chunk=..., regions=...))`` (and create_server, start_server,
+    open_connection, the aiozc loop's methods).
+
+    ``chunk`` is the most one lease holds (one region); ``regions`` bounds how many leases may
+    be held at once by all connections of this process with the same ``chunk`` and
+    ``regions`` (they share one pool: :meth:`pool`). Reading pauses while all are held.
+
+    A connection judges itself after ``judge_after`` bytes: if less than ``min_mapped`` of
+    them were mapped (a peer sending with plain ``send()`` maps nothing), it goes back to the
+    plain read path for good and its stats say why.
+    """
+
+    chunk: int = DEFAULT_CHUNK
+    regions: int = DEFAULT_REGIONS
+    min_mapped: float = 0.5
+    judge_after: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        for name in ("chunk", "regions", "judge_after"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"ZeroCopyReceive.{name} must be an int, got {value!r}")
+        if self.chunk <= 0 or self.chunk % _sys.PAGE_SIZE:
+            raise ValueError(f"ZeroCopyReceive.chunk must be a positive multiple of {_sys.PAGE_SIZE}")
+        if self.regions <= 0:
+            raise ValueError("ZeroCopyReceive.regions must be positive")
+        if self.judge_after < 0:
+            raise ValueError("ZeroCopyReceive.judge_after must be >= 0")
+        if not isinstance(self.min_mapped, (int, float)) or not 0 <= self.min_mapped <= 1:
+            raise ValueError(f"ZeroCopyReceive.min_mapped must be in [0, 1], got {self.min_mapped!r}")
+
+    def pool(self) -> RegionPool:
+        """This process's pool for (chunk, regions), made on first use (again after fork())."""
+        key = (self.chunk, self.regions)
+        with _POOLS_LOCK:
+            pool = _POOLS.get(key)
+            if pool is None or pool.pid != os.getpid():
+                pool = _POOLS[key] = RegionPool(chunk=self.chunk, regions=self.regions)
+            return pool
+
+    @classmethod
+    def coerce(cls, value: object) -> "ZeroCopyReceive | None":
+        """The ``zc_receive`` transport option: None/False (off), True (defaults) or an instance."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        raise TypeError(f"zc_receive must be a ZeroCopyReceive, True or None, got {value!r}")
+
+
+_POOLS: dict[tuple[int, int], RegionPool] = {}
+_POOLS_LOCK = threading.Lock()

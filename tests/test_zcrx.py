@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import itertools
 import os
 import select
 import socket
@@ -23,9 +22,8 @@ from aiozc import zcrx
 from aiozc._sys import kernel
 from aiozc._sys import zcrx as zsys
 from aiozc.tools.netns import NetNamespace
-from rig import require_netns
+from zcrx_rig import mss_namespace
 
-_names = itertools.count()
 Pair = tuple[socket.socket, socket.socket]
 
 
@@ -66,13 +64,7 @@ def test_region_size_must_be_whole_pages() -> None:
 
 @pytest.fixture(scope="module")
 def mss_ns() -> Iterator[NetNamespace]:
-    require_netns()
-    ns = NetNamespace(f"aiozc-probe-{os.getpid()}-zcrx{next(_names)}").create()
-    try:
-        ns.ip("link", "set", "lo", "mtu", "61492")
-        yield ns
-    finally:
-        ns.close()
+    yield from mss_namespace("zcrx")
 
 
 @pytest.fixture
@@ -152,10 +144,9 @@ def receive_all(sock: socket.socket, pool: zcrx.RegionPool) -> tuple[bytes, int,
 
 def test_zerocopy_sender_maps_almost_everything_intact(tcp_pair, pool) -> None:
     # Every stream must arrive intact; the >= 99% mapped bound must hold in one of three
-    # streams. Seen once in a whole-suite run on a loaded machine: 94.4% mapped (never in 20
-    # runs of this file alone, nor under CPU hogs): the kernel decides per skb whether pages
-    # can be mapped, and a receive queue it had to prune is copied. A regression that stops
-    # mapping fails all three.
+    # streams: the kernel decides per skb whether pages can be mapped, and a receive queue it
+    # had to prune is copied (seen once, 94.4%, before zcrx_rig raised the receive buffer; the
+    # MSS flipping to 38400 was the usual cause). A regression that stops mapping fails all three.
     results = []
     for _ in range(3):
         sender, receiver = tcp_pair(True)

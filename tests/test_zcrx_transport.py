@@ -1,0 +1,442 @@
+"""Zero-copy receive on TCP transports (``zc_receive=ZeroCopyReceive(...)``), on both loops.
+
+Every stream runs in a private namespace whose lo has MTU 61492 (an MSS that is a multiple of
+4096), with a sender thread forced to MSG_ZEROCOPY: the kernel then hands the receiver whole
+order-0 pages, which map (PLATFORM.md, "Zero-copy receive"). A plain sender maps nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import aiozc
+from aiozc import zcrx
+from aiozc._sys import kernel
+from aiozc.tools.netns import NetNamespace
+from zcrx_rig import mss_namespace
+
+_names = itertools.count()
+Pair = tuple[socket.socket, socket.socket]
+MiB = 1 << 20
+
+
+# ------------------------------------------------------------------------------------------
+# Rig
+
+
+@pytest.fixture(scope="module")
+def mss_ns() -> Iterator[NetNamespace]:
+    yield from mss_namespace("zcrxt")
+
+
+@pytest.fixture
+def tcp_pair(mss_ns: NetNamespace) -> Iterator[Callable[[], Pair]]:
+    """``make()`` -> (sender with SO_ZEROCOPY, receiver) connected over the namespace's lo."""
+    made: list[socket.socket] = []
+
+    def make() -> Pair:
+        listener = mss_ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+        made.append(listener)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        sender = mss_ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+        made.append(sender)
+        assert kernel.enable_zerocopy(sender) is None
+        sender.connect(listener.getsockname())
+        receiver, _ = listener.accept()
+        made.append(receiver)
+        listener.close()
+        return sender, receiver
+
+    yield make
+    for sock in made:
+        sock.close()
+
+
+def config(**kw: Any) -> zcrx.ZeroCopyReceive:
+    # A pool of its own per test (distinct regions count): held counts are the test's alone.
+    kw.setdefault("chunk", 256 * 1024)
+    kw.setdefault("regions", 40 + next(_names))
+    return zcrx.ZeroCopyReceive(**kw)
+
+
+def send_in_thread(sock: socket.socket, parts: list[bytes], *, zerocopy: list[bool] | bool = True,
+                   then: str = "shutdown") -> threading.Thread:
+    """Send ``parts`` in order (MSG_ZEROCOPY where ``zerocopy`` says), then shut down the write
+    side ("shutdown"), reset the connection ("reset") or leave it open ("none")."""
+    flags = [zerocopy] * len(parts) if isinstance(zerocopy, bool) else zerocopy
+
+    def run() -> None:
+        try:
+            for part, zc in zip(parts, flags):
+                view = memoryview(part)
+                for i in range(0, len(view), MiB):
+                    sock.sendall(view[i:i + MiB], kernel.MSG_ZEROCOPY if zc else 0)
+            if then == "shutdown":
+                sock.shutdown(socket.SHUT_WR)
+            elif then == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+        except OSError:
+            pass  # the receiver went away (reset tests)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+class Recorder:
+    """What a protocol saw, in order: ("lease"|"copy", bytes), then the end."""
+
+    def __init__(self) -> None:
+        self.pieces: list[tuple[str, bytes]] = []
+        self.eof = False
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(p for _, p in self.pieces)
+
+    def kinds(self) -> set[str]:
+        return {k for k, _ in self.pieces}
+
+
+class LeaseProtocol(Recorder, asyncio.Protocol):
+    def lease_received(self, lease: zcrx.Lease) -> None:
+        with lease:
+            self.pieces.append(("lease", bytes(lease.view)))
+
+    def data_received(self, data: bytes) -> None:
+        self.pieces.append(("copy", data))
+
+
+class PlainProtocol(Recorder, asyncio.Protocol):
+    def data_received(self, data: bytes) -> None:
+        self.pieces.append(("copy", data))
+
+
+class PlainBufferedProtocol(Recorder, asyncio.BufferedProtocol):
+    def __init__(self) -> None:
+        super().__init__()
+        self._buf = bytearray(64 * 1024)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self._buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.pieces.append(("copy", bytes(self._buf[:nbytes])))
+
+
+class BufferedLeaseProtocol(PlainBufferedProtocol):
+    def lease_received(self, lease: zcrx.Lease) -> None:
+        with lease:
+            self.pieces.append(("lease", bytes(lease.view)))
+
+
+def stats_of(transport: Any) -> Any:
+    return transport.get_extra_info("aiozc_stats").extra["zc_receive"]
+
+
+async def receive(receiver: socket.socket, factory: Callable[[], Recorder], zc: zcrx.ZeroCopyReceive
+                  ) -> tuple[Any, Recorder]:
+    transport, protocol = await aiozc.create_connection(factory, sock=receiver, zc_receive=zc)
+    return transport, protocol
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------
+# Option
+
+
+def test_option_takes_a_config_true_or_none() -> None:
+    assert aiozc.TransportOptions(zc_receive=True).zc_receive == zcrx.ZeroCopyReceive()
+    assert aiozc.TransportOptions(zc_receive=False).zc_receive is None
+    with pytest.raises(TypeError):
+        aiozc.TransportOptions(zc_receive="yes")
+    with pytest.raises(ValueError):
+        zcrx.ZeroCopyReceive(chunk=5000)
+    with pytest.raises(ValueError):
+        zcrx.ZeroCopyReceive(min_mapped=2)
+
+
+def test_one_pool_per_process_per_shape() -> None:
+    a, b = zcrx.ZeroCopyReceive(chunk=8192, regions=3), zcrx.ZeroCopyReceive(chunk=8192, regions=3)
+    assert a.pool() is b.pool()
+    assert zcrx.ZeroCopyReceive(chunk=8192, regions=4).pool() is not a.pool()
+
+
+# ------------------------------------------------------------------------------------------
+# Streams
+
+
+@pytest.mark.parametrize("factory", [LeaseProtocol, BufferedLeaseProtocol])
+async def test_zerocopy_sender_maps_99_percent_intact(tcp_pair, factory) -> None:
+    # As in test_zcrx: the bound must hold in one of three streams (the kernel copies a
+    # receive queue it had to prune); every stream must be intact.
+    seen = []
+    for _ in range(3):
+        sender, receiver = tcp_pair()
+        payload = os.urandom(24 * MiB)
+        t = send_in_thread(sender, [payload])
+        transport, protocol = await receive(receiver, factory, config())
+        assert await protocol.lost is None
+        t.join()
+        assert protocol.eof
+        assert sha(protocol.data) == sha(payload)
+        stats = stats_of(transport)
+        assert stats.mapped_bytes + stats.copied_bytes == len(payload)
+        assert stats.lease_copied_bytes == 0
+        seen.append(round(stats.mapped_fraction, 4))
+        if stats.mapped_fraction >= 0.99:
+            assert stats.state == "mapping"
+            return
+    pytest.fail(f"under 99% mapped in 3 streams: {seen}")
+
+
+@pytest.mark.parametrize("factory", [PlainProtocol, PlainBufferedProtocol])
+async def test_protocol_without_lease_received_gets_copies(tcp_pair, factory) -> None:
+    zc = config()
+    sender, receiver = tcp_pair()
+    payload = os.urandom(8 * MiB)
+    t = send_in_thread(sender, [payload])
+    transport, protocol = await receive(receiver, factory, zc)
+    assert await protocol.lost is None
+    t.join()
+    assert protocol.data == payload
+    assert protocol.kinds() == {"copy"}
+    stats = stats_of(transport)
+    assert stats.lease_copied_bytes == stats.mapped_bytes > 0  # leases were copied out...
+    assert zc.pool().held == 0  # ...and released
+
+
+async def test_stream_reader_works(tcp_pair) -> None:
+    sender, receiver = tcp_pair()
+    payload = os.urandom(4 * MiB + 123)
+    t = send_in_thread(sender, [payload])
+    reader, writer = await aiozc.open_connection(sock=receiver, zc_receive=config())
+    data = await reader.read()
+    t.join()
+    assert sha(data) == sha(payload)
+    assert stats_of(writer.transport).mapped_bytes > 0
+    writer.close()
+
+
+async def test_server_side(mss_ns) -> None:
+    listener = mss_ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted: asyncio.Future[LeaseProtocol] = asyncio.get_running_loop().create_future()
+
+    def factory() -> LeaseProtocol:
+        protocol = LeaseProtocol()
+        accepted.set_result(protocol)
+        return protocol
+
+    server = await aiozc.create_server(factory, sock=listener, zc_receive=config())
+    sender = mss_ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        assert kernel.enable_zerocopy(sender) is None
+        await asyncio.get_running_loop().run_in_executor(None, sender.connect, listener.getsockname())
+        payload = os.urandom(4 * MiB)
+        t = send_in_thread(sender, [payload])
+        protocol = await accepted
+        assert await protocol.lost is None
+        t.join()
+        assert protocol.data == payload and "lease" in protocol.kinds()
+    finally:
+        sender.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("size", [0, 100, 4095, 4096 * 3 + 17])
+async def test_short_streams_and_eof(tcp_pair, size: int) -> None:
+    sender, receiver = tcp_pair()
+    payload = os.urandom(size)
+    t = send_in_thread(sender, [payload])
+    transport, protocol = await receive(receiver, LeaseProtocol, config())
+    assert await protocol.lost is None
+    t.join()
+    assert protocol.eof and protocol.data == payload
+
+
+async def test_mixed_mapped_and_copied_stream_stays_in_order(tcp_pair) -> None:
+    sender, receiver = tcp_pair()
+    sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    parts = [os.urandom(256 * 1024) if i % 2 == 0 else os.urandom(1000) for i in range(40)]
+    t = send_in_thread(sender, parts, zerocopy=[i % 2 == 0 for i in range(40)])
+    transport, protocol = await receive(receiver, LeaseProtocol, config())
+    assert await protocol.lost is None
+    t.join()
+    assert protocol.data == b"".join(parts)
+    assert protocol.kinds() == {"lease", "copy"}
+
+
+async def test_urgent_byte_stays_in_line(tcp_pair) -> None:
+    # The kernel's zero-copy receive ignores the urgent mark; SO_OOBINLINE makes recv agree.
+    sender, receiver = tcp_pair()
+    head, tail = os.urandom(MiB), os.urandom(MiB)
+
+    def run() -> None:
+        sender.sendall(head, kernel.MSG_ZEROCOPY)
+        sender.send(b"!", socket.MSG_OOB)
+        sender.sendall(tail, kernel.MSG_ZEROCOPY)
+        sender.shutdown(socket.SHUT_WR)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    transport, protocol = await receive(receiver, LeaseProtocol, config())
+    assert await protocol.lost is None
+    t.join()
+    assert protocol.data == head + b"!" + tail
+
+
+async def test_reset_after_data_is_connection_lost_with_the_error(tcp_pair) -> None:
+    sender, receiver = tcp_pair()
+    payload = os.urandom(512 * 1024)
+    t = send_in_thread(sender, [payload], then="reset")
+    t.join()  # everything is queued at the receiver (or dropped by the RST) before it reads
+    transport, protocol = await receive(receiver, LeaseProtocol, config())
+    exc = await protocol.lost
+    assert isinstance(exc, ConnectionResetError)
+    assert protocol.data and payload.startswith(protocol.data)  # what came before, then the error
+
+
+async def test_plain_sender_auto_disables(tcp_pair) -> None:
+    sender, receiver = tcp_pair()
+    payload = os.urandom(8 * MiB)
+    t = send_in_thread(sender, [payload], zerocopy=False)
+    transport, protocol = await receive(receiver, LeaseProtocol, config(judge_after=MiB))
+    assert await protocol.lost is None
+    t.join()
+    assert sha(protocol.data) == sha(payload)
+    stats = stats_of(transport)
+    assert stats.state == "disabled" and "plain send()" in stats.reason, stats
+    # Judged after about judge_after bytes; the rest took the plain path (not counted).
+    assert MiB <= stats.mapped_bytes + stats.copied_bytes < len(payload)
+    assert stats.mapped_bytes <= 0.01 * len(payload)
+
+
+# ------------------------------------------------------------------------------------------
+# Lifetime and the bound
+
+
+class HoldingProtocol(LeaseProtocol):
+    """Keeps every lease (or a view derived from it) while ``hold`` is set."""
+
+    def __init__(self, keep: str) -> None:
+        super().__init__()
+        self.keep = keep
+        self.hold = True
+        self.held: list[Any] = []
+        self.snapshots: list[bytes] = []
+        self.got_lease = asyncio.Event()
+
+    def lease_received(self, lease: zcrx.Lease) -> None:
+        self.got_lease.set()
+        if not self.hold:
+            return super().lease_received(lease)
+        self.pieces.append(("lease", bytes(lease.view)))
+        self.snapshots.append(bytes(lease.view))
+        if self.keep == "lease":
+            self.held.append(lease)
+            return
+        derived = lease.view[1:] if self.keep == "slice" else np.frombuffer(lease.view, np.uint8)
+        self.held.append(derived)
+        assert lease.release() is False  # a derived view lives: the region stays mapped
+
+    def let_go(self, held: Any) -> None:
+        """Release what is held (a lease, a slice); a numpy array just has to die."""
+        if self.keep != "numpy":
+            held.release()
+
+
+async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("keep", ["lease", "slice", "numpy"])
+async def test_held_regions_pause_reading_and_freeing_one_resumes(tcp_pair, keep: str) -> None:
+    zc = config(chunk=64 * 1024, regions=2)
+    pool = zc.pool()
+    sender, receiver = tcp_pair()
+    payload = os.urandom(4 * MiB)
+    t = send_in_thread(sender, [payload])
+    transport, protocol = await receive(receiver, lambda: HoldingProtocol(keep), zc)
+    stats = stats_of(transport)
+    await wait_for(lambda: stats.state == "paused", "reading to pause")
+    assert pool.held == 2 and len(protocol.held) == 2
+    before = len(protocol.data)
+    await asyncio.sleep(0.05)
+    assert len(protocol.data) == before  # nothing more is taken while every region is held
+    # The held pages were never remapped: they still read as what arrived.
+    for held, snapshot in zip(protocol.held, protocol.snapshots):
+        got = bytes(held.view) if keep == "lease" else bytes(held)
+        assert got == snapshot[len(snapshot) - len(got):]
+    del held, got
+    # Let go of one, from another thread: reading resumes.
+    first = protocol.held.pop(0)
+    releaser = threading.Thread(target=protocol.let_go, args=(first,))
+    releaser.start()
+    releaser.join()
+    del first
+    await wait_for(lambda: len(protocol.data) > before, "reading to resume")
+    protocol.hold = False
+    for held in protocol.held:
+        protocol.let_go(held)
+    del held  # the last array must die too
+    protocol.held.clear()
+    assert await asyncio.wait_for(protocol.lost, 30) is None
+    t.join()
+    assert protocol.data == payload
+    assert stats.pauses >= 1
+    await wait_for(lambda: pool.collect() == 0 and pool.held == 0, "every region to be freed")
+
+
+async def test_close_is_not_delayed_by_a_held_lease(tcp_pair) -> None:
+    zc = config()
+    sender, receiver = tcp_pair()
+    payload = os.urandom(MiB)
+    t = send_in_thread(sender, [payload], then="none")
+    transport, protocol = await receive(receiver, lambda: HoldingProtocol("lease"), zc)
+    await asyncio.wait_for(protocol.got_lease.wait(), 10)
+    transport.close()
+    assert await asyncio.wait_for(protocol.lost, 5) is None
+    t.join()
+    # The peer sees our FIN although a lease is held (its region is the pool's, not the socket's).
+    sender.settimeout(5)
+    while sender.recv(65536):
+        pass
+    lease = protocol.held[0]
+    assert bytes(lease.view) == protocol.snapshots[0]  # still valid after the close
+    assert lease.release() is True
