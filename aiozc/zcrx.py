@@ -18,6 +18,7 @@ region is held and calls its ``on_available`` callbacks, from whichever thread r
 
 from __future__ import annotations
 
+import atexit
 import errno
 import mmap
 import os
@@ -25,7 +26,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from ._sys import zcrx as _sys
 
@@ -217,6 +218,20 @@ class RegionPool:
 Piece = Union[Lease, bytes]
 
 
+def copy_into_buffered(protocol: Any, view: memoryview) -> None:
+    """Copy ``view`` into a BufferedProtocol through its get_buffer()/buffer_updated(), as a
+    transport would: for a ``lease_received`` that keeps part of a lease and copies the rest."""
+    offset = 0
+    while offset < len(view):
+        with memoryview(protocol.get_buffer(len(view) - offset)) as dest, dest.cast("B") as flat:
+            if not len(flat):
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            n = min(len(flat), len(view) - offset)
+            flat[:n] = view[offset:offset + n]
+        offset += n
+        protocol.buffer_updated(n)
+
+
 @dataclass(slots=True)
 class ReceiveStep:
     """What one :func:`receive` call got, in stream order."""
@@ -357,3 +372,13 @@ class ZeroCopyReceive:
 
 _POOLS: dict[tuple[int, int], RegionPool] = {}
 _POOLS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_pools() -> None:
+    # Leases still alive keep their mappings (each region holds a dup of the owner fd).
+    with _POOLS_LOCK:
+        pools = [p for p in _POOLS.values() if p.pid == os.getpid()]
+        _POOLS.clear()
+    for pool in pools:
+        pool.close()

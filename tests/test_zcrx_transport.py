@@ -440,3 +440,68 @@ async def test_close_is_not_delayed_by_a_held_lease(tcp_pair) -> None:
     lease = protocol.held[0]
     assert bytes(lease.view) == protocol.snapshots[0]  # still valid after the close
     assert lease.release() is True
+
+
+# ------------------------------------------------------------------------------------------
+# aiozc.tensors over mapped pages
+
+
+def mapped_region_of(array: np.ndarray) -> Any:
+    """The mmap under ``array`` (following .base), or None for memory of its own."""
+    base: Any = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return base.obj if isinstance(base, memoryview) else None
+
+
+async def test_tensor_bodies_arrive_as_arrays_over_mapped_pages(mss_ns) -> None:
+    import mmap
+
+    from aiozc import tensors
+    from aiozc.tensors.frames import encode_header
+
+    zc = config(chunk=1 << 20)
+    arrays = [np.random.default_rng(i).random(64 * 1024, dtype=np.float32) for i in range(16)]
+    received: list[np.ndarray] = []
+    done = asyncio.Event()
+
+    async def handler(chan: Any) -> None:
+        out = np.empty_like(arrays[0])
+        assert await chan.recv(out=out) is out  # recv(out=) still fills out in place
+        received.append(out)
+        async for array in chan:
+            received.append(array)
+        done.set()
+
+    listener = mss_ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    server = await tensors.serve(handler, None, None, sock=listener, zc_receive=zc)
+    sender = mss_ns.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        assert kernel.enable_zerocopy(sender) is None
+        await asyncio.get_running_loop().run_in_executor(None, sender.connect, listener.getsockname())
+        frames: list[bytes] = []
+        zerocopy: list[bool] = []
+        for array in arrays:
+            frames += [encode_header(array, name=None, metadata=None, tag=None), array.tobytes()]
+            zerocopy += [False, True]
+        t = send_in_thread(sender, frames, zerocopy=zerocopy)
+        await asyncio.wait_for(done.wait(), 30)
+        t.join()
+    finally:
+        sender.close()
+        server.close()
+        await server.wait_closed()
+    assert len(received) == len(arrays)
+    for got, sent in zip(received, arrays):
+        assert np.array_equal(got, sent)
+    mapped = [a for a in received if isinstance(mapped_region_of(a), mmap.mmap)]
+    print("tensor frames over mapped pages:", len(mapped), "of", len(received))
+    assert mapped, "no frame body arrived as an array over mapped pages"
+    for array in mapped:
+        assert not array.flags.writeable  # PROT_READ pages
+    pool = zc.pool()
+    assert pool.held > 0  # the arrays keep their regions...
+    del mapped, received, array, got
+    await wait_for(lambda: pool.collect() == 0 and pool.held == 0, "regions to be freed with the arrays")

@@ -147,6 +147,31 @@ class _TensorProtocol(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         return False  # close; connection_lost decides whether a frame was cut short
 
+    def lease_received(self, lease: Any) -> None:
+        """Mapped pages (``zc_receive``, aiozc.zcread). A body that starts where the lease does
+        and fits in it, with no ``out=`` waiting for it, becomes a read-only array over those
+        pages, which stay mapped while the array lives; the rest is copied as usual."""
+        from aiozc.zcrx import copy_into_buffered  # noqa: PLC0415 - only with zc_receive
+
+        with lease:
+            view = lease.view
+            taken = self._adopt_mapped_body(view)
+            with view[taken:] as rest:
+                copy_into_buffered(self, rest)
+            if taken and taken == len(view):
+                self._advance()
+
+    def _adopt_mapped_body(self, view: memoryview) -> int:
+        header, owner = self._header, self._body_owner
+        if self._state != _BODY or self._body_filled or header is None or not 0 < header.nbytes <= len(view):
+            return 0
+        if owner is not None and (owner.dest.view is not None or owner.dest.as_torch):
+            return 0  # recv(out=) is filled in place; torch wants writable memory
+        self._body = np.frombuffer(view[: header.nbytes], header.dtype).reshape(header.shape)
+        self._body_filled = header.nbytes
+        self._finish_body()
+        return header.nbytes
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._lost_exc = exc
