@@ -300,3 +300,32 @@ def test_add_reader_on_a_transports_fd_is_refused_as_by_the_base_loop(base: str)
         stock, ours = _on_stock_and_aiozc(base, lambda: refusals(kind))
         assert ours == stock, kind
         assert all(entry.endswith("refused") for entry in stock)
+
+
+@pytest.mark.parametrize("base", ["asyncio", "uvloop"])
+def test_datagram_received_raising_systemexit_leaves_run_until_complete(base: str) -> None:
+    class Exiting(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            raise SystemExit(3)
+
+    async def main(create: Callable[..., Any]) -> None:
+        transport, _ = await create(Exiting, local_addr=("127.0.0.1", 0))
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sender.sendto(b"1", transport.get_extra_info("sockname"))
+            await asyncio.sleep(10)  # SystemExit ends the loop's run before this does
+        finally:
+            sender.close()
+            transport.close()
+
+    for ours in (False, True):
+        loop = asyncio.SelectorEventLoop() if base == "asyncio" else uvloop.new_event_loop()
+        create = aiozc.create_datagram_endpoint if ours else loop.create_datagram_endpoint
+        task = loop.create_task(main(create))
+        try:
+            with pytest.raises(SystemExit):
+                loop.run_until_complete(task)
+            task.cancel()
+            loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        finally:
+            loop.close()

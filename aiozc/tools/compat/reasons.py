@@ -35,19 +35,24 @@ _KW = r"unexpected aiozc transport option\(s\): "
 
 _TLS = "TLS over aiozc transports (asyncio's SSLProtocol over the aiozc transport, tls.py)"
 
+_MOCKED_SOCKET = (
+    "mocks `asyncio.base_events.socket` (its socket class) and loop.getaddrinfo, so only asyncio's own "
+    "create_server, which uses that module's `socket`, binds mock sockets; aiozc's, like uvloop's (which "
+    "fails it too), binds real ones. "
+)
+
 RULES: list[Reason] = [
     # -- tests of another implementation's internals: not a contract aiozc can follow ---------
     Reason("n/a", "asserts asyncio.Server's private `_waiters` is None (test_server.py line 63; stock uvloop "
            "fails it the same way). aiozc's Server waits on a future, not a `_waiters` list. Every "
            "assertion before it passes, and the one after it passes too (checked with `_waiters` "
            "set by hand, not committed)", detail="no attribute '_waiters'"),
-    Reason("n/a", "mocks `asyncio.base_events.socket` (its socket class and getaddrinfo) to bind "
-           "1.2.3.4 / 5.6.7.8 or ::2 without those addresses existing. Only asyncio's own create_server "
-           "uses that module's `socket`; aiozc's, like uvloop's (which fails it too), makes real sockets. "
-           "ipv4: neither address exists here, both binds give EADDRNOTAVAIL, so 'could not bind on any "
-           "address' (asyncio's rule and message); ipv6: ::1 binds, ::2 is skipped, and the test then "
-           "calls `getsockbyname()`, a method only the mock has, on the real socket",
-           test="test_create_server_multiple_hosts_ipv*"),
+    Reason("n/a", _MOCKED_SOCKET + "Neither 1.2.3.4 nor 5.6.7.8 exists here: both binds give "
+           "EADDRNOTAVAIL, hence 'could not bind on any address' (asyncio's own rule and message)",
+           test="test_create_server_multiple_hosts_ipv4"),
+    Reason("n/a", _MOCKED_SOCKET + "::1 binds and ::2 (EADDRNOTAVAIL) is skipped, as asyncio does; the "
+           "test then calls `getsockbyname()`, a method only the mock has, on the real socket",
+           test="test_create_server_multiple_hosts_ipv6"),
     Reason("n/a", "reads uvloop's private transport attribute `_paused` (test_tcp.py line 1054). The rest of "
            "the test passes through aiozc (checked with `_paused` aliased to `not is_reading()` by hand, not "
            "committed): pause/resume_reading twice, get_extra_info('socket'), add/remove_reader/writer "
