@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import os
 import socket
 import weakref
@@ -518,9 +517,6 @@ class IoUringEngine:
         ring = LoopRing.for_loop(self._loop)
         ring.attach()
         self._ring = ring
-        # submit_zc for a connected socket without the per-call dispatch (datagram hot path):
-        # (chunk, on_result, on_released, ctx, ident, expect).
-        self.submit_zc_connected = functools.partial(ring.send_zc, self._fd, self._flags, None)
         return None
 
     def forget(self, sock: socket.socket) -> None:
