@@ -6,7 +6,7 @@ read-ahead, flow control), this one (the public :class:`Channel`, ``connect``, `
 
 A :class:`Channel` sends one array per *frame* and receives the body of each frame straight
 into the destination array: the transport's ``recv_into`` writes into a memoryview slice of
-a fresh ``np.empty`` array or of a caller-supplied ``out=`` array. There is no intermediate
+a fresh page-aligned array (:func:`aligned_empty`) or of a caller-supplied ``out=`` array. There is no intermediate
 ``bytes`` object and no join of chunks; the only user-space copy on the receive path is of
 the few body bytes (at most :data:`SCRATCH_BYTES`) that happened to arrive in the same
 ``recv`` as the frame's header.
@@ -60,6 +60,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from .aligned import aligned_empty
 from .dtypes import decode_dtype, encode_dtype
 from .errors import ChannelBroken, ChannelClosed, FrameError, FrameTooLarge, IncompleteFrame, TensorChannelError
 from .frames import (
@@ -92,6 +93,7 @@ __all__ = [
     "FrameTooLarge",
     "IncompleteFrame",
     "TensorChannelError",
+    "aligned_empty",
     "connect",
     "decode_dtype",
     "encode_dtype",

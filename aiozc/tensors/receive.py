@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..buffers import aligned_buffer
+from .aligned import aligned_empty
 from .errors import ChannelBroken, ChannelClosed, FrameError, IncompleteFrame
 from .frames import PREFIX_SIZE, SCRATCH_BYTES, ChannelOptions, Frame, FrameHeader, byte_view, parse_header, parse_prefix
 from .interop import _Destination
@@ -40,7 +42,7 @@ def _take_scratch() -> memoryview:
     try:
         return _SPARE_SCRATCH.pop()
     except IndexError:
-        return memoryview(bytearray(SCRATCH_BYTES))
+        return aligned_buffer(SCRATCH_BYTES)
 
 
 def _give_back_scratch(view: memoryview) -> None:
@@ -54,9 +56,10 @@ def readahead_charge(header: FrameHeader) -> int:
 
 
 def allocate(header: FrameHeader) -> np.ndarray:
-    """The array a frame's body is received into; FrameError if numpy cannot make it."""
+    """The array a frame's body is received into (page-aligned: see .aligned); FrameError if
+    numpy cannot make it."""
     try:
-        return np.empty(header.shape, header.dtype)
+        return aligned_empty(header.shape, header.dtype)
     except (ValueError, MemoryError) as exc:
         raise FrameError(f"cannot allocate a {header.dtype} array of shape {header.shape[:8]}: {exc}") from None
 
