@@ -14,6 +14,7 @@ BENCHES = {
     "udp-sink": "aiozc.tools.bench_udp",
     "aiohttp": "aiozc.tools.bench_web",
     "tensors": "aiozc.tools.bench_tensors",
+    "recv": "aiozc.tools.bench_recv",
     "instructions": "aiozc.tools.bench_instructions",
     "dask": "aiozc.tools.bench_dask",
 }

@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import mmap
-import threading
 from collections.abc import Iterator
 
 from ._sys import uring as _uring
 
-__all__ = ["CACHE_LINE", "PAGE_SIZE", "BufferPool", "aligned_buffer", "alignment_of", "thread_read_buffer"]
+__all__ = ["CACHE_LINE", "PAGE_SIZE", "BufferPool", "aligned_buffer", "alignment_of"]
 
 PAGE_SIZE = mmap.PAGESIZE
 CACHE_LINE = 64  # the alignment below which the kernel's copy_to_user slows down (measured)
@@ -61,25 +60,6 @@ def alignment_of(buf: object) -> int:
     return min(address & -address, PAGE_SIZE) if address else PAGE_SIZE
 
 
-class _ThreadReadBuffer(threading.local):
-    view: memoryview | None = None
-
-
-_read_buffers = _ThreadReadBuffer()
-
-
-def thread_read_buffer(nbytes: int) -> memoryview:
-    """This thread's page-aligned read buffer, at least ``nbytes`` long (it grows, never shrinks).
-
-    For reads whose bytes are copied out before anything else runs on the thread (the TCP
-    transport's ``Protocol`` path: ``recv_into`` here, then ``bytes`` for ``data_received``):
-    one buffer per event-loop thread serves every connection, so idle connections cost none.
-    Never hand out views of it.
-    """
-    view = _read_buffers.view
-    if view is None or len(view) < nbytes:
-        view = _read_buffers.view = aligned_buffer(nbytes)
-    return view
 
 
 class BufferPool:

@@ -1,11 +1,10 @@
-"""Aligned receive memory: aiozc.buffers.aligned_buffer / thread_read_buffer and the tensor
+"""Aligned receive memory: aiozc.buffers.aligned_buffer / alignment_of and the tensor
 channel's destination arrays (issue #14 point 3). Async tests run on both loops."""
 
 from __future__ import annotations
 
 import asyncio
 import mmap
-import threading
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -52,18 +51,6 @@ def test_alignment_of_measures_the_start_address() -> None:
 def test_bytearray_is_what_alignment_is_for() -> None:
     # The premise of the README's advice: a large bytearray is not 64-byte aligned here.
     assert buffers.alignment_of(bytearray(1 << 20)) < buffers.CACHE_LINE
-
-
-def test_thread_read_buffer_is_per_thread_aligned_and_grows() -> None:
-    first = buffers.thread_read_buffer(1000)
-    assert buffers.thread_read_buffer(10) is first
-    bigger = buffers.thread_read_buffer(len(first) + 1)
-    assert len(bigger) > len(first) and buffers.alignment_of(bigger) == PAGE
-    other: list[memoryview] = []
-    t = threading.Thread(target=lambda: other.append(buffers.thread_read_buffer(1000)))
-    t.start()
-    t.join()
-    assert other[0] is not bigger
 
 
 # ---------------------------------------------------------------------------------------------

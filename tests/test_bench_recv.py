@@ -1,0 +1,45 @@
+"""``python -m aiozc bench recv`` (issue #14 point 3): every row runs and reports what it measured."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from aiozc.__main__ import BENCHES, _parser
+from aiozc.tools import bench_recv
+from rig import require_netns
+
+
+def test_registered_in_the_bench_cli() -> None:
+    assert BENCHES["recv"] == "aiozc.tools.bench_recv"
+    args = _parser().parse_args(["bench", "recv", "--gib", "0.01", "--rounds", "1"])
+    assert args.module is bench_recv and args.gib == 0.01
+
+
+def test_every_row_runs_and_only_zerocopy_receive_maps() -> None:
+    # Counts, not timings: each (sender, receiver) row received the stream, and pages map only
+    # for zero-copy receive from a MSG_ZEROCOPY sender (lo MTU 61492 in the netns: ~100%).
+    require_netns()
+    args = argparse.Namespace(gib=1 / 64, warmup_mib=4, rounds=1, chunk=256 * 1024, senders=None, receivers=None)
+    try:
+        result = bench_recv.run(args)
+    finally:
+        bench_recv.WARMUP = 64 << 20
+    rows = {(r["sender"], r["receiver"]): r for r in result["rows"]}
+    assert set(rows) == {(s, r) for s in bench_recv.SENDERS for r in bench_recv.RECEIVERS}
+    assert result["options"]["network"].startswith("netns lo")
+    for (sender, receiver), row in rows.items():
+        assert row["cpu_ms_per_gb"] > 0 and row["gbps"] > 0, row
+        if receiver == "zero-copy receive" and sender == "MSG_ZEROCOPY":
+            assert row["mapped_pct"] >= 90, row
+        else:
+            assert row["mapped_pct"] <= 1, row
+    assert len(result["load_average"]["after"]) == 3
+
+
+def test_a_stream_shorter_than_the_warmup_is_an_error() -> None:
+    require_netns()
+    with bench_recv._network() as (new_socket, _):
+        with pytest.raises(RuntimeError, match="shorter than the warm-up"):
+            bench_recv.run_once(new_socket, "plain", "recv_into aligned", 65536, -(bench_recv.WARMUP - 1024))
