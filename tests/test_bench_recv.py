@@ -43,3 +43,17 @@ def test_a_stream_shorter_than_the_warmup_is_an_error() -> None:
     with bench_recv._network() as (new_socket, _):
         with pytest.raises(RuntimeError, match="shorter than the warm-up"):
             bench_recv.run_once(new_socket, "plain", "recv_into aligned", 65536, -(bench_recv.WARMUP - 1024))
+
+
+def test_bench_tensors_reports_receiver_cpu_for_the_aligned_variants() -> None:
+    from aiozc.tools import bench_tensors
+
+    peers = ["aiozc", "aiozc-aligned", "aiozc-fresh", "aiozc-fresh-np", "mp"]
+    args = argparse.Namespace(sizes_mib=[1], total_mib=2, min_frames=2, repeat=1, peers=peers)
+    result = bench_tensors.run(args)
+    rows = {row["series"]: row for row in result["rows"]}
+    assert set(rows) == {bench_tensors.PEERS[p] for p in peers}
+    for row in rows.values():
+        assert row["gbps"] > 0 and row["receiver_cpu_ms_per_gb"] > 0, row
+    # The variants are aiozc's own receive side: ratios still compare aiozc with other peers.
+    assert result["ratios"]["1 MiB"]["best_peer"] == "multiprocessing.connection"

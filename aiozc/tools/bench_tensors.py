@@ -5,7 +5,11 @@ process started with multiprocessing's ``spawn``, and times from the first send 
 receiver acknowledges the last frame (so the receive side is fully included). Peers:
 
 * ``aiozc.tensors``: ``chan.send(arr)`` (two frames in flight) / ``chan.recv(out=buf)`` into
-  one preallocated array, on uvloop.
+  one preallocated ``np.empty`` array (16 bytes past a page for 1 MiB and more), on uvloop.
+  Variants on the receive side only (issue #14: aligned destinations):
+  ``out=aligned_empty`` (a page-aligned ``out``), ``recv() allocates`` (the channel's own
+  page-aligned arrays), and ``recv() allocates np.empty`` (the channel's allocation before
+  #14, for a before/after in one run).
 * ``asyncio streams + pickle 5``: ``pickle.dumps(arr, protocol=5, buffer_callback=...)`` with
   the out-of-band buffer written straight from the array, ``readexactly`` + ``pickle.loads``
   on the other side, on uvloop, StreamReader limit raised to 4 MiB.
@@ -17,6 +21,9 @@ On loopback the kernel copies TCP data on both ends whatever the sender asks for
 pays the same two kernel copies; differences come from user space: extra copies, pickling,
 fresh allocations (page faults on every large message) and syscall counts. aiozc receives each
 body with ``recv_into`` straight into the reused destination array.
+
+Each case also reports the receiver process's CPU time (user + system, ``getrusage``) over the
+timed frames, per 1e9 bytes.
 """
 
 from __future__ import annotations
@@ -26,7 +33,9 @@ import asyncio
 import collections
 import importlib.util
 import multiprocessing
+import os
 import pickle
+import resource
 import statistics
 import struct
 import time
@@ -45,9 +54,16 @@ WARMUP_FRAMES = 2
 DEFAULT_SIZES_MIB = (1, 16, 64)
 DEFAULT_TOTAL_MIB = 512
 AIOZC = "aiozc.tensors"
+AIOZC_ALIGNED_OUT = "aiozc.tensors, out=aligned_empty"
+AIOZC_FRESH = "aiozc.tensors, recv() allocates"
+AIOZC_FRESH_NP = "aiozc.tensors, recv() allocates np.empty"
+AIOZC_SERIES = (AIOZC, AIOZC_ALIGNED_OUT, AIOZC_FRESH, AIOZC_FRESH_NP)
 # --peers key -> the name in tables and JSON rows
 PEERS = {
     "aiozc": AIOZC,
+    "aiozc-aligned": AIOZC_ALIGNED_OUT,
+    "aiozc-fresh": AIOZC_FRESH,
+    "aiozc-fresh-np": AIOZC_FRESH_NP,
     "pickle5": "asyncio streams + pickle5",
     "mp": "multiprocessing.connection",
     "zmq": "pyzmq copy=False",
@@ -63,6 +79,28 @@ class Case:
     seconds: float
     gbps: float  # 1e9 bytes per second of array payload (median over runs)
     runs_gbps: list[float] = field(default_factory=list)
+    receiver_cpu_ms_per_gb: float = 0.0  # receiver user + sys over the timed frames (median)
+    runs_receiver_cpu: list[float] = field(default_factory=list)
+
+
+class _ReceiverCpu:
+    """The receiver process's CPU time from the first timed frame to the last."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self.seconds = 0.0
+
+    @staticmethod
+    def _now() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def before_frame(self, index: int) -> None:
+        if index == WARMUP_FRAMES:
+            self._start = self._now()
+
+    def stop(self) -> None:
+        self.seconds = self._now() - self._start
 
 
 def _expected_value(index: int) -> float:
@@ -83,15 +121,27 @@ def _check(array: np.ndarray, index: int) -> None:
 # aiozc.tensors
 
 
-async def _aiozc_receive(nbytes: int, total: int, report: Connection) -> None:
+async def _aiozc_receive(nbytes: int, total: int, report: Connection, series: str = AIOZC) -> None:
     from aiozc import tensors
 
     done = asyncio.get_running_loop().create_future()
-    out = np.empty(nbytes // 4, np.float32)
+    out: np.ndarray | None = np.empty(nbytes // 4, np.float32)
+    if series == AIOZC_ALIGNED_OUT:
+        out = tensors.aligned_empty(nbytes // 4, np.float32)
+    elif series in (AIOZC_FRESH, AIOZC_FRESH_NP):
+        out = None
+    if series == AIOZC_FRESH_NP:
+        from aiozc.tensors import receive
+
+        receive.allocate = lambda header: np.empty(header.shape, header.dtype)  # before #14
+    cpu = _ReceiverCpu()
 
     async def handler(chan: tensors.Channel) -> None:
         for i in range(total):
+            cpu.before_frame(i)
             _check(await chan.recv(out=out), i)
+        cpu.stop()
+        report.send(cpu.seconds)
         await chan.send(np.zeros(1, np.uint8))
         await chan.wait_closed()
         done.set_result(None)
@@ -140,8 +190,11 @@ STREAM_LIMIT = 4 * MiB
 async def _pickle_receive(nbytes: int, total: int, report: Connection) -> None:
     done = asyncio.get_running_loop().create_future()
 
+    cpu = _ReceiverCpu()
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for i in range(total):
+            cpu.before_frame(i)
             head_len, nbuffers = _PICKLE_HEAD.unpack(await reader.readexactly(_PICKLE_HEAD.size))
             head = await reader.readexactly(head_len)
             buffers = []
@@ -149,6 +202,8 @@ async def _pickle_receive(nbytes: int, total: int, report: Connection) -> None:
                 (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
                 buffers.append(await reader.readexactly(size))
             _check(pickle.loads(head, buffers=buffers), i)
+        cpu.stop()
+        report.send(cpu.seconds)
         writer.write(b"k")
         await writer.drain()
         writer.close()
@@ -196,12 +251,16 @@ def _mp_receive(nbytes: int, total: int, report: Connection) -> None:
     from multiprocessing.connection import Listener
 
     out = np.empty(nbytes // 4, np.float32)
+    cpu = _ReceiverCpu()
     with Listener((HOST, 0)) as listener:
         report.send(listener.address[1])
         with listener.accept() as conn:
             for i in range(total):
+                cpu.before_frame(i)
                 conn.recv_bytes_into(out)
                 _check(out, i)
+            cpu.stop()
+            report.send(cpu.seconds)
             conn.send_bytes(b"k")
 
 
@@ -229,9 +288,13 @@ def _zmq_receive(nbytes: int, total: int, report: Connection) -> None:
 
     with zmq.Context() as ctx, ctx.socket(zmq.PAIR) as sock:
         report.send(sock.bind_to_random_port(f"tcp://{HOST}"))
+        cpu = _ReceiverCpu()
         for i in range(total):
+            cpu.before_frame(i)
             frame = sock.recv(copy=False)
             _check(np.frombuffer(frame.buffer, np.float32), i)
+        cpu.stop()
+        report.send(cpu.seconds)
         sock.send(b"k")
         sock.recv()  # the sender's goodbye, so nothing is lost in linger
 
@@ -264,8 +327,8 @@ def _zmq_send(port: int, array: np.ndarray, total: int) -> float:
 
 def _receiver_main(peer: str, nbytes: int, total: int, report: Connection) -> None:
     """Entry point of the receiver process (module level so ``spawn`` can import it)."""
-    if peer == AIOZC:
-        run_on("uvloop", _aiozc_receive(nbytes, total, report))
+    if peer in AIOZC_SERIES:
+        run_on("uvloop", _aiozc_receive(nbytes, total, report, peer))
     elif peer == "asyncio streams + pickle5":
         run_on("uvloop", _pickle_receive(nbytes, total, report))
     elif peer == "multiprocessing.connection":
@@ -275,7 +338,7 @@ def _receiver_main(peer: str, nbytes: int, total: int, report: Connection) -> No
 
 
 def _sender(peer: str) -> Callable[[int, np.ndarray, int], float]:
-    if peer == AIOZC:
+    if peer in AIOZC_SERIES:
         return lambda port, array, total: run_on("uvloop", _aiozc_send(port, array, total))
     if peer == "asyncio streams + pickle5":
         return lambda port, array, total: run_on("uvloop", _pickle_send(port, array, total))
@@ -307,6 +370,9 @@ def run_case(peer: str, size: int, frames: int) -> Case:
         port = parent.recv()
         array = np.random.default_rng(0).random(size // 4, dtype=np.float32)
         seconds = _sender(peer)(port, array, total)
+        if not parent.poll(30):
+            raise RuntimeError(f"{peer} receiver sent no CPU time")
+        cpu_seconds = parent.recv()
         receiver.join(30)
         if receiver.exitcode != 0:
             raise RuntimeError(f"{peer} receiver failed (exit code {receiver.exitcode})")
@@ -314,7 +380,8 @@ def run_case(peer: str, size: int, frames: int) -> Case:
         if receiver.is_alive():
             receiver.kill()
             receiver.join()
-    return Case(peer, size, frames, seconds, size * frames / seconds / 1e9)
+    cpu_ms_per_gb = cpu_seconds / (size * frames / 1e9) * 1e3
+    return Case(peer, size, frames, seconds, size * frames / seconds / 1e9, receiver_cpu_ms_per_gb=cpu_ms_per_gb)
 
 
 def _median_case(runs: list[Case]) -> Case:
@@ -322,6 +389,8 @@ def _median_case(runs: list[Case]) -> Case:
     return Case(
         middle.series, middle.size, middle.frames, middle.seconds,
         statistics.median(c.gbps for c in runs), [round(c.gbps, 3) for c in runs],
+        statistics.median(c.receiver_cpu_ms_per_gb for c in runs),
+        [round(c.receiver_cpu_ms_per_gb, 1) for c in runs],
     )
 
 
@@ -334,7 +403,7 @@ def _ratios(cases: list[Case]) -> dict[str, dict[str, float | str | None]]:
     out: dict[str, dict[str, float | str | None]] = {}
     for size in sorted({c.size for c in cases}):
         ours = [c for c in cases if c.size == size and c.series == AIOZC]
-        others = [c for c in cases if c.size == size and c.series != AIOZC]
+        others = [c for c in cases if c.size == size and c.series not in AIOZC_SERIES]
         if not ours or not others:
             continue
         best = max(others, key=lambda c: c.gbps)
@@ -348,7 +417,7 @@ def _print_table(cases: list[Case], ratios: dict[str, dict[str, Any]]) -> None:
     gbps = {(c.series, c.size): c.gbps for c in cases}
     lines = [(name, [f"{gbps[name, s]:.2f}" if (name, s) in gbps else "-" for s in sizes]) for name in series]
     for name in series:
-        if name != AIOZC:
+        if name not in AIOZC_SERIES:
             cells = [
                 f"{gbps[AIOZC, s] / gbps[name, s]:.2f}x" if (AIOZC, s) in gbps and (name, s) in gbps else "-"
                 for s in sizes
@@ -358,6 +427,10 @@ def _print_table(cases: list[Case], ratios: dict[str, dict[str, Any]]) -> None:
     print(f"{'GB/s, float32 arrays, loopback':<{width}}" + "".join(f"{f'{s // MiB} MiB':>10}" for s in sizes))
     for label, cells in lines:
         print(f"{label:<{width}}" + "".join(f"{c:>10}" for c in cells))
+    cpu = {(c.series, c.size): c.receiver_cpu_ms_per_gb for c in cases}
+    print(f"{'receiver CPU ms per GB':<{width}}" + "".join(f"{f'{s // MiB} MiB':>10}" for s in sizes))
+    for name in series:
+        print(f"{name:<{width}}" + "".join(f"{cpu[name, s]:>10.1f}" if (name, s) in cpu else f"{'-':>10}" for s in sizes))
     for size, r in ratios.items():
         print(f"{size}: aiozc is {r['ratio']:.2f}x the best other peer ({r['best_peer']})")
 
@@ -394,8 +467,11 @@ def run(args: Any = None) -> dict[str, Any]:
     target = ratios.get("64 MiB")
     met = None if target is None else target["ratio"] >= 1.5  # type: ignore[operator]
     print(f"target >= 1.5x best peer at 64 MiB: {'n/a' if met is None else 'met' if met else 'MISSED'}")
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return {
         "options": vars(opts),
+        "load_average": load,
         "rows": [asdict(c) for c in cases],
         "ratios": ratios,
         "targets": {">= 1.5x best peer at 64 MiB": met},
