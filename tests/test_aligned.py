@@ -48,11 +48,6 @@ def test_alignment_of_measures_the_start_address() -> None:
     assert buffers.alignment_of(buf[1:]) == 1
 
 
-def test_bytearray_is_what_alignment_is_for() -> None:
-    # The premise of the README's advice: a large bytearray is not 64-byte aligned here.
-    assert buffers.alignment_of(bytearray(1 << 20)) < buffers.CACHE_LINE
-
-
 # ---------------------------------------------------------------------------------------------
 # tensors.aligned_empty
 
