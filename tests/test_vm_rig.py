@@ -3,19 +3,23 @@ The guest tests themselves are tests/vm (run inside the guest by `make vm-test`)
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
+import json
 import os
 import random
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from aiozc.tools import vm
+from aiozc.tools import procs, vm
 from aiozc.tools.vm import __main__ as vm_cli
-from aiozc.tools.vm import assets, guest
+from aiozc.tools.vm import assets, guest, peer
 from aiozc.tools.vm.initramfs import INIT, build_initramfs, module_depends, module_load_order
 from aiozc.tools.vm.peer import pattern_pool, pattern_sha256
 
@@ -124,6 +128,56 @@ def test_pattern_stream_is_the_pool_repeated() -> None:
         assert bytes(stream_slice(seed, offset, size)) == stream[offset : offset + size]
 
 
+async def test_gated_peer_reads_only_as_far_as_it_is_told() -> None:
+    """The peer's ``gated`` op (the close tests' receiver), on loopback: while it is told to read
+    nothing a sender fills the two buffers and stops; then it reads exactly as far as told, and
+    to EOF with the stream's sha256."""
+    seed, total = 3, 4 << 20
+    server = await asyncio.start_server(peer._handle, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        writer.write(json.dumps({"op": "gated", "listen_rcvbuf": 64 << 10, "expect": {"seed": seed, "pool": POOL, "total": total}}).encode() + b"\n")
+        port = json.loads(await reader.readline())["port"]
+        sender = socket.socket()
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)  # no autotuning
+        await asyncio.to_thread(sender.connect, ("127.0.0.1", port))
+        stream = bytes(stream_slice(seed, 0, total))
+        sender.setblocking(False)
+        sent, before = _send_until_blocked(sender, stream), -1
+        for _ in range(50):  # until ACKs stop freeing room: the two buffers are full
+            if sent == before:
+                break
+            await asyncio.sleep(0.05)
+            sent, before = _send_until_blocked(sender, stream, sent), sent
+        assert sent == before and sent < total // 4, sent  # a reading peer would have taken it all
+
+        async def read(until: int | None) -> dict[str, object]:
+            writer.write(json.dumps({"read": until}).encode() + b"\n")
+            return dict(json.loads(await asyncio.wait_for(reader.readline(), 30)))
+
+        assert await read(sent // 2) == {"bytes": sent // 2}
+        sender.setblocking(True)
+
+        def send_the_rest() -> None:
+            with sender:
+                sender.sendall(stream[sent:])
+
+        reply, _ = await asyncio.gather(read(None), asyncio.to_thread(send_the_rest))
+        assert reply["bytes"] == total and reply["sha256"] == reply["expected"] == hashlib.sha256(stream).hexdigest()
+        writer.close()
+    finally:
+        server.close()
+
+
+def _send_until_blocked(sock: socket.socket, data: bytes, sent: int = 0) -> int:
+    try:
+        while sent < len(data):
+            sent += sock.send(data[sent : sent + (64 << 10)])
+    except BlockingIOError:
+        pass
+    return sent
+
+
 def test_alternates() -> None:
     assert alternates(["pause", "resume", "pause"]) and alternates([])
     assert not alternates(["resume"]) and not alternates(["pause", "pause"])
@@ -141,6 +195,30 @@ def test_children_are_ended_on_an_exception() -> None:
     with pytest.raises(RuntimeError), guest._process([sys.executable, "-c", "import time; time.sleep(60)"], name="qemu") as proc:
         raise RuntimeError("boom")
     assert proc.returncode is not None
+
+
+def test_a_child_that_ignores_sigterm_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one stop_process (tools/procs.py) that the guest's children and netns popen share."""
+    monkeypatch.setattr(procs, "STOP_GRACE", 0.5)
+    ignore_term = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    with pytest.raises(RuntimeError), guest._process([sys.executable, "-c", ignore_term], name="peer") as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        raise RuntimeError("boom")
+    assert proc.returncode == -signal.SIGKILL
+
+
+@needs_root
+def test_a_dead_runs_namespace_is_reaped_before_the_next_boot() -> None:
+    dead = "aiozc-vm-4194304"  # above pid_max's hard limit (2**22): never a live pid
+    subprocess.run(["ip", "netns", "add", dead], check=True)
+    try:
+        with guest._namespace() as (ns, tap):
+            listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+            assert dead not in listing and ns in listing
+            links = subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True, text=True).stdout
+            assert tap in links
+    finally:
+        subprocess.run(["ip", "netns", "del", dead], capture_output=True)
 
 
 def test_bench_tcp_speaks_the_peers_protocol_in_the_guest() -> None:

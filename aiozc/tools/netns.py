@@ -10,7 +10,7 @@ Network safety: every namespace made here contains only ``lo`` plus an ``ifb0`` 
 or one end of a veth pair (VethPair). Nothing is routed to the host or beyond, so code running
 inside can only reach its own namespace's /24.
 
-Three ways to run code inside a namespace, pick by need:
+Three ways to run code inside a namespace, pick by need (the machinery is in nscall.py):
 
 * ``ns.run(argv)`` / ``ns.popen(argv)``: any command under ``ip netns exec NAME``.
 * ``ns.call(func, *args, **kwargs)`` / ``ns.run_python(source, **globals)``: a fresh
@@ -30,20 +30,17 @@ from __future__ import annotations
 
 import atexit
 import functools
-import inspect
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-import textwrap
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-import cffi  # type: ignore[import-untyped]
+from .nscall import NamespaceCallError, func_spec, in_thread, run_spec, setns_path, source_spec
+from .procs import stop_process
 
 __all__ = [
     "NetNamespace",
@@ -61,8 +58,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-CLONE_NEWNET = 0x40000000
-
 # Measured on kernel 6.18 (x86_64), UDP into the ifb sink. Option memory is checked before each
 # MSG_ZEROCOPY send; a zero-copy send needs optmem_max >= 576 (one notification skb), and while
 # one notification sits undrained on the error queue the next send needs optmem_max >= ~1408.
@@ -77,45 +72,8 @@ OPTMEM_NO_ZEROCOPY = 0
 
 _CMD_TIMEOUT = 30.0
 
-_ffi: Any = cffi.FFI()  # cffi has no stubs
-_ffi.cdef("int setns(int fd, int nstype);")
-_libc: Any = None
-_libc_lock = threading.Lock()
-
-
-def _setns_fn() -> Any:
-    global _libc
-    with _libc_lock:
-        if _libc is None:
-            _libc = _ffi.dlopen(None)
-        return _libc.setns
-
-
 class NetnsError(RuntimeError):
     """An ``ip`` command or a namespace switch failed."""
-
-
-class NamespaceCallError(RuntimeError):
-    """Code run by ``call``/``run_python`` inside a namespace raised or died.
-
-    ``remote_traceback`` holds the child's formatted traceback (if it got that far),
-    ``stdout``/``stderr`` what it printed, ``returncode`` its exit status.
-    """
-
-    def __init__(
-        self, message: str, *, remote_traceback: str = "", stdout: str = "", stderr: str = "",
-        returncode: int | None = None,
-    ) -> None:
-        details = [message]
-        if remote_traceback:
-            details.append("--- traceback inside the namespace ---\n" + remote_traceback.rstrip())
-        if stderr.strip():
-            details.append("--- stderr ---\n" + stderr.rstrip()[-4000:])
-        super().__init__("\n".join(details))
-        self.remote_traceback = remote_traceback
-        self.stdout = stdout
-        self.stderr = stderr
-        self.returncode = returncode
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -216,64 +174,6 @@ def netns_available() -> str | None:
 # --------------------------------------------------------------------------------------------
 # A named network namespace
 
-# The bootstrap run by `call`/`run_python` under `ip netns exec`. It reads a JSON spec from
-# stdin and writes {"ok": result} or {"error": ..., "traceback": ...} to the file named in
-# AIOZC_NETNS_RESULT (a file, not a pipe: no deadlock whatever the result size).
-_BOOTSTRAP = r"""
-import importlib, importlib.util, json, os, sys, traceback
-spec = json.loads(sys.stdin.read())
-_out = open(os.environ["AIOZC_NETNS_RESULT"], "w")  # before any privilege drop
-sys.path[:0] = [p for p in spec["sys_path"] if p not in sys.path]
-def _load():
-    if spec["mode"] == "source":
-        g = {"__name__": "__aiozc_netns__"}
-        g.update(spec["kwargs"] if spec.get("kwargs_as_globals") else {})
-        exec(compile(spec["source"], spec.get("filename", "<netns>"), "exec"), g)
-        return g
-    try:
-        mod = importlib.import_module(spec["module"])
-    except ImportError:
-        if not spec.get("file"):
-            raise
-        s = importlib.util.spec_from_file_location(spec["module"], spec["file"])
-        mod = importlib.util.module_from_spec(s)
-        sys.modules[spec["module"]] = mod
-        s.loader.exec_module(mod)
-    return mod
-try:
-    target = _load()
-    if spec["mode"] == "source" and spec.get("kwargs_as_globals"):
-        result = target.get("result")
-    else:
-        fn = target[spec["qualname"]] if isinstance(target, dict) else target
-        if not isinstance(target, dict):
-            for part in spec["qualname"].split("."):
-                fn = getattr(fn, part)
-        drop = spec.get("drop")
-        if drop:
-            import resource
-            for name in drop["preload"]:
-                importlib.import_module(name)
-            if drop["memlock"] is not None:
-                resource.setrlimit(resource.RLIMIT_MEMLOCK, (drop["memlock"], drop["memlock"]))
-            os.setgroups([])
-            os.setgid(drop["gid"])
-            os.setuid(drop["uid"])  # from root to non-root: all capabilities are gone
-        result = fn(*spec["args"], **spec["kwargs"])
-        if hasattr(result, "__await__"):
-            import asyncio
-            async def _aw(r):
-                return await r
-            result = asyncio.run(_aw(result))
-    payload = {"ok": result}
-    text = json.dumps(payload)
-except BaseException as exc:
-    text = json.dumps({"error": repr(exc), "traceback": traceback.format_exc()})
-with _out:
-    _out.write(text)
-"""
-
-
 class NetNamespace:
     """One named network namespace with ``lo`` up. Context manager; ``close()`` is idempotent.
 
@@ -316,13 +216,7 @@ class NetNamespace:
             return
         try:
             for proc in self._procs:
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait(timeout=5)
+                stop_process(proc)
         finally:
             self._procs.clear()
             if self._created:
@@ -406,7 +300,7 @@ class NetNamespace:
         lambda is sent as source instead, so it must then be self-contained (imports inside).
         A coroutine function is run with ``asyncio.run``. Raises :class:`NamespaceCallError`.
         """
-        spec = self._func_spec(func, args, kwargs)
+        spec = func_spec(func, args, kwargs)
         return self._run_spec(spec, timeout)
 
     def call_unprivileged(
@@ -425,36 +319,14 @@ class NetNamespace:
         ``uid`` (this interpreter may live under /root). The locked-page budget is per user,
         shared by every process of ``uid``.
         """
-        spec: dict[str, Any] = self._func_spec(func, args, kwargs)
+        spec: dict[str, Any] = func_spec(func, args, kwargs)
         spec["drop"] = {"uid": uid, "gid": gid, "memlock": memlock, "preload": list(preload)}
         return self._run_spec(spec, timeout)
-
-    @staticmethod
-    def _func_spec(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]
-                   ) -> dict[str, Any]:
-        spec: dict[str, Any] = {"args": list(args), "kwargs": kwargs}
-        qualname = getattr(func, "__qualname__", "")
-        module = getattr(func, "__module__", None)
-        mod_obj = sys.modules.get(module or "")
-        if module == "__main__" and mod_obj is not None:
-            main_spec = getattr(mod_obj, "__spec__", None)
-            module = main_spec.name if main_spec is not None else None
-        if module and "<" not in qualname:
-            spec.update(mode="ref", module=module, qualname=qualname,
-                        file=getattr(mod_obj, "__file__", None))
-        else:
-            source = textwrap.dedent(inspect.getsource(func))
-            if func.__name__ == "<lambda>":
-                raise ValueError("call() cannot send a lambda; use a def or run_python()")
-            spec.update(mode="source", source=source, qualname=func.__name__,
-                        filename=inspect.getsourcefile(func) or "<netns>")
-        return spec
 
     def run_python(self, source: str, *, timeout: float | None = 60.0, **globals_: Any) -> Any:
         """Exec ``source`` in a new interpreter inside the namespace with ``globals_`` (JSON
         values) as globals; returns the JSON-able value the code assigned to ``result``."""
-        spec = {"mode": "source", "source": textwrap.dedent(source), "kwargs": globals_,
-                "kwargs_as_globals": True, "args": []}
+        spec = source_spec(source, globals_)
         return self._run_spec(spec, timeout)
 
     async def acall(self, func: Callable[..., Any], *args: Any, timeout: float | None = 60.0,
@@ -466,43 +338,7 @@ class NetNamespace:
 
     def _run_spec(self, spec: dict[str, Any], timeout: float | None) -> Any:
         self._check_open()
-        spec["sys_path"] = [p for p in sys.path if p]
-        if "" in sys.path or not sys.path:
-            spec["sys_path"].insert(0, os.getcwd())
-        payload = json.dumps(spec)
-        fd, result_path = tempfile.mkstemp(prefix="aiozc-netns-", suffix=".json")
-        os.close(fd)
-        try:
-            env = dict(os.environ, AIOZC_NETNS_RESULT=result_path)
-            proc = subprocess.Popen(
-                self.exec_argv([sys.executable, "-c", _BOOTSTRAP]), stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            )
-            try:
-                out, err = proc.communicate(payload, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-                raise NamespaceCallError(
-                    f"code in namespace {self.name} timed out after {timeout}s",
-                    stdout=out, stderr=err, returncode=proc.returncode,
-                ) from None
-            with open(result_path) as f:
-                text = f.read()
-        finally:
-            os.unlink(result_path)
-        if not text:
-            raise NamespaceCallError(
-                f"interpreter in namespace {self.name} exited {proc.returncode} without a result",
-                stdout=out, stderr=err, returncode=proc.returncode,
-            )
-        reply = json.loads(text)
-        if "error" in reply:
-            raise NamespaceCallError(
-                f"in namespace {self.name}: {reply['error']}", remote_traceback=reply["traceback"],
-                stdout=out, stderr=err, returncode=proc.returncode,
-            )
-        return reply["ok"]
+        return run_spec(self.exec_argv, self.name, spec, timeout)
 
     # -- in-process ------------------------------------------------------------------------
     def enter(self) -> None:
@@ -513,7 +349,7 @@ class NetNamespace:
         intend to keep using for host networking; use :meth:`in_thread` / :meth:`socket`.
         """
         self._check_open()
-        _setns_path(self.path)
+        setns_path(self.path)
 
     def in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on a new thread that first joins this namespace; return its result.
@@ -523,21 +359,7 @@ class NetNamespace:
         ``fn`` returns, so no thread is ever left in a switched namespace.
         """
         self._check_open()
-        box: dict[str, Any] = {}
-
-        def runner() -> None:
-            try:
-                _setns_path(self.path)
-                box["ok"] = fn(*args, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-                box["err"] = exc
-
-        t = threading.Thread(target=runner, name=f"netns-{self.name}", daemon=True)
-        t.start()
-        t.join()
-        if "err" in box:
-            raise box["err"]
-        return box["ok"]  # type: ignore[no-any-return]
+        return in_thread(self.path, f"netns-{self.name}", fn, *args, **kwargs)
 
     def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_DGRAM,
                proto: int = 0) -> socket.socket:
@@ -556,17 +378,6 @@ def _sysctl_argv(key: str, value: str | None) -> list[str]:
     if value is None:
         return [sys.executable, "-c", f"print(open({path!r}).read().strip())"]
     return [sys.executable, "-c", f"open({path!r}, 'w').write({value!r})"]
-
-
-def _setns_path(path: str) -> None:
-    setns = _setns_fn()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if setns(fd, CLONE_NEWNET) != 0:
-            err = _ffi.errno
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -56,7 +56,13 @@ class PeerClient(asyncio.Protocol):
         self.reply: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.reply.add_done_callback(lambda f: f.cancelled() or f.exception())  # may go unread
         self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+        self.queued_at_lost: int | None = None  # get_write_buffer_size() when connection_lost came
+        self._transport: asyncio.WriteTransport | None = None
         self._buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self._transport = transport
 
     def pause_writing(self) -> None:
         self.flow.append("pause")
@@ -73,6 +79,8 @@ class PeerClient(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.events.append("connection_lost")
+        if self._transport is not None:
+            self.queued_at_lost = self._transport.get_write_buffer_size()
         self.can_write.set()
         if not self.lost.done():
             self.lost.set_result(exc)
@@ -94,6 +102,35 @@ async def ask_peer(spec: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.
     await writer.drain()
     line = await reader.readline()
     return reader, writer, json.loads(line) if line else None
+
+
+class GatedPeer:
+    """The peer's ``gated`` op (see peer.py): a receiver that reads only as far as it is told,
+    so what the guest's kernel still holds unacknowledged is set by the test, not by timing."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
+        self._reader, self._writer, self.port = reader, writer, port
+
+    async def read(self, until: int | None) -> dict[str, Any]:
+        """Let the peer read up to ``until`` bytes in all (None: to EOF); its reply."""
+        self._writer.write(json.dumps({"read": until}).encode() + b"\n")
+        await self._writer.drain()
+        line = await asyncio.wait_for(self._reader.readline(), 120)
+        assert line, "the peer ended the gated connection"
+        return dict(json.loads(line))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+async def open_gated(expect: dict[str, Any], *, rcvbuf: int = 128 << 10, **options: Any) -> tuple[GatedPeer, Any, PeerClient]:
+    """An aiozc connection to a gated receiver with SO_RCVBUF ``rcvbuf`` from its SYN on."""
+    reader, writer, reply = await ask_peer({"op": "gated", "listen_rcvbuf": rcvbuf, "expect": expect})
+    assert reply is not None
+    gate = GatedPeer(reader, writer, reply["port"])
+    host, _ = peer_address()
+    transport, proto = await aiozc.create_connection(PeerClient, host, gate.port, **options)
+    return gate, transport, proto
 
 
 def alternates(flow: list[str]) -> bool:

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 import aiozc
-from guest_helpers import POOL, alternates, guest_only, open_peer, stream_slice
+from guest_helpers import POOL, alternates, guest_only, open_gated, open_peer, stream_slice
 from udp_helpers import buffer_locked
 
 pytestmark = guest_only
@@ -109,32 +109,82 @@ async def test_slow_receiver_keeps_pinned_under_cap_and_flow_alternates() -> Non
 async def test_close_keeps_the_fd_until_the_kernel_released_every_page() -> None:
     """README "Close": connection_lost(None) once everything is in the kernel; behind it the fd
     stays open until the kernel released every pinned page, and the futures resolve zero-copy.
-    The peer reads nothing for 2 s, so the pages are still the kernel's at connection_lost."""
-    seed, sizes = 4, [MiB] * 2
-    transport, proto = await open_peer({"op": "sink", "delay": 2.0}, probe_first=False)
+
+    The peer is gated: it reads only as far as the test says, so its kernel can have ACKed no
+    more than what was read plus its 128 KiB receive buffer. Which pages the guest's kernel
+    still holds is then set by the test, not by how fast the guest runs. (Before: a peer
+    "reading nothing for 2 s" through asyncio's streams, whose transport reads ahead up to
+    2 MiB whatever the handler does; the 2 MiB test stream was read and ACKed at once
+    whenever the guest took longer than a few ms to get to close(), as in the first test of a
+    loop that builds its pattern pool: the premise failed in 3 of 4 runs.)"""
+    seed, total = 4, 4 * MiB
+    gate, transport, proto = await open_gated(_expect(seed, total), probe_first=False)
     sock = transport.get_extra_info("socket")
-    # Room for all of it in the send buffer (root may pass net.core.wmem_max): close() then
-    # finds everything in the kernel at once, seconds before the peer reads and ACKs.
+    # Room for all of it in the send buffer (root may pass net.core.wmem_max): every write goes
+    # into the kernel at once and is sent zero-copy while the peer's window is fresh.
     sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, 16 * MiB)
-    futures = await _send_stream(transport, proto, seed, sizes)
+    futures = [transport.write_zc(stream_slice(seed, i * MiB, MiB)) for i in range(4)]
     fd, inode = sock.fileno(), os.fstat(sock.fileno()).st_ino
+    assert transport.get_write_buffer_size() == 0, "the premise: all of it is in the kernel"
     transport.close()
-    assert await proto.lost is None
-    pending = [f for f in futures if not f.done()]
-    if not pending:
-        # The premise, not the rule, failed: the peer's kernel took and ACKed everything before
-        # connection_lost (seen in 3 of 4 runs on 2026-12-01 after the day's transport changes,
-        # never before them; cause not found). Nothing about the fd can be checked then.
-        pytest.skip("every page was released before connection_lost: the premise did not hold")
+    assert await asyncio.wait_for(proto.lost, 30) is None
+    assert proto.queued_at_lost == 0
+    # The peer has read nothing: every write's pages are still pinned, the fd is open.
+    assert not any(f.done() for f in futures)
     assert _same_file(fd, inode), "fd closed while the kernel still held pinned pages"
-    completions = await asyncio.wait_for(asyncio.gather(*futures), 30)
-    assert all(c.zerocopy for c in completions)
+    assert transport.stats.pinned_bytes == total
+    # Half read: the first two writes are ACKed and complete; the last two (at most the peer's
+    # receive buffer of them can have been ACKed) keep the fd open.
+    assert (await gate.read(2 * MiB))["bytes"] == 2 * MiB
+    first = await asyncio.wait_for(asyncio.gather(*futures[:2]), 30)
+    assert not futures[2].done() and not futures[3].done()
+    assert _same_file(fd, inode), "fd closed with two writes still pinned"
+    # The rest: the peer reads to EOF, which comes when the guest closes the fd.
+    reply = await gate.read(None)
+    assert reply["bytes"] == total and reply["sha256"] == reply["expected"]
+    completions = first + await asyncio.wait_for(asyncio.gather(*futures[2:]), 30)
+    assert [c.zerocopy for c in completions] == [True] * 4
     for _ in range(100):  # closed once the last completion is in, not later than that
         if not _same_file(fd, inode):
             break
         await asyncio.sleep(0.05)
     assert not _same_file(fd, inode)
     assert transport.stats.pinned_bytes == 0
+    gate.close()
+
+
+async def test_close_sends_what_is_queued_before_connection_lost() -> None:
+    """close() with writes still queued in user space: the gated peer reads nothing and 8 MiB
+    cannot fit the guest's send buffer (tcp_wmem max 4 MiB). Until the peer reads there is no
+    connection_lost and the fd stays open; then everything arrives intact, connection_lost(None)
+    comes with nothing queued, and every future resolves."""
+    seed, total = 4, 8 * MiB
+    gate, transport, proto = await open_gated(_expect(seed, total), probe_first=False)
+    transport.set_write_buffer_limits(high=64 * MiB)
+    sock = transport.get_extra_info("socket")
+    fd, inode = sock.fileno(), os.fstat(sock.fileno()).st_ino
+    futures = [transport.write_zc(stream_slice(seed, i * MiB, MiB)) for i in range(8)]
+    transport.close()
+    await asyncio.sleep(1.0)  # a close() that did not wait would have called connection_lost by now
+    assert transport.get_write_buffer_size() > 0, "the premise: part of it is still queued"
+    assert not proto.lost.done(), "connection_lost while data was still queued"
+    assert not any(f.done() for f in futures)
+    assert _same_file(fd, inode)
+    reply = await gate.read(None)
+    assert reply["bytes"] == total and reply["sha256"] == reply["expected"]
+    assert await asyncio.wait_for(proto.lost, 30) is None
+    assert proto.queued_at_lost == 0
+    completions = await asyncio.wait_for(asyncio.gather(*futures), 30)
+    # Sent before the peer's window closed; later ones may go by copy (transport.py: a window
+    # that stayed under 32 KiB for 1 s gets copies), so only the first is checked for zero-copy.
+    assert completions[0].zerocopy
+    assert sum(c.nbytes for c in completions) == total
+    assert transport.stats.pinned_bytes == 0
+    gate.close()
+
+
+def _expect(seed: int, total: int) -> dict[str, int]:
+    return {"seed": seed, "pool": POOL, "total": total}
 
 
 def _same_file(fd: int, inode: int) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -25,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from ..netns import NetNamespace, NetnsError, reap_stale_namespaces
+from ..procs import stop_process
 from .assets import CACHE, QEMU, Assets
 from .initramfs import GUEST_OUT, HOST_ADDR, HOST_TMP, OUT_TAG, PREFIX, ROOT_TAG
 
 PEER_PORT = 9000
 REPO = Path(__file__).resolve().parents[3]
-_NS_PATTERN = re.compile(r"^aiozc-vm-(\d+)$")
 
 
 @dataclass
@@ -137,46 +137,28 @@ def _process(cmd: list[str], *, name: str) -> Iterator[subprocess.Popen[str]]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        try:
+            stop_process(proc)
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 @contextmanager
 def _namespace() -> Iterator[tuple[str, str]]:
-    _remove_stale_namespaces()
-    ns, tap = f"aiozc-vm-{os.getpid()}", "aiozcvm0"
-    _ip("netns", "add", ns)
+    """The run's private namespace (``aiozc-vm-<pid>``) with the guest's tap in it; deleting
+    the namespace deletes the tap."""
+    # Namespaces of earlier runs whose process is gone (SIGKILLed before its finally).
+    reap_stale_namespaces(("aiozc-vm",))
+    tap = "aiozcvm0"
     try:
-        _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", ns, "tuntap", "add", "dev", tap, "mode", "tap")
-        _ip("-n", ns, "addr", "add", f"{HOST_ADDR}/{PREFIX}", "dev", tap)
-        _ip("-n", ns, "link", "set", tap, "up")
-        yield ns, tap
-    finally:
-        # The tap lives in the namespace: deleting the namespace deletes it.
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def _remove_stale_namespaces() -> None:
-    """Namespaces of earlier runs whose process is gone (it was SIGKILLed before its finally)."""
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    for line in listing.splitlines():
-        match = _NS_PATTERN.match(line.split()[0]) if line.strip() else None
-        if match and not Path(f"/proc/{match.group(1)}").exists():
-            subprocess.run(["ip", "netns", "del", match.group(0)], capture_output=True)
-
-
-def _ip(*args: str) -> None:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise GuestError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+        with NetNamespace(f"aiozc-vm-{os.getpid()}") as ns:
+            ns.ip("tuntap", "add", "dev", tap, "mode", "tap")
+            ns.ip("addr", "add", f"{HOST_ADDR}/{PREFIX}", "dev", tap)
+            ns.ip("link", "set", tap, "up")
+            yield ns.name, tap
+    except NetnsError as exc:
+        raise GuestError(str(exc)) from exc
 
 
 @contextmanager

@@ -15,6 +15,14 @@ ops:
   tensors  serve aiozc.tensors on a new port, reply {"port"}; once that channel ends, reply
            {"arrays": [{"dtype", "shape", "sha256", "expected"}, ...]} on this connection
            (expected: pattern sha256 for each entry of ``expect`` = [{seed, pool, total}])
+  gated    listen on a new port (SO_RCVBUF ``listen_rcvbuf`` set before listen, so the window the
+           guest sees is small from the SYN on), reply {"port"}, accept one connection and read
+           *nothing* from it until told: each further line on this connection, {"read": N},
+           reads it until N bytes in all have been read and replies {"bytes"}; {"read": null}
+           reads to EOF and replies {"bytes", "sha256", "expected"}. A plain blocking socket in
+           a thread, not asyncio's streams: a StreamReader's transport reads ahead (up to
+           2 x limit = 2 MiB here) whatever the handler does, and every byte it reads is ACKed,
+           so "the peer has not read" would not hold.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ import socket
 import struct
 import sys
 from typing import Any
+
+_GATED_TIMEOUT = 120.0  # a test that never sends its next command must not hold a thread forever
 
 
 def pattern_pool(seed: int, size: int) -> bytes:
@@ -51,7 +61,12 @@ async def _reply(writer: asyncio.StreamWriter, payload: dict[str, Any]) -> None:
 
 
 async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, spec: dict[str, Any]) -> None:
-    await asyncio.sleep(spec.get("delay", 0))
+    if spec.get("delay"):
+        # Paused, or the transport would go on reading (and the kernel ACKing) up to 2 MiB
+        # ahead of the handler: the delay would not hold the sender back.
+        writer.transport.pause_reading()
+        await asyncio.sleep(spec["delay"])
+        writer.transport.resume_reading()
     digest, total = hashlib.sha256(), 0
     read_size, chunk_delay = spec.get("read_size", 1 << 20), spec.get("chunk_delay", 0)
     try:
@@ -117,7 +132,51 @@ async def _tensors(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, s
         server.close()
 
 
-_OPS = {"sink": _sink, "reset": _reset, "http_get": _http_get, "tensors": _tensors}
+class _GatedReader:
+    """The accepted socket of a ``gated`` op, read only as far as each command says."""
+
+    def __init__(self, sock: socket.socket, expect: dict[str, Any] | None) -> None:
+        self.sock, self.expect = sock, expect
+        self.digest, self.total = hashlib.sha256(), 0
+
+    def read(self, until: int | None) -> dict[str, Any]:
+        buf = memoryview(bytearray(1 << 20))
+        while until is None or self.total < until:
+            want = len(buf) if until is None else min(len(buf), until - self.total)
+            n = self.sock.recv_into(buf, want)
+            if n == 0:
+                break
+            self.digest.update(buf[:n])
+            self.total += n
+        if until is not None:
+            return {"bytes": self.total}
+        e = self.expect
+        expected = pattern_sha256(e["seed"], e["pool"], e["total"]) if e else None
+        return {"bytes": self.total, "sha256": self.digest.hexdigest(), "expected": expected}
+
+
+async def _gated(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, spec: dict[str, Any]) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, spec.get("listen_rcvbuf", 128 << 10))
+        listener.bind((writer.get_extra_info("sockname")[0], 0))
+        listener.listen(1)
+        listener.settimeout(_GATED_TIMEOUT)
+        await _reply(writer, {"port": listener.getsockname()[1]})
+        sock, _ = await asyncio.to_thread(listener.accept)
+    finally:
+        listener.close()
+    with sock:
+        sock.settimeout(_GATED_TIMEOUT)
+        gated = _GatedReader(sock, spec.get("expect"))
+        while line := await reader.readline():
+            until = json.loads(line)["read"]
+            await _reply(writer, await asyncio.to_thread(gated.read, until))
+            if until is None:
+                return
+
+
+_OPS = {"sink": _sink, "gated": _gated, "reset": _reset, "http_get": _http_get, "tensors": _tensors}
 
 
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
