@@ -117,6 +117,15 @@ def test_archive_failure_is_a_skip_not_a_crash(monkeypatch: pytest.MonkeyPatch, 
     assert "resolving deb.debian.org" in capsys.readouterr().out
 
 
+def test_the_guest_kernel_can_be_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(assets, "_kernel_package", lambda: "linux-image-6.1.0-50-amd64")
+    monkeypatch.delenv("AIOZC_VM_KERNEL", raising=False)
+    assert assets.kernel_release() == "6.1.0-50-amd64"
+    monkeypatch.setenv("AIOZC_VM_KERNEL", "6.1.0-47-amd64")
+    assert assets.kernel_release() == "6.1.0-47-amd64"
+    assert assets.kernel_release("6.0.0-6-amd64") == "6.0.0-6-amd64"
+
+
 def test_pattern_stream_is_the_pool_repeated() -> None:
     seed, total = 5, 3 * POOL + 12345
     pool = pattern_pool(seed, POOL)
