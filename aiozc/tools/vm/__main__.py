@@ -41,8 +41,8 @@ def _test(args: argparse.Namespace) -> int:
 def _junit_counts(path: Path) -> dict[str, int]:
     if not path.exists():
         return {}
-    suite = ET.parse(path).getroot()
-    suite = suite.find("testsuite") if suite.tag == "testsuites" else suite
+    root = ET.parse(path).getroot()
+    suite = root.find("testsuite") if root.tag == "testsuites" else root
     assert suite is not None
     return {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
 

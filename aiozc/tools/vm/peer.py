@@ -64,9 +64,11 @@ async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, spec
     if spec.get("delay"):
         # Paused, or the transport would go on reading (and the kernel ACKing) up to 2 MiB
         # ahead of the handler: the delay would not hold the sender back.
-        writer.transport.pause_reading()
+        transport = writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
         await asyncio.sleep(spec["delay"])
-        writer.transport.resume_reading()
+        transport.resume_reading()
     digest, total = hashlib.sha256(), 0
     read_size, chunk_delay = spec.get("read_size", 1 << 20), spec.get("chunk_delay", 0)
     try:
