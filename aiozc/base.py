@@ -20,7 +20,7 @@ from typing import Any, cast
 from ._sys import kernel as _kernel
 from .completions import Completion, CompletionTracker, WriteHandle, range_length
 from .ctracker import new_tracker
-from .engines import Engine, SendPending, get_engine
+from .engines import Engine, get_engine
 from .options import TransportOptions, byte_view  # noqa: F401  (re-exported)
 from .policy import ZeroCopyPolicy
 from .readiness import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Multiplexer
@@ -51,7 +51,7 @@ class ZeroCopyTransportBase:
 
     _sock: socket.socket | None
     # Whether this transport can drive an engine whose zero-copy sends complete later
-    # (io_uring: _send_chunk raises SendPending, _after_zc_result continues).
+    # (io_uring: the stream transport's _send_zc raises SendPending, _after_zc_result continues).
     _async_sends = False
     # close(): whether connection_lost may come once everything is handed to the kernel, before
     # the kernel released the pinned buffers (the socket stays open for that meanwhile). TCP:
@@ -309,96 +309,6 @@ class ZeroCopyTransportBase:
             self._policy.wants_zerocopy(nbytes, continuing=continuing)
             and self._tracker.pinned_bytes < self._options.max_pinned_bytes
         )
-
-    def _send_chunk(self, write: WriteHandle | None, chunk: memoryview, address: Any = None) -> int:
-        """One send call of (part of) ``write``; the only path data takes to the kernel.
-
-        ``write`` is None for data the transport copied itself: it is never sent zero-copy and
-        has no completion to track.
-
-        Returns bytes accepted. Raises BlockingIOError when the socket is full and OSError on
-        failure. ENOBUFS on a zero-copy send is retried at once by copy, so no byte waits for a
-        notification that may never come.
-        """
-        assert self._sock is not None
-        # The threshold applies to the whole write, not to what is left of it: a partial
-        # send's small tail still goes zero-copy, so a large write is reported zero-copy
-        # whole (Completion.zerocopy) where the kernel allows it.
-        zerocopy = write is not None and self._wants_zerocopy(
-            write.nbytes, continuing=write.zc_sends > 0
-        )
-        if zerocopy and self._submit_zc_fn is not None:
-            self._submit_zc(write, chunk, address)  # raises SendPending
-        if zerocopy:
-            try:
-                sent = self._engine.send(self._sock, chunk, zerocopy=True, address=address)
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:
-                    raise
-                self._on_enobufs()
-                zerocopy = False
-        if not zerocopy:
-            sent = self._engine.send(self._sock, chunk, zerocopy=False, address=address)
-        self._account_send(write, sent, zerocopy)
-        return sent
-
-    def _submit_zc(self, write: WriteHandle | None, chunk: memoryview, address: Any) -> None:
-        """Hand a zero-copy send to an asynchronous engine; always raises SendPending.
-
-        The engine keeps ``chunk`` referenced until the kernel's notification, even if the
-        write's future is cancelled or the transport aborted meanwhile.
-        """
-        assert self._sock is not None and self._submit_zc_fn is not None
-
-        self._submit_zc_fn(self._sock, chunk, address, self._on_zc_result, self._on_zc_released,
-                           (write, chunk, address))
-        self._zc_in_flight += 1
-        raise SendPending()
-
-    def _on_zc_result(self, res: int, ctx: tuple[WriteHandle | None, memoryview, Any],
-                      ident: int | None) -> int | None:
-        """The result of a submitted zero-copy send: bytes sent (> 0) or -errno.
-
-        Returns the u32 id the tracker assigned if the send consumed one, so the engine can
-        name it when the notification comes.
-        """
-        write, chunk, address = ctx
-        self._zc_in_flight -= 1
-        if self._sock is None:
-            return None  # aborted meanwhile: the tracker forgot the write; nothing to account
-        if res > 0:
-            ident = self._account_send(write, res, True)
-            self._after_zc_result(write, res)
-            return ident
-        if res in (0, -errno.EAGAIN):
-            extra = self.stats.extra
-            extra["zc_send_eagain"] = extra.get("zc_send_eagain", 0) + 1
-            self._after_zc_result(write, 0)  # socket full: wait for EPOLLOUT, then resend
-        elif res in (-errno.ENOBUFS, -errno.ENOMEM):
-            # Optmem / RLIMIT_MEMLOCK (io_uring says ENOMEM): same rule as MSG_ZEROCOPY ENOBUFS.
-            self._on_enobufs()
-            self._resend_by_copy(write, chunk, address)
-        else:
-            self._fatal_error(_oserror(-res))
-        return None
-
-    def _resend_by_copy(self, write: WriteHandle | None, chunk: memoryview, address: Any) -> None:
-        if self._sock is None:
-            return
-        try:
-            sent = self._engine.send(self._sock, chunk, zerocopy=False, address=address)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self._fatal_error(exc)
-            return
-        self._account_send(write, sent, False)
-        self._after_zc_result(write, sent)
-
-    def _after_zc_result(self, write: WriteHandle | None, sent: int) -> None:
-        """A submitted send came back having moved ``sent`` bytes (0: the socket was full).
-        Subclasses that set ``_async_sends`` advance their queue and keep flushing."""
-        raise NotImplementedError
 
     def _on_zc_released(self, lo: int, hi: int, copied: bool) -> None:
         """Notifications of asynchronous zero-copy sends: ids ``lo..hi`` (from _on_zc_result)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 DEFAULT_THRESHOLD = 16 * 1024
 DEFAULT_FALLBACK_AFTER = 4
 DEFAULT_REPROBE_BYTES = 1024 * 1024 * 1024
+NEVER = 1 << 62  # copy_allowance(): no byte count makes wants_zerocopy() change its answer
 
 
 class ZeroCopyState(str, enum.Enum):
@@ -87,6 +88,23 @@ class ZeroCopyPolicy:
                 reprobe > 0 and not self._probe_in_flight and self._bytes_since_probe >= reprobe
             )
         return not self._probing() or not self._probe_in_flight
+
+    def copy_allowance(self) -> int:
+        """Bytes that may still be sent by copy before :meth:`wants_zerocopy` could answer yes
+        for a new write of any size: ``NEVER`` while no answer can change without a
+        notification or an ENOBUFS (disabled, a probe in flight, re-probing off), 0 when it may
+        answer yes now. Lets a transport send without asking per write (TCP's direct path)."""
+        state = self.state
+        if state is ZeroCopyState.DISABLED:
+            return NEVER
+        if state is ZeroCopyState.COPY_FALLBACK:
+            reprobe = self.options.reprobe_bytes
+            if reprobe <= 0 or self._probe_in_flight:
+                return NEVER
+            return max(0, reprobe - self._bytes_since_probe)
+        if state is ZeroCopyState.PROBING and self._probe_in_flight:
+            return NEVER
+        return 0
 
     def _probing(self) -> bool:
         """Zero-copy sends are probes, one at a time (see ``probe_first``)."""

@@ -16,13 +16,14 @@ import os
 import socket
 import stat
 import struct
-from typing import Any, Iterable, cast
+from typing import Any, Iterable
 
 from .base import TransportOptions, ZeroCopyTransportBase, byte_view, logger
 from .completions import Completion, WriteHandle
 from .policy import ZeroCopyState
-from .readiness import Multiplexer
+from .readiness import EPOLLET, EPOLLIN, EPOLLOUT
 from .streamread import StreamReading, on_uvloop
+from .streamsend import StreamSending
 
 # One os.sendfile call moves at most this much; the socket buffer limits it long before.
 _SENDFILE_MAX = 1 << 30
@@ -37,32 +38,25 @@ def _immutable(data: bytes | bytearray | memoryview) -> bool:
 # writelines() gathers at most this many items into one sendmsg (IOV_MAX is 1024).
 _GATHER_MAX = 64
 
-# A peer whose advertised receive window stayed below this for the last _PEER_WINDOW_SPAN gets
-# copies, not MSG_ZEROCOPY. Measured here (kernel 6.18, loopback): a peer with SO_RCVBUF 4096
-# (window 4096) made zero-copy writes crawl, 64 KiB in ~27 s against 0.03 s copied, with 47
-# retransmits and 51 tail-loss probes per 256 KiB; plain sockets do the same, so it is the
-# kernel's handling of zero-copy skbs against a tiny receive buffer (the receiver's prune/drop
-# counters rose), not aiozc. The sender's own SO_SNDBUF did not matter (4096 with a default peer:
-# no crawl). A default peer advertises ~64 KiB at connect and more once autotuned.
-_MIN_PEER_WINDOW = 32 * 1024
-# The peak over this span decides, not the last reading: a slow reader's window is 0 while its
-# (large) buffer is full, and that must not cost zero-copy; a tiny buffer never opens wider.
-_PEER_WINDOW_SPAN = 1.0
-# struct tcp_info's tcpi_snd_wnd (Linux 5.4+): the peer's advertised window after scaling.
-_TCPI_SND_WND = struct.Struct("=228xI")
-# One reading serves this long: the getsockopt costs ~3 us here and a write can ask twice.
-_PEER_WINDOW_MAX_AGE = 0.01
-
 
 class _Segment:
-    """One queue entry. ``write`` is None for our own copy buffers (a bytearray we may extend)."""
+    """One queue entry: the caller's buffer (``held``: a view kept alive until sent, and until
+    the kernel released it if it went zero-copy), or a bytearray of our own that we may extend.
 
-    __slots__ = ("data", "offset", "write")
+    ``write`` is the tracker's record, opened at the segment's first zero-copy send only: a
+    held write sent by copy never touches the tracker.
+    """
 
-    def __init__(self, data: memoryview | bytearray, write: WriteHandle | None) -> None:
+    __slots__ = ("data", "offset", "held", "future", "write")
+
+    def __init__(
+        self, data: memoryview | bytearray, held: bool, future: asyncio.Future[Completion] | None = None
+    ) -> None:
         self.data = data
         self.offset = 0
-        self.write = write
+        self.held = held
+        self.future = future
+        self.write: WriteHandle | None = None
 
     def remaining(self) -> int:
         return len(self.data) - self.offset
@@ -76,7 +70,8 @@ class _FileSegment:
     """
 
     __slots__ = ("fd", "start", "offset", "end", "future")
-    write = None  # never a copy buffer of ours, never tracked by the completion tracker
+    held = False  # never a buffer of the caller's, never tracked by the completion tracker
+    write = None
     data = None
 
     def __init__(self, fd: int, offset: int, end: int, future: asyncio.Future[int]) -> None:
@@ -95,7 +90,7 @@ class _FileSegment:
             self.future.set_exception(exc)
 
 
-class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport):
+class ZeroCopyTransport(StreamReading, StreamSending, ZeroCopyTransportBase, asyncio.Transport):
     """TCP transport over MSG_ZEROCOPY (or another engine); see the module docstring."""
 
     # io_uring: at most one zero-copy send in flight (stream order); its result advances the
@@ -123,8 +118,8 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
         # after that data, as the stock transports do (their recv() reports it at the end).
         self._read_error: OSError | None = None
         self._server = server
-        self._peer_window_at = self._peer_window_peak_at = float("-inf")
-        self._peer_window_peak = 0
+        self._init_sending()
+        self._registered_mask = -1
         asyncio.Transport.__init__(self, extra)
         ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options or TransportOptions(), extra)
         if self._options.zc_receive is not None:
@@ -132,6 +127,8 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
 
             self._zc_reader = ZeroCopyReader(self, self._options.zc_receive)
         self._read_once = self._read_path(protocol)
+        self._registered_mask = self._mask()  # what the base registered
+        self._refresh_direct()
         if server is not None:
             server._attach(self)
         loop.call_soon(self._connection_made, waiter)
@@ -155,19 +152,66 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
 
     def _mask(self) -> int:
         read = self._reading and not self._eof_received and not self._closing and not self._rx_blocked
+        mask = EPOLLIN if read else 0
         # While a zero-copy send is in flight its result, not EPOLLOUT, resumes flushing.
-        write = bool(self._queue) and not self._zc_in_flight
+        if self._queue and not self._zc_in_flight:
+            mask |= EPOLLOUT
         # A hung-up socket stays readable/EPOLLHUP forever; edge-triggered while we are not
         # reading keeps that from spinning the loop while completions can still arrive.
-        edge = self._closing or (self._hup and not read)
-        return Multiplexer.mask(read=read, write=write, edge=edge)
+        if self._closing or (self._hup and not read):
+            mask |= EPOLLET
+        return mask
+
+    def _update_mask(self) -> None:
+        mask = self._mask()
+        if mask != self._registered_mask and self._sock is not None:
+            self._registered_mask = mask
+            self._mux.modify(self._fd, mask)
 
     def _write_ready(self) -> None:
         self._flush()
 
+    def _open_for_direct(self) -> bool:
+        return not (
+            self._sock is None or self._closing or self._eof or self._conn_lost
+            or self._close_timer is not None
+        )
+
     # -- writing ---------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        kind = type(data)
+        if kind is bytes or kind is bytearray:
+            nbytes = len(data)
+        elif kind is memoryview and data.c_contiguous:  # type: ignore[union-attr]
+            nbytes = data.nbytes  # type: ignore[union-attr]
+        else:
+            nbytes = 0
+        if 0 < nbytes < self._direct_max and not self._queue:
+            # The direct path (streamsend): the policy would copy this write, nothing is
+            # queued ahead of it, so it goes to send(2) at once, as a stock transport's does.
+            try:
+                sent = self._sock.send(data)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fatal_error(exc)
+                return
+            if sent:
+                stats = self.stats
+                stats.copy_sends += 1
+                stats.copy_bytes += sent
+                self._plain_sent += sent
+                if self._plain_sent >= self._plain_budget:
+                    self._refresh_direct()
+                if sent == nbytes:
+                    return
+            self._queue_rest(data, nbytes, sent)
+            return
+        self._write_queued(data)
+
+    def _write_queued(self, data: bytes | bytearray | memoryview) -> None:
+        """write() off the direct path: type and state checks, then the queue's rules."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof:
@@ -188,6 +232,21 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
             self._enqueue_held(byte_view(data), None)
         else:
             self._enqueue_copy(data)
+
+    def _queue_rest(self, data: bytes | bytearray | memoryview, nbytes: int, sent: int) -> None:
+        """What the socket did not take of a direct write waits, held if immutable (it may
+        still go zero-copy), else copied (asyncio's contract lets the caller reuse it)."""
+        view = byte_view(data)
+        if _immutable(data) and nbytes >= self._options.zc_threshold and self._zc_possible():
+            seg = _Segment(view, True)
+            seg.offset = sent
+            self._queue.append(seg)
+            self._queued += nbytes - sent
+        else:
+            with view:
+                self._append_copy(view[sent:])
+        self._update_mask()
+        self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         """write() of each item, in order.
@@ -216,9 +275,9 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
     def _gather_now(self, chunks: list[Any]) -> tuple[int, int]:
         """One copying sendmsg of ``chunks`` when write() would send each at once by copy
         anyway; returns where write() takes over: (chunk index, bytes of it already sent)."""
-        if self._queue or self._eof or self._closing or self._sock is None or len(chunks) > _GATHER_MAX:
+        if self._queue or not self._direct_max or len(chunks) > _GATHER_MAX:
             return 0, 0
-        threshold = self._options.zc_threshold
+        direct_max = self._direct_max
         for data in chunks:
             kind = type(data)
             if kind is memoryview:
@@ -226,18 +285,23 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
                     return 0, 0  # write() raises for it, in order
             elif kind is not bytes and kind is not bytearray:
                 return 0, 0
-            if len(data) >= threshold and _immutable(data) and self._zc_possible() and (
+            if len(data) >= direct_max and _immutable(data) and self._zc_possible() and (
                 self._wants_zerocopy(len(data))
             ):
                 return 0, 0
         try:
-            sent = self._sock.sendmsg(chunks)
+            sent = self._sock.sendmsg(chunks)  # type: ignore[union-attr]
         except (BlockingIOError, InterruptedError):
             return 0, 0
         except OSError as exc:
             self._fatal_error(exc)
             return len(chunks), 0  # the connection is gone: write() drops the rest
-        self._account_send(None, sent, False)
+        if sent:
+            self.stats.copy_sends += 1
+            self.stats.copy_bytes += sent
+            self._plain_sent += sent
+            if self._plain_sent >= self._plain_budget:
+                self._refresh_direct()
         for index, data in enumerate(chunks):
             nbytes = data.nbytes if type(data) is memoryview else len(data)
             if sent < nbytes:
@@ -253,6 +317,45 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
         The future's :class:`Completion` says how many bytes and whether the kernel really sent
         them from ``buf`` (``zerocopy``) or copied them.
         """
+        kind = type(buf)
+        if kind is bytes or kind is bytearray:
+            nbytes = len(buf)
+        elif kind is memoryview and buf.c_contiguous:
+            nbytes = buf.nbytes
+        else:
+            nbytes = 0
+        if 0 < nbytes < self._direct_max and not self._queue:
+            # The direct path, as write()'s; a write sent whole is done: nothing is pinned.
+            try:
+                sent = self._sock.send(buf)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fatal_error(exc)
+                return self._failed_future()
+            future = self._make_future()
+            if sent:
+                stats = self.stats
+                stats.copy_sends += 1
+                stats.copy_bytes += sent
+                self._plain_sent += sent
+                if self._plain_sent >= self._plain_budget:
+                    self._refresh_direct()
+                if sent == nbytes:
+                    stats.copy_writes += 1
+                    completion = self._copy_completions.get(nbytes) or self._copy_completion(nbytes)
+                    future.set_result(completion)
+                    return future
+            seg = _Segment(byte_view(buf), True, future)
+            seg.offset = sent
+            self._queue.append(seg)
+            self._queued += nbytes - sent
+            self._update_mask()
+            self._maybe_pause_protocol()
+            return future
+        return self._write_zc_queued(buf)
+
+    def _write_zc_queued(self, buf: Any) -> asyncio.Future[Completion]:
         self._check_writable("write_zc")
         if self._eof:
             raise RuntimeError("Cannot call write_zc() after write_eof()")
@@ -262,6 +365,12 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
             return self._done_future(Completion(0, False))
         future = self._new_future()
         self._enqueue_held(view, future)
+        return future
+
+    def _failed_future(self) -> asyncio.Future[Completion]:
+        """A write_zc() that never entered the queue: the connection was lost sending it."""
+        future = self._make_future()
+        future.set_exception(ConnectionResetError("connection lost during write_zc()"))
         return future
 
     async def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
@@ -287,102 +396,58 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
             self._update_mask()
         return await future
 
-    def _wants_zerocopy(self, nbytes: int, *, continuing: bool = False) -> bool:
-        # The policy first (in copy-fallback it says no without a syscall), then the peer's
-        # window, re-read as writes come: peers shrink SO_RCVBUF after connecting (CPython's
-        # sendfile tests do), which only later ACKs show.
-        if not super()._wants_zerocopy(nbytes, continuing=continuing):
-            return False
-        return continuing or self._peer_window() >= _MIN_PEER_WINDOW
-
-    def _peer_window(self) -> int:
-        """The peak of the peer's advertised receive window over about _PEER_WINDOW_SPAN."""
-        now = self._loop.time()
-        if now - self._peer_window_at >= _PEER_WINDOW_MAX_AGE:
-            self._peer_window_at = now
-            seen = self._read_peer_window()
-            if seen >= self._peer_window_peak or now - self._peer_window_peak_at >= _PEER_WINDOW_SPAN:
-                self._peer_window_peak = seen
-                self._peer_window_peak_at = now
-        return self._peer_window_peak
-
-    def _read_peer_window(self) -> int:
-        if self._sock is None:
-            return _MIN_PEER_WINDOW
-        try:
-            info = self._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_SND_WND.size)
-        except OSError:
-            return _MIN_PEER_WINDOW
-        if len(info) < _TCPI_SND_WND.size:  # a kernel older than 5.4
-            return _MIN_PEER_WINDOW
-        return int(_TCPI_SND_WND.unpack_from(info)[0])
-
     def _zc_possible(self) -> bool:
         return self._policy.state is not ZeroCopyState.DISABLED
 
     def _enqueue_held(self, view: memoryview, future: asyncio.Future[Completion] | None) -> None:
         nbytes = len(view)
-        tried_now = not self._queue and not self._wants_zerocopy(nbytes)
         sent = 0
-        if tried_now:
+        if not self._queue:
+            if self._wants_zerocopy(nbytes):
+                self._queue.append(_Segment(view, True, future))
+                self._queued += nbytes
+                self._flush()
+                self._maybe_pause_protocol()
+                return
             # Nothing queued ahead and nothing to pin: send at once, and if the socket takes it
-            # all there is no completion to track (measured: ~4 us less per 64 KiB write).
+            # all there is no completion to track.
             sent = self._try_send_now(view)
-            if sent == nbytes:  # the common case, inline
+            if sent == nbytes:
                 view.release()
                 if future is not None:
                     self.stats.copy_writes += 1
                     future.set_result(self._copy_completion(sent))
                 return
             if sent < 0:
-                self._fail_unqueued(view, future)
+                view.release()
+                if future is not None:
+                    future.set_exception(ConnectionResetError("connection lost during write_zc()"))
                 return
-        write = self._open_write(view, future)
-        if sent:
-            self._tracker.on_sent(write, sent, zerocopy=False)
-        seg = _Segment(view, write)
+        seg = _Segment(view, True, future)
         seg.offset = sent
         self._queue.append(seg)
         self._queued += nbytes - sent
-        if len(self._queue) == 1 and not tried_now:
-            self._flush()
-        else:
-            self._update_mask()
+        self._update_mask()
         self._maybe_pause_protocol()
 
-    def _fail_unqueued(self, view: memoryview, future: asyncio.Future[Completion] | None) -> None:
-        """A write that never entered the queue failed: the connection was lost sending it."""
-        view.release()
-        if future is not None:
-            future.set_exception(ConnectionResetError("connection lost during write_zc()"))
-
     def _enqueue_copy(self, data: bytes | bytearray | memoryview) -> None:
-        if type(data) is bytes:
-            # The common small write (aiohttp's joined headers and body) goes to send() as it
-            # is, without a memoryview around it.
-            sent = self._try_send_now(data) if not self._queue else 0  # type: ignore[arg-type]
-            if sent < 0 or sent == len(data):
-                return
-            with memoryview(data) as view:
-                self._append_copy(view[sent:])
-        else:
-            view = byte_view(data) if isinstance(data, memoryview) else memoryview(data)
-            with view:
-                sent = 0
-                if not self._queue:
-                    sent = self._try_send_now(view)
-                    if sent < 0:
-                        return
-                if sent == len(view):
+        view = byte_view(data) if isinstance(data, memoryview) else memoryview(data)
+        with view:
+            sent = 0
+            if not self._queue:
+                sent = self._try_send_now(view)
+                if sent < 0:
                     return
-                self._append_copy(view[sent:])
+            if sent == len(view):
+                return
+            self._append_copy(view[sent:])
         self._update_mask()
         self._maybe_pause_protocol()
 
     def _try_send_now(self, view: memoryview) -> int:
-        """Send mutable data at once (no queue ahead of it); -1 after a fatal error."""
+        """A plain send with no queue ahead of it; -1 after a fatal error."""
         try:
-            return self._send_chunk(None, view)
+            return self._send_copy(view)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
@@ -391,10 +456,10 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
 
     def _append_copy(self, view: memoryview) -> None:
         tail = self._queue[-1] if self._queue else None
-        if tail is not None and tail.write is None and isinstance(tail.data, bytearray):
-            tail.data += view
+        if tail is not None and type(tail) is _Segment and not tail.held:
+            tail.data += view  # type: ignore[operator]
         else:
-            self._queue.append(_Segment(bytearray(view), None))
+            self._queue.append(_Segment(bytearray(view), False))
         self._queued += len(view)
 
     def _flush(self) -> None:
@@ -415,19 +480,35 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
         seg = self._queue[0]
         if isinstance(seg, _FileSegment):
             return self._send_file_head(seg)
-        if seg.write is None:
-            data = seg.data
-            assert isinstance(data, bytearray)
-            with memoryview(data) as view:
-                sent = self._send_chunk(None, view)
-            del data[:sent]
+        data = seg.data
+        if not seg.held:  # our own bytearray: only ever copied
+            sent = self._send_copy(data)
+            del data[:sent]  # type: ignore[union-attr]
             self._queued -= sent
             if data:
                 return False
             self._queue.popleft()
             return True
-        held = cast(memoryview, seg.data)  # held segments keep the caller's buffer view
-        return self._advance_held(seg, self._send_chunk(seg.write, held[seg.offset :]))
+        chunk = data[seg.offset :] if seg.offset else data
+        write = seg.write
+        # The threshold applies to the whole write, not to what is left of it: a partial
+        # zero-copy send's small tail still goes zero-copy, so a large write is reported
+        # zero-copy whole (Completion.zerocopy) where the kernel allows it.
+        continuing = write is not None and write.zc_sends > 0
+        if self._wants_zerocopy(len(data), continuing=continuing):
+            sent = self._send_zc(write or self._track(seg), chunk)  # type: ignore[arg-type]
+        else:
+            sent = self._send_copy(chunk)
+            if write is not None and sent:
+                self._tracker.on_sent(write, sent, zerocopy=False)
+        return self._advance_held(seg, sent)
+
+    def _track(self, seg: _Segment) -> WriteHandle:
+        """Open the tracker's record of a held segment at its first zero-copy send."""
+        write = seg.write = self._open_write(seg.data, seg.future)  # type: ignore[arg-type]
+        if seg.offset:
+            self._tracker.on_sent(write, seg.offset, zerocopy=False)
+        return write
 
     def _advance_held(self, seg: _Segment, sent: int) -> bool:
         """``sent`` bytes of the held head segment went out; True if it is done."""
@@ -436,11 +517,20 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
         if seg.offset < len(seg.data):
             return False
         self._queue.popleft()
-        assert seg.write is not None
-        self._close_write(seg.write)
+        if seg.write is not None:
+            self._close_write(seg.write)
+            return True
+        view = seg.data
+        nbytes = len(view)
+        view.release()  # type: ignore[union-attr]
+        future = seg.future
+        if future is not None:
+            self.stats.copy_writes += 1
+            if not future.done():
+                future.set_result(self._copy_completion(nbytes))
         return True
 
-    def _after_zc_result(self, write: WriteHandle | None, sent: int) -> None:
+    def _after_zc_result(self, write: WriteHandle, sent: int) -> None:
         if self._sock is None:
             return
         if not sent:
@@ -476,7 +566,8 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
         if self._sock is None:
             return
         # resume_writing() before connection_lost(), as asyncio's transports order them.
-        self._maybe_resume_protocol()
+        if self._protocol_paused:
+            self._maybe_resume_protocol()
         if not self._queue:
             if self._eof:
                 self._shutdown_write()
@@ -499,6 +590,9 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
         for seg in self._queue:
             if isinstance(seg, _FileSegment):
                 seg.finish(ConnectionResetError("connection lost before the file was sent"))
+            elif seg.held and seg.write is None:
+                # Into the tracker, so that _fail_pending fails its future with the others.
+                self._track(seg)
         self._queue.clear()
         self._queued = 0
 
@@ -516,6 +610,7 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
         if self._closing or self._eof:
             return
         self._eof = True
+        self._direct_max = 0
         if not self._queue:
             self._shutdown_write()
 
@@ -527,10 +622,19 @@ class ZeroCopyTransport(StreamReading, ZeroCopyTransportBase, asyncio.Transport)
         if self._closing:
             return
         self._closing = True
+        self._direct_max = 0
         if self._queue:
             self._update_mask()
         else:
             self._start_close()
+
+    def _lose_protocol(self, exc: BaseException | None) -> None:
+        super()._lose_protocol(exc)
+        self._direct_max = 0
+
+    def _force_close(self, exc: BaseException | None, pending_error: BaseException | None = None) -> None:
+        self._direct_max = 0
+        super()._force_close(exc, pending_error)
 
     def _before_socket_close(self, sock: socket.socket, pinned: bool) -> None:
         # Closing a socket whose send queue still holds pages of buffers we are giving back

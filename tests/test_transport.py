@@ -602,7 +602,7 @@ async def test_write_holds_views_of_bytes_and_copies_mutable_views() -> None:
         big = random.randbytes(8 << 20)  # more than the socket takes at once: the rest waits
         view_of_bytes = memoryview(big)[1:]
         pair.transport.write(view_of_bytes)
-        held = [seg for seg in pair.transport._queue if seg.write is not None]
+        held = [seg for seg in pair.transport._queue if seg.held]
         assert held and held[0].data.obj is big  # held by reference, not copied
         mutable = bytearray(random.randbytes(1 << 20))
         pair.transport.write(memoryview(mutable))

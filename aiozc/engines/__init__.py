@@ -49,7 +49,7 @@ AUTO_IO_URING_TYPES: frozenset[int] = frozenset({socket.SOCK_DGRAM})
 
 
 class SendPending(BlockingIOError):
-    """Raised by ``_send_chunk`` when an engine took a zero-copy send whose result comes later
+    """Raised by the stream transport's ``_send_zc`` when an engine took a zero-copy send whose result comes later
     (io_uring): callers that treat BlockingIOError as "wait" need no other change."""
 
     def __init__(self) -> None:
