@@ -611,3 +611,57 @@ async def test_write_holds_views_of_bytes_and_copies_mutable_views() -> None:
         assert await pair.read_all(len(expected)) == expected
     finally:
         pair.close()
+
+
+async def test_direct_writes_still_reprobe_and_count_every_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """write() skips the policy per write once it falls back to copies (the direct path); the
+    re-probe still comes every reprobe_bytes, and every byte is counted once."""
+    pair = await connect_pair(fallback_after=1, reprobe_bytes=1 << 20)
+    queued = 0
+    real = type(pair.transport)._write_queued
+
+    def write_queued(self, data):  # type: ignore[no-untyped-def]
+        nonlocal queued
+        queued += 1
+        return real(self, data)
+
+    monkeypatch.setattr(type(pair.transport), "_write_queued", write_queued)
+    try:
+        chunks = [random.randbytes(64 << 10) for _ in range(4)]
+        total = 0
+        for i in range(160):  # 10 MiB: fallback, then one probe every MiB
+            pair.transport.write(chunks[i % 4])
+            total += 64 << 10
+            await pair.read_all(total)
+            await asyncio.sleep(0)  # sock_recv found data without a loop iteration: poll once
+        stats = pair.transport.stats
+        assert stats.state == "copy-fallback", stats
+        assert 4 <= stats.zc_sends <= 12, stats
+        assert stats.copy_bytes + stats.zc_bytes == total
+        assert bytes(pair.received) == b"".join(chunks[i % 4] for i in range(160))
+        assert queued < 40, queued  # most writes went direct: no per-write policy call
+    finally:
+        pair.close()
+
+
+async def test_direct_write_zc_resolves_at_once_and_partial_ones_wait() -> None:
+    pair = await connect_pair(fallback_after=1)
+    try:
+        buf = random.randbytes(64 << 10)
+        for _ in range(8):  # into copy-fallback
+            fut = pair.transport.write_zc(buf)
+            await pair.read_all(len(pair.received) + len(buf))
+            await asyncio.wait_for(fut, 10)
+        assert pair.transport.stats.state == "copy-fallback"
+        small = pair.transport.write_zc(bytearray(b"x" * 100))
+        assert small.done() and small.result().nbytes == 100 and not small.result().zerocopy
+        pair.transport.pause_reading()
+        big = bytearray(random.randbytes(16 << 20))  # more than the socket takes at once
+        fut = pair.transport.write_zc(big)
+        assert not fut.done() and pair.transport._queue[0].held  # the caller's buffer, held
+        expected = bytes(pair.received) + b"x" * 100 + bytes(big)
+        await pair.read_all(len(expected))
+        assert (await asyncio.wait_for(fut, 10)).nbytes == len(big)
+        assert bytes(pair.received) == expected
+    finally:
+        pair.close()
