@@ -9,7 +9,7 @@ import struct
 import termios
 from typing import Any, Callable
 
-from .readiness import EPOLLHUP
+from .readiness import EPOLLHUP, EPOLLIN
 
 _READS_PER_EVENT = 16
 
@@ -33,21 +33,36 @@ class StreamReading:
     # every region of its pool is held (reading paused until one is freed).
     _zc_reader: Any = None
     _rx_blocked = False
+    # A Protocol's data_received path, which on_readiness runs inline (set by _read_path).
+    _plain_reads = False
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._read_once = self._read_path(protocol)
         super().set_protocol(protocol)
 
     def _read_path(self, protocol: asyncio.BaseProtocol) -> Callable[[], bool]:
+        """The read step for ``protocol``; also sets ``_plain_reads`` (a Protocol's
+        data_received path, which on_readiness runs inline)."""
         # uvloop's rule, which covers asyncio's isinstance(BufferedProtocol): uvloop's own
         # tests use a get_buffer() protocol that subclasses neither.
         if self._zc_reader is not None:
             step = self._zc_reader.read_path(protocol)
             if step is not None:
+                self._plain_reads = False
                 return step
         if hasattr(protocol, "get_buffer") and not isinstance(protocol, asyncio.Protocol):
+            self._plain_reads = False
             return self._read_into_buffer
+        self._plain_reads = True
         return self._read_data
+
+    def on_readiness(self, events: int) -> None:
+        # The common event, readable and nothing else, read here: one frame less per request
+        # of an HTTP server than through the base's general order (errors, reads, writes).
+        if events == EPOLLIN and self._plain_reads:
+            self._read_data_ready()
+        else:
+            super().on_readiness(events)  # type: ignore[misc]
 
     def _read_ready(self, events: int) -> None:
         if not self._reading or self._eof_received or self._closing or self._rx_blocked:
@@ -55,10 +70,43 @@ class StreamReading:
                 self._hup = True
                 self._update_mask()
             return
+        if self._plain_reads:
+            self._read_data_ready()
+            return
         # Like libuv, keep reading while reads fill the buffer: one readiness dispatch per
         # socket-buffer's worth instead of one per recv.
         for _ in range(_READS_PER_EVENT):
             if not self._read_once() or not self._reading or self._closing:
+                return
+
+    def _read_data_ready(self) -> None:
+        """Reads for a Protocol: _read_data's steps in one frame, up to _READS_PER_EVENT
+        while each recv fills the read size."""
+        if not self._reading or self._eof_received or self._closing or self._rx_blocked:
+            return
+        size = self._options.read_size
+        for _ in range(_READS_PER_EVENT):
+            try:
+                data = self._sock.recv(size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fatal_error(exc, "Fatal read error on socket transport")
+                return
+            if not data:
+                self._on_end_of_data()
+                return
+            try:
+                self._protocol.data_received(data)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                return
+            if len(data) < size or not self._reading or self._closing or self._sock is None:
+                return
+            if not self._plain_reads:  # set_protocol() to a BufferedProtocol
+                self._read_ready(0)
                 return
 
     def _read_data(self) -> bool:

@@ -162,7 +162,12 @@ def _wrap_request_factory(factory: Callable[..., web.BaseRequest]) -> Callable[.
         message: Any, payload: Any, protocol: Any, writer: AbstractStreamWriter, task: Any
     ) -> web.BaseRequest:
         if type(writer) is StreamWriter:
-            writer = ZeroCopyPayloadWriter(protocol, writer.loop)
+            # The same object, given our subclass (no state of its own, no __slots__ on
+            # either): a second writer per request cost an __init__ of ~15 attributes.
+            try:
+                writer.__class__ = ZeroCopyPayloadWriter
+            except TypeError:  # an aiohttp whose StreamWriter got __slots__
+                writer = ZeroCopyPayloadWriter(protocol, writer.loop)
         return factory(message, payload, protocol, writer, task)
 
     return make_request
