@@ -267,7 +267,9 @@ class ZeroCopyTransport(StreamReading, StreamSending, ZeroCopyTransportBase, asy
                 )
         index, offset = self._gather_now(items) if len(items) > 1 else (0, 0)
         if offset:
-            self.write(memoryview(items[index]).cast("B")[offset:])
+            # The socket is full: queue the rest of that item without trying it again.
+            data = items[index]
+            self._queue_rest(data, data.nbytes if type(data) is memoryview else len(data), offset)
             index += 1
         for data in items[index:]:
             self.write(data)
@@ -495,7 +497,10 @@ class ZeroCopyTransport(StreamReading, StreamSending, ZeroCopyTransportBase, asy
         # zero-copy send's small tail still goes zero-copy, so a large write is reported
         # zero-copy whole (Completion.zerocopy) where the kernel allows it.
         continuing = write is not None and write.zc_sends > 0
-        if self._wants_zerocopy(len(data), continuing=continuing):
+        # Below _direct_max the policy would copy it anyway: no need to ask.
+        if (continuing or len(data) >= self._direct_max) and self._wants_zerocopy(
+            len(data), continuing=continuing
+        ):
             sent = self._send_zc(write or self._track(seg), chunk)  # type: ignore[arg-type]
         else:
             sent = self._send_copy(chunk)
