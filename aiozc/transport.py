@@ -491,7 +491,6 @@ class ZeroCopyTransport(StreamReading, StreamSending, ZeroCopyTransportBase, asy
                 return False
             self._queue.popleft()
             return True
-        chunk = data[seg.offset :] if seg.offset else data
         write = seg.write
         # The threshold applies to the whole write, not to what is left of it: a partial
         # zero-copy send's small tail still goes zero-copy, so a large write is reported
@@ -501,9 +500,11 @@ class ZeroCopyTransport(StreamReading, StreamSending, ZeroCopyTransportBase, asy
         if (continuing or len(data) >= self._direct_max) and self._wants_zerocopy(
             len(data), continuing=continuing
         ):
-            sent = self._send_zc(write or self._track(seg), chunk)  # type: ignore[arg-type]
+            # A view of its own even at offset 0: io_uring holds an export on it until the
+            # kernel's release, and the held view itself is released when the write resolves.
+            sent = self._send_zc(write or self._track(seg), data[seg.offset :])  # type: ignore[arg-type]
         else:
-            sent = self._send_copy(chunk)
+            sent = self._send_copy(data[seg.offset :] if seg.offset else data)
             if write is not None and sent:
                 self._tracker.on_sent(write, sent, zerocopy=False)
         return self._advance_held(seg, sent)
