@@ -21,7 +21,7 @@ from distributed.protocol import Serialized, to_serialize  # noqa: E402
 
 import aiozc.dask as zcdask  # noqa: E402
 from aiozc.dask import wire  # noqa: E402
-from aiozc.dask.pool import POOLED_MIN, ReceivePool, size_class  # noqa: E402
+from aiozc.dask.pool import MAPPED_MIN, POOLED_MIN, ReceivePool, size_class  # noqa: E402
 
 # The module, not the function distributed.protocol re-exports under the same name.
 dask_serialize = importlib.import_module("distributed.protocol.serialize")
@@ -369,9 +369,50 @@ def test_pool_keeps_no_more_idle_than_its_cap() -> None:
 
 
 def test_size_classes_waste_at_most_an_eighth() -> None:
-    for n in [POOLED_MIN, 300_000, 4 * MiB, 4 * MiB + 1, 256 * MiB, 257 * MiB, 1000 * MiB + 3]:
+    for n in [MAPPED_MIN, 300_000, 4 * MiB, 4 * MiB + 1, 256 * MiB, 257 * MiB, 1000 * MiB + 3]:
         c = size_class(n)
         assert c >= n and c % 4096 == 0 and (c - n) <= n / 8 + 4096
+    for n in [POOLED_MIN, POOLED_MIN + 1, 32 << 10, 33_000, MAPPED_MIN - 1]:
+        c = size_class(n)
+        assert c >= n and c % 64 == 0 and (c - n) <= n / 8 + 64
+
+
+def _faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def test_small_buffers_are_reused_instead_of_faulted_in_again() -> None:
+    """512 x 32 KiB arrays a message: fresh malloc'd buffers (dask's tcp comm, and this pool
+    before) faulted every page in again each message (3988 faults a round here: glibc trims
+    the heap top once they are freed); reused ones stay resident."""
+    pool = ReceivePool(max_idle_bytes=64 * MiB)
+
+    def one_message() -> int:
+        before = _faults()
+        buffers = [pool.acquire(32 << 10) for _ in range(512)]
+        for buf in buffers:
+            np.frombuffer(buf, np.uint8)[:] = 7  # what recv_into does to them
+        del buffers
+        return _faults() - before
+
+    first = one_message()
+    later = [one_message() for _ in range(3)]
+    assert pool.outstanding == 0 and pool.reused == 3 * 512 and pool.mapped == 512
+    assert max(later) < 512 * 8 // 8, (first, later)  # 8 pages each if faulted in again
+
+
+async def test_a_second_message_of_small_arrays_reuses_the_first_ones_buffers(pair: Pair) -> None:
+    pool = zcdask.receive_pool()
+    arrays = [_pattern(32 << 10, i) for i in range(64)]
+    got = await _roundtrip(pair, {"data": [to_serialize(a) for a in arrays]})
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, got["data"]))
+    del got
+    reused = pool.reused
+    got = await _roundtrip(pair, {"data": [to_serialize(a[::-1].copy()) for a in arrays]})
+    assert all(np.array_equal(a[::-1], b) for a, b in zip(arrays, got["data"]))
+    assert pool.reused - reused >= 64
 
 
 ABORT_LOOP = """

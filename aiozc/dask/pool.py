@@ -1,12 +1,18 @@
-"""Receive buffers for zc:// messages: page-aligned and reused, so a receiver does not fault.
+"""Receive buffers for zc:// messages: aligned and reused, so a receiver does not page-fault.
 
 Measured with a first prototype that allocated a fresh buffer per group: 128-256 page faults per
-MiB on 64 x 4 MiB and 2048 x 32 KiB messages, where dask's tcp comm reused malloc'd memory.
-Here every buffer of POOLED_MIN bytes or more is one anonymous mmap (page-aligned) of a size
-class. dask (and the arrays it deserializes) keep slices of it alive for as long as they like;
-when the last one is gone a weakref finalizer puts the mapping back on its class's free list, its
-pages still faulted in, while the idle total stays under ``max_idle_bytes``. Smaller buffers come
-from numpy (malloc), as dask's tcp comm allocates them, aligned to 64 bytes.
+MiB on 64 x 4 MiB and 2048 x 32 KiB messages. dask's tcp comm allocates the same way (one
+``numpy.empty`` per frame) and faults as much: glibc trims the top of the heap once a message's
+arrays are freed, so the next message faults every page in again (traced in bench dask: ~220
+faults/MiB inside ``recv_into`` on the receiving worker, for tcp and zc alike; 512 fresh 32 KiB
+buffers touched: 3988 faults a round, every round).
+
+So every buffer of POOLED_MIN bytes or more comes from a size class and goes back to its class's
+free list, its pages still faulted in, once dask and the arrays it deserialized let go of it (a
+weakref on the array handed out), while the idle total stays under ``max_idle_bytes``. Classes
+from MAPPED_MIN up are anonymous mmaps (page-aligned, huge pages from 2 MiB); smaller ones are
+slices of one malloc'd numpy array each (an mmap apiece would be a VMA per 32 KiB array),
+aligned to 64 bytes. Buffers below POOLED_MIN come from numpy, as dask's tcp comm makes them.
 """
 
 from __future__ import annotations
@@ -15,19 +21,29 @@ import mmap
 import threading
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-POOLED_MIN = 256 << 10
+POOLED_MIN = 4 << 10
+MAPPED_MIN = 256 << 10
 ALIGN = 64
 HUGE_PAGE = 2 << 20
 
 
 def size_class(nbytes: int) -> int:
-    """``nbytes`` rounded up to one of 8 steps per power of two, then to whole pages (<= 12.5%
-    waste)."""
-    step = max(mmap.PAGESIZE, 1 << max(0, nbytes.bit_length() - 4))
+    """``nbytes`` rounded up to one of 8 steps per power of two (<= 12.5% waste), then to whole
+    pages from MAPPED_MIN up, to 64 bytes below."""
+    step = 1 << max(0, nbytes.bit_length() - 4)
+    step = max(mmap.PAGESIZE if nbytes >= MAPPED_MIN else ALIGN, step)
     return -(-nbytes // step) * step
+
+
+@dataclass(frozen=True)
+class _Region:
+    memory: Any  # an mmap, or a memoryview of a numpy array: never an ndarray (see acquire)
+    offset: int  # where the buffer starts in it: a huge-page boundary for big mappings
+    size: int
 
 
 class ReceivePool:
@@ -35,14 +51,19 @@ class ReceivePool:
         self.max_idle_bytes = max_idle_bytes
         self._idle: dict[int, list[_Region]] = {}
         self._idle_bytes = 0
-        self._lock = threading.Lock()  # finalizers run wherever the last slice dies (offload threads)
-        self.mapped = 0  # new mappings made: a reuse makes none
+        self._lock = threading.Lock()  # weakref callbacks run wherever the last slice dies
+        self._handed: dict[int, tuple[weakref.ref[Any], _Region]] = {}
+        self.mapped = 0  # new regions made (mmaps and malloc'd ones): a reuse makes none
         self.reused = 0
-        self.outstanding = 0  # pooled buffers handed out and still referenced
 
     @property
     def idle_bytes(self) -> int:
         return self._idle_bytes
+
+    @property
+    def outstanding(self) -> int:
+        """Pooled buffers handed out and still referenced."""
+        return len(self._handed)
 
     def acquire(self, nbytes: int) -> memoryview:
         """A writable, C-contiguous uint8 memoryview of exactly ``nbytes``."""
@@ -55,13 +76,14 @@ class ReceivePool:
             self.mapped += 1
         else:
             self.reused += 1
-        # Its death tells us the buffer is free. It must be made from the mmap itself, not as a
-        # view of another array: numpy collapses a view's base to the array owning the memory,
-        # so an array dask makes from a slice would skip an intermediate view and let it die.
-        handed = np.frombuffer(region.mapping, dtype=np.uint8, count=nbytes, offset=region.offset)
+        # Its death tells us the buffer is free. It must be made from the region's memory (an
+        # mmap or a memoryview), not as a view of another array: numpy collapses a view's base
+        # to the array owning the memory, so an array dask makes from a slice would skip an
+        # intermediate view and let it die while still in use.
+        handed = np.frombuffer(region.memory, dtype=np.uint8, count=nbytes, offset=region.offset)
+        ref = weakref.ref(handed, self._give_back)  # cheaper than weakref.finalize: ~2 us
         with self._lock:
-            self.outstanding += 1
-        weakref.finalize(handed, self._give_back, region)
+            self._handed[id(ref)] = (ref, region)
         return memoryview(handed)
 
     def _take_idle(self, cls: int) -> _Region | None:
@@ -72,14 +94,16 @@ class ReceivePool:
             self._idle_bytes -= cls
             return bucket.pop()
 
-    def _give_back(self, region: _Region) -> None:
-        cls = region.size
+    def _give_back(self, ref: weakref.ref[Any]) -> None:
         with self._lock:
-            self.outstanding -= 1
-            if self._idle_bytes + cls > self.max_idle_bytes:
-                return  # dropped: the mapping is unmapped once numpy lets go of it
-            self._idle.setdefault(cls, []).append(region)
-            self._idle_bytes += cls
+            entry = self._handed.pop(id(ref), None)
+            if entry is None:
+                return
+            region = entry[1]
+            if self._idle_bytes + region.size > self.max_idle_bytes:
+                return  # dropped: freed once numpy lets go of it
+            self._idle.setdefault(region.size, []).append(region)
+            self._idle_bytes += region.size
 
     def clear(self) -> None:
         with self._lock:
@@ -87,14 +111,19 @@ class ReceivePool:
             self._idle_bytes = 0
 
 
-@dataclass(frozen=True)
-class _Region:
-    mapping: mmap.mmap
-    offset: int  # where the buffer starts: a huge-page boundary for big ones
-    size: int
-
-
 def _new_region(nbytes: int) -> _Region:
+    if nbytes < MAPPED_MIN:
+        return _Region(_aligned_small(nbytes), 0, nbytes)
+    return _new_mapping(nbytes)
+
+
+def _aligned_small(nbytes: int) -> memoryview:
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    skip = -raw.ctypes.data % ALIGN
+    return memoryview(raw)[skip : skip + nbytes]
+
+
+def _new_mapping(nbytes: int) -> _Region:
     """An anonymous (page-aligned) mapping. From 2 MiB up, started on a 2 MiB boundary inside a
     mapping 2 MiB larger (the slack is never touched, so never resident) and advised for
     transparent huge pages (THP is "madvise" here): 256 faults per MiB on first touch with 4 KiB
@@ -115,9 +144,3 @@ def _new_region(nbytes: int) -> _Region:
 def _anonymous(nbytes: int) -> mmap.mmap:
     # Private: mmap's default MAP_SHARED is shmem, which gets no huge pages (shmem_enabled).
     return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-
-
-def _aligned_small(nbytes: int) -> memoryview:
-    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
-    skip = -raw.ctypes.data % ALIGN
-    return memoryview(raw[skip : skip + nbytes])
