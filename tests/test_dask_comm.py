@@ -291,13 +291,32 @@ def test_shards_of_one_array_form_one_group_even_with_a_short_tail() -> None:
     shards = [view[:MiB], view[MiB : 2 * MiB], view[2 * MiB : 3 * MiB], view[3 * MiB :]]
     other = memoryview(np.zeros(2 * MiB, np.uint8))
     frames = [b"header", b"pickle", *shards, other, b"x" * 100, b"y" * 100]
-    assert wire.group_frames(frames) == (2, 4, 1, 2)
+    assert wire.group_frames(frames) == (wire.SMALL | 2, 4, 1, wire.SMALL | 2)
 
 
-def test_small_bytes_frames_share_groups_of_about_a_mib_arrays_never_share() -> None:
+def test_small_bytes_frames_share_buffers_of_about_a_mib_arrays_never_share() -> None:
     frames = [b"h" * 100, *(bytes(32 << 10) for _ in range(40)), memoryview(np.zeros(10, np.uint8)),
               memoryview(np.zeros(10, np.uint8)), b"tail"]
-    assert wire.group_frames(frames) == (33, 8, 1, 1, 1)
+    header, layout = wire.encode_header(frames)
+    assert layout.groups == (wire.SMALL | 41, 1, 1, wire.SMALL | 1)
+    units = layout.units()
+    assert [u.frames for u in units] == [tuple(range(32)), (*range(32, 41), 43), (41,), (42,)]
+    assert all(u.nbytes <= wire.SMALL_GROUP_BYTES for u in units)
+
+
+def test_small_bytes_frames_go_ahead_of_the_arrays_they_describe() -> None:
+    """dask's order is msgpack, then a ~200 B header before each array: on the wire all the
+    headers come first, so each array is one read straight into its own buffer."""
+    arrays = [memoryview(np.zeros(32 << 10, np.uint8)) for _ in range(3)]
+    frames = [b"msgpack", b"h0", arrays[0], b"h1", arrays[1], b"h2", arrays[2]]
+    header, layout = wire.encode_header(frames)
+    assert layout.wire_order() == [0, 1, 3, 5, 2, 4, 6]
+    [small, *rest] = layout.units()
+    assert small.frames == (0, 1, 3, 5) and small.nbytes == 13
+    assert [u.frames for u in rest] == [(2,), (4,), (6,)]
+    prefix = memoryview(header)[: wire.PREFIX_SIZE]
+    counts = wire.parse_prefix(prefix, wire.Limits())
+    assert wire.parse_table(memoryview(header)[wire.PREFIX_SIZE :], *counts, wire.Limits()) == layout
 
 
 async def test_two_small_arrays_in_one_message_get_separate_buffers(pair: Pair) -> None:
@@ -501,3 +520,18 @@ def test_small_frames_go_out_in_bounded_joins_larger_ones_held() -> None:
     assert sent.zc == [32 << 10]
     assert sum(sent.writes) == len(header) + 7 + 200 * (8 << 10)
     assert max(sent.writes) <= (256 << 10) + (8 << 10)
+
+
+def test_headers_of_many_arrays_leave_in_one_write_then_one_send_per_array() -> None:
+    """dask puts a ~200 B header before each array; sent in dask's order that was a write per
+    header, 2 sends (and on receive 2 reads and 2 buffers) per array."""
+    comm = object.__new__(zcdask.ZCComm)
+    comm._transport = _RecordingTransport()
+    comm._zc_threshold = 16 << 10
+    frames: list[object] = [b"msgpack"]
+    for _ in range(100):
+        frames += [b"h" * 200, memoryview(np.zeros(32 << 10, np.uint8))]
+    header, layout = wire.encode_header(frames)
+    comm._send(header, frames, layout)
+    assert comm._transport.writes == [len(header) + 7 + 100 * 200]
+    assert comm._transport.zc == [32 << 10] * 100

@@ -168,10 +168,8 @@ class ZCComm(Comm):
         header, layout = wire.encode_header(frames)
         try:
             await self._protocol.drain()
-            pending = self._send(header, frames, layout)
             # The frames are the caller's memory: return only once the kernel let go of them.
-            if pending:
-                await asyncio.gather(*pending)
+            await _released(self._send(header, frames, layout))
         except (CommClosedError, ConnectionError, OSError) as exc:
             self.abort()
             raise CommClosedError(f"in {self}: {type(exc).__name__}: {exc}") from exc
@@ -185,7 +183,9 @@ class ZCComm(Comm):
         small: list[Any] = [header]
         small_bytes = len(header)
         pending: list[asyncio.Future[Any]] = []
-        for frame, n in zip(frames, layout.lengths):
+        lengths = layout.lengths
+        for i in layout.wire_order():
+            frame, n = frames[i], lengths[i]
             if n >= self._zc_threshold:
                 if small:
                     transport.write(b"".join(small))
@@ -220,6 +220,26 @@ class ZCComm(Comm):
         self._closed = True
         self._finalizer.detach()
         self._transport.abort()
+
+
+async def _released(pending: list[asyncio.Future[Any]]) -> None:
+    """Wait for every write_zc future. Most are done already (loopback sends complete inline):
+    those are only checked, where asyncio.gather would schedule a callback for each."""
+    try:
+        for future in pending:
+            if future.done():
+                future.result()
+            else:
+                await future
+    except BaseException:
+        for future in pending:  # the caller aborts the comm; no "exception never retrieved"
+            future.add_done_callback(_retrieve)
+        raise
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _abort_dangling(transport: Any, description: str) -> None:

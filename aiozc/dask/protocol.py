@@ -22,33 +22,35 @@ _BODY = "body"
 
 
 class _Message:
-    """The buffers of the message being received, group by group."""
+    """The buffers of the message being received, one per receive unit, in wire order."""
 
     def __init__(self, layout: wire.Layout, pool: ReceivePool) -> None:
         self.layout = layout
-        self.group_bytes = layout.group_bytes()
+        self.units = layout.units()
+        self.nbytes = sum(unit.nbytes for unit in self.units)
         self.pool = pool
         self.buffers: list[memoryview] = []
         self.filled = 0  # bytes in the current (last) buffer
 
     def next_buffer(self) -> memoryview | None:
-        """Start the next group; None when every group is in."""
+        """Start the next unit; None when every unit is in."""
         index = len(self.buffers)
-        if index == len(self.group_bytes):
+        if index == len(self.units):
             return None
-        n = self.group_bytes[index]
+        n = self.units[index].nbytes
         self.buffers.append(self.pool.acquire(n) if n else memoryview(bytearray(0)))
         self.filled = 0
         return self.buffers[-1]
 
     def frames(self) -> list[memoryview]:
-        out: list[memoryview] = []
-        lengths = iter(self.layout.lengths)
-        for buf, count in zip(self.buffers, self.layout.group_sizes):
+        """The frames in dask's order, each a slice of its unit's buffer."""
+        lengths = self.layout.lengths
+        out: list[memoryview] = [None] * len(lengths)  # type: ignore[list-item]
+        for buf, unit in zip(self.buffers, self.units):
             offset = 0
-            for _ in range(count):
-                n = next(lengths)
-                out.append(buf[offset : offset + n])
+            for i in unit.frames:
+                n = lengths[i]
+                out[i] = buf[offset : offset + n]
                 offset += n
         return out
 
@@ -196,7 +198,7 @@ class ZCProtocol(asyncio.BufferedProtocol):
                 return False
             self._body = message.next_buffer()
         frames = message.frames()
-        nbytes = sum(message.group_bytes)
+        nbytes = message.nbytes
         self._ready.append((frames, nbytes))
         self._ready_bytes += nbytes
         self._message = None

@@ -8,8 +8,14 @@ frames: the receiver reads each group into one buffer with ``recv_into`` and han
 adjacent slices of it.
 
     prefix   "<4sIII": magic, number of frames, number of groups, reserved (0)
-    table    nframes x u64 frame length, then ngroups x u32 frames in the group
-    body     the frames, back to back
+    table    nframes x u64 frame length (dask's order), then ngroups x u32: the number of
+             consecutive frames in the group, bit 31 set for a group of small bytes frames
+    body     the frames of the small-bytes groups (in dask's order), then the other groups'
+
+dask interleaves a small header (~200 B) with every array. Sending all small bytes frames first
+lets the receiver take them with one read into a few shared buffers (chunks of at most
+SMALL_GROUP_BYTES), then read each array straight into its own buffer: one ``recv_into`` per
+array instead of two, one send per array instead of two, and no buffer per header.
 
 Nothing precedes the first message on a connection: dask's handshake is the first thing sent.
 """
@@ -18,14 +24,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
-MAGIC = b"zcD1"
+MAGIC = b"zcD2"
 PREFIX = struct.Struct("<4sIII")
 PREFIX_SIZE = PREFIX.size
+SMALL = 1 << 31  # group flag: small bytes frames, sent ahead of the others
 
-# bytes frames (msgpack, pickles, compressed data) below SMALL_FRAME share one receive buffer,
-# up to SMALL_GROUP_BYTES: they are dropped as soon as they are deserialized. Object buffers
+# bytes frames (msgpack, pickles, compressed data) below SMALL_FRAME share receive buffers of up
+# to SMALL_GROUP_BYTES: they are dropped as soon as they are deserialized. Object buffers
 # (arrays) never share one, whatever their size: an array kept alive must not keep its
 # neighbours' memory alive (dask's tcp comm has the same rule; distributed's
 # test_do_not_share_buffers).
@@ -49,19 +57,60 @@ class Limits:
             raise WireError(f"message has {ngroups} groups for {nframes} frames")
 
 
+class Unit(NamedTuple):
+    """One receive buffer: these frames (indexes in dask's order), back to back on the wire."""
+
+    frames: tuple[int, ...]
+    nbytes: int
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Where a message's frames fall: lengths, and how many consecutive frames form each group."""
+    """Where a message's frames fall: lengths, and the groups (runs of consecutive frames, each
+    entry a count, with SMALL set for small bytes frames)."""
 
     lengths: tuple[int, ...]
-    group_sizes: tuple[int, ...]
+    groups: tuple[int, ...]
+    _units: list[Unit] = field(default_factory=list, compare=False, repr=False)
 
-    def group_bytes(self) -> list[int]:
-        out, start = [], 0
-        for count in self.group_sizes:
-            out.append(sum(self.lengths[start : start + count]))
-            start += count
-        return out
+    def units(self) -> list[Unit]:
+        """The receive buffers in wire order: the small bytes frames in chunks of at most
+        SMALL_GROUP_BYTES (or one larger frame), then one per other group."""
+        if not self._units and self.lengths:
+            self._units.extend(_units(self.lengths, self.groups))
+        return self._units
+
+    def wire_order(self) -> list[int]:
+        return [i for unit in self.units() for i in unit.frames]
+
+
+def _units(lengths: Sequence[int], groups: Sequence[int]) -> list[Unit]:
+    small: list[Unit] = []
+    rest: list[Unit] = []
+    chunk: list[int] = []
+    chunk_bytes = 0
+    start = 0
+    for entry in groups:
+        if not entry & SMALL:
+            end = start + entry
+            if entry == 1:  # the common case, one array: kept cheap (thousands a message)
+                rest.append(Unit((start,), lengths[start]))
+            else:
+                rest.append(Unit(tuple(range(start, end)), sum(lengths[start:end])))
+            start = end
+            continue
+        end = start + (entry & ~SMALL)
+        for i in range(start, end):
+            n = lengths[i]
+            if chunk and chunk_bytes + n > SMALL_GROUP_BYTES:
+                small.append(Unit(tuple(chunk), chunk_bytes))
+                chunk, chunk_bytes = [], 0
+            chunk.append(i)
+            chunk_bytes += n
+        start = end
+    if chunk:
+        small.append(Unit(tuple(chunk), chunk_bytes))
+    return small + rest
 
 
 def frame_nbytes(frame: object) -> int:
@@ -76,27 +125,26 @@ def _exporter(frame: object) -> object | None:
 
 
 def group_frames(frames: Sequence[object]) -> tuple[int, ...]:
-    """Group sizes for ``frames``: each object buffer with its following shards in a group of its
-    own, large bytes frames alone, small bytes frames together."""
-    sizes: list[int] = []
+    """Group entries for ``frames``: each object buffer with its following shards in a group of
+    its own, large bytes frames alone, runs of small bytes frames together (flagged SMALL)."""
+    entries: list[int] = []
     prev_owner: object | None = None
-    small_bytes = -1  # bytes in the open group of small bytes frames; -1: none open
+    in_small = False  # the last entry is an open run of small bytes frames
     for frame in frames:
-        n = frame_nbytes(frame)
         owner = _exporter(frame)
         if owner is not None and owner is prev_owner:
-            sizes[-1] += 1  # the next shard of the same array, however short
-        elif owner is not None or n >= SMALL_FRAME:
-            sizes.append(1)
-            small_bytes = -1
-        elif 0 <= small_bytes < SMALL_GROUP_BYTES:
-            sizes[-1] += 1
-            small_bytes += n
+            entries[-1] += 1  # the next shard of the same array, however short
+            in_small = False
+        elif owner is not None or frame_nbytes(frame) >= SMALL_FRAME:
+            entries.append(1)
+            in_small = False
+        elif in_small:
+            entries[-1] += 1
         else:
-            sizes.append(1)
-            small_bytes = n
+            entries.append(SMALL | 1)
+            in_small = True
         prev_owner = owner
-    return tuple(sizes)
+    return tuple(entries)
 
 
 def encode_header(frames: Sequence[object]) -> tuple[bytes, Layout]:
@@ -126,8 +174,9 @@ def table_size(nframes: int, ngroups: int) -> int:
 def parse_table(data: memoryview, nframes: int, ngroups: int, limits: Limits) -> Layout:
     lengths = struct.unpack_from(f"<{nframes}Q", data, 0)
     groups = struct.unpack_from(f"<{ngroups}I", data, 8 * nframes)
-    if sum(groups) != nframes or any(g == 0 for g in groups):
-        raise WireError(f"group sizes {groups[:8]}... do not cover the {nframes} frames")
+    counts = [g & ~SMALL for g in groups]
+    if sum(counts) != nframes or 0 in counts:
+        raise WireError(f"group sizes {counts[:8]}... do not cover the {nframes} frames")
     total = sum(lengths)
     if total > limits.max_message_bytes:
         raise WireError(f"message of {total} bytes is over the cap of {limits.max_message_bytes}")
