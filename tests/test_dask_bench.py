@@ -46,3 +46,63 @@ def test_cases_cover_the_issue_list() -> None:
     kinds = [name for name, _ in bench_dask.cases(1)]
     assert kinds.count("gather") == 4 and kinds.count("scatter") == 4
     assert "w2w" in kinds and "rechunk" in kinds
+
+
+async def _send_and_count(protocol: str, arrays: list[object]) -> dict[str, int]:
+    import asyncio
+
+    from distributed.comm import connect, listen
+    from distributed.protocol import to_serialize
+
+    from aiozc.tools import bench_dask_copies
+
+    got: asyncio.Queue[object] = asyncio.Queue()
+
+    async def handle(comm: object) -> None:
+        await got.put(await comm.read())  # type: ignore[attr-defined]
+
+    bench_dask_copies.install()
+    try:
+        async with listen(f"{protocol}://127.0.0.1:0", handle) as listener:
+            comm = await connect(listener.contact_address)
+            bench_dask_copies.take()
+            await comm.write({"data": [to_serialize(a) for a in arrays]})
+            message = await asyncio.wait_for(got.get(), 30)
+            counts = bench_dask_copies.take()
+            comm.abort()
+    finally:
+        bench_dask_copies.uninstall()
+    import numpy as np
+
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, message["data"]))  # type: ignore[index]
+    return counts
+
+
+@pytest.fixture
+def one_mib_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distributed.comm.tcp import TCP
+
+    import aiozc.dask
+
+    monkeypatch.setattr(aiozc.dask.ZCComm, "max_shard_size", 1 << 20)
+    monkeypatch.setattr(TCP, "max_shard_size", 1 << 20)
+
+
+async def test_copies_counted_tcp_rejoins_sharded_arrays_zc_copies_almost_nothing(one_mib_shards: None) -> None:
+    np = pytest.importorskip("numpy")
+    arrays = [np.full(3 << 20, i, np.uint8) for i in range(3)]  # 3 shards each
+    tcp = await _send_and_count("tcp", arrays)
+    zc = await _send_and_count("zc", arrays)
+    # dask's tcp comm reads every shard into its own buffer; arrays 2 and 3 are rejoined.
+    assert tcp["dask host_array_from_buffers"] == 2 * (3 << 20)
+    assert "dask host_array_from_buffers" not in zc
+    assert 0 < sum(zc.values()) < (9 << 20) // 100
+
+
+async def test_copies_counted_tcp_joins_a_message_of_small_arrays() -> None:
+    np = pytest.importorskip("numpy")
+    arrays = [np.full(32 << 10, i, np.uint8) for i in range(64)]
+    tcp = await _send_and_count("tcp", arrays)
+    zc = await _send_and_count("zc", arrays)
+    assert tcp["tcp message join"] > 64 * (32 << 10)  # the whole message, headers included
+    assert sum(zc.values()) < 64 * (32 << 10) // 20

@@ -15,7 +15,8 @@ from __future__ import annotations
 from distributed.comm import registry as _registry
 
 from .comm import EncryptionRefused, ZCBackend, ZCComm, ZCConnector, ZCListener, receive_pool
+from .protocol import copies
 
-__all__ = ["EncryptionRefused", "ZCBackend", "ZCComm", "ZCConnector", "ZCListener", "receive_pool"]
+__all__ = ["EncryptionRefused", "ZCBackend", "ZCComm", "ZCConnector", "ZCListener", "copies", "receive_pool"]
 
 _registry.backends.setdefault("zc", ZCBackend())

@@ -2,14 +2,17 @@
 worker processes each, both clusters up at once and the cases interleaved round by round.
 
 Per case and protocol: GB/s (payload bytes / wall time), CPU s/GB summed over the client process
-(which hosts the LocalCluster's scheduler) and both worker processes, and minor page faults per
-MiB over the same processes (from /proc/PID/stat). On one host the kernel copies every byte
-over loopback, so what differs is user-space work: copies, allocations, faults.
+(which hosts the LocalCluster's scheduler) and both worker processes, minor page faults per
+MiB over the same processes (from /proc/PID/stat), and user-space bytes copied per payload byte,
+counted at the comms' copy points in the same processes (``bench_dask_copies`` says which). On
+one host the kernel copies every byte over loopback, so what differs is user-space work:
+copies, allocations, faults.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import importlib.metadata
 import logging
@@ -19,9 +22,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from . import bench_dask_copies
 
 MiB = 1 << 20
 PROTOCOLS = ("tcp", "zc")
@@ -35,6 +40,7 @@ class Sample:
     seconds: float
     cpu_seconds: float
     minor_faults: int
+    copied: dict[str, int] = field(default_factory=dict)  # bytes per copy point
 
     @property
     def gbps(self) -> float:
@@ -47,6 +53,11 @@ class Sample:
     @property
     def faults_per_mib(self) -> float:
         return self.minor_faults / (self.nbytes / MiB)
+
+    @property
+    def copied_ratio(self) -> float:
+        """User-space bytes copied per payload byte."""
+        return sum(self.copied.values()) / self.nbytes
 
 
 def _proc_counters(pids: list[int]) -> tuple[float, int]:
@@ -119,6 +130,14 @@ class Bench:
         self.workers = sorted(self.client.scheduler_info()["workers"])
         pids = self.client.run(os.getpid)
         self.pids = [os.getpid(), *(pids[w] for w in self.workers)]
+        bench_dask_copies.install()
+        self.client.run(bench_dask_copies.install)
+
+    def _take_copies(self) -> dict[str, int]:
+        total = collections.Counter(bench_dask_copies.take())
+        for counts in self.client.run(bench_dask_copies.take).values():
+            total.update(counts)
+        return dict(total)
 
     def close(self) -> None:
         self.client.close()
@@ -126,14 +145,17 @@ class Bench:
 
     def measure(self, case: str, nbytes: int, prepare: Callable[[], Any], timed: Callable[[Any], Any]) -> Sample:
         state = prepare()
+        self._take_copies()
         cpu0, faults0 = _proc_counters(self.pids)
         start = time.perf_counter()
         timed(state)
         seconds = time.perf_counter() - start
         cpu1, faults1 = _proc_counters(self.pids)
+        # Taken after the counters: the client.run calls that collect them copy a little too.
+        copied = self._take_copies()
         del state
         self.client.run(lambda: __import__("gc").collect())
-        return Sample(case, self.protocol, nbytes, seconds, cpu1 - cpu0, faults1 - faults0)
+        return Sample(case, self.protocol, nbytes, seconds, cpu1 - cpu0, faults1 - faults0, copied)
 
 
 def _w2w(b: Bench, count: int, size: int, seed: int) -> Sample:
@@ -218,6 +240,7 @@ def _table(samples: list[Sample]) -> list[dict[str, Any]]:
             row[f"{proto}_gbps"] = statistics.median(s.gbps for s in mine)
             row[f"{proto}_cpu_s_per_gb"] = statistics.median(s.cpu_s_per_gb for s in mine)
             row[f"{proto}_faults_per_mib"] = statistics.median(s.faults_per_mib for s in mine)
+            row[f"{proto}_copied_ratio"] = statistics.median(s.copied_ratio for s in mine)
         row["speed_ratio"] = row["zc_gbps"] / row["tcp_gbps"]
         row["cpu_ratio"] = row["zc_cpu_s_per_gb"] / row["tcp_cpu_s_per_gb"]
         rows.append(row)
@@ -226,12 +249,15 @@ def _table(samples: list[Sample]) -> list[dict[str, Any]]:
 
 def _print(rows: list[dict[str, Any]], rounds: int) -> None:
     print(f"\ndask LocalCluster, 2 worker processes, median of {rounds} interleaved round(s)")
+    print("copied: user-space bytes copied per payload byte (dask's shard rejoin, tcp's message join and"
+          " tornado's buffers, zc's joins and scratch; see aiozc.tools.bench_dask_copies)")
     print(f"{'case':<26} {'tcp GB/s':>9} {'zc GB/s':>8} {'ratio':>6} {'tcp CPU s/GB':>13} "
-          f"{'zc CPU s/GB':>12} {'tcp flt/MiB':>12} {'zc flt/MiB':>11}")
+          f"{'zc CPU s/GB':>12} {'tcp flt/MiB':>12} {'zc flt/MiB':>11} {'tcp copied':>11} {'zc copied':>10}")
     for r in rows:
         print(f"{r['case']:<26} {r['tcp_gbps']:>9.2f} {r['zc_gbps']:>8.2f} {r['speed_ratio']:>5.2f}x "
               f"{r['tcp_cpu_s_per_gb']:>13.2f} {r['zc_cpu_s_per_gb']:>12.2f} "
-              f"{r['tcp_faults_per_mib']:>12.1f} {r['zc_faults_per_mib']:>11.1f}")
+              f"{r['tcp_faults_per_mib']:>12.1f} {r['zc_faults_per_mib']:>11.1f} "
+              f"{r['tcp_copied_ratio']:>11.4f} {r['zc_copied_ratio']:>10.4f}")
 
 
 def run(args: Any = None) -> dict[str, Any]:
@@ -254,8 +280,8 @@ def run(args: Any = None) -> dict[str, Any]:
                         sample = fn(benches[proto], rnd + 1)
                         samples.append(sample)
                         print(f"  round {rnd + 1} {sample.case:<26} {proto}: {sample.gbps:6.2f} GB/s "
-                              f"{sample.cpu_s_per_gb:5.2f} CPU s/GB {sample.faults_per_mib:7.1f} flt/MiB",
-                              flush=True)
+                              f"{sample.cpu_s_per_gb:5.2f} CPU s/GB {sample.faults_per_mib:7.1f} flt/MiB "
+                              f"copied {sample.copied_ratio:.4f}", flush=True)
         finally:
             for bench in benches.values():
                 bench.close()
