@@ -4,8 +4,8 @@ backend only through the entry point)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
-
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +101,56 @@ def test_worker_processes_find_zc_through_the_entry_point(entry_point_path: str,
         assert np.array_equal(client.gather(doubled), data * 2)
         modules = client.run(lambda: sorted(m for m in sys.modules if m.startswith("aiozc.dask")))
         assert all("aiozc.dask.comm" in mods for mods in modules.values())
+
+
+def _start(args: list[str], path: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": path, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "30s"}
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=log.parent)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_dask_scheduler_and_worker_cli_on_zc(entry_point_path: str, tmp_path: Path) -> None:
+    """`dask scheduler --protocol zc` and `dask worker zc://...`: separate interpreters that find
+    zc only through the entry point; two nanny-started worker processes, a transfer between them."""
+    import json
+    import time
+
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler = _start(["scheduler", "--protocol", "zc", "--host", "127.0.0.1", "--port", "0",
+                        "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+                       entry_point_path, tmp_path / "scheduler.log")
+    workers: list[subprocess.Popen[bytes]] = []  # the `dask worker` process, once started
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip():
+            assert scheduler.poll() is None, (tmp_path / "scheduler.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no scheduler file after 60 s"
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("zc://127.0.0.1:")
+        workers.append(_start(["worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
+                               "--host", "127.0.0.1"], entry_point_path, tmp_path / "worker.log"))
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+            a, b = sorted(client.scheduler_info()["workers"])
+            assert a.startswith("zc://") and b.startswith("zc://")
+            data = _pattern(5 * MiB + 1, 11)
+            [remote] = client.scatter([data], workers=[a])
+            # Functions the scheduler can unpickle: it cannot import this test module.
+            doubled = client.submit(np.add, remote, remote, workers=[b], allow_other_workers=False)
+            assert np.array_equal(client.gather(doubled), data + data)
+            assert b in client.who_has([doubled])[doubled.key]  # computed on b: a -> b over zc://
+    finally:
+        for proc in [*workers, scheduler]:
+            _stop(proc)
