@@ -535,3 +535,25 @@ def test_headers_of_many_arrays_leave_in_one_write_then_one_send_per_array() -> 
     comm._send(header, frames, layout)
     assert comm._transport.writes == [len(header) + 7 + 100 * 200]
     assert comm._transport.zc == [32 << 10] * 100
+
+
+async def test_a_scheduler_forwarding_frames_sends_the_headers_ahead_again(pair: Pair) -> None:
+    """gather and scatter from a client go through the scheduler, which reads with
+    deserialize=False and forwards the frames: the headers it received (memoryviews) must
+    still travel as small bytes frames, not as one group, write and read each."""
+    from distributed.comm.utils import to_frames
+
+    first, listener = await _pair(deserialize=False)
+    try:
+        arrays = [_pattern(32 << 10, i) for i in range(100)]
+        got = await _roundtrip(first, {"data": [to_serialize(a) for a in arrays]})
+        frames = await to_frames(got, frame_split_size=64 * MiB)
+        header, layout = wire.encode_header(frames)
+        units = layout.units()
+        assert len(units) == 1 + 100 and units[0].small and not any(u.small for u in units[1:])
+        forwarded = await _roundtrip(pair, got)  # the second hop, deserialized at the end
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, forwarded["data"]))
+    finally:
+        first.client.abort()
+        first.server.abort()
+        listener.stop()

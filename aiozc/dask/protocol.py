@@ -62,8 +62,13 @@ class _Message:
         index = len(self.buffers)
         if index == len(self.units):
             return None
-        n = self.units[index].nbytes
-        self.buffers.append(self.pool.acquire(n) if n else memoryview(bytearray(0)))
+        unit = self.units[index]
+        n = unit.nbytes
+        if unit.small:
+            # Not pooled: these are ~1% of an array message, and dropped once deserialized.
+            self.buffers.append(memoryview(wire.SmallFrames(n)))
+        else:
+            self.buffers.append(self.pool.acquire(n) if n else memoryview(bytearray(0)))
         self.filled = 0
         return self.buffers[-1]
 

@@ -62,6 +62,13 @@ class Unit(NamedTuple):
 
     frames: tuple[int, ...]
     nbytes: int
+    small: bool = False  # small bytes frames: received into a SmallFrames buffer
+
+
+class SmallFrames(bytearray):
+    """The receive buffer of small bytes frames. A scheduler (deserialize=False) forwards them as
+    memoryviews of it; the type says they are still small bytes frames, not arrays, so the next
+    hop sends them ahead too instead of a group, a write and a read per ~200 B header."""
 
 
 @dataclass(frozen=True)
@@ -103,13 +110,13 @@ def _units(lengths: Sequence[int], groups: Sequence[int]) -> list[Unit]:
         for i in range(start, end):
             n = lengths[i]
             if chunk and chunk_bytes + n > SMALL_GROUP_BYTES:
-                small.append(Unit(tuple(chunk), chunk_bytes))
+                small.append(Unit(tuple(chunk), chunk_bytes, True))
                 chunk, chunk_bytes = [], 0
             chunk.append(i)
             chunk_bytes += n
         start = end
     if chunk:
-        small.append(Unit(tuple(chunk), chunk_bytes))
+        small.append(Unit(tuple(chunk), chunk_bytes, True))
     return small + rest
 
 
@@ -119,7 +126,7 @@ def frame_nbytes(frame: object) -> int:
 
 def _exporter(frame: object) -> object | None:
     """The object a shard belongs to: shards of one dask frame are slices of one exporter."""
-    if isinstance(frame, memoryview) and not isinstance(frame.obj, bytes):
+    if isinstance(frame, memoryview) and not isinstance(frame.obj, (bytes, SmallFrames)):
         return frame.obj
     return None
 
