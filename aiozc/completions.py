@@ -44,6 +44,7 @@ once per range, so cost scales with the number of writes and ranges, never with 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Generic, TypeVar, cast
@@ -367,6 +368,19 @@ class CompletionTracker(Generic[T]):
             done.sort(key=_BY_SEQ)  # a C key function: ~3x cheaper than a lambda per write
         result = [self._resolve(w) for w in done]
         self._compact()
+        return result
+
+    def on_ranges(self, ranges: Iterable[tuple[int, int, bool]]) -> list[tuple[T, Completion]]:
+        """Several reported ``(lo, hi, copied)`` ranges at once, from any source.
+
+        The entry point for completions that do not come one message at a time from the error
+        queue: e.g. a ``sendmsg`` that returns the ranges completed so far along with the send
+        (``SCM_ZC_NOTIFICATION``, proposed in 2024, never merged: mainline kernels answer
+        EINVAL). Exactly :meth:`on_range` for each range in turn, results concatenated.
+        """
+        result: list[tuple[T, Completion]] = []
+        for lo, hi, copied in ranges:
+            result += self.on_range(lo, hi, copied)
         return result
 
     def abandon(self) -> list[T]:

@@ -10,6 +10,7 @@ as the pure tracker's, call for call (tests/test_completions_diff.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Generic, TypeVar, cast
 
 from ._sys import core as _core
@@ -178,6 +179,13 @@ class CompiledTracker(Generic[T]):
                 _raise(n, None)
             return []
         return self._results(n)
+
+    def on_ranges(self, ranges: Iterable[tuple[int, int, bool]]) -> list[tuple[T, Completion]]:
+        """:meth:`CompletionTracker.on_ranges`: :meth:`on_range` for each, results concatenated."""
+        result: list[tuple[T, Completion]] = []
+        for lo, hi, copied in ranges:
+            result += self.on_range(lo, hi, copied)
+        return result
 
     def abandon(self) -> list[T]:
         n = _lib.zc_abandon(self._t)
