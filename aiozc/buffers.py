@@ -35,7 +35,7 @@ from collections.abc import Iterator
 
 from ._sys import uring as _uring
 
-__all__ = ["CACHE_LINE", "PAGE_SIZE", "BufferPool", "aligned_buffer", "alignment_of"]
+__all__ = ["CACHE_LINE", "PAGE_SIZE", "BufferPool", "address_of", "aligned_buffer", "alignment_of"]
 
 PAGE_SIZE = mmap.PAGESIZE
 CACHE_LINE = 64  # the alignment below which the kernel's copy_to_user slows down (measured)
@@ -53,10 +53,15 @@ def aligned_buffer(nbytes: int) -> memoryview:
     return memoryview(mmap.mmap(-1, nbytes))
 
 
+def address_of(buf: object) -> int:
+    """The start address of a buffer (the export is released before returning)."""
+    with _uring.ffi.from_buffer(buf) as ptr:
+        return int(_uring.ffi.cast("uintptr_t", ptr))
+
+
 def alignment_of(buf: object) -> int:
     """The largest power of two, up to the page size, that divides ``buf``'s start address."""
-    with _uring.ffi.from_buffer(buf) as ptr:
-        address = int(_uring.ffi.cast("uintptr_t", ptr))
+    address = address_of(buf)
     return min(address & -address, PAGE_SIZE) if address else PAGE_SIZE
 
 

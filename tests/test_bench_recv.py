@@ -31,6 +31,10 @@ def test_every_row_runs_and_only_zerocopy_receive_maps() -> None:
     assert result["options"]["network"].startswith("netns lo")
     for (sender, receiver), row in rows.items():
         assert row["cpu_ms_per_gb"] > 0 and row["gbps"] > 0, row
+        reused_buffer = receiver.startswith("recv_into") and not receiver.endswith("bytes()")
+        assert (row["page_offset"] >= 0) == reused_buffer, row
+        if receiver == "recv_into page + 16":
+            assert row["page_offset"] == 16
         if receiver == "zero-copy receive" and sender == "MSG_ZEROCOPY":
             assert row["mapped_pct"] >= 90, row
         else:

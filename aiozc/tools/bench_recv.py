@@ -11,7 +11,10 @@ own CPU time (user + system) after a warm-up and reports it per 1e9 bytes. Recei
 * ``recv_into aligned + bytes()``: ``recv_into`` a page-aligned buffer, then ``bytes`` of what
   arrived: the aligned alternative for that path, which pays a second copy (it measured
   slower than ``recv()``, so the transport does not do it);
-* ``recv_into bytearray``: a reused ``bytearray`` (data 16 bytes past a 64-byte boundary);
+* ``recv_into bytearray``: a reused ``bytearray``; where its data starts depends on malloc
+  (an mmap'd chunk: 16 bytes past a page; from the heap: anywhere), so the row prints it;
+* ``recv_into page + 16``: a reused buffer starting 16 bytes past a page, as a large
+  ``bytearray`` or ``np.empty`` array does when malloc maps it;
 * ``recv_into aligned``: a reused page-aligned buffer (:func:`aiozc.buffers.aligned_buffer`);
 * ``zero-copy receive``: ``aiozc.zcrx.receive`` (``TCP_ZEROCOPY_RECEIVE``), each lease released
   at once; bytes that do not map are copied with ``recv``.
@@ -43,7 +46,7 @@ from typing import Any
 from .. import zcrx
 from .._sys import kernel
 from .._sys import zcrx as zsys
-from ..buffers import aligned_buffer
+from ..buffers import PAGE_SIZE, address_of, aligned_buffer
 from .benchkit import pin_to_cpu
 
 MTU = 61492  # MSS 61440 = 15 pages (PLATFORM.md)
@@ -62,6 +65,7 @@ class Row:
     sys_ms_per_gb: float
     gbps: float  # 1e9 bytes per second seen by the receiver
     mapped_pct: float  # bytes mapped by zero-copy receive (0 for the other receivers)
+    page_offset: int  # where the recv_into destination started in its page (-1: not recv_into)
     runs_cpu_ms_per_gb: list[float] = field(default_factory=list)
 
 
@@ -69,6 +73,7 @@ class Row:
 class Sample:
     nbytes: int  # measured: after the warm-up
     mapped: float  # fraction of the whole stream that zero-copy receive mapped
+    page_offset: int  # where a recv_into destination starts in its page (-1: none)
     user: float
     sys: float
     wall: float
@@ -102,7 +107,13 @@ def _recv_into(buf: memoryview) -> Receiver:
                 mark = 1 << 62
         return total, 0
 
+    receive.destination = buf  # type: ignore[attr-defined]
     return receive
+
+
+def alignment_offset(buf: memoryview) -> int:
+    """Where ``buf`` starts within its page."""
+    return address_of(buf) % PAGE_SIZE
 
 
 def _recv_into_then_bytes(sock: socket.socket, chunk: int, at_warmup: Callable[[int], None]) -> tuple[int, int]:
@@ -151,6 +162,7 @@ def _receivers(chunk: int) -> dict[str, Receiver]:
         "recv() -> bytes": _recv_bytes,
         "recv_into aligned + bytes()": _recv_into_then_bytes,
         "recv_into bytearray": _recv_into(memoryview(bytearray(chunk))),
+        "recv_into page + 16": _recv_into(aligned_buffer(chunk + 16)[16:]),
         "recv_into aligned": _recv_into(aligned_buffer(chunk)),
         "zero-copy receive": _zerocopy,
     }
@@ -168,6 +180,8 @@ def _receiver_main(sock: socket.socket, name: str, chunk: int, report: Connectio
         start[:] = [usage.ru_utime, usage.ru_stime, time.perf_counter(), total]
 
     receive = _receivers(chunk)[name]
+    destination = getattr(receive, "destination", None)
+    page_offset = alignment_offset(destination) if destination is not None else -1
     nbytes, mapped = receive(sock, chunk, at_warmup)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     end = time.perf_counter()
@@ -175,7 +189,7 @@ def _receiver_main(sock: socket.socket, name: str, chunk: int, report: Connectio
     if not start:
         report.send(None)
         return
-    report.send(Sample(nbytes - int(start[3]), mapped / nbytes, usage.ru_utime - start[0],
+    report.send(Sample(nbytes - int(start[3]), mapped / nbytes, page_offset, usage.ru_utime - start[0],
                        usage.ru_stime - start[1], end - start[2]))
 
 
@@ -287,7 +301,7 @@ def _row(sender: str, receiver: str, samples: list[Sample]) -> Row:
     mid = sorted(samples, key=lambda s: per_gb(s.user + s.sys, s))[len(samples) // 2]
     return Row(
         sender, receiver, statistics.median(runs), per_gb(mid.user, mid), per_gb(mid.sys, mid),
-        mid.nbytes / mid.wall / 1e9, 100.0 * mid.mapped, [round(r, 1) for r in runs],
+        mid.nbytes / mid.wall / 1e9, 100.0 * mid.mapped, mid.page_offset, [round(r, 1) for r in runs],
     )
 
 
@@ -296,10 +310,11 @@ def _print_table(rows: list[Row], where: str, load: tuple[float, float, float]) 
     width = max(len(r.receiver) for r in rows) + 2
     for sender in dict.fromkeys(r.sender for r in rows):
         print(f"sender: {sender}")
-        print(f"  {'receiver':<{width}}{'ms/GB':>8}{'user':>8}{'sys':>8}{'GB/s':>8}{'mapped':>8}  runs")
+        print(f"  {'receiver':<{width}}{'ms/GB':>8}{'user':>8}{'sys':>8}{'GB/s':>8}{'mapped':>8}{'page+':>7}  runs")
         for r in (r for r in rows if r.sender == sender):
             print(f"  {r.receiver:<{width}}{r.cpu_ms_per_gb:>8.1f}{r.user_ms_per_gb:>8.1f}{r.sys_ms_per_gb:>8.1f}"
-                  f"{r.gbps:>8.2f}{r.mapped_pct:>7.1f}%  {r.runs_cpu_ms_per_gb}")
+                  f"{r.gbps:>8.2f}{r.mapped_pct:>7.1f}%{r.page_offset if r.page_offset >= 0 else '-':>7}"
+                  f"  {r.runs_cpu_ms_per_gb}")
     for sender in dict.fromkeys(r.sender for r in rows):
         by = {r.receiver: r.cpu_ms_per_gb for r in rows if r.sender == sender}
         aligned = by.get("recv_into aligned")
