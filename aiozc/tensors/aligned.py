@@ -1,10 +1,10 @@
 """Aligned arrays: where the channel receives frame bodies, and what ``out=`` should be.
 
-The kernel's copy into user memory (``recv_into``) is slower into a destination that is not
-64-byte aligned when the destination is not in cache, and numpy's ``np.empty`` of a large
-array starts 16 bytes past a page boundary (glibc's mmap chunk header). Measured with
-``python -m aiozc bench recv --chunk 1048576`` (loaded 2-core VM): ``recv_into`` a
-16-bytes-past-a-page buffer cost 1.6-2.5x the receiver CPU of a page-aligned one.
+``np.empty`` of a large array starts 16 bytes past a page boundary (glibc's header of an mmap'd
+chunk), and the kernel's copy into user memory was measured 1.8-2.2x slower into such a
+destination than into a page-aligned one (``python -m aiozc bench recv``: the ``page + 16``
+row; start offsets 1-31 bytes into a page are the slow ones). Only the first ``recv_into`` of a
+body starts at the array's start; later ones start wherever the previous one ended.
 """
 
 from __future__ import annotations
