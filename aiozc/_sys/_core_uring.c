@@ -154,7 +154,8 @@ static void zu_map_del(zu_map *m, int64_t key) {
 
 typedef struct {
     int64_t n, left, results; /* datagrams; not yet released; results still to come */
-    int64_t sizes[];
+    int64_t uniform;          /* every datagram's size, when sizes is NULL */
+    int64_t *sizes;           /* else each one's (stored after the struct) */
 } zu_group;
 
 typedef struct {
@@ -344,14 +345,15 @@ int64_t zc_uring_send(zc_uring *r, int fd, uint32_t flags, char *buf, int64_t le
 }
 
 /* SEND_ZC for n datagrams of a connected socket (n <= ZU_GROUP_SIZE), one group; returns its
- * key (>= 0) or -ENOMEM. The group is registered whole even when fewer SQEs were filled
- * (r->filled, r->err the errno): the caller raises, as the pure path does. */
+ * key (>= 0) or -ENOMEM. `sizes` NULL: every datagram is `uniform` bytes (the usual batch;
+ * cffi then converts no list of sizes). The group is registered whole even when fewer SQEs
+ * were filled (r->filled, r->err the errno): the caller raises, as the pure path does. */
 int64_t zc_uring_send_group(zc_uring *r, int fd, uint32_t flags, char **bufs, int64_t *sizes,
-                            int64_t n) {
+                            int64_t n, int64_t uniform) {
     zu_group *g;
     int64_t key, k, free_slots;
     if (n < 0 || n > ZU_GROUP_SIZE) return -EINVAL;
-    g = malloc(sizeof *g + (size_t)n * sizeof(int64_t));
+    g = malloc(sizeof *g + (sizes ? (size_t)n * sizeof(int64_t) : 0));
     if (!g) return -ENOMEM;
     key = r->next_group;
     if (zu_map_put(&r->groups, key, g) < 0) {
@@ -360,7 +362,12 @@ int64_t zc_uring_send_group(zc_uring *r, int fd, uint32_t flags, char **bufs, in
     }
     r->next_group = key + 1;
     g->n = g->left = g->results = n;
-    memcpy(g->sizes, sizes, (size_t)n * sizeof(int64_t));
+    g->uniform = uniform;
+    g->sizes = NULL;
+    if (sizes) {
+        g->sizes = (int64_t *)(g + 1);
+        memcpy(g->sizes, sizes, (size_t)n * sizeof(int64_t));
+    }
     r->err = 0;
     free_slots = (int64_t)r->sq_entries - zc_uring_pending(r);
     for (k = 0; k < n; k++) {
@@ -376,7 +383,7 @@ int64_t zc_uring_send_group(zc_uring *r, int fd, uint32_t flags, char **bufs, in
                 break;
             }
         }
-        zu_fill(r, fd, flags, bufs[k], sizes[k], NULL, 0,
+        zu_fill(r, fd, flags, bufs[k], sizes ? sizes[k] : uniform, NULL, 0,
                 ZU_GROUP_UD | ((uint64_t)key << ZU_INDEX_BITS) | (uint64_t)k);
         free_slots--;
     }
@@ -424,7 +431,8 @@ static int zu_group_cqe(zc_uring *r, zu_group *g, int64_t key, int64_t i, int32_
                         uint32_t flags) {
     if (flags & ZU_CQE_F_NOTIF) return zu_release(r, g, key, i, (res & ZU_NOTIF_COPIED) != 0);
     if (!--g->results && zu_emit(r, ZU_EV_G_RESULTS_IN, key, 0, 0) < 0) return -1;
-    if (res != g->sizes[i] && zu_emit(r, ZU_EV_G_RESULT, key, i, res) < 0) return -1;
+    if (res != (g->sizes ? g->sizes[i] : g->uniform) && zu_emit(r, ZU_EV_G_RESULT, key, i, res) < 0)
+        return -1;
     if (flags & ZU_CQE_F_MORE) return 0; /* its notification follows */
     return zu_release(r, g, key, i, 1);  /* nothing more will come: not zero-copy */
 }

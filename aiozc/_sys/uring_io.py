@@ -430,10 +430,14 @@ class CRingIO:
         if len(pins) > GROUP_SIZE:
             raise ValueError(f"a group holds at most {GROUP_SIZE} datagrams")
         r = self._r
-        key = self._send_group(r, fd, flags, pins, sizes, len(pins))
+        n = len(pins)
+        if n and sizes.count(sizes[0]) == n:  # one size (the usual batch): no list to convert
+            key = self._send_group(r, fd, flags, pins, self._null, n, sizes[0])
+        else:
+            key = self._send_group(r, fd, flags, pins, sizes, n, -1)
         if key < 0:
             raise MemoryError("zc_uring_send_group")
-        if r.filled == len(pins):
+        if r.filled == n:
             return key, None
         err = r.err
         return key, _sq_full() if err == errno.EAGAIN else _enter_error(err)
