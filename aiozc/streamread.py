@@ -40,6 +40,11 @@ class StreamReading:
         self._read_once = self._read_path(protocol)
         super().set_protocol(protocol)
 
+    def resume_reading(self) -> None:
+        super().resume_reading()  # type: ignore[misc]
+        if self._zc_reader is not None:
+            self._zc_reader.on_resume_reading()
+
     def _read_path(self, protocol: asyncio.BaseProtocol) -> Callable[[], bool]:
         """The read step for ``protocol``; also sets ``_plain_reads`` (a Protocol's
         data_received path, which on_readiness runs inline)."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._sys import zcrx as _sys
+from .readiness import EPOLLIN
 from .zcrx import Lease, RegionPool, ZeroCopyReceive
 
 # While starved with regions pinned by derived views, look again this often (seconds).
@@ -88,7 +89,11 @@ class ZeroCopyReader:
         self._starved = False
         self._wake_pending = False
         self._timer: asyncio.TimerHandle | None = None
-        self._deliver: Callable[[Lease], bool] = self._lease_to_data_received
+        self._lease_received: Callable[[Lease], Any] | None = None
+        self._buffered = False
+        # Lease bytes the protocol has not taken yet because it paused reading meanwhile: the
+        # kernel gave them up already, so they go first once reading resumes.
+        self._backlog: tuple[Lease, int] | None = None
         self._copy: Callable[[int], bool] = self._recv_data
         reason = self._why_not(transport._sock)
         if reason is not None:
@@ -119,18 +124,17 @@ class ZeroCopyReader:
         if isinstance(protocol, sslproto.SSLProtocol):
             self._disable("TLS: records are decrypted into SSLProtocol's own buffer")
             return None
-        lease_received = getattr(protocol, "lease_received", None)
-        buffered = is_buffered(protocol)
-        if lease_received is not None:
-            self._deliver = self._calling(lease_received, "lease_received")
-        else:
-            self._deliver = self._lease_to_buffer if buffered else self._lease_to_data_received
+        self._lease_received = getattr(protocol, "lease_received", None)
+        self._buffered = buffered = is_buffered(protocol)
         self._copy = self._recv_into_buffer if buffered else self._recv_data
         return self._read_once
 
     def close(self) -> None:
         """The connection is gone: stop waiting for regions. Held leases stay valid."""
         self._stop_waiting()
+        if self._backlog is not None:
+            self._backlog[0].release()
+            self._backlog = None
 
     # -- one step ------------------------------------------------------------------------
 
@@ -139,6 +143,8 @@ class ZeroCopyReader:
         transport = self._transport
         pool = self._pool
         assert pool is not None
+        if self._backlog is not None and not self._feed_backlog():
+            return False
         slot = pool.acquire()
         if slot is None:
             self._starve()
@@ -151,10 +157,12 @@ class ZeroCopyReader:
             return self._on_receive_error(exc)
         stats = self.stats
         stats.calls += 1
+        delivered = True
         if zc.length:
             stats.mapped_bytes += zc.length
             stats.leases += 1
-            if not self._deliver(Lease(pool, region, zc.length)):
+            delivered = self._deliver(Lease(pool, region, zc.length))
+            if transport._sock is None:
                 return False
         else:
             pool.put_back_unused(slot)
@@ -163,7 +171,7 @@ class ZeroCopyReader:
             transport._on_socket_error(_oserror(code))
             if transport._sock is None:
                 return False
-        if not transport._reading:
+        if not delivered or not transport._reading:
             # Paused in lease_received: nothing more. Bytes to copy stay queued and the next
             # call reports them again.
             return False
@@ -239,36 +247,75 @@ class ZeroCopyReader:
 
     # -- leases for protocols without lease_received ---------------------------------------
 
-    def _lease_to_data_received(self, lease: Lease) -> bool:
-        with lease:
-            data = bytes(lease.view)
-        self.stats.lease_copied_bytes += len(data)
-        return self._call(self._transport._protocol.data_received, data, "data_received")
+    def _deliver(self, lease: Lease) -> bool:
+        """Hand ``lease`` to the protocol; False if the connection failed or reading paused."""
+        lease_received = self._lease_received
+        taken: Any = 0
+        if lease_received is not None:
+            try:
+                taken = lease_received(lease)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._transport._fatal_error(exc, "Fatal error: protocol.lease_received() call failed.")
+                return False
+            if taken is None:
+                return self._transport._sock is not None  # the protocol took it all
+            if not 0 <= taken <= lease.nbytes:
+                lease.release()
+                exc = ValueError(f"lease_received() returned {taken!r}, not None or 0..{lease.nbytes}")
+                self._transport._fatal_error(exc, "Fatal error: protocol.lease_received() call failed.")
+                return False
+        self._backlog = (lease, taken)
+        return self._feed_backlog()
 
-    def _lease_to_buffer(self, lease: Lease) -> bool:
-        with lease:
-            view = lease.view
-            offset = 0
-            while offset < len(view):
-                buf = self._get_buffer(len(view) - offset)
-                if buf is None:
-                    return False
-                with memoryview(buf) as dest:
-                    n = min(len(dest), len(view) - offset)
-                    dest.cast("B")[:n] = view[offset:offset + n]
-                offset += n
-                self.stats.lease_copied_bytes += n
-                if not self._call(self._transport._protocol.buffer_updated, n, "buffer_updated"):
-                    return False
-        return True
+    def _feed_backlog(self) -> bool:
+        """Copy the lease bytes not taken yet into the protocol, as far as it reads them; the
+        lease is released once they are all in. False if it paused (or the connection failed)."""
+        assert self._backlog is not None
+        lease, offset = self._backlog
+        transport = self._transport
+        view = lease.view
+        while offset < len(view):
+            if not transport._reading or transport._sock is None:
+                self._backlog = (lease, offset)
+                return False
+            n = self._copy_out(view, offset)
+            if n < 0:
+                self._backlog = None
+                lease.release()
+                return False
+            offset += n
+        self._backlog = None
+        lease.release()
+        return transport._sock is not None
 
-    # -- protocol calls, with asyncio's rules for callbacks that raise --------------------
+    def _copy_out(self, view: memoryview, offset: int) -> int:
+        """One data_received or get_buffer/buffer_updated of lease bytes; -1 on failure."""
+        protocol = self._transport._protocol
+        if not self._buffered:
+            data = bytes(view[offset:])
+            self.stats.lease_copied_bytes += len(data)
+            return len(data) if self._call(protocol.data_received, data, "data_received") else -1
+        buf = self._get_buffer(len(view) - offset)
+        if buf is None:
+            return -1
+        with memoryview(buf) as dest, dest.cast("B") as flat:
+            n = min(len(flat), len(view) - offset)
+            flat[:n] = view[offset:offset + n]
+        self.stats.lease_copied_bytes += n
+        return n if self._call(protocol.buffer_updated, n, "buffer_updated") else -1
 
-    def _calling(self, method: Callable[[Lease], Any], name: str) -> Callable[[Lease], bool]:
-        def deliver(lease: Lease) -> bool:
-            return self._call(method, lease, name)
+    def on_resume_reading(self) -> None:
+        """The protocol resumed reading: lease bytes held back go first, even if the socket
+        has nothing new (no readiness would come for them)."""
+        if self._backlog is not None:
+            self._transport._loop.call_soon(self._after_resume)
 
-        return deliver
+    def _after_resume(self) -> None:
+        transport = self._transport
+        if self._backlog is not None and transport._reading and transport._sock is not None:
+            transport._read_ready(EPOLLIN)
 
     def _call(self, method: Callable[[Any], Any], arg: Any, name: str) -> bool:
         transport = self._transport

@@ -26,7 +26,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Union
 
 from ._sys import zcrx as _sys
 
@@ -216,20 +216,6 @@ class RegionPool:
 
 
 Piece = Union[Lease, bytes]
-
-
-def copy_into_buffered(protocol: Any, view: memoryview) -> None:
-    """Copy ``view`` into a BufferedProtocol through its get_buffer()/buffer_updated(), as a
-    transport would: for a ``lease_received`` that keeps part of a lease and copies the rest."""
-    offset = 0
-    while offset < len(view):
-        with memoryview(protocol.get_buffer(len(view) - offset)) as dest, dest.cast("B") as flat:
-            if not len(flat):
-                raise RuntimeError("get_buffer() returned an empty buffer")
-            n = min(len(flat), len(view) - offset)
-            flat[:n] = view[offset:offset + n]
-        offset += n
-        protocol.buffer_updated(n)
 
 
 @dataclass(slots=True)

@@ -292,3 +292,14 @@ def test_mixed_mapped_and_copied_stream_stays_in_order(tcp_pair, pool) -> None:
     t.join()
     assert data == b"".join(parts)
     assert mapped > 0 and copied > 0
+
+
+def test_a_lease_dropped_without_release_gives_its_region_back(tcp_pair, pool) -> None:
+    sender, receiver = tcp_pair(True)
+    t = send_in_thread(sender, os.urandom(1 << 20), zerocopy=True)
+    pieces, _ = collect_pieces(receiver, pool, 64 * 1024)
+    assert pool.held == len(leases_of(pieces)) > 0
+    del pieces  # every lease dies unreleased
+    assert pool.held == 0
+    receive_all(receiver, pool)
+    t.join()

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import aiozc
+import aiozc.loop
 from aiozc import zcrx
 from aiozc._sys import kernel
 from aiozc.tools.netns import NetNamespace
@@ -343,6 +344,112 @@ async def test_plain_sender_auto_disables(tcp_pair) -> None:
     assert stats.mapped_bytes <= 0.01 * len(payload)
 
 
+class PausingProtocol(LeaseProtocol):
+    """Pauses reading in the first lease_received; records what arrives while paused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paused = asyncio.Event()
+        self.while_paused = 0
+
+    def lease_received(self, lease: zcrx.Lease) -> None:
+        self._count()
+        super().lease_received(lease)
+        if not self.paused.is_set():
+            self.transport.pause_reading()
+            self.paused.set()
+
+    def data_received(self, data: bytes) -> None:
+        self._count()
+        super().data_received(data)
+
+    def _count(self) -> None:
+        if self.paused.is_set() and not self.transport.is_reading():
+            self.while_paused += 1
+
+
+async def test_pause_reading_in_lease_received_stops_delivery(tcp_pair) -> None:
+    sender, receiver = tcp_pair()
+    payload = os.urandom(4 * MiB)
+    t = send_in_thread(sender, [payload])
+    transport, protocol = await receive(receiver, PausingProtocol, config())
+    await asyncio.wait_for(protocol.paused.wait(), 10)
+    got = len(protocol.data)
+    await asyncio.sleep(0.05)
+    assert len(protocol.data) == got and protocol.while_paused == 0
+    transport.resume_reading()
+    assert await protocol.lost is None
+    t.join()
+    assert protocol.data == payload
+
+
+class StopAndGoProtocol(PlainBufferedProtocol):
+    """A BufferedProtocol without lease_received that pauses reading after every buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buf = bytearray(16 * 1024)  # a lease takes many buffers
+        self.while_paused = 0
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.transport.is_reading():
+            self.while_paused += 1
+        super().buffer_updated(nbytes)
+        self.transport.pause_reading()
+        asyncio.get_running_loop().call_soon(self.transport.resume_reading)
+
+
+async def test_pausing_in_the_middle_of_a_copied_lease_holds_the_rest_back(tcp_pair) -> None:
+    # The kernel gave the whole lease up: what the protocol has not taken when it pauses is
+    # held back and goes first on resume_reading (before: fed on regardless, and get_buffer of
+    # a protocol that stopped reading failed the connection).
+    sender, receiver = tcp_pair()
+    payload = os.urandom(2 * MiB)
+    t = send_in_thread(sender, [payload])
+    transport, protocol = await receive(receiver, StopAndGoProtocol, config())
+    assert await protocol.lost is None
+    t.join()
+    assert protocol.data == payload
+    assert protocol.while_paused == 0
+    assert stats_of(transport).lease_copied_bytes > 0
+
+
+class FailingProtocol(LeaseProtocol):
+    def lease_received(self, lease: zcrx.Lease) -> None:
+        raise ValueError("no thanks")
+
+
+async def test_lease_received_that_raises_closes_with_the_error(tcp_pair) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    sender, receiver = tcp_pair()
+    t = send_in_thread(sender, [os.urandom(MiB)], then="none")
+    transport, protocol = await receive(receiver, FailingProtocol, config())
+    exc = await protocol.lost
+    t.join()
+    assert isinstance(exc, ValueError)
+    assert [c["message"] for c in reported] == ["Fatal error: protocol.lease_received() call failed."]
+
+
+@pytest.mark.parametrize("base", ["asyncio", "uvloop"])
+def test_aiozc_loop_default_applies_to_its_connections(tcp_pair, base: str) -> None:
+    sender, receiver = tcp_pair()
+    payload = os.urandom(2 * MiB)
+
+    async def main() -> tuple[bytes, Any]:
+        loop = asyncio.get_running_loop()
+        t = send_in_thread(sender, [payload])
+        transport, protocol = await loop.create_connection(LeaseProtocol, sock=receiver)
+        assert await protocol.lost is None
+        t.join()
+        return protocol.data, stats_of(transport)
+
+    with asyncio.Runner(loop_factory=aiozc.loop.loop_factory(base, zc_receive=config())) as runner:
+        data, stats = runner.run(main())
+    assert data == payload and stats.mapped_bytes > 0
+
+
 # ------------------------------------------------------------------------------------------
 # Lifetime and the bound
 
@@ -503,5 +610,6 @@ async def test_tensor_bodies_arrive_as_arrays_over_mapped_pages(mss_ns) -> None:
         assert not array.flags.writeable  # PROT_READ pages
     pool = zc.pool()
     assert pool.held > 0  # the arrays keep their regions...
-    del mapped, received, array, got
+    received.clear()
+    del mapped, array, got
     await wait_for(lambda: pool.collect() == 0 and pool.held == 0, "regions to be freed with the arrays")

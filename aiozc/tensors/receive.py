@@ -150,26 +150,26 @@ class _TensorProtocol(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         return False  # close; connection_lost decides whether a frame was cut short
 
-    def lease_received(self, lease: Any) -> None:
+    def lease_received(self, lease: Any) -> int:
         """Mapped pages (``zc_receive``, aiozc.zcread). A body that starts where the lease does
         and fits in it, with no ``out=`` waiting for it, becomes a read-only array over those
-        pages, which stay mapped while the array lives; the rest is copied as usual."""
-        from aiozc.zcrx import copy_into_buffered  # noqa: PLC0415 - only with zc_receive
+        pages, which stay mapped while the array lives. The transport copies the rest in
+        through get_buffer() as usual."""
+        taken = self._adopt_mapped_body(lease.view)
+        if taken:
+            self._advance()
+        return taken
 
-        with lease:
-            view = lease.view
-            taken = self._adopt_mapped_body(view)
-            with view[taken:] as rest:
-                copy_into_buffered(self, rest)
-            if taken and taken == len(view):
-                self._advance()
+    def _mapped_body_allowed(self) -> bool:
+        owner = self._body_owner  # recv(out=) is filled in place; torch wants writable memory
+        return owner is None or (owner.dest.view is None and not owner.dest.as_torch)
 
     def _adopt_mapped_body(self, view: memoryview) -> int:
-        header, owner = self._header, self._body_owner
+        header = self._header
         if self._state != _BODY or self._body_filled or header is None or not 0 < header.nbytes <= len(view):
             return 0
-        if owner is not None and (owner.dest.view is not None or owner.dest.as_torch):
-            return 0  # recv(out=) is filled in place; torch wants writable memory
+        if not self._mapped_body_allowed():
+            return 0
         self._body = np.frombuffer(view[: header.nbytes], header.dtype).reshape(header.shape)
         self._body_filled = header.nbytes
         self._finish_body()
