@@ -613,3 +613,41 @@ async def test_tensor_bodies_arrive_as_arrays_over_mapped_pages(mss_ns) -> None:
     received.clear()
     del mapped, array, got
     await wait_for(lambda: pool.collect() == 0 and pool.held == 0, "regions to be freed with the arrays")
+
+
+# ------------------------------------------------------------------------------------------
+# TLS: nothing to map into (records are decrypted into SSLProtocol's buffer)
+
+
+async def test_tls_connection_goes_back_to_the_plain_path_and_says_why() -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    payload = os.urandom(MiB)
+    got: asyncio.Future[tuple[bytes, Any]] = asyncio.get_running_loop().create_future()
+
+    async def handle(reader: asyncio.StreamReader, writer: Any) -> None:
+        got.set_result((await reader.read(), writer.get_extra_info("aiozc_stats")))
+        writer.close()
+
+    server = await aiozc.start_server(handle, "127.0.0.1", 0, ssl=server_ctx, zc_receive=True)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+        writer.write(payload)
+        writer.write_eof() if writer.can_write_eof() else None
+        await writer.drain()
+        writer.close()
+        data, stats = await asyncio.wait_for(got, 30)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert data == payload
+    zc = stats.extra["zc_receive"]
+    assert zc.state == "disabled" and zc.reason.startswith("TLS"), zc
