@@ -651,3 +651,16 @@ async def test_tls_connection_goes_back_to_the_plain_path_and_says_why() -> None
     assert data == payload
     zc = stats.extra["zc_receive"]
     assert zc.state == "disabled" and zc.reason.startswith("TLS"), zc
+
+
+def test_a_forked_child_gets_a_pool_of_its_own() -> None:
+    # MADV_DONTFORK: the parent's regions are not mapped in the child, so it must not use them.
+    zc = zcrx.ZeroCopyReceive(chunk=8192, regions=5)
+    parent_pool = zc.pool()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        ok = zc.pool() is not parent_pool and zc.pool().pid == os.getpid()
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert zc.pool() is parent_pool
