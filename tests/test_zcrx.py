@@ -48,11 +48,6 @@ def test_probe_reports_zerocopy_receive_usable() -> None:
     assert reason is None
 
 
-def test_sendmsg_notifications_are_rejected_by_mainline() -> None:
-    # SCM_ZC_NOTIFICATION was never merged: an unknown SOL_SOCKET cmsg is EINVAL.
-    assert zsys.sendmsg_notifications_status().startswith("not supported (EINVAL")
-
-
 def test_region_size_must_be_whole_pages() -> None:
     with pytest.raises(ValueError):
         zcrx.RegionPool(chunk=zsys.PAGE_SIZE + 1)

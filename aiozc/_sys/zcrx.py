@@ -171,18 +171,3 @@ def _probe_getsockopt(address: int) -> str | None:
                     name = _errno.errorcode.get(exc.errno or 0, str(exc.errno))
                     return f"getsockopt(TCP_ZEROCOPY_RECEIVE) failed: {name}"
     return None
-
-
-def sendmsg_notifications_status() -> str:
-    """Whether sendmsg accepts a ``SCM_ZC_NOTIFICATION`` cmsg (notifications returned by
-    sendmsg instead of the error queue). Never merged upstream; mainline answers EINVAL."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-        rx.bind(("127.0.0.1", 0))
-        cmsg = [(socket.SOL_SOCKET, SCM_ZC_NOTIFICATION, bytes(16))]
-        try:
-            tx.sendmsg([b"x"], cmsg, 0, rx.getsockname())
-        except OSError as exc:
-            name = _errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            return f"not supported ({name}; never merged into mainline kernels)"
-    return "sendmsg accepted the cmsg (an out-of-tree kernel?); aiozc does not use it yet"
