@@ -193,7 +193,9 @@ class CompiledTracker(Generic[T]):
             _raise(n, None)
         slots = _ffi.unpack(self._t.out_slot, n) if n else []
         pop = self._tokens.pop
-        tokens = [cast(T, pop(slot)) for slot in slots]
+        # A slot may have no token: the datagram path's sendto() keeps none (its buffer's
+        # export is held on the C side).
+        tokens = [cast(T, pop(slot, None)) for slot in slots]
         for handle in self._handles.values():
             handle._open = False
             handle._owner = None
@@ -218,13 +220,13 @@ class CompiledTracker(Generic[T]):
             completion = _completion(
                 int(t.out_nbytes[0]), bool(t.out_zc[0]), int(t.out_ids[0]), int(t.out_copied[0])
             )
-            return [(pop(slot), completion) for slot in slots]
+            return [(pop(slot, None), completion) for slot in slots]
         nbytes = _ffi.unpack(t.out_nbytes, n)
         zc = _ffi.unpack(t.out_zc, n)
         ids = _ffi.unpack(t.out_ids, n)
         copied = _ffi.unpack(t.out_copied, n)
         return [
-            (pop(slot), _completion(nbytes[k], bool(zc[k]), ids[k], copied[k]))
+            (pop(slot, None), _completion(nbytes[k], bool(zc[k]), ids[k], copied[k]))
             for k, slot in enumerate(slots)
         ]
 

@@ -121,6 +121,73 @@ def pinned_flow_control(dst: str, loop: str) -> dict[str, Any]:
     return run_on(loop, _pinned_flow_control(dst))
 
 
+async def _exports_held_until_resolved(dst: str) -> dict[str, Any]:
+    """Each sendto_zc() buffer stays exported (not resizable, not releasable) until its own
+    future resolves, and not one datagram longer; sendto(bytes) keeps no reference after its
+    completion; abort() ends the exports of what is still pending."""
+    import sys
+
+    import numpy as np
+
+    from aiozc.datagram import create_datagram_endpoint
+    from udp_helpers import buffer_locked
+
+    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(dst, 9))
+    bufs = [bytearray(DATAGRAM) for _ in range(300)]
+    views = [memoryview(bytearray(DATAGRAM)) for _ in range(300)]
+    arrays = [np.zeros(DATAGRAM // 8, dtype=np.int64) for _ in range(300)]
+    array_refs_before = sorted({sys.getrefcount(a) for a in arrays})
+    futures = [transport.sendto_zc(b) for b in bufs]
+    # The drain every 64 sends resolved most of them already: locked exactly while pending.
+    pending_now = sum(not f.done() for f in futures)
+    mismatched = sum(buffer_locked(b) == f.done() for f, b in zip(futures, bufs))
+    futures += [transport.sendto_zc(v) for v in views]
+    futures += [transport.sendto_zc(a) for a in arrays]
+    # Each buffer, awaited one by one: free the moment its own future is done.
+    freed_at_resolution = 0
+    for future, buf in zip(futures, bufs):
+        await asyncio.wait_for(future, 10)
+        freed_at_resolution += not buffer_locked(buf)
+    for future, view in zip(futures[300:600], views):
+        await asyncio.wait_for(future, 10)
+        view.release()  # BufferError while an export is held
+    await asyncio.wait_for(asyncio.gather(*futures), 10)
+    array_refs = [array_refs_before, sorted({sys.getrefcount(a) for a in arrays})]
+    held = bytes(DATAGRAM)
+    refs_before = sys.getrefcount(held)
+    for _ in range(200):
+        transport.sendto(held)  # exact bytes: zero-copy, its reference held by the C side
+    refs_sending = sys.getrefcount(held)
+    await asyncio.sleep(0.05)
+    transport._drain_errqueue()
+    refs_after = sys.getrefcount(held)
+    stats = transport.stats.as_dict()
+    transport.abort()
+    # abort() with datagrams pending: their exports end with the failed futures.
+    transport2, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(dst, 9))
+    pending_bufs = [bytearray(DATAGRAM) for _ in range(50)]
+    pending = [transport2.sendto_zc(b) for b in pending_bufs]
+    transport2.abort()
+    failed = sum(isinstance(e, ConnectionAbortedError)
+                 for e in await asyncio.gather(*pending, return_exceptions=True))
+    return {
+        "pending_now": pending_now,
+        "mismatched": mismatched,
+        "freed_at_resolution": freed_at_resolution,
+        "array_refs": array_refs,
+        "refs": [refs_before, refs_sending, refs_after],
+        "after_abort_locked": sum(map(buffer_locked, pending_bufs)),
+        "failed": failed,
+        "state": stats["state"],
+        "core": stats.get("core"),
+        "zc_sends": stats["zc_sends"],
+    }
+
+
+def exports_held_until_resolved(dst: str, loop: str) -> dict[str, Any]:
+    return run_on(loop, _exports_held_until_resolved(dst))
+
+
 async def _tcp_server(host: str, port: int, expect: int) -> dict[str, Any]:
     import hashlib
 
@@ -287,6 +354,23 @@ def test_pinned_datagrams_drive_flow_control(sink_ns: SinkNamespace, loop: str) 
     assert res["pinned"] == 8 * DATAGRAM  # nothing queued: all of it is pinned by the kernel
     assert res["after"] == 0
     assert res["events"] == ["pause", "resume"]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_buffers_stay_exported_until_their_own_future_resolves(
+    sink_ns: SinkNamespace, loop: str
+) -> None:
+    quiet(sink_ns)
+    res = sink_ns.call(exports_held_until_resolved, sink_ns.sink_addr, loop)
+    assert res["state"] == "zerocopy" and res["zc_sends"] == 1100, res
+    assert res["pending_now"] > 0 and res["mismatched"] == 0, res
+    assert res["freed_at_resolution"] == 300
+    # No reference kept once resolved (a numpy array goes through a memoryview of it).
+    before_refs, after_refs = res["array_refs"]
+    assert len(after_refs) == 1 and after_refs == before_refs, res
+    before, sending, after = res["refs"]
+    assert sending > before and after == before
+    assert res["failed"] == 50 and res["after_abort_locked"] == 0
 
 
 @pytest.mark.parametrize("loop", LOOPS)

@@ -62,6 +62,7 @@ typedef struct zc_dgram {
     uint8_t msg_origin, msg_type, msg_code;
     uint8_t msg_addr[28];
     uint32_t msg_addrlen;
+    int64_t nheld;
     ...;
 } zc_dgram;
 
@@ -74,12 +75,16 @@ typedef struct zc_dgram {
 #define DG_F_FAILED ...
 #define DG_SLOT_SHIFT ...
 #define DG_COPY_ERRNO ...
+#define DG_KIND ...
 
 zc_dgram *zc_dgram_new(int fd, zc_tracker *t);
 void zc_dgram_free(zc_dgram *d);
 int zc_dgram_drain(zc_dgram *d, int limit);
 int64_t zc_dgram_send(zc_dgram *d, const char *buf, int64_t n);
 int64_t zc_dgram_send_copy(zc_dgram *d, const char *buf, int64_t n);
+int64_t zc_dgram_send_obj(zc_dgram *d, intptr_t obj);
+int64_t zc_dgram_sendto_obj(zc_dgram *d, intptr_t obj);
+int64_t zc_dgram_release(zc_dgram *d);
 
 zc_tracker *zc_tracker_new(uint32_t start_id);
 void zc_tracker_free(zc_tracker *t);
@@ -124,6 +129,8 @@ int64_t zc_uring_send_group(zc_uring *r, int fd, uint32_t flags, char **bufs, in
 int64_t zc_uring_reap(zc_uring *r);
 """
 
+# The datagram path holds buffer exports (Py_buffer: not in the stable ABI before 3.11), so the
+# core is built against the full CPython API of the interpreter that builds it.
 PRELUDE = f"""
 #define ZC_CORE_SOURCE_HASH {SOURCE_HASH}u
 #include <errno.h>
@@ -140,7 +147,8 @@ ffibuilder.set_source(
     PRELUDE
     + "\n".join((HERE / name).read_text() for name in C_SOURCES)
     + (HERE / "_core_nogil.h").read_text(),
-    extra_compile_args=["-O2", "-std=gnu99", "-Wall", "-Wno-unused-function"],
+    extra_compile_args=["-O2", "-std=gnu99", "-Wall", "-Wno-unused-function", "-D_CFFI_NO_LIMITED_API"],
+    py_limited_api=False,
 )
 
 if __name__ == "__main__":

@@ -6,6 +6,18 @@
  * classified), every error (the call returns -errno and Python does what the general path
  * does), the policy outside its zerocopy state, and resolving the futures the drain names.
  *
+ * Buffers. The Python side passes the object itself (its id(): the address of the object in
+ * CPython, alive for the call since the caller holds it) and the C side takes the buffer
+ * export (PyObject_GetBuffer) that a memoryview or cffi's from_buffer() would take, and keeps
+ * it in `held`, by the write's slot, until the write resolves. That is what a Python-side pin
+ * cost (measured with callgrind: ffi.from_buffer ~1.46k instructions per datagram with its
+ * deallocation, against ~0.1k here). The wrappers keep the GIL (_core_nogil.h), so the CPython
+ * API may be called; the core is CPython-only (aiozc._sys.core). Exports of resolved writes
+ * are ended by zc_dgram_release(), which Python calls before it resolves their futures (a
+ * caller that awaited its future may resize or release its buffer at once) and never from
+ * inside another call of this file: ending an export may drop the last reference to an
+ * object, whose finalizer may run Python code, that may send on this very transport.
+ *
  * The error-queue drain parses what the reference reader (aiozc/_sys/kernel.py
  * read_errqueue) parses. Zero-copy ranges reported as sent from our pages are applied here;
  * the first message of any other kind (a copied range, an ICMP or local error) is kept in
@@ -31,6 +43,7 @@
 #define DG_F_FAILED 16  /* the drain's recvmsg failed (MSG_CTRUNC: msg_errno = EMSGSIZE) */
 #define DG_SLOT_SHIFT 5
 #define DG_COPY_ERRNO 4096 /* -errno - this: the failed send was a copying one */
+#define DG_KIND (-(1 << 22)) /* not bytes/bytearray/memoryview, or no simple buffer: Python */
 
 typedef struct zc_dgram {
     int fd;
@@ -47,6 +60,10 @@ typedef struct zc_dgram {
     uint8_t msg_origin, msg_type, msg_code;
     uint8_t msg_addr[28];
     uint32_t msg_addrlen;
+    /* buffer exports of zero-copy writes not yet resolved: held[s & (hcap - 1)] for
+     * hbase <= s < hnext (view.obj NULL: nothing held for that slot) */
+    Py_buffer *held;
+    int64_t hcap, hbase, hnext, nheld;
 } zc_dgram;
 
 zc_dgram *zc_dgram_new(int fd, zc_tracker *t) {
@@ -58,7 +75,55 @@ zc_dgram *zc_dgram_new(int fd, zc_tracker *t) {
     return d;
 }
 
-void zc_dgram_free(zc_dgram *d) { free(d); }
+/* Keep `view` (an export) for zero-copy slot `slot`; -1 if out of memory (nothing kept). */
+static int hold(zc_dgram *d, int64_t slot, Py_buffer *view) {
+    if (d->hbase == d->hnext) d->hbase = d->hnext = slot; /* empty: start at this slot */
+    if (slot - d->hbase >= d->hcap) {
+        int64_t ncap = d->hcap ? d->hcap : 64, s;
+        Py_buffer *n;
+        while (slot - d->hbase >= ncap) ncap *= 2;
+        n = calloc((size_t)ncap, sizeof *n);
+        if (!n) return -1;
+        for (s = d->hbase; s < d->hnext; s++) n[s & (ncap - 1)] = d->held[s & (d->hcap - 1)];
+        free(d->held);
+        d->held = n;
+        d->hcap = ncap;
+    }
+    for (; d->hnext <= slot; d->hnext++) d->held[d->hnext & (d->hcap - 1)].obj = NULL;
+    d->held[slot & (d->hcap - 1)] = *view;
+    d->nheld++;
+    return 0;
+}
+
+/* End the export held for `slot`, if any. The entry is cleared first (see the file comment). */
+static void release_slot(zc_dgram *d, int64_t slot) {
+    Py_buffer view;
+    if (slot < d->hbase || slot >= d->hnext) return;
+    view = d->held[slot & (d->hcap - 1)];
+    if (!view.obj) return;
+    d->held[slot & (d->hcap - 1)].obj = NULL;
+    d->nheld--;
+    while (d->hbase < d->hnext && !d->held[d->hbase & (d->hcap - 1)].obj) d->hbase++;
+    PyBuffer_Release(&view);
+}
+
+/* End the exports of the writes the tracker's last call resolved (its out arrays), and of
+ * every slot the tracker has trimmed away (all resolved or abandoned). Fields are read again
+ * after each release: a finalizer may have sent meanwhile. */
+int64_t zc_dgram_release(zc_dgram *d) {
+    int64_t k, before = d->nheld;
+    for (k = 0; k < d->t->nout && d->nheld; k++) release_slot(d, d->t->out_slot[k]);
+    while (d->nheld && d->hbase < d->hnext && d->hbase < d->t->base) release_slot(d, d->hbase);
+    return before - d->nheld;
+}
+
+void zc_dgram_free(zc_dgram *d) {
+    int64_t s;
+    for (s = d->hbase; s < d->hnext; s++)
+        if (d->held[s & (d->hcap - 1)].obj) PyBuffer_Release(&d->held[s & (d->hcap - 1)]);
+    free(d->held);
+    free(d);
+}
 
 /* Read the error queue until empty (at most `limit` messages), applying zero-copy ranges.
  * Returns DG_F_* flags. drained_ids: ids the applied ranges covered (the policy hears). */
@@ -133,7 +198,7 @@ int zc_dgram_drain(zc_dgram *d, int limit) {
  * later), DG_F_COPY | flags for a copied one (done), DG_DECLINED, DG_TRUNCATED, -errno
  * (a zero-copy send failed) or -errno - DG_COPY_ERRNO (a copying one): nothing was accounted,
  * the general path takes over. */
-static int64_t dgram_send(zc_dgram *d, const char *buf, int64_t n, int allow_zc) {
+static int64_t dgram_send(zc_dgram *d, const char *buf, int64_t n, int allow_zc, Py_buffer *view) {
     int zerocopy, flags = 0;
     ssize_t sent;
     int64_t slot;
@@ -146,10 +211,11 @@ static int64_t dgram_send(zc_dgram *d, const char *buf, int64_t n, int allow_zc)
     if (!zerocopy) {
         d->copy_sends++;
         d->copy_bytes += n;
-        return DG_F_COPY;
+        return (n << DG_SLOT_SHIFT) | DG_F_COPY;
     }
     slot = zc_sent_whole(d->t, n, 1);
     if (slot < 0) return slot; /* out of memory: the id was used, the transport fails */
+    if (view && hold(d, slot, view) < 0) PyBuffer_Release(view); /* out of memory: not held */
     d->zc_sends++;
     d->zc_bytes += n;
     if (d->t->pinned > d->peak_pinned_bytes) d->peak_pinned_bytes = d->t->pinned;
@@ -158,7 +224,46 @@ static int64_t dgram_send(zc_dgram *d, const char *buf, int64_t n, int allow_zc)
     return (slot << DG_SLOT_SHIFT) | flags;
 }
 
-int64_t zc_dgram_send(zc_dgram *d, const char *buf, int64_t n) { return dgram_send(d, buf, n, 1); }
+/* A copied datagram returns (nbytes << DG_SLOT_SHIFT) | DG_F_COPY | flags. */
+int64_t zc_dgram_send(zc_dgram *d, const char *buf, int64_t n) { return dgram_send(d, buf, n, 1, NULL); }
+
+/* The same for the object at address `obj` (bytes, bytearray or memoryview; DG_KIND for any
+ * other type, or one that gives no simple buffer): its export is held until the write
+ * resolves (see the file comment). sendto_zc(). */
+int64_t zc_dgram_send_obj(zc_dgram *d, intptr_t obj) {
+    PyObject *o = (PyObject *)obj;
+    Py_buffer view;
+    int64_t r;
+    if (d->blocked) return DG_DECLINED;
+    if (!(PyBytes_CheckExact(o) || PyByteArray_CheckExact(o) || PyMemoryView_Check(o))) return DG_KIND;
+    if (PyObject_GetBuffer(o, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); /* e.g. a non-contiguous or released memoryview: Python says why */
+        return DG_KIND;
+    }
+    r = dgram_send(d, view.buf, view.len, 1, &view);
+    if (r < 0 || (r & DG_F_COPY)) PyBuffer_Release(&view); /* not held: sent by copy, or not sent */
+    return r;
+}
+
+/* sendto(): exact bytes may go zero-copy (immutable: holding them is as good as a copy),
+ * anything else is sent by copy. Returns the flags only (0: nothing for Python to do), or
+ * what zc_dgram_send_obj returns when nothing was sent. */
+int64_t zc_dgram_sendto_obj(zc_dgram *d, intptr_t obj) {
+    PyObject *o = (PyObject *)obj;
+    Py_buffer view;
+    int64_t r;
+    int bytes;
+    if (d->blocked) return DG_DECLINED;
+    bytes = PyBytes_CheckExact(o);
+    if (!(bytes || PyByteArray_CheckExact(o) || PyMemoryView_Check(o))) return DG_KIND;
+    if (PyObject_GetBuffer(o, &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        return DG_KIND;
+    }
+    r = dgram_send(d, view.buf, view.len, bytes, &view);
+    if (r < 0 || (r & DG_F_COPY)) PyBuffer_Release(&view);
+    return r < 0 ? r : (r & (DG_F_RESOLVED | DG_F_MESSAGE | DG_F_PAUSE | DG_F_FAILED));
+}
 
 /* The same, never zero-copy (sendto() of a buffer the caller may change once it returns). */
-int64_t zc_dgram_send_copy(zc_dgram *d, const char *buf, int64_t n) { return dgram_send(d, buf, n, 0); }
+int64_t zc_dgram_send_copy(zc_dgram *d, const char *buf, int64_t n) { return dgram_send(d, buf, n, 0, NULL); }

@@ -9,6 +9,7 @@ wrappers in this package. Both paths behave the same (tests/test_completions_dif
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -39,6 +40,10 @@ def _stale_reason(core_lib: Any) -> str | None:
 
 if NO_EXTENSIONS:
     why_pure = "AIOZC_NO_EXTENSIONS is set"
+elif sys.implementation.name != "cpython":
+    # The datagram path hands objects to C by id() (their address in CPython) and holds their
+    # buffer exports through the CPython API (see _core_dgram.c).
+    why_pure = f"the compiled core is CPython-only (this is {sys.implementation.name})"
 else:
     try:
         from . import _core  # type: ignore[attr-defined]

@@ -2,10 +2,12 @@
 
 On a connected UDP socket with the MSG_ZEROCOPY or copy engine, while nothing is queued and no
 send error is being classified, ``sendto_zc()`` and ``sendto()`` hand the datagram to one C
-call: the send, the tracker entry, the counters and every 64th send the error-queue drain.
-Python keeps the future and the buffer's pin (dict ``_hot_tokens``, by the write's slot) and
-whatever the call could not decide (errors, a message on the error queue other than a
-zero-copy range, the policy outside its zerocopy state): for those it returns a code and the
+call: the buffer export (the C side takes and holds it, by the write's slot, until the write
+resolves: no Python pin object), the send, the tracker entry, the counters and every 64th
+send the error-queue drain. Python keeps the future (dict ``_hot_tokens``, by the write's
+slot; ``sendto()`` keeps nothing) and whatever the call could not decide (errors, a message
+on the error queue other than a zero-copy range, the policy outside its zerocopy state, a
+buffer type other than bytes / bytearray / memoryview): for those it returns a code and the
 general path (sending.py) does what it always does. The C side learns when it may run from
 ``_hot_sync()``, called wherever that changes.
 
@@ -25,7 +27,7 @@ import socket
 from typing import Any
 
 from .._sys import core as _core, kernel as _kernel
-from ..base import byte_view
+from ..base import _Held, byte_view
 from ..completions import Completion
 from ..ctracker import _completion
 from ..engines.copy import CopyEngine
@@ -33,12 +35,14 @@ from ..engines.msg_zerocopy import MsgZeroCopyEngine
 from ..policy import ZeroCopyState
 from ..stats import TransportStats
 from ._common import _Datagram
+from .batching import _Batch
 
 _lib: Any = _core.lib
 _ffi: Any = _core.ffi
 
 if _core.compiled:
     DECLINED = _lib.DG_DECLINED
+    KIND = _lib.DG_KIND
     TRUNCATED = _lib.DG_TRUNCATED
     F_RESOLVED = _lib.DG_F_RESOLVED
     F_MESSAGE = _lib.DG_F_MESSAGE
@@ -48,13 +52,15 @@ if _core.compiled:
     SLOT_SHIFT = _lib.DG_SLOT_SHIFT
     COPY_ERRNO = _lib.DG_COPY_ERRNO
     FLAGS = (1 << SLOT_SHIFT) - 1
-    from_buffer = _ffi.from_buffer
-    send_zc = _lib.zc_dgram_send
-    send_copy = _lib.zc_dgram_send_copy
+    send_obj = _lib.zc_dgram_send_obj
+    sendto_obj = _lib.zc_dgram_sendto_obj
+    release = _lib.zc_dgram_release
 else:  # pragma: no cover - exercised by the AIOZC_NO_EXTENSIONS=1 run
-    from_buffer = send_zc = send_copy = None
+    send_obj = sendto_obj = release = None
 
 _DRAIN_LIMIT = 64
+# Tokens of the general path (a buffer view to end, a future): the compiled path's are futures.
+_HOLDERS = (_Held, _Batch)
 _HOT_ENGINES = (MsgZeroCopyEngine, CopyEngine)
 # Policy states in which the policy must see every send (probe bookkeeping, re-probe bytes).
 _POLICY_WATCHES = (ZeroCopyState.PROBING, ZeroCopyState.COPY_FALLBACK)
@@ -97,7 +103,8 @@ for _name in _C_COUNTERS:
 class _HotPathMixin:
     """Part of :class:`~aiozc.datagram.transport.ZeroCopyDatagramTransport`."""
 
-    _hot_send: Any = None
+    _hot_send: Any = None  # zc_dgram_send_obj while this transport may use the compiled path
+    _hot_zc: Any = None  # the same for sendto_zc() (None with coalesce_zc: coalescing.py)
     _hot_d: Any = None
     _engine_now: Any = None
 
@@ -111,7 +118,8 @@ class _HotPathMixin:
         # it makes its own send calls, which only the built-in engines' agree with.
         self._engine_now = engine
         if self._hot_d is not None:
-            self._hot_send = send_zc if engine.__class__ in _HOT_ENGINES else None
+            self._hot_send = send_obj if engine.__class__ in _HOT_ENGINES else None
+            self._hot_zc = None if self._coalesce else self._hot_send
             self._hot_sync()
 
     def _hot_setup(self) -> None:
@@ -135,7 +143,8 @@ class _HotPathMixin:
         d.drain_every = options.errqueue_drain_every
         d.high_water = self._high_water
         self._hot_d = d
-        self._hot_send = send_zc
+        self._hot_send = send_obj
+        self._hot_zc = None if self._coalesce else send_obj
         self._hot_tokens = tracker._tokens
         old = self.stats
         self.stats = CoreStats(d, tracker._t, engine=old.engine, state=old.state, reason=old.reason)
@@ -162,42 +171,78 @@ class _HotPathMixin:
 
     # -- what a send call returned --------------------------------------------------------
 
-    def _hot_flags(self, r: int, future: asyncio.Future[Completion] | None, pin: Any,
-                   nbytes: int) -> None:
-        """A sent datagram's result carried flags (see _core_dgram.c)."""
+    def _hot_flags(self, r: int, future: asyncio.Future[Completion]) -> None:
+        """A sendto_zc() datagram's result carried flags (see _core_dgram.c)."""
         if r & F_COPY:
-            if future is not None:
-                self.stats.copy_writes += 1
-                future.set_result(self._copy_completion(nbytes))
+            self.stats.copy_writes += 1
+            future.set_result(self._copy_completion(r >> SLOT_SHIFT))
         else:
-            self._hot_tokens[r >> SLOT_SHIFT] = (future, pin)
+            self._hot_tokens[r >> SLOT_SHIFT] = future
+        self._hot_more(r)
+
+    def _hot_more(self, r: int) -> None:
+        """What a send's result flags ask for besides its own datagram: the drain's findings,
+        pause_writing."""
         if r & (F_RESOLVED | F_MESSAGE | F_FAILED):
             self._hot_drained(r)
         if r & F_PAUSE:
             self._maybe_pause_protocol()
 
+    def _hot_sendto_result(self, r: int, data: Any) -> None:
+        """sendto()'s C call returned flags (r > 0) or sent nothing (r < 0)."""
+        if r > 0:
+            self._hot_more(r)
+        elif r == KIND or r == DECLINED:
+            self._in_sendto(self._sendto, data, None)  # type: ignore[attr-defined]
+        else:
+            held = data.__class__ is bytes and len(data) >= self._options.zc_threshold
+            self._in_sendto(self._hot_refused, r, data, None, held)  # type: ignore[attr-defined]
+
+    def _hot_sendto_zc_result(self, r: int, buf: Any,
+                              future: asyncio.Future[Completion]) -> asyncio.Future[Completion]:
+        """sendto_zc()'s C call returned flags or sent nothing (r < 0)."""
+        if r >= 0:
+            self._hot_flags(r, future)
+            return future
+        if r == KIND:
+            future.cancel()
+            view = byte_view(buf)  # raises the TypeError / ValueError sendto_zc() documents
+            if self._hot_d is None or self._hot_send is None:
+                return self._sendto_zc(view, None)  # type: ignore[attr-defined, no-any-return]
+            r = self._hot_send(self._hot_d, id(view))
+            if r == KIND:  # not a simple buffer after all: the general path says why
+                return self._sendto_zc(view, None)  # type: ignore[attr-defined, no-any-return]
+            return self._hot_sendto_zc_result(r, view, self._make_future())  # type: ignore[attr-defined]
+        return self._hot_refused(r, buf, future, True)  # type: ignore[return-value]
+
     def _hot_refused(self, r: int, buf: Any, future: asyncio.Future[Completion] | None,
                      held: bool) -> asyncio.Future[Completion] | None:
         """The C call sent nothing: the general path decides (and may raise)."""
-        if r == DECLINED:
+        if r == DECLINED or r == KIND:
             if future is None:
-                self._sendto(buf, None)
+                self._sendto(buf, None)  # type: ignore[attr-defined]
                 return None
             future.cancel()
-            return self._sendto_zc(buf, None)
-        dg = _Datagram(byte_view(buf), self._address, future, held)
+            return self._sendto_zc(buf, None)  # type: ignore[attr-defined, no-any-return]
+        dg = _Datagram(byte_view(buf), self._address, future, held)  # type: ignore[attr-defined]
         if r == TRUNCATED:
             exc = OSError(errno.EMSGSIZE, f"datagram truncated: fewer than {dg.nbytes} bytes sent")
             if future is None:
                 dg.view.release()
-                self._error_received(exc)
+                self._error_received(exc)  # type: ignore[attr-defined]
                 return None
-            self._send_failed_now(dg, exc)  # raises
+            self._send_failed_now(dg, exc)  # type: ignore[attr-defined]  # raises
         err, zerocopy = -r, True
         if err > COPY_ERRNO:
             err, zerocopy = err - COPY_ERRNO, False
         dg.copy_only = not zerocopy
-        return self._direct_send_failed(dg, OSError(err, os.strerror(err)), zerocopy)
+        return self._direct_send_failed(dg, OSError(err, os.strerror(err)), zerocopy)  # type: ignore[attr-defined, no-any-return]
+
+    def _hot_release(self) -> None:
+        """End the buffer exports of the compiled path's writes the tracker resolved or
+        abandoned (see _core_dgram.c: never from inside a C call)."""
+        if self._hot_d is not None:
+            release(self._hot_d)
 
     # -- the error queue ------------------------------------------------------------------
 
@@ -254,18 +299,15 @@ class _HotPathMixin:
     def _hot_resolve_alike(self, t: Any, n: int) -> None:
         """Resolve the ``n`` writes of the tracker's out arrays, which share one Completion
         (the common case: same-sized datagrams, all zero-copy): _resolve without its
-        per-write stats and lookups."""
+        per-write stats and lookups. Their tokens are the compiled path's futures (or none:
+        sendto() keeps none)."""
         completion = _completion(
             int(t.out_nbytes[0]), bool(t.out_zc[0]), int(t.out_ids[0]), int(t.out_copied[0])
         )
+        release(self._hot_d)  # the buffers first: an awaiting caller may reuse them at once
         pop = self._hot_tokens.pop
         for slot in _ffi.unpack(t.out_slot, n):
-            token = pop(slot)
-            if token.__class__ is tuple:
-                future = token[0]
-            else:
-                token.view.release()
-                future = token.future
+            future = pop(slot, None)
             if future is not None:
                 try:
                     future.set_result(completion)
@@ -296,8 +338,9 @@ class _HotPathMixin:
         self._on_socket_error_message(message)
 
     def _resolve(self, done: list[tuple[Any, Completion]]) -> None:
-        """The base's _resolve, also for the (future, pin) tokens of the compiled path:
-        dropping the pin ends its buffer export."""
+        """The base's _resolve, also for the compiled path's tokens (its futures, or None),
+        whose buffer exports the C side ends first."""
+        self._hot_release()
         stats = self.stats
         for token, completion in done:
             if completion.zerocopy:
@@ -305,14 +348,19 @@ class _HotPathMixin:
                 stats.zc_write_bytes += completion.nbytes
             else:
                 stats.copy_writes += 1
-            if token.__class__ is tuple:
-                future = token[0]
-            else:
-                token.view.release()
-                future = token.future
+            future = _future_of(token)
             if future is not None and not future.done():
                 future.set_result(completion)
         stats.pinned_bytes = self._tracker.pinned_bytes
+
+
+def _future_of(token: Any) -> Any:
+    """The future of a tracker token: the compiled path's future itself (or None), or the
+    ``future`` of what the general path holds (_Held, a batch), whose view ends here."""
+    if token is None or token.__class__ not in _HOLDERS:
+        return token
+    token.view.release()
+    return token.future
 
 
 def _sockaddr(raw: bytes) -> Any:

@@ -18,6 +18,7 @@ from ..base import TransportClosedError, byte_view, logger
 from ..completions import Completion
 from ..policy import ZeroCopyState
 from ._common import _LOG_LOST_SENDS, _STALE_ERROR_RETRIES, _covers, _Datagram
+from .hot import _future_of
 
 
 class _SendingMixin:
@@ -363,16 +364,14 @@ class _SendingMixin:
             if dg.future is not None and not dg.future.done():
                 dg.future.set_exception(error)
         self._hot_sync()  # blocked from now on: the fd is about to close
-        # The base's abandon, also for the compiled path's (future, pin) tokens.
+        # The base's abandon, also for the compiled path's tokens (its futures, or None).
         unsent = exc or ConnectionAbortedError("transport closed before the write completed")
         if not isinstance(unsent, Exception):
             unsent = ConnectionAbortedError(str(unsent))
-        for token in self._tracker.abandon():
-            if token.__class__ is tuple:
-                future = token[0]
-            else:
-                token.view.release()
-                future = token.future
+        tokens = self._tracker.abandon()
+        self._hot_release()  # the compiled path's buffer exports, before the futures fail
+        for token in tokens:
+            future = _future_of(token)
             if future is not None and not future.done():
                 future.set_exception(unsent)
         self.stats.pinned_bytes = 0

@@ -165,26 +165,11 @@ class ZeroCopyDatagramTransport(
         """
         if self._co_pins:
             self._flush_coalesced()  # coalesce_zc: the earlier sendto_zc() datagrams go first
-        kind = type(data)
         if addr is None and self._hot_send is not None:
-            if kind is bytes:  # immutable: may go zero-copy, holding a reference
-                r = self._hot_send(self._hot_d, data, len(data))
-                held = True
-            elif kind is bytearray or kind is memoryview:
-                pin = _hot.from_buffer(data)
-                r = _hot.send_copy(self._hot_d, pin, len(pin))
-                held = False
-            else:
-                return self._sendto(data, addr)  # raises TypeError
-            if r >= 0:
-                if r & _hot.FLAGS:
-                    self._hot_flags(r, None, data, 0)
-                else:
-                    self._hot_tokens[r >> _hot.SLOT_SHIFT] = (None, data)
-                return None
-            self._in_sendto(
-                self._hot_refused, r, data, None, held and len(data) >= self._options.zc_threshold
-            )
+            # The compiled path (hot.py): one C call; r is 0 unless there is more to do.
+            r = _hot.sendto_obj(self._hot_d, id(data))
+            if r:
+                self._hot_sendto_result(r, data)
             return None
         self._in_sendto(self._sendto, data, addr)
 
@@ -208,27 +193,16 @@ class ZeroCopyDatagramTransport(
             if addr is None and self._connected and self._fast_max and not self._closing:
                 return self._sendto_zc_coalesced(buf)
             self._flush_coalesced()
-        if addr is None and self._hot_send is not None:
-            # The compiled path (hot.py): all of it is one C call, a future and a dict entry.
-            kind = buf.__class__
-            try:
-                if kind is not memoryview and kind is not bytes and kind is not bytearray:
-                    # What memoryview() refuses (numpy datetime64 & co), cffi would take as
-                    # raw bytes: refuse it the same way (byte_view raises TypeError).
-                    byte_view(buf).release()
-                pin = _hot.from_buffer(buf)
-            except (TypeError, ValueError, BufferError):
-                return self._sendto_zc(buf, addr)  # raises the error sendto_zc() documents
-            nbytes = len(pin)
-            r = self._hot_send(self._hot_d, pin, nbytes)
+        if addr is None and self._hot_zc is not None:
+            # The compiled path (hot.py): one C call (the buffer's export is held on the C side,
+            # by id(): the caller's reference keeps it alive during the call), a future and a
+            # dict entry.
+            r = self._hot_zc(self._hot_d, id(buf))
             future = self._make_future()
-            if r >= 0:
-                if r & _hot.FLAGS:
-                    self._hot_flags(r, future, pin, nbytes)
-                else:
-                    self._hot_tokens[r >> _hot.SLOT_SHIFT] = (future, pin)
+            if r >= 0 and not r & _hot.FLAGS:
+                self._hot_tokens[r >> _hot.SLOT_SHIFT] = future
                 return future
-            return self._hot_refused(r, buf, future, True)  # type: ignore[return-value]
+            return self._hot_sendto_zc_result(r, buf, future)
         return self._sendto_zc(buf, addr)
 
     # -- flow control ----------------------------------------------------------------------
