@@ -15,7 +15,7 @@ from ..completions import Completion
 from ..engines.copy import CopyEngine
 from ..engines.io_uring import IoUringEngine
 from ..engines.msg_zerocopy import MsgZeroCopyEngine
-from ._common import _COPY_FALLBACK, _ZEROCOPY, _Datagram
+from ._common import _COPY_FALLBACK, _ZEROCOPY, _DatagramHost, _Datagram
 
 if TYPE_CHECKING:
     from .transport import ZeroCopyDatagramTransport
@@ -89,7 +89,7 @@ class _BatchRetry:
         transport._batch_step(self.batch)
 
 
-class _BatchingMixin:
+class _BatchingMixin(_DatagramHost):
     """Part of :class:`~aiozc.datagram.transport.ZeroCopyDatagramTransport`."""
 
     def sendto_zc_many(self, bufs: Iterable[Any], addr: Any = None) -> asyncio.Future[Completion]:

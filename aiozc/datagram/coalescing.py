@@ -8,6 +8,7 @@ from typing import Any
 from .._sys import mmsg as _mmsg
 from ..base import TransportClosedError, byte_view
 from ..completions import Completion
+from ._common import _DatagramHost
 from .batching import _Batch
 
 _pin = _mmsg.pin
@@ -59,7 +60,7 @@ class _FanOut:
                 future.set_exception(exc)
 
 
-class _CoalescingMixin:
+class _CoalescingMixin(_DatagramHost):
     """Part of :class:`~aiozc.datagram.transport.ZeroCopyDatagramTransport`."""
 
     # -- coalesce_zc: sendto_zc() datagrams sent together, once per loop iteration ------------

@@ -17,11 +17,11 @@ from typing import Any
 from ..base import TransportClosedError, byte_view, logger
 from ..completions import Completion
 from ..policy import ZeroCopyState
-from ._common import _LOG_LOST_SENDS, _STALE_ERROR_RETRIES, _covers, _Datagram
+from ._common import _LOG_LOST_SENDS, _STALE_ERROR_RETRIES, _DatagramHost, _covers, _Datagram
 from .hot import _future_of
 
 
-class _SendingMixin:
+class _SendingMixin(_DatagramHost):
     """Part of :class:`~aiozc.datagram.transport.ZeroCopyDatagramTransport`."""
 
     _queue: Any

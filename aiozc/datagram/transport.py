@@ -198,7 +198,7 @@ class ZeroCopyDatagramTransport(
             # by id(): the caller's reference keeps it alive during the call), a future and a
             # dict entry.
             r = self._hot_zc(self._hot_d, id(buf))
-            future = self._make_future()
+            future = _hot.Future() if _hot.running_loop() is self._hot_loop else self._make_future()
             if r >= 0 and not r & _hot.FLAGS:
                 self._hot_tokens[r >> _hot.SLOT_SHIFT] = future
                 return future
