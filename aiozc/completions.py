@@ -451,7 +451,7 @@ class CompletionTracker(Generic[T]):
         return newly
 
     def _resolve(self, w: WriteHandle) -> tuple[T, Completion]:
-        token = cast(T, w.token)
+        token: T = w.token  # type: ignore[assignment]  # (not cast(): a call per write)
         w._state = _DONE
         # A resolved handle may linger in the id index until compaction, and in the
         # caller's queues: drop what it references (often the user's buffer).

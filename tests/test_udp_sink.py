@@ -188,6 +188,48 @@ def exports_held_until_resolved(dst: str, loop: str) -> dict[str, Any]:
     return run_on(loop, _exports_held_until_resolved(dst))
 
 
+async def _full_socket_mix(dst: str) -> dict[str, Any]:
+    """A send buffer too small for two datagrams: sends hit EAGAIN, datagrams queue and leave
+    through the general path, the compiled path takes over again; the error-queue drain then
+    resolves writes of both paths together."""
+    import socket
+    import subprocess
+
+    from aiozc.datagram import create_datagram_endpoint
+
+    # A shaping qdisc holds datagrams (and the socket's send-buffer charge) for a while.
+    tbf = "tc qdisc replace dev ifb0 root tbf rate 3gbit burst 1m limit 8m".split()
+    subprocess.run(tbf, check=True)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel's minimum, ~4.5 KiB
+    sock.connect((dst, 9))
+    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, sock=sock)
+    bufs = [bytearray(DATAGRAM) for _ in range(64)]
+    futures, queued_peak = [], 0
+    try:
+        for i in range(3000):
+            futures.append(transport.sendto_zc(bufs[i % 64]))
+            queued_peak = max(queued_peak, len(transport._queue))
+            if i % 256 == 255:
+                await asyncio.sleep(0)  # EPOLLOUT: the queue leaves through the general path
+        done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 20)
+    finally:
+        subprocess.run("tc qdisc del dev ifb0 root".split(), check=True)
+    stats = transport.stats.as_dict()
+    transport.close()
+    return {
+        "errors": sorted({type(c).__name__ for c in done if isinstance(c, BaseException)}),
+        "zerocopy": sum(getattr(c, "zerocopy", False) for c in done),
+        "queued_peak": queued_peak,
+        "state": stats["state"],
+        "zc_sends": stats["zc_sends"],
+    }
+
+
+def full_socket_mix(dst: str, loop: str) -> dict[str, Any]:
+    return run_on(loop, _full_socket_mix(dst))
+
+
 async def _tcp_server(host: str, port: int, expect: int) -> dict[str, Any]:
     import hashlib
 
@@ -371,6 +413,15 @@ def test_buffers_stay_exported_until_their_own_future_resolves(
     before, sending, after = res["refs"]
     assert sending > before and after == before
     assert res["failed"] == 50 and res["after_abort_locked"] == 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_full_socket_queues_and_both_paths_resolve_together(sink_ns: SinkNamespace, loop: str) -> None:
+    quiet(sink_ns)
+    res = sink_ns.call(full_socket_mix, sink_ns.sink_addr, loop)
+    assert res["errors"] == [], res
+    assert res["queued_peak"] > 0, res  # the premise: the socket did fill up
+    assert res["zerocopy"] == 3000 and res["zc_sends"] == 3000, res
 
 
 @pytest.mark.parametrize("loop", LOOPS)

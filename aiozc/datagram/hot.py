@@ -112,6 +112,10 @@ class _HotPathMixin(_DatagramHost):
     _hot_zc: Any = None  # the same for sendto_zc() (None with coalesce_zc: coalescing.py)
     _hot_d: Any = None
     _hot_loop: Any = None  # the loop, if its create_future() is asyncio.Future(loop=loop)
+    # Without the compiled core: may sendto() hand a mutable buffer straight to socket.send?
+    # (the general path's rules: see _hot_sync; _direct_ok: connected UDP, a built-in engine)
+    _direct_ok = False
+    _direct_copy = False
     _engine_now: Any = None
 
     @property
@@ -127,17 +131,18 @@ class _HotPathMixin(_DatagramHost):
             self._hot_send = send_obj if engine.__class__ in _HOT_ENGINES else None
             self._hot_zc = None if self._coalesce else self._hot_send
             self._hot_sync()
+        elif self._direct_ok:
+            self._direct_ok = engine.__class__ in _HOT_ENGINES
+            self._hot_sync()
 
     def _hot_setup(self) -> None:
         """Use the compiled per-call path if this transport can (see the module docstring)."""
         tracker: Any = self._tracker  # a CompiledTracker where the core is in use
-        if (
-            not _core.compiled
-            or not getattr(tracker, "compiled", False)
-            or not self._connected
-            or not self._fast_max
-            or self._engine.__class__ not in _HOT_ENGINES
-        ):
+        if not self._connected or not self._fast_max or self._engine.__class__ not in _HOT_ENGINES:
+            return
+        if not _core.compiled or not getattr(tracker, "compiled", False):
+            self._direct_ok = True
+            self._hot_sync()
             return
         d = _ffi.gc(_lib.zc_dgram_new(self._fd, tracker._t), _lib.zc_dgram_free)
         if d == _ffi.NULL:
@@ -161,11 +166,11 @@ class _HotPathMixin(_DatagramHost):
     def _hot_sync(self) -> None:
         """Tell the C side whether it may send now, and whether zero-copy."""
         d = self._hot_d
-        if d is None:
+        if d is None and not self._direct_ok:
             return
         state = self._policy.state
-        d.blocked = bool(
-            self._hot_send is None
+        blocked = bool(
+            (d is not None and self._hot_send is None)
             or self._sock is None
             or self._closing
             or self._queue
@@ -173,6 +178,10 @@ class _HotPathMixin(_DatagramHost):
             or self._enobufs_datagram is not None
             or state in _POLICY_WATCHES
         )
+        if d is None:
+            self._direct_copy = not blocked
+            return
+        d.blocked = blocked
         d.zerocopy = state is ZeroCopyState.ZEROCOPY and self._engine.__class__ is MsgZeroCopyEngine
         d.paused = self._protocol_paused
         d.high_water = self._high_water
@@ -246,6 +255,21 @@ class _HotPathMixin(_DatagramHost):
         dg.copy_only = not zerocopy
         return self._direct_send_failed(dg, OSError(err, os.strerror(err)), zerocopy)  # type: ignore[attr-defined, no-any-return]
 
+    def _direct_sendto(self, data: bytearray | memoryview) -> None:
+        """sendto() of a mutable buffer without the compiled core: CPython's socket.send (what
+        asyncio's own transport does); anything it refuses goes to the general path, which
+        sends again and handles the error as always (nothing was sent)."""
+        sock = self._sock
+        assert sock is not None  # _direct_copy is False once the socket is gone
+        try:
+            sent = sock.send(data)
+        except (OSError, TypeError, ValueError, BufferError):
+            self._in_sendto(self._sendto, data, None)
+            return
+        stats = self.stats
+        stats.copy_sends += 1
+        stats.copy_bytes += sent
+
     def _hot_release(self) -> None:
         """End the buffer exports of the compiled path's writes the tracker resolved or
         abandoned (see _core_dgram.c: never from inside a C call)."""
@@ -307,20 +331,23 @@ class _HotPathMixin(_DatagramHost):
     def _hot_resolve_alike(self, t: Any, n: int) -> None:
         """Resolve the ``n`` writes of the tracker's out arrays, which share one Completion
         (the common case: same-sized datagrams, all zero-copy): _resolve without its
-        per-write stats and lookups. Their tokens are the compiled path's futures (or none:
-        sendto() keeps none)."""
+        per-write stats and lookups. Most tokens are the compiled path's futures (sendto()
+        keeps none); datagrams the general path sent meanwhile (after EAGAIN...) have theirs."""
         completion = _completion(
             int(t.out_nbytes[0]), bool(t.out_zc[0]), int(t.out_ids[0]), int(t.out_copied[0])
         )
         release(self._hot_d)  # the buffers first: an awaiting caller may reuse them at once
         pop = self._hot_tokens.pop
         for slot in _ffi.unpack(t.out_slot, n):
-            future = pop(slot, None)
-            if future is not None:
-                try:
+            token = pop(slot, None)
+            try:
+                token.set_result(completion)  # the compiled path's future (most of them)
+            except asyncio.InvalidStateError:  # cancelled; cheaper than done() each time
+                pass
+            except AttributeError:  # None (sendto) or a general-path write's holder
+                future = _future_of(token)
+                if future is not None and not future.done():
                     future.set_result(completion)
-                except asyncio.InvalidStateError:  # cancelled; cheaper than done() each time
-                    pass
         stats = self.stats
         if completion.zerocopy:
             stats.zc_writes += n

@@ -14,7 +14,7 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from ..base import TransportClosedError, byte_view, logger
+from ..base import TransportClosedError, _Held, byte_view, logger
 from ..completions import Completion
 from ..policy import ZeroCopyState
 from ._common import _LOG_LOST_SENDS, _STALE_ERROR_RETRIES, _DatagramHost, _covers, _Datagram
@@ -56,7 +56,7 @@ class _SendingMixin(_DatagramHost):
             raise ValueError(
                 f"datagram of {nbytes} bytes exceeds the {self._max_size}-byte UDP payload limit"
             )
-        future = self._new_future()
+        future = self._make_future()
         self._submit(_Datagram(view, addr, future, True))
         return future
 
@@ -262,9 +262,17 @@ class _SendingMixin(_DatagramHost):
             self._account_send(dg.batch.write, sent, zerocopy)
             self._batch_datagram_done(dg)
             return
-        write = self._open_write(dg.view, dg.future)
-        self._account_send(write, sent, zerocopy)
-        self._close_write(write)
+        if not sent:  # an empty datagram: a write of 0 bytes, resolved now
+            write = self._open_write(dg.view, dg.future)
+            self._close_write(write)
+            return
+        # One datagram is one send call: the tracker's one-step write.
+        done = self._tracker.sent_whole(_Held(dg.future, dg.view), sent, zerocopy=zerocopy)
+        self._account_send(None, sent, zerocopy)
+        if done:
+            self._resolve(done)
+        elif self._zc_since_drain >= self._options.errqueue_drain_every:
+            self._drain_errqueue()
 
     def _direct_send_failed(
         self, dg: _Datagram, exc: OSError, zerocopy: bool

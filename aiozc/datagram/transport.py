@@ -171,6 +171,8 @@ class ZeroCopyDatagramTransport(
             if r:
                 self._hot_sendto_result(r, data)
             return None
+        if addr is None and self._direct_copy and (data.__class__ is bytearray or data.__class__ is memoryview):
+            return self._direct_sendto(data)  # the pure path's copy: one socket.send
         self._in_sendto(self._sendto, data, addr)
 
     def sendto_zc(self, buf: Any, addr: Any = None) -> asyncio.Future[Completion]:
