@@ -167,6 +167,7 @@ class _HotPathMixin(_DatagramHost):
         """Tell the C side whether it may send now, and whether zero-copy."""
         d = self._hot_d
         if d is None and not self._direct_ok:
+            self._direct_copy = False  # (an engine a test put in place: the general path)
             return
         state = self._policy.state
         blocked = bool(
