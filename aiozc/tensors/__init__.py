@@ -16,8 +16,10 @@ chan.send(arr)`` returns once the kernel no longer references it, so the caller 
 mutate the array immediately afterwards. Non-contiguous arrays are made C-contiguous once
 (one copy) before sending.
 
-The wire format (a 20-byte prefix, a JSON header, the raw body) is described in
-:mod:`aiozc.tensors.frames`.
+The wire format (a 20-byte prefix, a JSON header, padding, the raw body) is described in
+:mod:`aiozc.tensors.frames`. Bodies of at least ``align_bodies_from`` bytes (64 KiB) start at a
+stream offset that is a multiple of 4096, so that with ``zc_receive`` (and an MSS that is a
+multiple of 4096) they arrive on page starts and become read-only arrays over the mapped pages.
 
 ``dtype`` is numpy's ``dtype.str`` (e.g. ``"<f4"``, ``"|b1"``, ``">c16"``, ``"<M8[ns]"``) or,
 for structured dtypes, ``dtype.descr`` as nested JSON lists. Both name the byte order of every
@@ -77,6 +79,7 @@ from .frames import (
     FrameHeader,
     byte_view,
     encode_header,
+    header_len_of,
     parse_header,
     parse_prefix,
 )
@@ -147,6 +150,7 @@ class Channel:
 
     def __init__(self, protocol: _TensorProtocol) -> None:
         self._protocol = protocol
+        self._sent = 0  # stream offset of the next frame: where padding aligns bodies from
 
     @property
     def transport(self) -> Any:
@@ -165,13 +169,17 @@ class Channel:
         data, tag = as_sendable(array)
         if data.nbytes > self.options.max_frame_bytes:
             raise FrameTooLarge(f"array of {data.nbytes} bytes exceeds max_frame_bytes={self.options.max_frame_bytes}")
-        header = encode_header(data, name=name, metadata=metadata, tag=tag, max_frame_bytes=self.options.max_frame_bytes)
-        if len(header) - PREFIX_SIZE > self.options.max_header_bytes:
-            raise FrameTooLarge(f"frame header of {len(header) - PREFIX_SIZE} bytes exceeds max_header_bytes")
+        options = self.options
+        header = encode_header(data, name=name, metadata=metadata, tag=tag, max_frame_bytes=options.max_frame_bytes,
+                               stream_offset=self._sent, align_from=options.align_bodies_from)
+        header_len = header_len_of(header)
+        if header_len > options.max_header_bytes:
+            raise FrameTooLarge(f"frame header of {header_len} bytes exceeds max_header_bytes")
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ChannelClosed("cannot send on a closed channel")
         transport.write(header)
+        self._sent += len(header) + data.nbytes
         if data.nbytes == 0:
             return _done_future(0)
         return _write_zc(transport, byte_view(data))

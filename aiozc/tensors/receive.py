@@ -15,7 +15,17 @@ import numpy as np
 from ..buffers import aligned_buffer
 from .aligned import aligned_empty
 from .errors import ChannelBroken, ChannelClosed, FrameError, IncompleteFrame
-from .frames import PREFIX_SIZE, SCRATCH_BYTES, ChannelOptions, Frame, FrameHeader, byte_view, parse_header, parse_prefix
+from .frames import (
+    BODY_ALIGN,
+    PREFIX_SIZE,
+    SCRATCH_BYTES,
+    ChannelOptions,
+    Frame,
+    FrameHeader,
+    byte_view,
+    parse_frame_prefix,
+    parse_header,
+)
 from .interop import _Destination
 
 if TYPE_CHECKING:
@@ -67,6 +77,7 @@ def allocate(header: FrameHeader) -> np.ndarray:
 # The protocol: receive state machine and write flow control
 
 _HEAD = "head"  # collecting a prefix + header in the scratch buffer
+_PAD = "pad"  # dropping the padding between a version-2 header and its body
 _WAIT_DEST = "wait-dest"  # header parsed, no destination yet: reading paused until recv()
 _BODY = "body"  # recv_into the destination array
 
@@ -96,6 +107,7 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         self._fill = 0
         self._state = _HEAD
         self._header: FrameHeader | None = None
+        self._pad_left = 0
         self._body: np.ndarray | None = None
         self._body_view: memoryview | None = None
         self._body_filled = 0
@@ -151,26 +163,62 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         return False  # close; connection_lost decides whether a frame was cut short
 
     def lease_received(self, lease: Any) -> int:
-        """Mapped pages (``zc_receive``, aiozc.zcread). A body that starts where the lease does
-        and fits in it, with no ``out=`` waiting for it, becomes a read-only array over those
-        pages, which stay mapped while the array lives. The transport copies the rest in
-        through get_buffer() as usual."""
-        taken = self._adopt_mapped_body(lease.view)
-        if taken:
+        """Mapped pages (``zc_receive``, aiozc.zcread), fed through the state machine here.
+
+        A body that starts on a page of the lease (its start or a page boundary inside it:
+        the sender pads headers so that large bodies start at 4096-aligned stream offsets) and
+        fits in the rest of it, with no ``out=`` waiting for it, becomes a read-only array over
+        those pages, which stay mapped while the array lives. Everything else (headers, bodies
+        that span leases or start mid-page) is copied as get_buffer() would have it; padding
+        is skipped. Returns how far it got: it stops when reading pauses (the transport holds
+        the rest back until resume_reading) or the connection fails."""
+        view = lease.view
+        offset = 0
+        while offset < len(view) and self._takes_lease_bytes():
+            taken = self._take_from_lease(view, offset)
+            if not taken:  # an empty get_buffer(): the transport reports it on the rest
+                break
+            offset += taken
+        return offset
+
+    def _takes_lease_bytes(self) -> bool:
+        transport = self.transport
+        return (
+            self._error is None and not self._lost and self._state != _WAIT_DEST
+            and transport is not None and not transport.is_closing()
+        )
+
+    def _take_from_lease(self, view: memoryview, offset: int) -> int:
+        rest = len(view) - offset
+        if self._state == _PAD and not self._fill:
+            skip = min(self._pad_left, rest)
+            self._pad_left -= skip
             self._advance()
-        return taken
+            return skip
+        if self._state == _BODY:
+            adopted = self._adopt_mapped_body(view, offset)
+            if adopted:
+                self._advance()
+                return adopted
+        buf = self.get_buffer(rest)
+        n = min(len(buf), rest)
+        buf[:n] = view[offset : offset + n]
+        self.buffer_updated(n)
+        return n
 
     def _mapped_body_allowed(self) -> bool:
         owner = self._body_owner  # recv(out=) is filled in place; torch wants writable memory
         return owner is None or (owner.dest.view is None and not owner.dest.as_torch)
 
-    def _adopt_mapped_body(self, view: memoryview) -> int:
+    def _adopt_mapped_body(self, view: memoryview, offset: int) -> int:
         header = self._header
-        if self._state != _BODY or self._body_filled or header is None or not 0 < header.nbytes <= len(view):
+        if self._body_filled or header is None or not 0 < header.nbytes <= len(view) - offset:
             return 0
-        if not self._mapped_body_allowed():
+        # The lease starts on a page (the region's start); a body mid-page is not page-backed
+        # for the consumer's purposes (numpy alignment, the sender did not pad it).
+        if offset % BODY_ALIGN or not self._mapped_body_allowed():
             return 0
-        self._body = np.frombuffer(view[: header.nbytes], header.dtype).reshape(header.shape)
+        self._body = np.frombuffer(view[offset : offset + header.nbytes], header.dtype).reshape(header.shape)
         self._body_filled = header.nbytes
         self._finish_body()
         return header.nbytes
@@ -198,6 +246,9 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             if self._state == _HEAD:
                 if not self._parse_header():
                     break
+            elif self._state == _PAD:
+                if not self._skip_padding():
+                    break
             elif self._state == _WAIT_DEST:
                 if not self._choose_destination():
                     break
@@ -220,7 +271,7 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         scratch = self._scratch_view
         assert scratch is not None
         try:
-            header_len, nbytes = parse_prefix(scratch[:PREFIX_SIZE], self.options)
+            header_len, padding, nbytes = parse_frame_prefix(scratch[:PREFIX_SIZE], self.options)
             end = PREFIX_SIZE + header_len
             if self._fill < end:
                 return False
@@ -230,6 +281,18 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             return False
         self._consume_scratch(end)
         self._header = header
+        self._pad_left = padding
+        self._state = _PAD if padding else _WAIT_DEST
+        return True
+
+    def _skip_padding(self) -> bool:
+        """Drop the padding bytes buffered so far; True once all of it is gone."""
+        if self._pad_left:
+            drop = min(self._fill, self._pad_left)
+            self._consume_scratch(drop)
+            self._pad_left -= drop
+            if self._pad_left:
+                return False
         self._state = _WAIT_DEST
         return True
 
