@@ -90,6 +90,7 @@ class ZeroCopyReader:
         self._wake_pending = False
         self._timer: asyncio.TimerHandle | None = None
         self._lease_received: Callable[[Lease], Any] | None = None
+        self._lease_size_hint: Callable[[], int | None] | None = None
         self._buffered = False
         # Lease bytes the protocol has not taken yet because it paused reading meanwhile: the
         # kernel gave them up already, so they go first once reading resumes.
@@ -125,6 +126,7 @@ class ZeroCopyReader:
             self._disable("TLS: records are decrypted into SSLProtocol's own buffer")
             return None
         self._lease_received = getattr(protocol, "lease_received", None)
+        self._lease_size_hint = getattr(protocol, "lease_size_hint", None)
         self._buffered = buffered = is_buffered(protocol)
         self._copy = self._recv_into_buffer if buffered else self._recv_data
         return self._read_once
@@ -151,7 +153,7 @@ class ZeroCopyReader:
             return False
         region, address = slot
         try:
-            zc = self._request.receive(transport._fd, address, len(region))
+            zc = self._request.receive(transport._fd, address, self._lease_length(len(region)))
         except OSError as exc:
             pool.put_back_unused(slot)
             return self._on_receive_error(exc)
@@ -185,6 +187,17 @@ class ZeroCopyReader:
             more = zc.inq > 0
         self._judge()
         return more and transport._sock is not None
+
+    def _lease_length(self, region_bytes: int) -> int:
+        """How much to map: the region, or less if the protocol says where a useful lease ends
+        (``lease_size_hint()``, rounded up to whole pages): a tensor channel asks for the rest
+        of a body, so that the next body starts a lease instead of straddling two."""
+        hint_of = self._lease_size_hint
+        hint = hint_of() if hint_of is not None else None
+        if not hint or hint <= 0:
+            return region_bytes
+        page = _sys.PAGE_SIZE
+        return min(region_bytes, -(-hint // page) * page)
 
     def _on_receive_error(self, exc: OSError) -> bool:
         if exc.errno == errno.EIO:  # nothing queued after FIN (or an urgent mark after FIN)

@@ -108,6 +108,10 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         self._state = _HEAD
         self._header: FrameHeader | None = None
         self._pad_left = 0
+        self._head_end = PREFIX_SIZE  # scratch bytes the prefix (then prefix + header) needs
+        # No header yet, or the peer has padded one since its first: see lease_size_hint.
+        self._peer_pads = True
+        self._headers_seen = 0
         self._body: np.ndarray | None = None
         self._body_view: memoryview | None = None
         self._body_filled = 0
@@ -181,6 +185,22 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             offset += taken
         return offset
 
+    def lease_size_hint(self) -> int | None:
+        """How many bytes the next lease should hold at most (zc_receive asks before mapping):
+        the rest of a body, the rest of a padding, or the rest of a header when the peer pads
+        (its header pages then end where a body starts; small frames in between cost a
+        getsockopt per page then). Without it a lease of a whole region ends anywhere, and the
+        body it cuts arrives in two leases, copied (measured: 11 of 16 bodies of 256 KiB mapped
+        with 1 MiB regions, against 16 of 16 with the hint). None: as much as is queued; a peer
+        whose first header was not padded and no later one either gets whole regions."""
+        if self._state == _BODY and self._header is not None:
+            return self._header.nbytes - self._body_filled
+        if self._state == _PAD:
+            return self._pad_left - self._fill or None
+        if self._state == _HEAD and self._peer_pads:
+            return max(self._head_end - self._fill, 1)
+        return None
+
     def _takes_lease_bytes(self) -> bool:
         transport = self.transport
         return (
@@ -200,6 +220,9 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             if adopted:
                 self._advance()
                 return adopted
+        if self._state == _HEAD and self._head_end > self._fill:
+            # Only the header: body bytes copied into the scratch with it would not map.
+            rest = min(rest, self._head_end - self._fill)
         buf = self.get_buffer(rest)
         n = min(len(buf), rest)
         buf[:n] = view[offset : offset + n]
@@ -266,6 +289,7 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             _give_back_scratch(view)
 
     def _parse_header(self) -> bool:
+        self._head_end = PREFIX_SIZE
         if self._fill < PREFIX_SIZE:
             return False
         scratch = self._scratch_view
@@ -274,14 +298,18 @@ class _TensorProtocol(asyncio.BufferedProtocol):
             header_len, padding, nbytes = parse_frame_prefix(scratch[:PREFIX_SIZE], self.options)
             end = PREFIX_SIZE + header_len
             if self._fill < end:
+                self._head_end = end
                 return False
             header = parse_header(scratch[PREFIX_SIZE:end], nbytes, self.options.max_frame_bytes)
         except FrameError as exc:
             self._fail(exc)
             return False
         self._consume_scratch(end)
+        self._head_end = PREFIX_SIZE
         self._header = header
         self._pad_left = padding
+        self._peer_pads = padding > 0 or (self._peer_pads and self._headers_seen > 0)
+        self._headers_seen += 1
         self._state = _PAD if padding else _WAIT_DEST
         return True
 
