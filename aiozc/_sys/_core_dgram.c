@@ -41,7 +41,7 @@
 #define DG_F_COPY 4     /* sent by copy: resolved now, no slot */
 #define DG_F_PAUSE 8    /* pinned bytes above the high-water mark and the protocol not paused */
 #define DG_F_FAILED 16  /* the drain's recvmsg failed (MSG_CTRUNC: msg_errno = EMSGSIZE) */
-#define DG_SLOT_SHIFT 5
+#define DG_SLOT_SHIFT 40 /* a result with flags: (flags << DG_SLOT_SHIFT) | slot or nbytes */
 #define DG_COPY_ERRNO 4096 /* -errno - this: the failed send was a copying one */
 #define DG_KIND (-(1 << 22)) /* not bytes/bytearray/memoryview, or no simple buffer: Python */
 
@@ -194,8 +194,9 @@ int zc_dgram_drain(zc_dgram *d, int limit) {
 
 /* Send one datagram of n bytes at buf on the connected socket, zero-copy where the rules
  * say so (the same as the general path's: policy state, threshold, pinned cap), and account
- * it. Returns (slot << DG_SLOT_SHIFT) | flags for a zero-copy datagram (its write resolves
- * later), DG_F_COPY | flags for a copied one (done), DG_DECLINED, DG_TRUNCATED, -errno
+ * it. Returns (flags << DG_SLOT_SHIFT) | slot for a zero-copy datagram (its write resolves
+ * later; without flags the result is the slot itself, 0 <= r < 2**40), (DG_F_COPY <<
+ * DG_SLOT_SHIFT) | nbytes for a copied one (done), DG_DECLINED, DG_TRUNCATED, -errno
  * (a zero-copy send failed) or -errno - DG_COPY_ERRNO (a copying one): nothing was accounted,
  * the general path takes over. */
 static int64_t dgram_send(zc_dgram *d, const char *buf, int64_t n, int allow_zc, Py_buffer *view) {
@@ -211,7 +212,7 @@ static int64_t dgram_send(zc_dgram *d, const char *buf, int64_t n, int allow_zc,
     if (!zerocopy) {
         d->copy_sends++;
         d->copy_bytes += n;
-        return (n << DG_SLOT_SHIFT) | DG_F_COPY;
+        return ((int64_t)DG_F_COPY << DG_SLOT_SHIFT) | n;
     }
     slot = zc_sent_whole(d->t, n, 1);
     if (slot < 0) return slot; /* out of memory: the id was used, the transport fails */
@@ -221,10 +222,9 @@ static int64_t dgram_send(zc_dgram *d, const char *buf, int64_t n, int allow_zc,
     if (d->t->pinned > d->peak_pinned_bytes) d->peak_pinned_bytes = d->t->pinned;
     if (++d->since_drain >= d->drain_every) flags = zc_dgram_drain(d, 64);
     if (!d->paused && d->t->pinned > d->high_water) flags |= DG_F_PAUSE;
-    return (slot << DG_SLOT_SHIFT) | flags;
+    return ((int64_t)flags << DG_SLOT_SHIFT) | slot; /* no flags: the slot itself */
 }
 
-/* A copied datagram returns (nbytes << DG_SLOT_SHIFT) | DG_F_COPY | flags. */
 int64_t zc_dgram_send(zc_dgram *d, const char *buf, int64_t n) { return dgram_send(d, buf, n, 1, NULL); }
 
 /* The same for the object at address `obj` (bytes, bytearray or memoryview; DG_KIND for any
@@ -241,7 +241,7 @@ int64_t zc_dgram_send_obj(zc_dgram *d, intptr_t obj) {
         return DG_KIND;
     }
     r = dgram_send(d, view.buf, view.len, 1, &view);
-    if (r < 0 || (r & DG_F_COPY)) PyBuffer_Release(&view); /* not held: sent by copy, or not sent */
+    if (r < 0 || ((r >> DG_SLOT_SHIFT) & DG_F_COPY)) PyBuffer_Release(&view); /* not held: copied, or not sent */
     return r;
 }
 
@@ -261,8 +261,8 @@ int64_t zc_dgram_sendto_obj(zc_dgram *d, intptr_t obj) {
         return DG_KIND;
     }
     r = dgram_send(d, view.buf, view.len, bytes, &view);
-    if (r < 0 || (r & DG_F_COPY)) PyBuffer_Release(&view);
-    return r < 0 ? r : (r & (DG_F_RESOLVED | DG_F_MESSAGE | DG_F_PAUSE | DG_F_FAILED));
+    if (r < 0 || ((r >> DG_SLOT_SHIFT) & DG_F_COPY)) PyBuffer_Release(&view);
+    return r < 0 ? r : ((r >> DG_SLOT_SHIFT) & (DG_F_RESOLVED | DG_F_MESSAGE | DG_F_PAUSE | DG_F_FAILED));
 }
 
 /* The same, never zero-copy (sendto() of a buffer the caller may change once it returns). */

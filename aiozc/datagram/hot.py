@@ -51,7 +51,11 @@ if _core.compiled:
     F_FAILED = _lib.DG_F_FAILED
     SLOT_SHIFT = _lib.DG_SLOT_SHIFT
     COPY_ERRNO = _lib.DG_COPY_ERRNO
-    FLAGS = (1 << SLOT_SHIFT) - 1
+    PAYLOAD = (1 << SLOT_SHIFT) - 1
+    # A result in 0 <= r < NO_FLAGS is a zero-copy datagram's slot with nothing else to do
+    # (transport.sendto_zc spells the constant out: a literal costs no lookup per call).
+    NO_FLAGS = 1 << SLOT_SHIFT
+    assert NO_FLAGS == 0x10000000000
     send_obj = _lib.zc_dgram_send_obj
     sendto_obj = _lib.zc_dgram_sendto_obj
     release = _lib.zc_dgram_release
@@ -191,19 +195,20 @@ class _HotPathMixin(_DatagramHost):
 
     def _hot_flags(self, r: int, future: asyncio.Future[Completion]) -> None:
         """A sendto_zc() datagram's result carried flags (see _core_dgram.c)."""
-        if r & F_COPY:
+        flags = r >> SLOT_SHIFT
+        if flags & F_COPY:
             self.stats.copy_writes += 1
-            future.set_result(self._copy_completion(r >> SLOT_SHIFT))
+            future.set_result(self._copy_completion(r & PAYLOAD))
         else:
-            self._hot_tokens[r >> SLOT_SHIFT] = future
-        self._hot_more(r)
+            self._hot_tokens[r & PAYLOAD] = future
+        self._hot_more(flags)
 
-    def _hot_more(self, r: int) -> None:
+    def _hot_more(self, flags: int) -> None:
         """What a send's result flags ask for besides its own datagram: the drain's findings,
         pause_writing."""
-        if r & (F_RESOLVED | F_MESSAGE | F_FAILED):
-            self._hot_drained(r)
-        if r & F_PAUSE:
+        if flags & (F_RESOLVED | F_MESSAGE | F_FAILED):
+            self._hot_drained(flags)
+        if flags & F_PAUSE:
             self._maybe_pause_protocol()
 
     def _hot_sendto_result(self, r: int, data: Any) -> None:

@@ -201,8 +201,8 @@ class ZeroCopyDatagramTransport(
             # dict entry.
             r = self._hot_zc(self._hot_d, id(buf))
             future = _hot.Future() if _hot.running_loop() is self._hot_loop else self._make_future()
-            if r >= 0 and not r & _hot.FLAGS:
-                self._hot_tokens[r >> _hot.SLOT_SHIFT] = future
+            if 0 <= r < 0x10000000000:  # hot.NO_FLAGS: r is the write's slot, nothing else to do
+                self._hot_tokens[r] = future
                 return future
             return self._hot_sendto_zc_result(r, buf, future)
         return self._sendto_zc(buf, addr)
