@@ -53,6 +53,9 @@ class ZeroCopyTransportBase:
     # Whether this transport can drive an engine whose zero-copy sends complete later
     # (io_uring: the stream transport's _send_zc raises SendPending, _after_zc_result continues).
     _async_sends = False
+    # Whether sends reach the engine in batches (datagram coalesce_zc): engine="auto" picks
+    # io_uring only then (engines/__init__.py says why).
+    _batches_sends = False
     # close(): whether connection_lost may come once everything is handed to the kernel, before
     # the kernel released the pinned buffers (the socket stays open for that meanwhile). TCP:
     # on one host those completions wait for the peer to read, which a stock close() does not.
@@ -81,7 +84,8 @@ class ZeroCopyTransportBase:
         self._low_water = DEFAULT_HIGH_WATER // 4
         self._extra: dict[str, Any] = dict(extra or {})
         self._engine: Engine = get_engine(
-            options.engine, sock=sock, loop=loop, async_capable=self._async_sends
+            options.engine, sock=sock, loop=loop, async_capable=self._async_sends,
+            batches_sends=self._batches_sends,
         )
         self._submit_zc_fn = getattr(self._engine, "submit_zc", None)
         self._zc_in_flight = 0  # zero-copy sends submitted whose result has not come back

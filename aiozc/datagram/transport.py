@@ -88,6 +88,7 @@ class ZeroCopyDatagramTransport(
         self._fast_max = self._max_size or 0
         self._read_size = _INET_READ_SIZE if self._max_size else options.read_size
         _enable_recverr_if_inet(sock)
+        self._batches_sends = coalesce_zc
         asyncio.DatagramTransport.__init__(self, extra)
         ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options, extra)
         self._connected = self._extra.get("peername") is not None

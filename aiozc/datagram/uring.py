@@ -9,11 +9,11 @@ from typing import Any
 
 from ..base import _Held, byte_view
 from ..completions import MASK32
-from ._common import _ZEROCOPY, _Datagram, _result_error
+from ._common import _ZEROCOPY, _Datagram, _DatagramHost, _result_error
 from .batching import _Batch, _BatchRetry
 
 
-class _UringMixin:
+class _UringMixin(_DatagramHost):
     """Part of :class:`~aiozc.datagram.transport.ZeroCopyDatagramTransport`."""
 
     # -- engines whose zero-copy sends complete later (io_uring) ---------------------------
