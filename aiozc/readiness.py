@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import select
 import weakref
-from typing import Protocol
+from typing import Callable, Protocol
 
 _MAX_EVENTS = 256
 EPOLLIN = select.EPOLLIN
@@ -43,6 +43,8 @@ class Multiplexer:
         self._loop = loop
         self._epoll: select.epoll | None = None
         self._handlers: dict[int, ReadinessHandler] = {}
+        # handler.on_readiness per fd, bound once: the dispatch loop runs it per event.
+        self._callbacks: dict[int, Callable[[int], None]] = {}
         self._masks: dict[int, int] = {}
         self.dispatches = 0  # loop callbacks that ran; tests use it to show idle costs nothing
 
@@ -73,6 +75,7 @@ class Multiplexer:
         epoll = self._open()
         epoll.register(fd, mask)
         self._handlers[fd] = handler
+        self._callbacks[fd] = handler.on_readiness
         self._masks[fd] = mask
 
     def modify(self, fd: int, mask: int) -> None:
@@ -85,6 +88,7 @@ class Multiplexer:
     def unregister(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is None:
             return
+        del self._callbacks[fd]
         del self._masks[fd]
         assert self._epoll is not None
         try:
@@ -113,12 +117,13 @@ class Multiplexer:
         if epoll is None:
             return
         self.dispatches += 1
+        callbacks = self._callbacks
         for fd, events in epoll.poll(0, _MAX_EVENTS):
-            handler = self._handlers.get(fd)
-            if handler is None:
+            callback = callbacks.get(fd)
+            if callback is None:
                 continue
             try:
-                handler.on_readiness(events)
+                callback(events)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -126,6 +131,6 @@ class Multiplexer:
                     {
                         "message": "aiozc readiness handler failed",
                         "exception": exc,
-                        "handler": handler,
+                        "handler": self._handlers.get(fd),
                     }
                 )
