@@ -375,3 +375,30 @@ async def wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def test_body_that_cannot_be_allocated_fails_when_its_bytes_are_copied() -> None:
+    """Over leases the array is made only once a body turns out not to be mapped; numpy's
+    refusal then still fails recv() and the connection."""
+    import json
+
+    small, _ = encode_stream(arrays_of([10]))
+    doc = json.dumps({"dtype": "|u1", "shape": [1 << 46]}).encode()
+    huge = struct.pack("<4sHHIQ", b"AZTF", VERSION, 0, len(doc), 1 << 46) + doc
+    region = mmap.mmap(-1, 4 * BODY_ALIGN)
+    stream = small + huge + b"\xab" * 100  # the body's first bytes, mid-page: copied
+    region[: len(stream)] = stream
+    protocol, transport = protocol_of(max_frame_bytes=1 << 47)
+    view = memoryview(region).toreadonly()
+    assert np.array_equal(await_ready(protocol, view[: len(small)]), arrays_of([10])[0])
+    pending = asyncio.ensure_future(protocol.channel.recv())
+    await asyncio.sleep(0)
+    protocol.lease_received(FakeLease(view[len(small) : len(stream)]))
+    with pytest.raises(tensors.FrameError):
+        await pending
+    assert transport.aborted
+
+
+def await_ready(protocol: _TensorProtocol, lease: memoryview) -> np.ndarray:
+    assert protocol.lease_received(FakeLease(lease)) == len(lease)
+    return protocol._ready.popleft().frame.array

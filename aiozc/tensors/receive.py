@@ -112,6 +112,7 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         # No header yet, or the peer has padded one since its first: see lease_size_hint.
         self._peer_pads = True
         self._headers_seen = 0
+        self._leases_seen = False  # zc_receive delivers leases: bodies may arrive mapped
         self._body: np.ndarray | None = None
         self._body_view: memoryview | None = None
         self._body_filled = 0
@@ -147,7 +148,7 @@ class _TensorProtocol(asyncio.BufferedProtocol):
                 log.debug("setsockopt(%s, %d) failed: %s", option, size, exc)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._state == _BODY:
+        if self._state == _BODY and (self._body_view is not None or self._allocate_late()):
             return self._body_view[self._body_filled :]  # type: ignore[index]
         # _WAIT_DEST pauses reading; if a read still slips in, the scratch has room for it.
         if self._scratch_view is None:
@@ -155,6 +156,8 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         return self._scratch_view[self._fill :]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._error is not None:
+            return  # the connection is being aborted: the bytes go nowhere
         if self._state == _BODY:
             self._body_filled += nbytes
             if self._body_filled == self._header.nbytes:  # type: ignore[union-attr]
@@ -176,6 +179,7 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         that span leases or start mid-page) is copied as get_buffer() would have it; padding
         is skipped. Returns how far it got: it stops when reading pauses (the transport holds
         the rest back until resume_reading) or the connection fails."""
+        self._leases_seen = True
         view = lease.view
         offset = 0
         while offset < len(view) and self._takes_lease_bytes():
@@ -352,6 +356,14 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         """Receive the body into ``array`` (a new one if None); False if it can't be made."""
         header = self._header
         assert header is not None
+        self._body_owner = owner
+        if array is None and self._leases_seen and not self._fill and header.nbytes:
+            # The body may come as mapped pages: allocate only if it is copied after all (an
+            # unused 256 KiB array cost 5 us to make and free).
+            self._body = self._body_view = None
+            self._body_filled = 0
+            self._state = _BODY
+            return True
         if array is None:
             try:
                 array = allocate(header)
@@ -362,7 +374,6 @@ class _TensorProtocol(asyncio.BufferedProtocol):
                 return False
         self._body = array
         self._body_view = byte_view(array)
-        self._body_owner = owner
         self._state = _BODY
         # Body bytes that arrived with the header: the one small copy on the receive path.
         take = min(self._fill, header.nbytes)
@@ -372,6 +383,21 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         self._body_filled = take
         if take == header.nbytes:
             self._finish_body()
+        return True
+
+    def _allocate_late(self) -> bool:
+        """The array of a body that was not mapped after all; False (connection failed) if
+        numpy cannot make it."""
+        assert self._header is not None
+        try:
+            self._body = allocate(self._header)
+        except FrameError as exc:
+            owner = self._body_owner
+            if owner is not None and not owner.future.done():
+                owner.future.set_exception(exc)
+            self._fail(exc)
+            return False
+        self._body_view = byte_view(self._body)
         return True
 
     def _finish_body(self) -> None:
