@@ -41,6 +41,7 @@ class CompiledWriteHandle:
     """What :meth:`CompiledTracker.open_write` returns (the pure tracker's WriteHandle alike)."""
 
     __slots__ = ("nbytes", "_slot", "_owner", "_ids", "_sent", "_open")
+    _owner: CompiledTracker[Any] | None  # None once its write is resolved or forgotten
 
     def __init__(self, owner: CompiledTracker[Any], slot: int, nbytes: int) -> None:
         self.nbytes = nbytes

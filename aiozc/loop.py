@@ -193,21 +193,22 @@ class AiozcUVLoop(_AiozcLoopMixin, uvloop.Loop):  # type: ignore[misc]
         if transport is not None:
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
-    def add_reader(self, fileobj: Any, callback: Callable[..., Any], *args: Any) -> None:
+    # The base is asyncio's or uvloop's loop, whose stubs disagree on these signatures.
+    def add_reader(self, fileobj: Any, callback: Callable[..., Any], *args: Any) -> None:  # type: ignore[override]
         self._ensure_fd_no_aiozc_transport(fileobj)
         super().add_reader(fileobj, callback, *args)
 
-    def remove_reader(self, fileobj: Any) -> bool:
+    def remove_reader(self, fileobj: Any) -> bool:  # type: ignore[override]
         self._ensure_fd_no_aiozc_transport(fileobj)
-        return super().remove_reader(fileobj)  # type: ignore[no-any-return]
+        return bool(super().remove_reader(fileobj))  # type: ignore[func-returns-value]
 
-    def add_writer(self, fileobj: Any, callback: Callable[..., Any], *args: Any) -> None:
+    def add_writer(self, fileobj: Any, callback: Callable[..., Any], *args: Any) -> None:  # type: ignore[override]
         self._ensure_fd_no_aiozc_transport(fileobj)
         super().add_writer(fileobj, callback, *args)
 
-    def remove_writer(self, fileobj: Any) -> bool:
+    def remove_writer(self, fileobj: Any) -> bool:  # type: ignore[override]
         self._ensure_fd_no_aiozc_transport(fileobj)
-        return super().remove_writer(fileobj)  # type: ignore[no-any-return]
+        return bool(super().remove_writer(fileobj))  # type: ignore[func-returns-value]
 
     # uvloop's sock_recv, sock_recv_into and sock_accept always wait through its own reader
     # registration, which refuses a transport's fd: the same refusal for aiozc's.

@@ -7,14 +7,19 @@ import asyncio
 import fcntl
 import struct
 import termios
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .readiness import EPOLLHUP, EPOLLIN
+
+if TYPE_CHECKING:  # the transport this is mixed into (see StreamReading)
+    from .base import ZeroCopyTransportBase as _Host
+else:
+    _Host = object
 
 _READS_PER_EVENT = 16
 
 
-class StreamReading:
+class StreamReading(_Host):
     """Mixed into ZeroCopyTransport ahead of ZeroCopyTransportBase, which provides the socket,
     the protocol, ``_update_mask``, ``close`` and ``_fatal_error`` (reached through super())."""
 
@@ -209,7 +214,7 @@ class StreamReading:
             self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
             return
         if not keep_open:
-            self.close()
+            self.close()  # type: ignore[attr-defined]  # the transport class's (transport.py)
 
 
 def on_uvloop(loop: asyncio.AbstractEventLoop) -> bool:

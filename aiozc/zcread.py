@@ -276,8 +276,8 @@ class ZeroCopyReader:
                 return self._transport._sock is not None  # the protocol took it all
             if not 0 <= taken <= lease.nbytes:
                 lease.release()
-                exc = ValueError(f"lease_received() returned {taken!r}, not None or 0..{lease.nbytes}")
-                self._transport._fatal_error(exc, "Fatal error: protocol.lease_received() call failed.")
+                error = ValueError(f"lease_received() returned {taken!r}, not None or 0..{lease.nbytes}")
+                self._transport._fatal_error(error, "Fatal error: protocol.lease_received() call failed.")
                 return False
         self._backlog = (lease, taken)
         return self._feed_backlog()

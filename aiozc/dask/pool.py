@@ -84,7 +84,7 @@ class ReceivePool:
         ref = weakref.ref(handed, self._give_back)  # cheaper than weakref.finalize: ~2 us
         with self._lock:
             self._handed[id(ref)] = (ref, region)
-        return memoryview(handed)
+        return memoryview(handed)  # type: ignore[arg-type]  # numpy's stubs lack __buffer__ on 3.11
 
     def _take_idle(self, cls: int) -> _Region | None:
         with self._lock:
@@ -120,7 +120,7 @@ def _new_region(nbytes: int) -> _Region:
 def _aligned_small(nbytes: int) -> memoryview:
     raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
     skip = -raw.ctypes.data % ALIGN
-    return memoryview(raw)[skip : skip + nbytes]
+    return memoryview(raw)[skip : skip + nbytes]  # type: ignore[arg-type]  # as above
 
 
 def _new_mapping(nbytes: int) -> _Region:

@@ -53,13 +53,13 @@ import collections
 import os
 import socket
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._sys import kernel as _kernel, uring as _uring
 from .._sys.uring_io import (
     EV_G_END, EV_G_RELEASE, EV_G_RELEASE_COPIED, EV_G_RESULT, EV_G_RESULTS_IN, EV_S_DONE,
-    EV_S_RESULT, GROUP_SIZE, CRingIO, RingIO, ring_io,
+    EV_S_RESULT, GROUP_SIZE, CRingIO, PyRingIO, RingIO, ring_io,
 )
 
 __all__ = ["IoUringEngine", "LoopRing", "uring_unavailable_reason"]
@@ -99,7 +99,7 @@ _ffi = _uring.ffi
 _from_buffer = _ffi._backend.from_buffer
 _unpin = _ffi._backend.release  # ends a from_buffer export (aiozc._sys.mmsg.pin's too: one backend)
 _CHAR_ARRAY = _ffi.typeof("char[]")
-_consume = collections.deque(maxlen=0).extend  # runs an iterator to its end
+_consume: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend  # runs an iterator to its end
 
 # One SEND_ZC in flight is a list, not an object (cheaper to build, measured).
 _KEEP = 0  # (chunk memoryview, cffi from_buffer handle[, sockaddr holder]) until released
@@ -125,7 +125,7 @@ class LoopRing:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._ring: _uring.Ring | None = None
-        self._io: RingIO | None = None
+        self._io: PyRingIO | CRingIO | None = None
         self._users = 0
         self._requests: dict[int, list[Any]] = {}  # single sends by user_data
         self._submit_scheduled = False

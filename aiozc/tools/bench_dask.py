@@ -224,8 +224,8 @@ def cases(scale: int) -> list[tuple[str, Callable[[Bench, int], Sample]]]:
         ("w2w", lambda b, s: _w2w(b, 4, big, s)),
     ]
     for count, size in [(4, big), (1, big), (64, mid), (2048 // scale, small)]:
-        out.append(("gather", lambda b, s, c=count, z=size: _gather(b, c, z, s)))
-        out.append(("scatter", lambda b, s, c=count, z=size: _scatter(b, c, z, s)))
+        out.append(("gather", lambda b, s, c=count, z=size: _gather(b, c, z, s)))  # type: ignore[misc]
+        out.append(("scatter", lambda b, s, c=count, z=size: _scatter(b, c, z, s)))  # type: ignore[misc]
     out.append(("rechunk", lambda b, s: _rechunk(b, 8192 // max(1, int(scale ** 0.5)), s)))
     return out
 

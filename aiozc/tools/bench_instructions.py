@@ -155,7 +155,7 @@ async def _tcp_writes(port: int, kind: str, pool: memoryview, count: int) -> dic
         transport, proto = await loop.create_connection(FlowControlledSender, "127.0.0.1", port)
     else:
         transport, proto = await aiozc.create_connection(FlowControlledSender, "127.0.0.1", port)
-    write = transport.write_zc if kind == "tcp-aiozc-write_zc" else transport.write
+    write = transport.write_zc if kind == "tcp-aiozc-write_zc" else transport.write  # type: ignore[attr-defined]
     transport.write((count * TCP_WRITE).to_bytes(8, "big"))
     slots = len(pool) // TCP_WRITE
     clock = udp_cases.Clock()
@@ -200,7 +200,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
     runs = (("warmup", spec["warmup"]), ("small", spec["calls"]), ("large", 3 * spec["calls"]))
     info: dict[str, Any] = {}
     for label, count in runs:
-        udp_cases.CLOCK_HOOKS[:] = [(lib.cref_cg_zero, lambda label=label: lib.cref_cg_dump(label.encode()))]
+        udp_cases.CLOCK_HOOKS[:] = [(lib.cref_cg_zero, lambda label=label: lib.cref_cg_dump(label.encode()))]  # type: ignore[misc]
         info = _run_once(spec, count, pool)
         if info.get("skipped"):
             raise RuntimeError(info["skipped"])

@@ -46,8 +46,9 @@ def _summary_table(pairs: dict[tuple[str, str], dict[str, Run]]) -> list[str]:
     ]
     for (suite, base), modes in sorted(pairs.items()):
         stock, zc = modes.get("stock"), modes.get("aiozc")
-        total = len((zc or stock).results) if (zc or stock) else 0
-        reached = sum(1 for r in zc.results.values() if r["reached"]) if zc else "-"
+        either = zc or stock
+        total = len(either.results) if either is not None else 0
+        reached = sum(1 for r in zc.results.values() if r["reached"]) if zc is not None else "-"
         regress = len(worse(stock, zc)) if stock and zc else "-"
         better = len(worse(zc, stock)) if stock and zc else "-"
         lines.append(

@@ -70,7 +70,7 @@ def _mark_routed(loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
     for name in ROUTED:
         method = getattr(loop, name, None)
         func = getattr(method, "__func__", None)
-        if func is None or not getattr(func, "__module__", "").startswith("aiozc"):
+        if method is None or func is None or not getattr(func, "__module__", "").startswith("aiozc"):
             continue
 
         def wrapper(method: Callable[..., Any]) -> Callable[..., Any]:

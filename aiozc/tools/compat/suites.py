@@ -148,7 +148,7 @@ def _patch_asyncio_constructors(factory: Callable[[], AnyLoop]) -> None:
 def _adapt_cpython_harness_to_uvloop() -> None:
     """CPython's TestCase.close_loop reads ``loop._default_executor``, which only asyncio's
     loop has; without this every test on uvloop errors in its cleanup."""
-    from test.test_asyncio import utils as test_utils
+    from test.test_asyncio import utils as test_utils  # type: ignore[import-not-found]
 
     close_loop = test_utils.TestCase.close_loop
 

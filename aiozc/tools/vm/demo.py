@@ -43,7 +43,7 @@ async def _transfer(use_aiozc: bool, seed: int, pool: memoryview, total: int) ->
     spec = {"op": "sink", "expect": {"seed": seed, "pool": _POOL, "total": total}}
     if use_aiozc:
         transport, proto = await aiozc.create_connection(FlowControlledSender, HOST_ADDR, PEER_PORT)
-        write = transport.write_zc
+        write = transport.write_zc  # type: ignore[attr-defined]
     else:
         loop = asyncio.get_running_loop()
         transport, proto = await loop.create_connection(FlowControlledSender, HOST_ADDR, PEER_PORT)
