@@ -2,9 +2,9 @@
 
 How it fits the transports
 --------------------------
-A transport keeps one send path (``ZeroCopyTransportBase._send_chunk``). With this engine a
+A transport keeps one send path (``StreamSending._send_zc`` in streamsend.py). With this engine a
 zero-copy-eligible chunk is not sent there and then: :meth:`IoUringEngine.submit_zc` queues an
-SQE and ``_send_chunk`` raises :class:`~aiozc.engines.SendPending` (a BlockingIOError), which the
+SQE and ``_send_zc`` raises :class:`~aiozc.engines.SendPending` (a BlockingIOError), which the
 transports already treat as "wait". Later the engine calls
 
 * ``on_result(res, ctx, ident) -> id | None`` with the result CQE's ``res`` (bytes sent or
