@@ -294,6 +294,8 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
             nbytes = 0
         if 0 < nbytes < self._direct_max and not self._queue:
             # The direct path, as write()'s; a write sent whole is done: nothing is pinned.
+            # Written out here and in write() on purpose: one shared helper pair measured
+            # 9.5k user instructions per 64 KiB write() against 7.3k (callgrind, both loops).
             try:
                 sent = self._sock.send(buf)  # type: ignore[union-attr]
             except (BlockingIOError, InterruptedError):
