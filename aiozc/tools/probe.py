@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import platform
 import resource
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import tls as _tls
@@ -27,22 +29,30 @@ def _so_zerocopy(kind: socket.SocketKind) -> str:
     return "yes" if reason is None else f"no: {reason}"
 
 
-def _loopback_report() -> str:
-    """Send 1 MiB with MSG_ZEROCOPY over loopback and report what the kernel says."""
+@contextlib.contextmanager
+def _zerocopy_loopback_pair() -> Iterator[tuple[socket.socket, socket.socket] | None]:
+    """A connected TCP pair over loopback, SO_ZEROCOPY on the client; None where it is unavailable."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         with socket.create_connection(listener.getsockname()) as client:
             server, _ = listener.accept()
             with server:
-                if _kernel.enable_zerocopy(client) is not None:
-                    return "SO_ZEROCOPY unavailable"
-                payload = bytes(1 << 20)
-                client.sendall(payload, _kernel.MSG_ZEROCOPY)
-                received = 0
-                while received < len(payload):
-                    received += len(server.recv(1 << 20))
-                return _await_notification(client)
+                yield None if _kernel.enable_zerocopy(client) is not None else (client, server)
+
+
+def _loopback_report() -> str:
+    """Send 1 MiB with MSG_ZEROCOPY over loopback and report what the kernel says."""
+    with _zerocopy_loopback_pair() as pair:
+        if pair is None:
+            return "SO_ZEROCOPY unavailable"
+        client, server = pair
+        payload = bytes(1 << 20)
+        client.sendall(payload, _kernel.MSG_ZEROCOPY)
+        received = 0
+        while received < len(payload):
+            received += len(server.recv(1 << 20))
+        return _await_notification(client)
 
 
 def _await_notification(sock: socket.socket) -> str:
@@ -67,23 +77,19 @@ def _sendmsg_notifications() -> str:
     """Ask for completions on the sendmsg itself, the way the 2024 RFC (SCM_ZC_NOTIFICATION)
     did: a MSG_ZEROCOPY send on TCP carrying a SOL_SOCKET cmsg with room for the ranges."""
     tried = f"sendmsg(MSG_ZEROCOPY) on TCP with a SOL_SOCKET cmsg of type {_zcrx.SCM_ZC_NOTIFICATION}"
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        with socket.create_connection(listener.getsockname()) as client:
-            server, _ = listener.accept()
-            with server:
-                if _kernel.enable_zerocopy(client) is not None:
-                    return f"{tried}: not tried, SO_ZEROCOPY unavailable"
-                # struct zc_info { u32 size; struct zc_info_elem { u32 lo, hi; u8 zerocopy; } [] }
-                room = (4).to_bytes(4, "little") + bytes(4 * 12)
-                cmsg = [(socket.SOL_SOCKET, _zcrx.SCM_ZC_NOTIFICATION, room)]
-                try:
-                    client.sendmsg([bytes(4096)], cmsg, _kernel.MSG_ZEROCOPY)
-                except OSError as exc:
-                    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-                    return (f"{tried}: {name} (never merged: not in mainline kernels; completions "
-                            "come from the error queue)")
+    with _zerocopy_loopback_pair() as pair:
+        if pair is None:
+            return f"{tried}: not tried, SO_ZEROCOPY unavailable"
+        client, _server = pair
+        # struct zc_info { u32 size; struct zc_info_elem { u32 lo, hi; u8 zerocopy; } [] }
+        room = (4).to_bytes(4, "little") + bytes(4 * 12)
+        cmsg = [(socket.SOL_SOCKET, _zcrx.SCM_ZC_NOTIFICATION, room)]
+        try:
+            client.sendmsg([bytes(4096)], cmsg, _kernel.MSG_ZEROCOPY)
+        except OSError as exc:
+            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            return (f"{tried}: {name} (never merged: not in mainline kernels; completions "
+                    "come from the error queue)")
     return (f"{tried}: accepted (an out-of-tree kernel?); aiozc does not read it yet, the "
             "trackers' on_ranges() would take its ranges")
 
