@@ -147,6 +147,8 @@ def _summarise(case: str, loop: str, server: str, runs: list[WrkRun]) -> WrkCase
 def _states(transports: list[Any]) -> str:
     stats = [t.get_extra_info("aiozc_stats") for t in {id(t): t for t in transports}.values()]
     transports.clear()
+    if any(st.extra.get("sendfile_copied_bytes") for st in stats):
+        return "sendfile-copy"  # streamfile: a large file to a receiver on this host
     if any(st.extra.get("sendfile_bytes") for st in stats):
         return "sendfile"
     return ",".join(sorted({st.state for st in stats}))
