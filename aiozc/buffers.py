@@ -25,17 +25,25 @@ with ``python -m aiozc bench recv`` on this project's 2-core VM: ``recv_into`` a
 16 bytes past a page boundary (where a large ``bytearray`` or ``np.empty`` starts when malloc
 maps it) cost 1.8-2.2x the receiver CPU of a page-aligned one; a scan of start offsets found
 page offsets 1-31 slow and 0 or 32 and up fast, so a 64-byte-aligned start is enough.
+
+:func:`thread_read_buffer` is the TCP transport's ``Protocol`` read path's buffer: one
+page-aligned ``mmap`` per thread and size, which every transport reading in that thread
+receives into before ``data_received`` gets a ``bytes`` copy of what arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
 import mmap
+import threading
 from collections.abc import Iterator
 
 from ._sys import uring as _uring
 
-__all__ = ["CACHE_LINE", "PAGE_SIZE", "BufferPool", "address_of", "aligned_buffer", "alignment_of"]
+__all__ = [
+    "CACHE_LINE", "PAGE_SIZE", "BufferPool", "address_of", "aligned_buffer", "alignment_of",
+    "thread_read_buffer",
+]
 
 PAGE_SIZE = mmap.PAGESIZE
 CACHE_LINE = 64  # a multiple of 64 is never 1-31 bytes into a page: the slow starts (measured)
@@ -65,6 +73,29 @@ def alignment_of(buf: object) -> int:
     return min(address & -address, PAGE_SIZE) if address else PAGE_SIZE
 
 
+class _ThreadBuffers(threading.local):
+    def __init__(self) -> None:
+        self.by_size: dict[int, mmap.mmap] = {}
+
+
+_thread_buffers = _ThreadBuffers()
+
+
+def thread_read_buffer(nbytes: int) -> mmap.mmap:
+    """This thread's page-aligned receive buffer of exactly ``nbytes`` bytes (made on first use).
+
+    Shared by every reader in the thread, so its contents are valid only until the next read:
+    ``recv_into`` it, then take a copy (slicing an ``mmap`` gives ``bytes``) before anything
+    else can run. One per thread because ``recv_into`` releases the GIL: readers on two
+    threads (two event loops) must not share one. Only pages a read touched are resident.
+    """
+    if nbytes < 1:
+        raise ValueError(f"nbytes={nbytes}: a read buffer needs at least 1 byte")
+    buffers = _thread_buffers.by_size
+    buf = buffers.get(nbytes)
+    if buf is None:
+        buf = buffers[nbytes] = mmap.mmap(-1, nbytes)
+    return buf
 
 
 class BufferPool:

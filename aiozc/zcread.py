@@ -213,18 +213,9 @@ class ZeroCopyReader:
 
     def _recv_data(self, nbytes: int) -> bool:
         transport = self._transport
-        try:
-            data = transport._sock.recv(min(nbytes, transport._options.read_size))
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            transport._fatal_error(exc, "Fatal read error on socket transport")
-            return False
-        if not data:
-            transport._on_end_of_data()
-            return False
-        self.stats.copied_bytes += len(data)
-        return self._call(transport._protocol.data_received, data, "data_received")
+        got = transport._read_data(min(nbytes, transport._options.read_size))
+        self.stats.copied_bytes += got
+        return got > 0
 
     def _recv_into_buffer(self, nbytes: int) -> bool:
         transport = self._transport
