@@ -17,7 +17,11 @@ own CPU time (user + system) after a warm-up and reports it per 1e9 bytes. Recei
   ``bytearray`` or ``np.empty`` array does when malloc maps it;
 * ``recv_into aligned``: a reused page-aligned buffer (:func:`aiozc.buffers.aligned_buffer`);
 * ``zero-copy receive``: ``aiozc.zcrx.receive`` (``TCP_ZEROCOPY_RECEIVE``), each lease released
-  at once; bytes that do not map are copied with ``recv``.
+  at once; bytes that do not map are copied with ``recv``;
+* ``Protocol, <stock|aiozc> transport (<loop>)``: an ``asyncio.Protocol`` whose
+  ``data_received`` only counts, on the loop's own transport or on aiozc's (read size 256 KiB
+  for both), on asyncio's default loop and on uvloop: what a ``Protocol`` user pays, event loop
+  included. aiozc's transport receives into a page-aligned buffer and gives ``bytes`` copies.
 
 Senders: ``plain`` (``send``) and ``MSG_ZEROCOPY`` (over loopback the kernel copies the pages
 into fresh order-0 pages, which is what makes them mappable). No receiver touches the data
@@ -29,6 +33,7 @@ aligned buffer: treat it as a correctness path there, not a speed-up.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import multiprocessing
 import os
@@ -157,6 +162,57 @@ def _zerocopy(sock: socket.socket, chunk: int, at_warmup: Callable[[int], None])
         pool.close()
 
 
+class _Counting(asyncio.Protocol):
+    def __init__(self, at_warmup: Callable[[int], None], done: asyncio.Future[int]) -> None:
+        self.total = 0
+        self.mark = WARMUP
+        self.at_warmup = at_warmup
+        self.done = done
+
+    def data_received(self, data: bytes) -> None:
+        self.total += len(data)
+        if self.total >= self.mark:
+            self.at_warmup(self.total)
+            self.mark = 1 << 62
+
+    def eof_received(self) -> bool:
+        if not self.done.done():
+            self.done.set_result(self.total)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionError("closed before EOF"))
+
+
+def _protocol_receiver(transport: str, loop_name: str) -> Receiver:
+    """A Protocol over the loop's own transport or aiozc's (``chunk`` is aiozc's read size;
+    the stock transports read 256 KiB, asyncio's max_size and uvloop's buffer)."""
+
+    def receive(sock: socket.socket, chunk: int, at_warmup: Callable[[int], None]) -> tuple[int, int]:
+        from .benchkit import run_on
+
+        async def main() -> int:
+            import aiozc
+
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[int] = loop.create_future()
+            sock.setblocking(False)
+            if transport == "aiozc":
+                t, _ = await aiozc.create_connection(lambda: _Counting(at_warmup, done), sock=sock,
+                                                     read_size=chunk)
+            else:
+                t, _ = await loop.create_connection(lambda: _Counting(at_warmup, done), sock=sock)
+            try:
+                return await done
+            finally:
+                t.close()
+
+        return run_on(loop_name, main()), 0
+
+    return receive
+
+
 def _receivers(chunk: int) -> dict[str, Receiver]:
     return {
         "recv() -> bytes": _recv_bytes,
@@ -165,6 +221,8 @@ def _receivers(chunk: int) -> dict[str, Receiver]:
         "recv_into page + 16": _recv_into(aligned_buffer(chunk + 16)[16:]),
         "recv_into aligned": _recv_into(aligned_buffer(chunk)),
         "zero-copy receive": _zerocopy,
+        **{f"Protocol, {transport} transport ({loop})": _protocol_receiver(transport, loop)
+           for loop in ("asyncio", "uvloop") for transport in ("stock", "aiozc")},
     }
 
 
@@ -322,6 +380,10 @@ def _print_table(rows: list[Row], where: str, load: tuple[float, float, float]) 
             ratios = ", ".join(f"{name} {value / aligned:.2f}x" for name, value in by.items()
                                if name != "recv_into aligned")
             print(f"{sender}: against recv_into aligned: {ratios}")
+        for loop in ("asyncio", "uvloop"):
+            stock, ours = by.get(f"Protocol, stock transport ({loop})"), by.get(f"Protocol, aiozc transport ({loop})")
+            if stock and ours:
+                print(f"{sender}: Protocol path, aiozc / stock transport on {loop}: {ours / stock:.2f}x")
 
 
 def run(args: Any = None) -> dict[str, Any]:
