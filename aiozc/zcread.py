@@ -7,8 +7,9 @@ the kernel asks for, delivered in stream order:
 * mapped pages -> ``protocol.lease_received(lease)`` (an :class:`aiozc.zcrx.Lease`); a protocol
   without that method gets them copied (``data_received`` or ``get_buffer``/``buffer_updated``)
   and the lease released at once, so every protocol, StreamReaderProtocol included, works;
-* bytes that cannot be mapped (``recv_skip_hint``, under a page queued) -> ``recv`` /
-  ``recv_into`` the protocol's buffer, exactly as the plain read path does;
+* bytes that cannot be mapped (``recv_skip_hint``, under a page queued) -> the plain read
+  path's own read for ``data_received`` (the transport's ``_read_data``: the thread's aligned
+  buffer, then a ``bytes`` copy), or ``recv_into`` the protocol's buffer;
 * EOF, a reset (``err``, read and cleared by the getsockopt), EIO (nothing queued after FIN)
   -> the transport's own EOF and error handling (data before a reset is delivered first).
 

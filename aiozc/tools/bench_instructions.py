@@ -18,6 +18,9 @@ Cases:
   BufferPool, and the C reference senders; on both loops.
 * TCP, 64 KiB writes over loopback to a receiver in another process (not under callgrind):
   stock ``write()``, aiozc ``write()`` and ``write_zc()``, on both loops.
+* TCP reads (``tcpread``, :mod:`aiozc.tools.instructions_tcpread`): a ``Protocol`` receiving
+  11-byte ping-pong messages or a 256 KiB-block stream from a peer in another process, on the
+  stock transport and aiozc's, on both loops.
 
 ``PYTHONHASHSEED=0`` in every case: dict and set layouts then repeat from run to run.
 """
@@ -43,10 +46,10 @@ from . import udp_cases
 
 TCP_WRITE = 64 << 10
 UDP_SIZE = 64000
-DEFAULT_CALLS = {"udp": 1024, "tcp": 256, "web": 128}
+DEFAULT_CALLS = {"udp": 1024, "tcp": 256, "web": 128, "tcpread": 256}
 # udp + tcp: ~3-6 minutes on this machine; web adds 1-2 minutes per case (12 cases).
 DEFAULT_FAMILIES = ("udp", "tcp")
-WARMUP_CALLS = {"udp": 256, "tcp": 64, "web": 64}
+WARMUP_CALLS = {"udp": 256, "tcp": 64, "web": 64, "tcpread": 64}
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,18 @@ def _web_cases() -> list[Case]:
     ]
 
 
-CASES = _udp_cases() + _tcp_cases() + _web_cases()
+def _tcpread_cases() -> list[Case]:
+    from .instructions_tcpread import SIZES
+
+    return [
+        Case(f"TCP read {size}, {transport} Protocol ({loop})", "tcpread", f"tcpread-{transport}-{size}", loop)
+        for size in SIZES
+        for transport in ("stock", "aiozc")
+        for loop in ("asyncio", "uvloop")
+    ]
+
+
+CASES = _udp_cases() + _tcp_cases() + _web_cases() + _tcpread_cases()
 
 
 @dataclass
@@ -180,6 +194,10 @@ def _run_once(spec: dict[str, Any], count: int, pool: Any) -> dict[str, Any]:
         )
     from .benchkit import run_on
 
+    if spec["family"] == "tcpread":
+        from .instructions_tcpread import measure
+
+        return run_on(spec["loop"], measure(spec["port"], spec["kind"], count))
     return run_on(spec["loop"], _tcp_writes(spec["port"], spec["kind"], pool, count))
 
 
@@ -335,13 +353,32 @@ def _run_tcp(cases: list[Case], calls: int) -> list[Count]:
         receiver.join(timeout=10)
 
 
+def _run_tcpread(cases: list[Case], calls: int) -> list[Count]:
+    from .instructions_tcpread import peer_main
+
+    if not cases:
+        return []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    peer = mp.get_context("fork").Process(target=peer_main, args=(listener,), daemon=True)
+    peer.start()
+    port = listener.getsockname()[1]
+    listener.close()
+    try:
+        return [_measure(c, calls, [], {"port": port}) for c in cases]
+    finally:
+        peer.kill()
+        peer.join(timeout=10)
+
+
 def _is_stock(c: Count) -> bool:
-    return c.kind in ("stock", "tcp-stock-write") or c.kind.startswith("web-stock-")
+    return c.kind in ("stock", "tcp-stock-write") or c.kind.startswith(("web-stock-", "tcpread-stock-"))
 
 
 def _pair(c: Count) -> tuple[str, str, str]:
     """What a row is compared with: stock on the same loop (and body size)."""
-    return c.family, c.loop, c.kind.rsplit("-", 1)[-1] if c.family == "web" else ""
+    return c.family, c.loop, c.kind.rsplit("-", 1)[-1] if c.family in ("web", "tcpread") else ""
 
 
 def print_table(counts: list[Count]) -> None:
@@ -374,6 +411,7 @@ def run(args: Any = None) -> dict[str, Any]:
     counts = _run_udp([c for c in cases if c.family == "udp"], opts.calls or DEFAULT_CALLS["udp"])
     counts += _run_tcp([c for c in cases if c.family == "tcp"], opts.calls or DEFAULT_CALLS["tcp"])
     counts += _run_web([c for c in cases if c.family == "web"], opts.calls or DEFAULT_CALLS["web"])
+    counts += _run_tcpread([c for c in cases if c.family == "tcpread"], opts.calls or DEFAULT_CALLS["tcpread"])
     print_table(counts)
     rows = [{**asdict(c), "series": c.case, "instructions": c.per_call} for c in counts]
     return {"bench": "instructions", "options": vars(opts), "rows": rows,
@@ -381,8 +419,9 @@ def run(args: Any = None) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--families", nargs="+", choices=["udp", "tcp", "web"], default=list(DEFAULT_FAMILIES),
-                        help="udp: datagrams into the sink; tcp: 64 KiB writes; web: aiohttp requests "
+    parser.add_argument("--families", nargs="+", choices=["udp", "tcp", "web", "tcpread"], default=list(DEFAULT_FAMILIES),
+                        help="udp: datagrams into the sink; tcp: 64 KiB writes; tcpread: Protocol reads; "
+                        "web: aiohttp requests "
                         "(not by default: ~1-2 minutes per case under callgrind)")
     parser.add_argument("--loops", nargs="+", choices=["asyncio", "uvloop"], default=["asyncio", "uvloop"])
     parser.add_argument("--kinds", nargs="+", choices=sorted({c.kind for c in CASES}), default=None,

@@ -1,0 +1,50 @@
+"""``bench instructions --families tcpread``: the read cases run outside callgrind too, and
+every case receives exactly what the peer sent (both loops, both transports)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from aiozc.tools import bench_instructions, instructions_tcpread
+
+
+@pytest.fixture(scope="module")
+def peer_port() -> Iterator[int]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    peer = multiprocessing.get_context("fork").Process(
+        target=instructions_tcpread.peer_main, args=(listener,), daemon=True
+    )
+    peer.start()
+    port = listener.getsockname()[1]
+    listener.close()
+    yield port
+    peer.kill()
+    peer.join(timeout=10)
+
+
+def test_the_read_cases_are_registered_for_both_loops_and_transports() -> None:
+    kinds = {(c.kind, c.loop) for c in bench_instructions.CASES if c.family == "tcpread"}
+    assert kinds == {
+        (f"tcpread-{t}-{size}", loop)
+        for t in ("stock", "aiozc") for size in instructions_tcpread.SIZES for loop in ("asyncio", "uvloop")
+    }
+
+
+@pytest.mark.parametrize("kind", ["tcpread-stock-11B", "tcpread-aiozc-11B",
+                                  "tcpread-stock-256KiB", "tcpread-aiozc-256KiB"])
+async def test_a_read_case_receives_what_the_peer_sent(peer_port: int, kind: str) -> None:
+    info = await instructions_tcpread.measure(peer_port, kind, 16)
+    assert info["seconds"] > 0
+
+
+async def test_a_short_stream_is_an_error(peer_port: int) -> None:
+    reader = instructions_tcpread._Reader(4, 11)
+    reader.connection_lost(None)
+    with pytest.raises(ConnectionError):
+        await reader.done
