@@ -180,7 +180,11 @@ def _add_transport_stats(case: Case, transports: list[Any]) -> None:
     case.sendfile_bytes = sum(st.extra.get("sendfile_bytes", 0) for st in stats)
     # A file body never meets the MSG_ZEROCOPY policy (only its headers do): say what it took.
     states = {st.state for st in stats}
-    case.state = "sendfile" if case.sendfile_bytes else ",".join(sorted(states))
+    if case.sendfile_bytes:  # streamfile copies a large file to a receiver on this host
+        copied = any(st.extra.get("sendfile_copied_bytes") for st in stats)
+        case.state = "sendfile-copy" if copied else "sendfile"
+    else:
+        case.state = ",".join(sorted(states))
     transports.clear()
 
 
