@@ -112,8 +112,9 @@ for _name in _C_COUNTERS:
 class _HotPathMixin(_DatagramHost):
     """Part of :class:`~aiozc.datagram.transport.ZeroCopyDatagramTransport`."""
 
-    _hot_send: Any = None  # zc_dgram_send_obj while this transport may use the compiled path
+    _hot_send: Any = None  # the C sendto(buf) while this transport may use the compiled path
     _hot_zc: Any = None  # the same for sendto_zc() (None with coalesce_zc: coalescing.py)
+    _hot_fns: dict[str, Any]  # the C builtins bound to this transport (_core_pyhot.c)
     _hot_d: Any = None
     _hot_loop: Any = None  # the loop, if its create_future() is asyncio.Future(loop=loop)
     # Without the compiled core: may sendto() hand a mutable buffer straight to socket.send?
@@ -132,8 +133,8 @@ class _HotPathMixin(_DatagramHost):
         # it makes its own send calls, which only the built-in engines' agree with.
         self._engine_now = engine
         if self._hot_d is not None:
-            self._hot_send = send_obj if engine.__class__ in _HOT_ENGINES else None
-            self._hot_zc = None if self._coalesce else self._hot_send
+            self._hot_send = self._hot_fns["sendto"] if engine.__class__ in _HOT_ENGINES else None
+            self._hot_zc = None if self._coalesce or self._hot_send is None else self._hot_fns["sendto_zc"]
             self._hot_sync()
         elif self._direct_ok:
             self._direct_ok = engine.__class__ in _HOT_ENGINES
@@ -158,14 +159,24 @@ class _HotPathMixin(_DatagramHost):
         d.drain_every = options.errqueue_drain_every
         d.high_water = self._high_water
         self._hot_d = d
-        self._hot_send = send_obj
-        self._hot_zc = None if self._coalesce else send_obj
         self._hot_tokens = tracker._tokens
         if _plain_futures(self._loop):
             self._hot_loop = self._loop
+        self._hot_bind(d)
+        self._hot_send = self._hot_fns["sendto"]
+        self._hot_zc = None if self._coalesce else self._hot_fns["sendto_zc"]
         old = self.stats
         self.stats = CoreStats(d, tracker._t, engine=old.engine, state=old.state, reason=old.reason)
         self._hot_sync()
+
+    def _hot_bind(self, d: Any) -> None:
+        """The C builtins of this transport's compiled path (see _core_pyhot.c)."""
+        fns: dict[str, Any] = {}
+        loop = self._hot_loop  # None: the loop's futures are not plain, Python makes them
+        if _lib.zc_dgram_bind(d, id(d), id(self._hot_tokens), id(loop), id(Future), id(running_loop),
+                              id(asyncio.InvalidStateError), id(fns)) < 0:
+            raise MemoryError("aiozc: the compiled datagram path could not be set up")
+        self._hot_fns = fns
 
     def _hot_sync(self) -> None:
         """Tell the C side whether it may send now, and whether zero-copy."""
@@ -232,7 +243,7 @@ class _HotPathMixin(_DatagramHost):
             view = byte_view(buf)  # raises the TypeError / ValueError sendto_zc() documents
             if self._hot_d is None or self._hot_send is None:
                 return self._sendto_zc(view, None)  # type: ignore[attr-defined, no-any-return]
-            r = self._hot_send(self._hot_d, id(view))
+            r = send_obj(self._hot_d, id(view))
             if r == KIND:  # not a simple buffer after all: the general path says why
                 return self._sendto_zc(view, None)  # type: ignore[attr-defined, no-any-return]
             return self._hot_sendto_zc_result(r, view, self._make_future())  # type: ignore[attr-defined]
@@ -342,18 +353,13 @@ class _HotPathMixin(_DatagramHost):
         completion = _completion(
             int(t.out_nbytes[0]), bool(t.out_zc[0]), int(t.out_ids[0]), int(t.out_copied[0])
         )
-        release(self._hot_d)  # the buffers first: an awaiting caller may reuse them at once
-        pop = self._hot_tokens.pop
-        for slot in _ffi.unpack(t.out_slot, n):
-            token = pop(slot, None)
-            try:
-                token.set_result(completion)  # the compiled path's future (most of them)
-            except asyncio.InvalidStateError:  # cancelled; cheaper than done() each time
-                pass
-            except AttributeError:  # None (sendto) or a general-path write's holder
-                future = _future_of(token)
-                if future is not None and not future.done():
-                    future.set_result(completion)
+        # In C: the buffers first (an awaiting caller may reuse them at once), then the
+        # compiled path's futures; back come the other tokens: None (sendto) or a general-path
+        # write's holder.
+        for token in self._hot_fns["resolve"](completion):
+            future = _future_of(token)
+            if future is not None and not future.done():
+                future.set_result(completion)
         stats = self.stats
         if completion.zerocopy:
             stats.zc_writes += n

@@ -168,7 +168,7 @@ class ZeroCopyDatagramTransport(
             self._flush_coalesced()  # coalesce_zc: the earlier sendto_zc() datagrams go first
         if addr is None and self._hot_send is not None:
             # The compiled path (hot.py): one C call; r is 0 unless there is more to do.
-            r = _hot.sendto_obj(self._hot_d, id(data))
+            r = self._hot_send(data)
             if r:
                 self._hot_sendto_result(r, data)
             return None
@@ -197,15 +197,13 @@ class ZeroCopyDatagramTransport(
                 return self._sendto_zc_coalesced(buf)
             self._flush_coalesced()
         if addr is None and self._hot_zc is not None:
-            # The compiled path (hot.py): one C call (the buffer's export is held on the C side,
-            # by id(): the caller's reference keeps it alive during the call), a future and a
-            # dict entry.
-            r = self._hot_zc(self._hot_d, id(buf))
-            future = _hot.Future() if _hot.running_loop() is self._hot_loop else self._make_future()
-            if 0 <= r < 0x10000000000:  # hot.NO_FLAGS: r is the write's slot, nothing else to do
-                self._hot_tokens[r] = future
-                return future
-            return self._hot_sendto_zc_result(r, buf, future)
+            # The compiled path (hot.py, _core_pyhot.c): one C call sends, holds the buffer's
+            # export and returns the write's future, filed under its slot; an int when there
+            # is more to do.
+            future = self._hot_zc(buf)
+            if future.__class__ is not int:
+                return future  # type: ignore[no-any-return]
+            return self._hot_sendto_zc_result(future, buf, self._make_future())
         return self._sendto_zc(buf, addr)
 
     # -- flow control ----------------------------------------------------------------------
