@@ -10,7 +10,7 @@ as the pure tracker's, call for call (tests/test_completions_diff.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar, cast
 
 from ._sys import core as _core
@@ -92,6 +92,9 @@ class CompiledTracker(Generic[T]):
         self._t = _ffi.gc(raw, _lib.zc_tracker_free)
         self._tokens: dict[int, Any] = {}  # slot -> token of every unresolved write
         self._handles: dict[int, CompiledWriteHandle] = {}  # slot -> handle (open_write only)
+        # tokens.pop(slot, default); the datagram hot path puts its own in (its futures are
+        # held in C, see _core_pyhot.c: it falls back to this dict)
+        self._pop_token: Callable[[int, Any], Any] = self._tokens.pop
 
     # -- read-only state ---------------------------------------------------------------------
 
@@ -193,7 +196,7 @@ class CompiledTracker(Generic[T]):
         if n < 0:
             _raise(n, None)
         slots = _ffi.unpack(self._t.out_slot, n) if n else []
-        pop = self._tokens.pop
+        pop = self._pop_token
         # A slot may have no token: the datagram path's sendto() keeps none (its buffer's
         # export is held on the C side).
         tokens = [cast(T, pop(slot, None)) for slot in slots]
@@ -210,7 +213,7 @@ class CompiledTracker(Generic[T]):
         """The ``n`` writes the last C call resolved, with their tokens, in write order."""
         t = self._t
         slots = _ffi.unpack(t.out_slot, n)
-        pop = self._tokens.pop
+        pop = self._pop_token
         handles = self._handles
         if handles:
             for slot in slots:

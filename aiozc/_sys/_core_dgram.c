@@ -45,6 +45,13 @@
 #define DG_COPY_ERRNO 4096 /* -errno - this: the failed send was a copying one */
 #define DG_KIND (-(1 << 22)) /* not bytes/bytearray/memoryview, or no simple buffer: Python */
 
+typedef struct {
+    Py_buffer view;
+    PyObject *token; /* a strong reference, or NULL: the token is in the tracker's dict */
+} zc_held;
+
+static int held_empty(const zc_held *e) { return !e->view.obj && !e->token; }
+
 typedef struct zc_dgram {
     int fd;
     int blocked;   /* Python: this path may not run now */
@@ -60,9 +67,10 @@ typedef struct zc_dgram {
     uint8_t msg_origin, msg_type, msg_code;
     uint8_t msg_addr[28];
     uint32_t msg_addrlen;
-    /* buffer exports of zero-copy writes not yet resolved: held[s & (hcap - 1)] for
-     * hbase <= s < hnext (view.obj NULL: nothing held for that slot) */
-    Py_buffer *held;
+    /* buffer exports of zero-copy writes not yet resolved, and the futures of the writes
+     * sendto_zc() made in C (_core_pyhot.c): held[s & (hcap - 1)] for hbase <= s < hnext
+     * (view.obj and token NULL: nothing held for that slot) */
+    zc_held *held;
     int64_t hcap, hbase, hnext, nheld;
 } zc_dgram;
 
@@ -80,7 +88,7 @@ static int hold(zc_dgram *d, int64_t slot, Py_buffer *view) {
     if (d->hbase == d->hnext) d->hbase = d->hnext = slot; /* empty: start at this slot */
     if (slot - d->hbase >= d->hcap) {
         int64_t ncap = d->hcap ? d->hcap : 64, s;
-        Py_buffer *n;
+        zc_held *n;
         while (slot - d->hbase >= ncap) ncap *= 2;
         n = calloc((size_t)ncap, sizeof *n);
         if (!n) return -1;
@@ -89,22 +97,47 @@ static int hold(zc_dgram *d, int64_t slot, Py_buffer *view) {
         d->held = n;
         d->hcap = ncap;
     }
-    for (; d->hnext <= slot; d->hnext++) d->held[d->hnext & (d->hcap - 1)].obj = NULL;
-    d->held[slot & (d->hcap - 1)] = *view;
+    for (; d->hnext <= slot; d->hnext++) {
+        d->held[d->hnext & (d->hcap - 1)].view.obj = NULL;
+        d->held[d->hnext & (d->hcap - 1)].token = NULL;
+    }
+    d->held[slot & (d->hcap - 1)].view = *view;
     d->nheld++;
     return 0;
 }
 
 /* End the export held for `slot`, if any. The entry is cleared first (see the file comment). */
+static void held_trim(zc_dgram *d) {
+    while (d->hbase < d->hnext && held_empty(&d->held[d->hbase & (d->hcap - 1)])) d->hbase++;
+}
+
 static void release_slot(zc_dgram *d, int64_t slot) {
     Py_buffer view;
     if (slot < d->hbase || slot >= d->hnext) return;
-    view = d->held[slot & (d->hcap - 1)];
+    view = d->held[slot & (d->hcap - 1)].view;
     if (!view.obj) return;
-    d->held[slot & (d->hcap - 1)].obj = NULL;
+    d->held[slot & (d->hcap - 1)].view.obj = NULL;
     d->nheld--;
-    while (d->hbase < d->hnext && !d->held[d->hbase & (d->hcap - 1)].obj) d->hbase++;
+    held_trim(d);
     PyBuffer_Release(&view);
+}
+
+/* The token held for `slot` (a new reference for the caller), or NULL: none held here. */
+static PyObject *take_token(zc_dgram *d, int64_t slot) {
+    PyObject *token;
+    if (slot < d->hbase || slot >= d->hnext) return NULL;
+    token = d->held[slot & (d->hcap - 1)].token;
+    d->held[slot & (d->hcap - 1)].token = NULL;
+    if (token) held_trim(d);
+    return token;
+}
+
+/* Keep `token` (a new reference, taken over) for `slot`, which hold() set up; -1: not held
+ * (the caller keeps its reference). */
+static int hold_token(zc_dgram *d, int64_t slot, PyObject *token) {
+    if (slot < d->hbase || slot >= d->hnext || !d->held[slot & (d->hcap - 1)].view.obj) return -1;
+    d->held[slot & (d->hcap - 1)].token = token;
+    return 0;
 }
 
 /* End the exports of the writes the tracker's last call resolved (its out arrays), and of
@@ -113,14 +146,21 @@ static void release_slot(zc_dgram *d, int64_t slot) {
 int64_t zc_dgram_release(zc_dgram *d) {
     int64_t k, before = d->nheld;
     for (k = 0; k < d->t->nout && d->nheld; k++) release_slot(d, d->t->out_slot[k]);
-    while (d->nheld && d->hbase < d->hnext && d->hbase < d->t->base) release_slot(d, d->hbase);
+    while (d->nheld && d->hbase < d->hnext && d->hbase < d->t->base) {
+        PyObject *token = take_token(d, d->hbase); /* resolved elsewhere: never, but not kept */
+        release_slot(d, d->hbase);
+        Py_XDECREF(token);
+    }
     return before - d->nheld;
 }
 
 void zc_dgram_free(zc_dgram *d) {
     int64_t s;
-    for (s = d->hbase; s < d->hnext; s++)
-        if (d->held[s & (d->hcap - 1)].obj) PyBuffer_Release(&d->held[s & (d->hcap - 1)]);
+    for (s = d->hbase; s < d->hnext; s++) {
+        zc_held *e = &d->held[s & (d->hcap - 1)];
+        if (e->view.obj) PyBuffer_Release(&e->view);
+        Py_XDECREF(e->token);
+    }
     free(d->held);
     free(d);
 }

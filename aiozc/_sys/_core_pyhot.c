@@ -65,7 +65,11 @@ static PyObject *hot_sendto_zc(PyObject *self, PyObject *buf) {
         if (PyErr_Occurred()) return NULL; /* sent and filed nowhere: the transport fails */
         return PyLong_FromLongLong(r);
     }
-    key = PyLong_FromLongLong(r);
+    if (hold_token(h->d, r, future) == 0) {
+        Py_INCREF(future); /* one for the caller, one held */
+        return future;
+    }
+    key = PyLong_FromLongLong(r); /* its export could not be held (out of memory): the dict */
     if (!key || PyDict_SetItem(h->tokens, key, future) < 0) {
         Py_XDECREF(key);
         Py_DECREF(future);
@@ -82,42 +86,67 @@ static PyObject *hot_sendto(PyObject *self, PyObject *buf) {
     return PyLong_FromLongLong(zc_dgram_sendto_obj(h->d, (intptr_t)buf));
 }
 
+/* The token of `slot`, taken: held here, else popped from the token dict; NULL with no
+ * exception where there is none (or the dict is empty, the common case). */
+static PyObject *pop_token(zc_hot *h, int64_t slot) {
+    PyObject *token = take_token(h->d, slot), *key;
+    if (token || !PyDict_GET_SIZE(h->tokens)) return token;
+    key = PyLong_FromLongLong(slot);
+    if (!key) return NULL;
+    token = PyDict_GetItemWithError(h->tokens, key); /* borrowed */
+    if (token) {
+        Py_INCREF(token);
+        if (PyDict_DelItem(h->tokens, key) < 0) Py_CLEAR(token);
+    }
+    Py_DECREF(key);
+    return token;
+}
+
+/* pop(slot, default): what tokens.pop(slot, default) gives when the tokens are those held
+ * here and those in the dict (ctracker.CompiledTracker._pop_token). */
+static PyObject *hot_pop(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    zc_hot *h = hot_of(self);
+    PyObject *token;
+    long long slot;
+    if (!h) return NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pop(slot, default)");
+        return NULL;
+    }
+    slot = PyLong_AsLongLong(args[0]);
+    if (slot == -1 && PyErr_Occurred()) return NULL;
+    token = pop_token(h, slot);
+    if (token || PyErr_Occurred()) return token;
+    Py_INCREF(args[1]);
+    return args[1];
+}
+
 /* resolve(completion): the writes in the tracker's out arrays, which share `completion`:
- * their buffer exports end first (an awaiting caller may reuse its buffer at once), then each
- * plain future in the token dict gets the result (a cancelled one is skipped). Returns the
- * list of the other tokens (None for sendto(), the general path's holders) for Python. */
+ * their tokens are taken, their buffer exports end (an awaiting caller may reuse its buffer
+ * at once), then each plain future gets the result (a cancelled one is skipped). Returns
+ * the list of the other tokens (the general path's holders) for Python; sendto() keeps none. */
 static PyObject *hot_resolve(PyObject *self, PyObject *completion) {
     zc_hot *h = hot_of(self);
-    PyObject *others, *key, *token, *r;
-    int64_t *slots, n, k;
+    PyObject *others, **tokens, *r;
+    int64_t n, k;
     if (!h) return NULL;
     n = h->d->t->nout;
-    /* a copy: ending an export may run a finalizer that sends, and a send may drain */
-    slots = malloc((size_t)(n ? n : 1) * sizeof *slots);
+    /* taken before any export ends: that may run a finalizer that sends, and a send drains */
+    tokens = calloc((size_t)(n ? n : 1), sizeof *tokens);
     others = PyList_New(0);
-    if (!slots || !others) {
-        free(slots);
+    if (!tokens || !others) {
+        free(tokens);
         Py_XDECREF(others);
         return PyErr_NoMemory();
     }
-    memcpy(slots, h->d->t->out_slot, (size_t)n * sizeof *slots);
+    for (k = 0; k < n; k++) {
+        tokens[k] = pop_token(h, h->d->t->out_slot[k]);
+        if (!tokens[k] && PyErr_Occurred()) goto fail;
+    }
     zc_dgram_release(h->d);
     for (k = 0; k < n; k++) {
-        key = PyLong_FromLongLong(slots[k]);
-        if (!key) goto fail;
-        token = PyDict_GetItemWithError(h->tokens, key); /* borrowed */
-        if (!token) {
-            Py_DECREF(key);
-            if (PyErr_Occurred()) goto fail;
-            continue;
-        }
-        Py_INCREF(token);
-        if (PyDict_DelItem(h->tokens, key) < 0) {
-            Py_DECREF(key);
-            Py_DECREF(token);
-            goto fail;
-        }
-        Py_DECREF(key);
+        PyObject *token = tokens[k];
+        if (!token) continue;
         if (Py_TYPE(token) == (PyTypeObject *)h->future_type) {
             r = PyObject_CallMethodOneArg(token, h->set_result, completion);
             if (r) {
@@ -125,19 +154,18 @@ static PyObject *hot_resolve(PyObject *self, PyObject *completion) {
             } else if (PyErr_ExceptionMatches(h->invalid_state)) {
                 PyErr_Clear(); /* cancelled: cheaper than asking done() each time */
             } else {
-                Py_DECREF(token);
                 goto fail;
             }
-        } else if (PyList_Append(others, token) < 0) {
-            Py_DECREF(token);
+        } else if (token != Py_None && PyList_Append(others, token) < 0) {
             goto fail;
         }
-        Py_DECREF(token);
     }
-    free(slots);
+    for (k = 0; k < n; k++) Py_XDECREF(tokens[k]);
+    free(tokens);
     return others;
 fail:
-    free(slots);
+    for (k = 0; k < n; k++) Py_XDECREF(tokens[k]);
+    free(tokens);
     Py_DECREF(others);
     return NULL;
 }
@@ -146,6 +174,7 @@ static PyMethodDef hot_methods[] = {
     {"sendto_zc", hot_sendto_zc, METH_O, "sendto_zc(buf) -> Future | int"},
     {"sendto", hot_sendto, METH_O, "sendto(buf) -> int"},
     {"resolve", hot_resolve, METH_O, "resolve(completion) -> list of other tokens"},
+    {"pop", (PyCFunction)(void (*)(void))hot_pop, METH_FASTCALL, "pop(slot, default) -> token"},
     {NULL, NULL, 0, NULL},
 };
 

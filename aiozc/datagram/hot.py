@@ -163,6 +163,7 @@ class _HotPathMixin(_DatagramHost):
         if _plain_futures(self._loop):
             self._hot_loop = self._loop
         self._hot_bind(d)
+        tracker._pop_token = self._hot_fns["pop"]  # the futures sendto_zc() made are held in C
         self._hot_send = self._hot_fns["sendto"]
         self._hot_zc = None if self._coalesce else self._hot_fns["sendto_zc"]
         old = self.stats
