@@ -15,6 +15,14 @@ from dataclasses import dataclass, field
 DEFAULT_THRESHOLD = 16 * 1024
 DEFAULT_FALLBACK_AFTER = 4
 DEFAULT_REPROBE_BYTES = 1024 * 1024 * 1024
+# The first re-probe after a fallback comes this soon, and each copied answer doubles the wait up
+# to reprobe_bytes. One copied answer is not proof: the first probe of a connection can be the
+# only copied send on a route that is otherwise zero-copy, and a merged notification carries its
+# oldest send's code for all of them (skb_zerocopy_notify_extend). With a fixed 1 GiB wait, one
+# such answer cost a whole 1 GiB guest transfer its zero-copy (the VM rig's mix test, issue #13).
+# Where every send is copied (TCP on one host) the re-probes come after 4, 8, ..., 1024 MiB of
+# copies: 9 probe writes in the first 2 GiB of fallback instead of 2, then one per reprobe_bytes.
+DEFAULT_REPROBE_FIRST_BYTES = 4 * 1024 * 1024
 NEVER = 1 << 62  # copy_allowance(): no byte count makes wants_zerocopy() change its answer
 
 
@@ -33,8 +41,10 @@ class PolicyOptions:
         than copying a few pages).
     fallback_after: this many consecutive send calls reported copied, with no zero-copy success,
         switch the socket to plain sends.
-    reprobe_bytes: in copy-fallback, after this many bytes sent by copy, try one zero-copy send
-        again (routes change; 0 = never re-probe).
+    reprobe_bytes: in copy-fallback, after at most this many bytes sent by copy, try one
+        zero-copy send again (routes change; 0 = never re-probe). The first re-probe after a
+        fallback comes after ``reprobe_first_bytes`` (or ``reprobe_bytes`` if smaller); each
+        copied answer doubles the wait, up to ``reprobe_bytes``.
     probe_first: until the kernel has confirmed one zero-copy send on this socket, keep one
         zero-copy write in flight and copy the rest. TCP completions on one host only come
         once the receiver has read the data, so pinning every write while still learning
@@ -45,6 +55,7 @@ class PolicyOptions:
     fallback_after: int = DEFAULT_FALLBACK_AFTER
     reprobe_bytes: int = DEFAULT_REPROBE_BYTES
     probe_first: bool = False
+    reprobe_first_bytes: int = DEFAULT_REPROBE_FIRST_BYTES
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
@@ -53,6 +64,8 @@ class PolicyOptions:
             raise ValueError("fallback_after must be >= 1")
         if self.reprobe_bytes < 0:
             raise ValueError("reprobe_bytes must be >= 0")
+        if self.reprobe_first_bytes < 1:
+            raise ValueError("reprobe_first_bytes must be >= 1")
 
 
 @dataclass
@@ -63,6 +76,7 @@ class ZeroCopyPolicy:
     _copied_streak: int = 0
     _bytes_since_probe: int = 0
     _probe_in_flight: bool = False
+    _reprobe_after: int = 0  # copy-fallback: copied bytes before the next re-probe (0: never)
 
     def __post_init__(self) -> None:
         if self.options.probe_first and self.state is ZeroCopyState.ZEROCOPY:
@@ -83,7 +97,7 @@ class ZeroCopyPolicy:
         if continuing:
             return True
         if self.state is ZeroCopyState.COPY_FALLBACK:  # a re-probe is due?
-            reprobe = self.options.reprobe_bytes
+            reprobe = self._reprobe_after
             return (
                 reprobe > 0 and not self._probe_in_flight and self._bytes_since_probe >= reprobe
             )
@@ -98,7 +112,7 @@ class ZeroCopyPolicy:
         if state is ZeroCopyState.DISABLED:
             return NEVER
         if state is ZeroCopyState.COPY_FALLBACK:
-            reprobe = self.options.reprobe_bytes
+            reprobe = self._reprobe_after
             if reprobe <= 0 or self._probe_in_flight:
                 return NEVER
             return max(0, reprobe - self._bytes_since_probe)
@@ -134,8 +148,12 @@ class ZeroCopyPolicy:
                 self.reason = "the kernel reported a zero-copy send as sent from our pages"
                 self.state = ZeroCopyState.ZEROCOPY
             return
+        answered_reprobe = self._probe_in_flight and self.state is ZeroCopyState.COPY_FALLBACK
         self._probe_in_flight = False
         self._copied_streak += ids
+        if answered_reprobe:  # still copying: wait twice as long before the next re-probe
+            self._reprobe_after = min(2 * self._reprobe_after, self.options.reprobe_bytes)
+            return
         learning = self.state in (ZeroCopyState.ZEROCOPY, ZeroCopyState.PROBING)
         if learning and self._copied_streak >= self.options.fallback_after:
             self.state = ZeroCopyState.COPY_FALLBACK
@@ -144,6 +162,8 @@ class ZeroCopyPolicy:
                 "(loopback, veth, tun: a receiver on this host)"
             )
             self._bytes_since_probe = 0
+            options = self.options
+            self._reprobe_after = min(options.reprobe_first_bytes, options.reprobe_bytes)
 
     def on_enobufs(self, *, outstanding_ids: int) -> None:
         """A zero-copy send failed with ENOBUFS.
