@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+from collections.abc import Callable
 
 import pytest
 
@@ -22,7 +23,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
-def _transfer(policy: ZeroCopyPolicy, total: int, write: int, route_copies: "callable") -> int:  # type: ignore[valid-type]
+def _transfer(policy: ZeroCopyPolicy, total: int, write: int, route_copies: Callable[[int], bool]) -> int:
     """Send ``total`` bytes in writes of ``write`` as the TCP transport drives its policy: a
     write the policy wants zero-copy goes out in 4 send calls (a partial-send probe), answered
     by the kernel in one merged range before the next write; ``route_copies(n)`` says whether

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import json
 import os
+import random
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ guest_only = pytest.mark.skipif(
     not IN_GUEST, reason="runs inside the guest VM, where TCP zero-copy happens: `make vm-test`"
 )
 
+MiB = 1 << 20
 POOL = (8 << 20) + 4093  # an odd size, so writes do not line up with the pool's end
 
 
@@ -131,6 +133,33 @@ async def open_gated(expect: dict[str, Any], *, rcvbuf: int = 128 << 10, **optio
     host, _ = peer_address()
     transport, proto = await aiozc.create_connection(PeerClient, host, gate.port, **options)
     return gate, transport, proto
+
+
+async def send_random_mix(transport: Any, proto: PeerClient, seed: int, total: int) -> tuple[list[Any], dict[str, int]]:
+    """``total`` bytes of the pattern stream as a random mix of write (of immutable and of
+    mutated buffers), writelines and write_zc of 1 B - 2 MiB; returns the write_zc
+    completions and how many calls of each kind were made."""
+    rng = random.Random(seed)
+    futures, offset, kinds = [], 0, {"write": 0, "write_mutated": 0, "writelines": 0, "write_zc": 0}
+    while offset < total:
+        size = min(total - offset, rng.choice([rng.randrange(1, 4096), rng.randrange(16 << 10, 80 << 10), rng.randrange(MiB // 2, 2 * MiB)]))
+        kind = rng.choice(list(kinds))
+        kinds[kind] += 1
+        chunk = stream_slice(seed, offset, size)
+        if kind == "write":
+            transport.write(chunk)
+        elif kind == "write_mutated":  # asyncio's contract: the caller may reuse it at once
+            scratch = bytearray(chunk)
+            transport.write(scratch)
+            scratch[:] = bytes(len(scratch))
+        elif kind == "writelines":
+            cut = rng.randrange(size + 1)
+            transport.writelines([chunk[:cut], bytes(chunk[cut:])])
+        else:
+            futures.append(transport.write_zc(chunk))
+        offset += size
+        await proto.can_write.wait()
+    return list(await asyncio.gather(*futures)), kinds
 
 
 def alternates(flow: list[str]) -> bool:
