@@ -120,6 +120,12 @@ class ZeroCopyPolicy:
             return NEVER
         return 0
 
+    @property
+    def probe_in_flight(self) -> bool:
+        """A probe (or re-probe) was sent and its answer has not come: until it does, no
+        byte count changes :meth:`wants_zerocopy`'s answer, only a notification does."""
+        return self._probe_in_flight and self._probing()
+
     def _probing(self) -> bool:
         """Zero-copy sends are probes, one at a time (see ``probe_first``)."""
         return self.state in (ZeroCopyState.PROBING, ZeroCopyState.COPY_FALLBACK)

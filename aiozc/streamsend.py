@@ -43,6 +43,12 @@ _PEER_WINDOW_SPAN = 1.0
 _TCPI_SND_WND = struct.Struct("=228xI")
 # One reading serves this long: the getsockopt costs ~3 us here and a write can ask twice.
 _PEER_WINDOW_MAX_AGE = 0.01
+# While a probe is in flight the direct path copies without asking, and the probe's answer waits
+# on the error queue, which the loop reads only when the writer yields. A writer whose socket
+# never fills never yields: in the guest VM (TCG) a probe's answer stayed unread for whole
+# 256 MiB-1 GiB transfers and every write was copied. So every this many bytes copied behind a
+# probe, the direct path reads the error queue itself (one recvmsg).
+_ANSWER_CHECK_BYTES = 1 << 20
 
 
 class StreamSending:
@@ -73,6 +79,9 @@ class StreamSending:
 
     def _refresh_direct(self) -> None:
         """Recompute ``_direct_max`` after anything that may change the policy's answer."""
+        if self._plain_sent >= self._plain_budget and self._policy.probe_in_flight:
+            self._plain_budget = NEVER  # the drain below comes back here (on_zerocopy_range)
+            self._drain_errqueue()  # type: ignore[attr-defined]
         self._tell_policy_plain()
         if not self._open_for_direct():
             self._direct_max = 0
@@ -81,6 +90,8 @@ class StreamSending:
         if allowance > 0:
             self._direct_max = NEVER
             self._plain_budget = allowance
+            if allowance == NEVER and self._policy.probe_in_flight:
+                self._plain_budget = _ANSWER_CHECK_BYTES
         else:
             # Only writes below the threshold are copied whatever the policy says.
             self._direct_max = self._options.zc_threshold

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import select
 import socket
 from collections.abc import Callable
 
@@ -160,5 +161,43 @@ async def test_transport_leaves_copy_fallback_soon_after_copied_first_probes(
         assert stats.state == "zerocopy", stats
         zerocopy = sum(c.zerocopy for c in completions)
         assert zerocopy >= 32, (zerocopy, stats)
+    finally:
+        pair.close()
+
+
+def _peer_read(peer: socket.socket, nbytes: int) -> None:
+    """Read exactly ``nbytes`` on the (non-blocking) peer socket without the event loop."""
+    poller = select.poll()
+    poller.register(peer, select.POLLIN)
+    while nbytes:
+        assert poller.poll(5000), "the peer got nothing for 5 s"
+        nbytes -= len(peer.recv(nbytes))
+
+
+async def test_direct_writes_read_the_probe_answer_though_the_writer_never_yields() -> None:
+    """A writer whose socket never fills never yields to the loop, which is where the error
+    queue is read. In the guest VM the probe's answer then stayed unread for a whole transfer
+    and every write behind it was copied. Here nothing awaits between the probe and the end:
+    the direct path must read the answer itself."""
+    pair = await connect_pair()
+    try:
+        transport, fd = pair.transport, pair.transport.get_extra_info("socket").fileno()
+        probe = random.randbytes(64 << 10)
+        transport.write_zc(probe)  # probing: this one goes zero-copy, the probe
+        assert transport._policy.probe_in_flight
+        _peer_read(pair.peer, len(probe))
+        poller = select.poll()
+        poller.register(fd, 0)
+        assert poller.poll(5000), "no notification for the probe"  # its answer is queued now
+        chunk = random.randbytes(64 << 10)
+        for _ in range(40):  # 2.5 MiB of direct writes, each read at once: the socket never fills
+            transport.write(chunk)
+            assert not transport._queue
+            _peer_read(pair.peer, len(chunk))
+        stats = transport.stats
+        # Loopback copies: the answer said copied, one of fallback_after, so the next write was
+        # the next probe. Unread, the first probe would stay in flight and everything copied.
+        assert stats.notifications >= 1 and stats.ids_copied >= 1, stats
+        assert stats.zc_sends >= 2 and stats.state == "probing", stats
     finally:
         pair.close()
