@@ -1,12 +1,13 @@
-"""Copied first probes, then a zero-copy route: the sequence that once cost the guest's 1 GiB
-mix all of its zero-copy (CI, 2026-12-01 13:50: no write_zc completion zero-copy, sha256 fine).
+"""A copy fallback on a zero-copy route: the guest's mix must come back to zero-copy soon.
 
 TCP starts in `probing`: one zero-copy write in flight, the writes behind it copied. Answers
 of >= fallback_after send calls reported copied switch it to copy-fallback, and the way back
-is a re-probe, which came only after reprobe_bytes (1 GiB) of copies. Here the first answer is
-reported copied on purpose (as a route warming up or a merged range carrying an older send's
-code would; fallback_after=1 stands for a merged range of 4 sends: one answer, one fallback),
-the rest as the guest's kernel reports them: zero-copy.
+is a re-probe, which came only after reprobe_bytes (1 GiB) of copies: a whole transfer. A
+copied early answer is possible on a good route (a merged range carries its oldest send's
+code). Here every answer before the first re-probe is reported copied on purpose
+(fallback_after=1: one answer, one fallback), the re-probe's and later ones as the guest's
+kernel reports them: zero-copy. The re-probe comes 4 MiB after the fallback; each of its
+answers must also be read while the writer keeps copying (see streamsend's answer check).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+from typing import Any
 
 import pytest
 
 from aiozc._sys import kernel as _kernel
+from aiozc.policy import ZeroCopyPolicy, ZeroCopyState
 from guest_helpers import POOL, guest_only, open_peer, send_random_mix
 
 pytestmark = guest_only
@@ -26,27 +29,33 @@ MiB = 1 << 20
 MIX_BYTES = 256 * MiB
 
 
-def _report_copied_until_fallback(monkeypatch: pytest.MonkeyPatch, transport: object) -> list[bool]:
-    """Sends made before the fallback are reported copied, whenever their ranges come; later
-    ones as the guest's kernel reports them. Returns the copied flags delivered."""
+def _report_copied_until_reprobe(monkeypatch: pytest.MonkeyPatch, transport: Any) -> list[bool]:
+    """Every send before the first re-probe after the fallback is reported copied, whenever its
+    range comes (also the rest of the write that fell back); the re-probe and every later send
+    as the guest's kernel reports them. Returns the copied flags delivered."""
     delivered: list[bool] = []
     real = _kernel.read_errqueue
-    copied_below: int | None = None  # ids sent before the fallback (known once it came)
+    policy = transport._policy
+    first_reprobe: list[int] = []  # the id of the first re-probe, once sent
+
+    def on_sent(nbytes: int, *, zerocopy: bool) -> None:
+        due = policy._reprobe_after
+        if zerocopy and not first_reprobe and policy.state is ZeroCopyState.COPY_FALLBACK:
+            if due and policy._bytes_since_probe >= due:  # not the fallen-back write's rest
+                first_reprobe.append(transport.stats.zc_sends)
+        ZeroCopyPolicy.on_sent(policy, nbytes, zerocopy=zerocopy)
 
     def read_errqueue(sock: socket.socket, limit: int = 64) -> list[_kernel.ErrQueueMessage]:
-        nonlocal copied_below
-        stats = transport.stats  # type: ignore[attr-defined]
         out: list[_kernel.ErrQueueMessage] = []
         for m in real(sock, limit):
             if isinstance(m, _kernel.ZeroCopyRange):
-                if copied_below is None and stats.state == "copy-fallback":
-                    copied_below = stats.zc_sends
-                if copied_below is None or m.lo < copied_below:
+                if not first_reprobe or m.lo < first_reprobe[0]:
                     m = _kernel.ZeroCopyRange(m.lo, m.hi, copied=True)
                 delivered.append(m.copied)
             out.append(m)
         return out
 
+    monkeypatch.setattr(policy, "on_sent", on_sent)
     monkeypatch.setattr(_kernel, "read_errqueue", read_errqueue)
     return delivered
 
@@ -56,7 +65,7 @@ async def test_copied_first_probes_cost_a_mix_little_of_its_zero_copy(monkeypatc
     transport, proto = await open_peer(
         {"op": "sink", "expect": {"seed": seed, "pool": POOL, "total": MIX_BYTES}}, fallback_after=1
     )
-    delivered = _report_copied_until_fallback(monkeypatch, transport)
+    delivered = _report_copied_until_reprobe(monkeypatch, transport)
     transport.set_write_buffer_limits(high=8 * MiB)
     completions, _ = await send_random_mix(transport, proto, seed, MIX_BYTES)
     transport.write_eof()
@@ -64,7 +73,7 @@ async def test_copied_first_probes_cost_a_mix_little_of_its_zero_copy(monkeypatc
     assert reply["sha256"] == reply["expected"], f"stream corrupted (seed {seed})"
     stats = transport.stats
     info = (seed, stats, transport._policy)
-    assert delivered[:1] == [True] and False in delivered, info  # fell back, then zero-copy
+    assert delivered[:1] == [True] and False in delivered, info  # fell back, re-probed: zero-copy
     assert stats.state == "zerocopy", info
     # Unforced, about 3/4 of the mix's bytes go zero-copy here (the rest: writes under the
     # threshold, mutable buffers, and the writes behind the first probe); the fallback may
