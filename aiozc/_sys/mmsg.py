@@ -105,7 +105,12 @@ class MmsgSender:
         keeps until the kernel is done with the memory).
 
         Returns how many datagrams the kernel took (>= 1), or ``-errno`` if the first failed.
+        ``pins`` may also be the compiled core's PinSet, which fills its iovecs and calls
+        sendmmsg in C (aiozc/_sys/_core_pins.c).
         """
+        sendmmsg = getattr(pins, "sendmmsg", None)
+        if sendmmsg is not None:
+            return int(sendmmsg(fd, start, stop if stop - start <= self.capacity else start + self.capacity, flags))
         count = stop - start
         if count > self.capacity:
             count = self.capacity

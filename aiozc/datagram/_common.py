@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._sys import kernel as _kernel
+from .._sys import core as _core, kernel as _kernel
 from ..base import logger
 from ..completions import MASK32, Completion
 from ..policy import ZeroCopyState
@@ -22,6 +22,21 @@ if TYPE_CHECKING:
     from .batching import _Batch
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
+def _core_pins() -> tuple[Any, Any]:
+    """The compiled core's PinSet type and set_results() (_core_pins.c), or (None, None)."""
+    if not _core.compiled:
+        return None, None
+    found: dict[str, Any] = {}
+    if _core.lib.zc_pins_export(id(found), id(asyncio.InvalidStateError)) < 0:
+        return None, None  # out of memory at import: the cffi pins
+    return found["PinSet"], found["set_results"]
+
+
+# PinSet: a batch's buffer exports and its sendmmsg in C (the compiled path; else cffi pins
+# in a list, see aiozc._sys.mmsg). set_results(futures, result): a flush's fan-out.
+PinSet, set_results = _core_pins()
 
 # Largest UDP payload: 65535 minus the IPv4 (20) and UDP (8) headers; IPv6's payload-length field
 # excludes its own header, so 65535 - 8 there (no jumbograms).
@@ -138,7 +153,7 @@ if TYPE_CHECKING:
         _deferred_calls: list[tuple[str, Any]]
         _coalesce: bool
         _co_objs: list[Any]
-        _co_pins: list[Any]
+        _co_pins: Any  # a PinSet, or a list of cffi pins
         _co_futures: list[asyncio.Future[Completion]]
         _co_bytes: int
         _co_room: int

@@ -15,7 +15,7 @@ from ..completions import Completion
 from ..engines.copy import CopyEngine
 from ..engines.io_uring import IoUringEngine
 from ..engines.msg_zerocopy import MsgZeroCopyEngine
-from ._common import _COPY_FALLBACK, _ZEROCOPY, _DatagramHost, _Datagram
+from ._common import _COPY_FALLBACK, _ZEROCOPY, PinSet, _DatagramHost, _Datagram
 
 if TYPE_CHECKING:
     from .transport import ZeroCopyDatagramTransport
@@ -50,10 +50,14 @@ class _Batch:
         return self
 
     def release(self) -> None:
-        unpin = _mmsg.unpin
-        for pin in self.pins:
-            unpin(pin)
+        pins = self.pins
         self.pins = self.bufs = []
+        if pins.__class__ is PinSet:
+            pins.release()  # one call for all
+            return
+        unpin = _mmsg.unpin
+        for pin in pins:
+            unpin(pin)
 
 
 _pin = _mmsg.pin

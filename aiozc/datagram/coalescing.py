@@ -8,8 +8,12 @@ from typing import Any
 from .._sys import mmsg as _mmsg
 from ..base import TransportClosedError, byte_view
 from ..completions import Completion
-from ._common import _DatagramHost
+from ._common import PinSet, _DatagramHost, set_results
 from .batching import _Batch
+
+# sendto_zc()'s future where the loop's create_future() is a plain asyncio.Future (hot.py).
+_Future = asyncio.Future
+_running_loop = asyncio.events._get_running_loop
 
 _pin = _mmsg.pin
 _MAX_BATCH = _mmsg.MAX_BATCH
@@ -43,6 +47,9 @@ class _FanOut:
         sizes = self.sizes
         if sizes and sizes.count(sizes[0]) == len(sizes):  # the usual case: one size
             each = _each(sizes[0], zerocopy)
+            if set_results is not None:
+                set_results(self.futures, each)  # the same loop in C
+                return
             for future in self.futures:
                 try:
                     future.set_result(each)
@@ -79,20 +86,24 @@ class _CoalescingMixin(_DatagramHost):
         """
         if self._closing:  # also set once the socket is gone
             raise TransportClosedError("sendto_zc() on a closing or closed transport")
+        pins = self._co_pins
         try:
-            pin = _pin(buf)
+            if pins.__class__ is PinSet:  # the compiled core's (see _new_co_pins)
+                nbytes = pins.add(buf)
+            else:
+                pin = _pin(buf)
+                pins.append(pin)
+                nbytes = len(pin)
         except (TypeError, BufferError):
             byte_view(buf).release()  # raises the error sendto_zc() would
             raise
-        nbytes = len(pin)
         if nbytes > self._fast_max:
-            _mmsg.unpin(pin)
+            self._co_unpin_last(pins)
             raise ValueError(
                 f"datagram of {nbytes} bytes exceeds the {self._max_size}-byte UDP payload limit"
             )
-        future = self._make_future()
-        pins = self._co_pins
-        pins.append(pin)
+        loop = self._hot_loop  # None unless the loop's futures are plain asyncio futures
+        future = _Future() if loop is not None and _running_loop() is loop else self._make_future()
         self._co_objs.append(buf)
         self._co_futures.append(future)
         self._co_bytes += nbytes
@@ -115,9 +126,9 @@ class _CoalescingMixin(_DatagramHost):
         if not self._co_pins:
             return
         objs, pins, futures = self._co_objs, self._co_pins, self._co_futures
-        self._co_objs, self._co_pins, self._co_futures = [], [], []
+        self._co_objs, self._co_pins, self._co_futures = [], self._new_co_pins(), []
         self._co_bytes = 0
-        sizes = list(map(len, pins))
+        sizes = pins.sizes() if pins.__class__ is PinSet else list(map(len, pins))
         if self._sock is None:  # pragma: no cover - _fail_pending emptied the lists first
             return
         self._send_batch(_Batch(_FanOut(futures, sizes), objs, pins, sizes), self._address)  # type: ignore[arg-type]
@@ -127,10 +138,30 @@ class _CoalescingMixin(_DatagramHost):
             self._co_handle.cancel()
             self._co_handle = None
         pins, futures = self._co_pins, self._co_futures
-        self._co_objs, self._co_pins, self._co_futures = [], [], []
+        self._co_objs, self._co_pins, self._co_futures = [], self._new_co_pins(), []
         self._co_bytes = 0
-        for pin in pins:
-            _mmsg.unpin(pin)
+        if pins.__class__ is PinSet:
+            pins.release()
+        else:
+            for pin in pins:
+                _mmsg.unpin(pin)
         for future in futures:
             if not future.done():
                 future.set_exception(error)
+
+    def _new_co_pins(self) -> Any:
+        """Where coalesced datagrams are pinned: a PinSet on the compiled path (exports and
+        sendmmsg in C), else a list of cffi pins (the io_uring engine takes those over)."""
+        return PinSet() if PinSet is not None and self._hot_d is not None else []
+
+    def _co_unpin_last(self, pins: Any) -> None:
+        """End the pin of the datagram just added (refused: too large)."""
+        if pins.__class__ is PinSet:
+            # A PinSet has no pop: move the others to a new set (a refused datagram is rare).
+            objs = self._co_objs
+            pins.release()
+            fresh = self._co_pins = self._new_co_pins()
+            for obj in objs:
+                fresh.add(obj)
+            return
+        _mmsg.unpin(pins.pop())

@@ -163,6 +163,8 @@ class _HotPathMixin(_DatagramHost):
         if _plain_futures(self._loop):
             self._hot_loop = self._loop
         self._hot_bind(d)
+        if self._coalesce:
+            self._co_pins = self._new_co_pins()  # type: ignore[attr-defined]
         tracker._pop_token = self._hot_fns["pop"]  # the futures sendto_zc() made are held in C
         self._hot_send = self._hot_fns["sendto"]
         self._hot_zc = None if self._coalesce else self._hot_fns["sendto_zc"]
