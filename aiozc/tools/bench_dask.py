@@ -41,6 +41,10 @@ class Sample:
     cpu_seconds: float
     minor_faults: int
     copied: dict[str, int] = field(default_factory=dict)  # bytes per copy point
+    # CPU seconds per process: the client (which hosts the scheduler), then the workers in
+    # Bench.workers order (worker->worker sends from the first to the second)
+    cpu_by_process: list[float] = field(default_factory=list)
+    faults_by_process: list[int] = field(default_factory=list)  # minor faults, the same order
 
     @property
     def gbps(self) -> float:
@@ -62,15 +66,20 @@ class Sample:
 
 def _proc_counters(pids: list[int]) -> tuple[float, int]:
     """(user+system CPU seconds, minor faults) summed over ``pids``."""
+    per = _per_process(pids)
+    return sum(cpu for cpu, _ in per), sum(faults for _, faults in per)
+
+
+def _per_process(pids: list[int]) -> list[tuple[float, int]]:
+    """(user+system CPU seconds, minor faults) of each of ``pids``."""
     ticks = os.sysconf("SC_CLK_TCK")
-    cpu, faults = 0.0, 0
+    out = []
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         # after the command: state(0) ... minflt(7) ... utime(11) stime(12)
-        faults += int(fields[7])
-        cpu += (int(fields[11]) + int(fields[12])) / ticks
-    return cpu, faults
+        out.append(((int(fields[11]) + int(fields[12])) / ticks, int(fields[7])))
+    return out
 
 
 @contextlib.contextmanager
@@ -146,16 +155,19 @@ class Bench:
     def measure(self, case: str, nbytes: int, prepare: Callable[[], Any], timed: Callable[[Any], Any]) -> Sample:
         state = prepare()
         self._take_copies()
-        cpu0, faults0 = _proc_counters(self.pids)
+        before = _per_process(self.pids)
         start = time.perf_counter()
         timed(state)
         seconds = time.perf_counter() - start
-        cpu1, faults1 = _proc_counters(self.pids)
+        after = _per_process(self.pids)
+        cpu = [a[0] - b[0] for a, b in zip(after, before)]
+        faults = [a[1] - b[1] for a, b in zip(after, before)]
         # Taken after the counters: the client.run calls that collect them copy a little too.
         copied = self._take_copies()
         del state
         self.client.run(lambda: __import__("gc").collect())
-        return Sample(case, self.protocol, nbytes, seconds, cpu1 - cpu0, faults1 - faults0, copied)
+        return Sample(case, self.protocol, nbytes, seconds, sum(cpu), sum(faults), copied, cpu,
+                      faults)
 
 
 def _w2w(b: Bench, count: int, size: int, seed: int) -> Sample:
@@ -212,6 +224,13 @@ def _rechunk(b: Bench, side: int, seed: int) -> Sample:
         b.client.compute(x.rechunk((side // 16, side)).sum()).result()
 
     return b.measure(f"rechunk {side}x{side} f8", side * side * 8, prepare, timed)
+
+
+def _by_process(sample: Sample) -> str:
+    gb = sample.nbytes / 1e9
+    mib = sample.nbytes / MiB
+    return ("/".join(f"{cpu / gb:.2f}" for cpu in sample.cpu_by_process) + " flt/MiB "
+            + "/".join(f"{faults / mib:.1f}" for faults in sample.faults_by_process))
 
 
 def _size(n: int) -> str:
@@ -281,7 +300,8 @@ def run(args: Any = None) -> dict[str, Any]:
                         samples.append(sample)
                         print(f"  round {rnd + 1} {sample.case:<26} {proto}: {sample.gbps:6.2f} GB/s "
                               f"{sample.cpu_s_per_gb:5.2f} CPU s/GB {sample.faults_per_mib:7.1f} flt/MiB "
-                              f"copied {sample.copied_ratio:.4f}", flush=True)
+                              f"copied {sample.copied_ratio:.4f} by process (client, workers): CPU s/GB "
+                              f"{_by_process(sample)}", flush=True)
         finally:
             for bench in benches.values():
                 bench.close()
