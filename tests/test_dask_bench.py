@@ -106,3 +106,39 @@ async def test_copies_counted_tcp_joins_a_message_of_small_arrays() -> None:
     zc = await _send_and_count("zc", arrays)
     assert tcp["tcp message join"] > 64 * (32 << 10)  # the whole message, headers included
     assert sum(zc.values()) < 64 * (32 << 10) // 20
+
+
+def test_counters_per_process_keep_each_process_apart() -> None:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"  # started: idle now
+        block = mmap.mmap(-1, 8 << 20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        mine2, theirs2 = bench_dask._per_process([os.getpid(), child.pid])
+        for i in range(0, len(block), 4096):
+            block[i] = 2  # already faulted: no new fault
+        block2 = mmap.mmap(-1, 8 << 20)
+        for i in range(0, len(block2), 4096):
+            block2[i] = 1
+        mine3, theirs3 = bench_dask._per_process([os.getpid(), child.pid])
+        assert mine3[1] - mine2[1] >= (8 << 20) // 4096 // 2
+        assert theirs3[1] - theirs2[1] < 100  # the idle child did not fault ours
+    finally:
+        child.stdin.close()  # type: ignore[union-attr]
+        child.wait()
+
+
+def test_pool_counts_are_those_of_this_process_pool() -> None:
+    import aiozc.dask
+
+    pool = aiozc.dask.receive_pool()
+    before = bench_dask._pool_counts()
+    buf = pool.acquire(1 << 20)
+    del buf
+    after = bench_dask._pool_counts()
+    assert after["mapped"] + after["reused"] == before["mapped"] + before["reused"] + 1

@@ -45,6 +45,8 @@ class Sample:
     # Bench.workers order (worker->worker sends from the first to the second)
     cpu_by_process: list[float] = field(default_factory=list)
     faults_by_process: list[int] = field(default_factory=list)  # minor faults, the same order
+    # zc's receive pools, summed over the processes: buffers newly made, reused, evicted
+    pool: dict[str, int] = field(default_factory=dict)
 
     @property
     def gbps(self) -> float:
@@ -107,6 +109,16 @@ def zc_entry_point_visible() -> Iterator[None]:
                 os.environ["PYTHONPATH"] = old
 
 
+def _pool_counts() -> dict[str, int]:
+    """This process's zc:// receive pool counters (none before a zc:// comm read anything)."""
+    from aiozc.dask import comm
+
+    pool = comm._pool
+    if pool is None:
+        return {}
+    return {"mapped": pool.mapped, "reused": pool.reused, "evicted": pool.evicted}
+
+
 # -- functions that run on the workers ------------------------------------------------------------
 
 
@@ -142,6 +154,12 @@ class Bench:
         bench_dask_copies.install()
         self.client.run(bench_dask_copies.install)
 
+    def _pool_counts(self) -> collections.Counter[str]:
+        total = collections.Counter(_pool_counts())
+        for counts in self.client.run(_pool_counts).values():
+            total.update(counts)
+        return total
+
     def _take_copies(self) -> dict[str, int]:
         total = collections.Counter(bench_dask_copies.take())
         for counts in self.client.run(bench_dask_copies.take).values():
@@ -155,6 +173,7 @@ class Bench:
     def measure(self, case: str, nbytes: int, prepare: Callable[[], Any], timed: Callable[[Any], Any]) -> Sample:
         state = prepare()
         self._take_copies()
+        pool = self._pool_counts()
         before = _per_process(self.pids)
         start = time.perf_counter()
         timed(state)
@@ -164,10 +183,11 @@ class Bench:
         faults = [a[1] - b[1] for a, b in zip(after, before)]
         # Taken after the counters: the client.run calls that collect them copy a little too.
         copied = self._take_copies()
+        pool = self._pool_counts() - pool
         del state
         self.client.run(lambda: __import__("gc").collect())
         return Sample(case, self.protocol, nbytes, seconds, sum(cpu), sum(faults), copied, cpu,
-                      faults)
+                      faults, dict(pool))
 
 
 def _w2w(b: Bench, count: int, size: int, seed: int) -> Sample:
@@ -230,7 +250,8 @@ def _by_process(sample: Sample) -> str:
     gb = sample.nbytes / 1e9
     mib = sample.nbytes / MiB
     return ("/".join(f"{cpu / gb:.2f}" for cpu in sample.cpu_by_process) + " flt/MiB "
-            + "/".join(f"{faults / mib:.1f}" for faults in sample.faults_by_process))
+            + "/".join(f"{faults / mib:.1f}" for faults in sample.faults_by_process)
+            + "".join(f" {key} {n}" for key, n in sample.pool.items()))
 
 
 def _size(n: int) -> str:
