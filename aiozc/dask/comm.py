@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import weakref
@@ -62,6 +63,25 @@ def _limits() -> wire.Limits:
 
 def _protocol(on_made: Callable[[ZCProtocol], None] | None = None) -> ZCProtocol:
     return ZCProtocol(receive_pool(), _limits(), _bytes_config("readahead-bytes", 256 << 20), on_made)
+
+
+def _loopback_options(host: str | None) -> dict[str, Any]:
+    """aiozc transport options for a connection to or listening on ``host``.
+
+    Over loopback the kernel copies every zero-copy send (ee_code 1, always), so re-probing is
+    wasted: a copy-fallback connection tries MSG_ZEROCOPY again after every reprobe_bytes (1 GiB)
+    sent, and a dask message of 1 GiB or more then sends one whole 64 MiB shard pinned, copied
+    by the kernel a second time on delivery (skb_copy_ubufs, seen in perf on the receiver), and
+    completed only once read (bench dask worker->worker 4 x 256 MiB: 64 MiB of every 1 GiB
+    went that way). The first probe of a connection still runs, as on any route.
+    """
+    if host == "localhost":
+        return {"reprobe_bytes": 0}
+    try:
+        loopback = ipaddress.ip_address(host or "").is_loopback
+    except ValueError:  # a name, or "" (every interface)
+        return {}
+    return {"reprobe_bytes": 0} if loopback else {}
 
 
 def _refuse_encryption(address: str, connection_args: dict[str, Any]) -> None:
@@ -265,7 +285,7 @@ class ZCConnector(Connector):
         _refuse_encryption(address, connection_args)
         host, port = parse_host_port(address)
         try:
-            transport, protocol = await create_connection(_protocol, host, port)
+            transport, protocol = await create_connection(_protocol, host, port, **_loopback_options(host))
         except ConnectionError as exc:
             raise CommClosedError(f"in {PREFIX}{address}: {type(exc).__name__}: {exc}") from exc
         return ZCComm(protocol, _sockname(transport, "sockname"), PREFIX + address, deserialize)
@@ -290,7 +310,8 @@ class ZCListener(BaseListener):
     async def start(self) -> None:
         backlog = int(dask.config.get("distributed.comm.socket-backlog"))
         self.server = await create_server(lambda: _protocol(self._connection_made), self.ip or None,
-                                          self.port, backlog=backlog, reuse_address=True)
+                                          self.port, backlog=backlog, reuse_address=True,
+                                          **_loopback_options(self.ip))
 
     def stop(self) -> None:
         server, self.server = self.server, None

@@ -194,8 +194,11 @@ def _w2w(b: Bench, count: int, size: int, seed: int) -> Sample:
     a, other = b.workers
 
     def prepare() -> Any:
+        from distributed import wait
+
         data = b.client.submit(_make, count, size, seed, workers=[a], pure=False)
-        data.result()  # made on a, not timed; keep the small result off the client
+        with b.client.as_current():
+            wait(data)  # made on a, not timed; not data.result(), which copied it all to the client
         return data
 
     def timed(data: Any) -> None:
