@@ -10,14 +10,24 @@ holding them; only the epoll's own fd is registered with ``loop.add_reader`` (an
 readable when it has events, never in error). The multiplexer dispatches EPOLLIN / EPOLLOUT /
 EPOLLERR / EPOLLHUP to the socket's handler, which must drain what it is told about, so nothing
 spins and an idle socket costs nothing.
+
+A socket whose error queue cannot fill yet (no zero-copy send made, or every notification read)
+may instead sit in the loop's own selector, registered as asyncio's own transports register
+theirs (``loop._add_reader``): on asyncio's loop EPOLLERR is harmless (readable and writable),
+and the hop through the private epoll costs a nested epoll per event. :meth:`Multiplexer.register`
+with ``on_loop=True`` does that where the loop is asyncio's selector loop, and
+:meth:`Multiplexer.to_private` moves the socket into the private epoll before its first
+zero-copy send. uvloop keeps every socket private: its ``add_reader`` closes the handle on any
+POLLERR, and a peer's reset alone raises one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import select
+from asyncio import selector_events
 import weakref
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 _MAX_EVENTS = 256
 EPOLLIN = select.EPOLLIN
@@ -46,6 +56,9 @@ class Multiplexer:
         # handler.on_readiness per fd, bound once: the dispatch loop runs it per event.
         self._callbacks: dict[int, Callable[[int], None]] = {}
         self._masks: dict[int, int] = {}
+        # fds registered with the loop's own selector instead (on_loop), and their mask.
+        self._on_loop: dict[int, int] = {}
+        self._loop_native = isinstance(loop, selector_events.BaseSelectorEventLoop)
         self.dispatches = 0  # loop callbacks that ran; tests use it to show idle costs nothing
 
     @classmethod
@@ -62,41 +75,106 @@ class Multiplexer:
         return None if mux is None else mux._handlers.get(fd)
 
     def __len__(self) -> int:
-        return len(self._handlers)
+        return len(self._handlers)  # on the loop's selector or in the private epoll
 
     @staticmethod
     def mask(*, read: bool, write: bool, edge: bool = False) -> int:
         # EPOLLERR and EPOLLHUP are always reported; an empty mask still delivers completions.
         return (EPOLLIN if read else 0) | (EPOLLOUT if write else 0) | (EPOLLET if edge else 0)
 
-    def register(self, fd: int, handler: ReadinessHandler, mask: int) -> None:
+    def register(self, fd: int, handler: ReadinessHandler, mask: int, *, on_loop: bool = False) -> None:
+        """Watch ``fd`` for ``mask``; ``on_loop``: in the loop's own selector where that is
+        safe (see the module docstring) until :meth:`to_private`."""
         if fd in self._handlers:
             raise RuntimeError(f"fd {fd} is already registered with the aiozc multiplexer")
-        epoll = self._open()
-        epoll.register(fd, mask)
         self._handlers[fd] = handler
         self._callbacks[fd] = handler.on_readiness
-        self._masks[fd] = mask
+        if on_loop and self._loop_native:
+            self._on_loop[fd] = 0
+            self._set_loop_mask(fd, handler, mask)
+            return
+        self._epoll_register(fd, mask)
+
+    def is_on_loop(self, fd: int) -> bool:
+        return fd in self._on_loop
 
     def modify(self, fd: int, mask: int) -> None:
+        if fd in self._on_loop:
+            self._set_loop_mask(fd, self._handlers[fd], mask)
+            return
         if self._masks.get(fd) == mask:
             return
         assert self._epoll is not None
         self._epoll.modify(fd, mask)
         self._masks[fd] = mask
 
+    def to_private(self, fd: int, mask: int) -> None:
+        """Move ``fd`` from the loop's selector into the private epoll (its error queue may
+        fill from now on)."""
+        if self._on_loop.pop(fd, None) is None:
+            return
+        self._drop_from_loop(fd)
+        self._epoll_register(fd, mask)
+
+    def to_loop(self, fd: int, mask: int) -> None:
+        """Move ``fd`` back to the loop's selector: its error queue is empty and stays so until
+        the next zero-copy send, which calls :meth:`to_private` first."""
+        if not self._loop_native or fd in self._on_loop or fd not in self._handlers:
+            return
+        self._epoll_unregister(fd)
+        self._on_loop[fd] = 0
+        self._set_loop_mask(fd, self._handlers[fd], mask)
+
     def unregister(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is None:
             return
         del self._callbacks[fd]
+        if self._on_loop.pop(fd, None) is not None:
+            self._drop_from_loop(fd)
+        else:
+            self._epoll_unregister(fd)
+        if not self._handlers:
+            self._close()
+
+    def _epoll_register(self, fd: int, mask: int) -> None:
+        self._open().register(fd, mask)
+        self._masks[fd] = mask
+
+    def _epoll_unregister(self, fd: int) -> None:
         del self._masks[fd]
         assert self._epoll is not None
         try:
             self._epoll.unregister(fd)
         except (OSError, ValueError):
             pass  # the fd was closed first; epoll dropped it already
-        if not self._handlers:
-            self._close()
+
+    # -- sockets in the loop's own selector (asyncio's loop only) ---------------------------
+
+    def _set_loop_mask(self, fd: int, handler: ReadinessHandler, mask: int) -> None:
+        # EPOLLET is for the private epoll's hang-up case; a socket here is simply not
+        # registered for reading while its transport does not read, as asyncio's own.
+        old = self._on_loop[fd]
+        mask &= EPOLLIN | EPOLLOUT
+        if mask == old:
+            return
+        self._on_loop[fd] = mask
+        loop: Any = self._loop
+        if (mask ^ old) & EPOLLIN:
+            if mask & EPOLLIN:
+                loop._add_reader(fd, handler.on_readiness, EPOLLIN)
+            else:
+                loop._remove_reader(fd)
+        if (mask ^ old) & EPOLLOUT:
+            if mask & EPOLLOUT:
+                loop._add_writer(fd, handler.on_readiness, EPOLLOUT)
+            else:
+                loop._remove_writer(fd)
+
+    def _drop_from_loop(self, fd: int) -> None:
+        loop: Any = self._loop
+        if not loop.is_closed():
+            loop._remove_reader(fd)
+            loop._remove_writer(fd)
 
     def _open(self) -> select.epoll:
         if self._epoll is None:

@@ -63,6 +63,9 @@ class StreamSending:
     _zc_in_flight: int
     _submit_zc_fn: Any
     _engine: Any
+    _mux: Any
+    _fd: int
+    _registered_mask: int
 
     def _init_sending(self) -> None:
         self._peer_window_at = self._peer_window_peak_at = float("-inf")
@@ -127,6 +130,10 @@ class StreamSending:
         byte waits for a notification that may never come.
         """
         assert self._sock is not None
+        if self._mux.is_on_loop(self._fd):
+            # Its notifications will raise EPOLLERR: into the private epoll first (readiness).
+            mask = self._registered_mask = self._mask()
+            self._mux.to_private(self._fd, mask)
         if self._submit_zc_fn is not None:
             self._submit_zc(write, chunk)  # raises SendPending
         try:
@@ -151,6 +158,11 @@ class StreamSending:
         self._tell_policy_plain()  # bytes copied before the policy's answer count before it
         super().on_zerocopy_range(lo, hi, copied)  # type: ignore[misc]
         self._refresh_direct()
+        if self._direct_max == NEVER and self._idle() and self._starts_on_loop():
+            # Every notification read and none due until the policy wants zero-copy again
+            # (which moves it back first): the loop's own selector serves it for less.
+            mask = self._registered_mask = self._mask()
+            self._mux.to_loop(self._fd, mask)
 
     def _on_enobufs(self) -> None:
         super()._on_enobufs()  # type: ignore[misc]

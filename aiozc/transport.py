@@ -116,6 +116,10 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
 
     # -- readiness -------------------------------------------------------------------------
 
+    def _starts_on_loop(self) -> bool:
+        # Zero-copy receive's reader keeps to the private epoll (its own readiness rules).
+        return self._options.zc_receive is None and not self._closing and self._sock is not None
+
     def _mask(self) -> int:
         read = self._reading and not self._eof_received and not self._closing and not self._rx_blocked
         mask = EPOLLIN if read else 0
