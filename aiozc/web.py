@@ -7,7 +7,7 @@ each one per site (nothing global is patched):
   new ``bytes`` before writing (``SKIP_WRITELINES``, CVE-2024-12254 in asyncio's own
   ``writelines``). That copy alone costs as much as the send. The site's connections get a writer
   that hands the chunks to aiozc's ``writelines``, which has no such bug, so the user's body object
-  reaches the transport untouched and the transport can send it without copying.
+  reaches the transport untouched and the transport can send it without copying (webwriter.py).
 * Buffers (numpy arrays, mutable memory). The asyncio contract lets a caller reuse a buffer as
   soon as ``write`` returns, so the transport copies mutable inputs. :func:`write_buffer` and
   :func:`buffer_response` opt out of that contract explicitly: they send through ``write_zc`` and
@@ -29,24 +29,24 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import fields
-from typing import IO, Any, Optional, TypeGuard, Union, cast
+from typing import IO, Any, Optional, Union
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_writer import StreamWriter
 from aiohttp.payload import Payload
 from aiohttp.web_log import AccessLogger
 from aiohttp.web_runner import BaseRunner
 
-try:  # aiohttp >= 3.10; written against 3.14, older releases lack these names
-    from aiohttp.client_exceptions import ClientConnectionResetError
-    from aiohttp.http_writer import MIN_PAYLOAD_FOR_WRITELINES
-except ImportError:  # pragma: no cover
-    ClientConnectionResetError = ConnectionResetError  # type: ignore[misc,assignment]
-    MIN_PAYLOAD_FOR_WRITELINES = 2048
-
 import aiozc
-from aiozc.policy import DEFAULT_THRESHOLD
+from aiozc.webwriter import (
+    BufferLike,
+    ClientConnectionResetError,
+    ZeroCopyPayloadWriter,
+    _handler_class,
+    _wrap_request_factory,
+    is_zerocopy_transport,
+)
 
 __all__ = [
     "ZeroCopySite",
@@ -60,118 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("aiozc.web")
-
-BufferLike = Union[bytes, bytearray, memoryview, Any]  # anything with the buffer protocol
-
-
-def is_zerocopy_transport(transport: Optional[asyncio.BaseTransport]) -> bool:
-    """True for aiozc transports (they, and only they, offer per-write completions)."""
-    return transport is not None and callable(getattr(transport, "write_zc", None))
-
-
-# Below the default zero-copy threshold the transport would copy the slice anyway.
-_SMALL_SLICE = DEFAULT_THRESHOLD
-
-
-def _nbytes(chunk: BufferLike) -> int:
-    return chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
-
-
-def _immutable_view_of_bytes(chunk: BufferLike) -> TypeGuard[memoryview]:
-    """A memoryview over exact ``bytes``: nobody can change it, so pinning it is safe."""
-    return isinstance(chunk, memoryview) and type(chunk.obj) is bytes and chunk.c_contiguous
-
-
-def _swallow_result(fut: asyncio.Future[Any]) -> None:
-    # Completions of fire-and-forget sends of immutable data: the outcome already reaches the
-    # protocol through connection_lost; retrieving it keeps asyncio from logging it again.
-    if not fut.cancelled():
-        fut.exception()
-
-
-def _send_chunk(transport: asyncio.Transport, chunk: BufferLike) -> None:
-    """Queue one chunk in order, keeping immutable data zero-copy-eligible."""
-    if _immutable_view_of_bytes(chunk):
-        view: memoryview = chunk
-        obj = cast(bytes, view.obj)  # exact bytes, checked above
-        if view.nbytes == len(obj):
-            # The whole object: the transport's own exact-bytes rule applies.
-            transport.write(obj)
-        elif view.nbytes < _SMALL_SLICE:
-            transport.write(view)  # copying a few pages beats tracking a completion
-        else:
-            # A slice of immutable bytes may be pinned without asking the caller to wait.
-            transport.write_zc(view).add_done_callback(_swallow_result)  # type: ignore[attr-defined]
-        return
-    transport.write(chunk)
-
-
-class ZeroCopyPayloadWriter(StreamWriter):
-    """aiohttp's writer, minus the header+body join on old Pythons, for aiozc transports only."""
-
-    def _live_transport(self) -> asyncio.Transport:
-        transport = self._protocol.transport
-        if transport is None or transport.is_closing():
-            raise ClientConnectionResetError("Cannot write to closing transport")
-        return transport
-
-    def _write(self, chunk: BufferLike) -> None:
-        size = _nbytes(chunk)
-        self.buffer_size += size
-        self.output_size += size
-        transport = self._live_transport()
-        if not is_zerocopy_transport(transport):
-            transport.write(chunk)
-            return
-        _send_chunk(transport, chunk)
-
-    def _writelines(self, chunks: Iterable[BufferLike]) -> None:
-        # aiohttp hands a tuple of 2-4 items (headers, [chunk size,] body, [trailer]): this runs
-        # once per response, so it stays as lean as aiohttp's own (11 B bodies under wrk).
-        if type(chunks) is not tuple:
-            chunks = tuple(chunks)
-        size = 0
-        all_bytes = True
-        for chunk in chunks:
-            if type(chunk) is bytes:
-                size += len(chunk)
-            else:
-                size += _nbytes(chunk)
-                all_bytes = False
-        self.buffer_size += size
-        self.output_size += size
-        transport = self._protocol.transport
-        if transport is None or transport.is_closing():
-            raise ClientConnectionResetError("Cannot write to closing transport")
-        if size < MIN_PAYLOAD_FOR_WRITELINES or not is_zerocopy_transport(transport):
-            # Small, or not ours: joining is what aiohttp does and is safe everywhere.
-            transport.write(b"".join(chunks))
-        elif all_bytes:
-            # Headers and a bytes body: the transport sends them in one sendmsg when neither
-            # goes zero-copy (one segment, like aiohttp's join), each on its own path otherwise.
-            transport.writelines(chunks)
-        else:
-            for chunk in chunks:  # in order, each one on its own zero-copy or copy path
-                _send_chunk(transport, chunk)
-
-
-def _wrap_request_factory(factory: Callable[..., web.BaseRequest]) -> Callable[..., web.BaseRequest]:
-    """Give every request of one connection a :class:`ZeroCopyPayloadWriter`."""
-
-    def make_request(
-        message: Any, payload: Any, protocol: Any, writer: AbstractStreamWriter, task: Any
-    ) -> web.BaseRequest:
-        if type(writer) is StreamWriter:
-            # The same object, given our subclass (no state of its own, no __slots__ on
-            # either): a second writer per request cost an __init__ of ~15 attributes.
-            try:
-                writer.__class__ = ZeroCopyPayloadWriter
-            except TypeError:  # an aiohttp whose StreamWriter got __slots__
-                writer = ZeroCopyPayloadWriter(protocol, writer.loop)
-        return factory(message, payload, protocol, writer, task)
-
-    return make_request
-
 
 # --------------------------------------------------------------------------------------------
 # Buffers: explicit zero-copy with a completion the caller awaits
@@ -401,6 +289,13 @@ class ZeroCopySite(web.BaseSite):
         assert server is not None
         handler = server()
         # Per connection, not per app: stock sites of the same runner keep aiohttp's writer.
+        handler_class = _handler_class()
+        if handler_class is not None and type(handler) is web_protocol.RequestHandler:
+            try:
+                handler.__class__ = handler_class
+                return handler
+            except TypeError:
+                pass
         factory = handler._request_factory
         assert factory is not None  # only cleared when the connection is lost
         handler._request_factory = _wrap_request_factory(factory)
