@@ -104,7 +104,8 @@ class ZeroCopyTransportBase:
         self._close_timer: asyncio.TimerHandle | None = None
         self._zc_since_drain = 0
         self._mux = Multiplexer.for_loop(loop)
-        self._mux.register(self._fd, self, self._mask(), on_loop=self._starts_on_loop())
+        mask = self._mask()
+        self._mux.register(self._fd, self, mask, on_loop=self._on_loop_for(mask))
         # As asyncio: a wrapper that allows options and names but not I/O behind our back.
         self._extra.setdefault("socket", trsock.TransportSocket(sock))
         self._extra.setdefault("sockname", _safe_name(sock.getsockname))
@@ -208,9 +209,9 @@ class ZeroCopyTransportBase:
 
     # -- readiness -------------------------------------------------------------------------
 
-    def _starts_on_loop(self) -> bool:
-        """Whether the socket may wait in the loop's own selector until its first zero-copy
-        send (see readiness); the stream transport says yes."""
+    def _on_loop_for(self, mask: int) -> bool:
+        """Whether the socket, watched for ``mask``, may wait in the loop's own selector rather
+        than the private epoll (see readiness); the stream transport's rule."""
         return False
 
     def _mask(self) -> int:

@@ -12,13 +12,14 @@ EPOLLERR / EPOLLHUP to the socket's handler, which must drain what it is told ab
 spins and an idle socket costs nothing.
 
 A socket whose error queue cannot fill yet (no zero-copy send made, or every notification read)
-may instead sit in the loop's own selector, registered as asyncio's own transports register
-theirs (``loop._add_reader``): on asyncio's loop EPOLLERR is harmless (readable and writable),
-and the hop through the private epoll costs a nested epoll per event. :meth:`Multiplexer.register`
-with ``on_loop=True`` does that where the loop is asyncio's selector loop, and
-:meth:`Multiplexer.to_private` moves the socket into the private epoll before its first
-zero-copy send. uvloop keeps every socket private: its ``add_reader`` closes the handle on any
-POLLERR, and a peer's reset alone raises one.
+may instead sit in the loop's own selector while it is read, registered as asyncio's own
+transports register theirs (``loop._add_reader``): on asyncio's loop EPOLLERR is harmless (it
+reads as readable and writable), and the hop through the private epoll costs a nested epoll per
+event. ``register``/``modify`` with ``on_loop=True`` do that where the loop is asyncio's selector
+loop; the owner passes ``on_loop=False`` before its first zero-copy send and while it does not
+read (a selector cannot watch for errors alone, and an error must still be seen then). uvloop
+keeps every socket private: its ``add_reader`` closes the handle on any POLLERR, and a peer's
+reset alone raises one.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ class Multiplexer:
         return (EPOLLIN if read else 0) | (EPOLLOUT if write else 0) | (EPOLLET if edge else 0)
 
     def register(self, fd: int, handler: ReadinessHandler, mask: int, *, on_loop: bool = False) -> None:
-        """Watch ``fd`` for ``mask``; ``on_loop``: in the loop's own selector where that is
-        safe (see the module docstring) until :meth:`to_private`."""
+        """Watch ``fd`` for ``mask``; ``on_loop``: in the loop's own selector where the loop
+        allows it (see the module docstring), until :meth:`modify` says otherwise."""
         if fd in self._handlers:
             raise RuntimeError(f"fd {fd} is already registered with the aiozc multiplexer")
         self._handlers[fd] = handler
@@ -98,8 +99,20 @@ class Multiplexer:
     def is_on_loop(self, fd: int) -> bool:
         return fd in self._on_loop
 
-    def modify(self, fd: int, mask: int) -> None:
+    def modify(self, fd: int, mask: int, *, on_loop: bool = False) -> None:
+        """Watch ``fd`` for ``mask`` from now on; ``on_loop`` as for :meth:`register` (a socket
+        moves between the loop's selector and the private epoll as its owner says)."""
         if fd in self._on_loop:
+            if on_loop:
+                self._set_loop_mask(fd, self._handlers[fd], mask)
+                return
+            del self._on_loop[fd]
+            self._drop_from_loop(fd)
+            self._epoll_register(fd, mask)
+            return
+        if on_loop and self._loop_native and fd in self._handlers:
+            self._epoll_unregister(fd)
+            self._on_loop[fd] = 0
             self._set_loop_mask(fd, self._handlers[fd], mask)
             return
         if self._masks.get(fd) == mask:
@@ -107,23 +120,6 @@ class Multiplexer:
         assert self._epoll is not None
         self._epoll.modify(fd, mask)
         self._masks[fd] = mask
-
-    def to_private(self, fd: int, mask: int) -> None:
-        """Move ``fd`` from the loop's selector into the private epoll (its error queue may
-        fill from now on)."""
-        if self._on_loop.pop(fd, None) is None:
-            return
-        self._drop_from_loop(fd)
-        self._epoll_register(fd, mask)
-
-    def to_loop(self, fd: int, mask: int) -> None:
-        """Move ``fd`` back to the loop's selector: its error queue is empty and stays so until
-        the next zero-copy send, which calls :meth:`to_private` first."""
-        if not self._loop_native or fd in self._on_loop or fd not in self._handlers:
-            return
-        self._epoll_unregister(fd)
-        self._on_loop[fd] = 0
-        self._set_loop_mask(fd, self._handlers[fd], mask)
 
     def unregister(self, fd: int) -> None:
         if self._handlers.pop(fd, None) is None:

@@ -66,6 +66,7 @@ class StreamSending:
     _mux: Any
     _fd: int
     _registered_mask: int
+    _errqueue_quiet: bool
 
     def _init_sending(self) -> None:
         self._peer_window_at = self._peer_window_peak_at = float("-inf")
@@ -130,10 +131,11 @@ class StreamSending:
         byte waits for a notification that may never come.
         """
         assert self._sock is not None
-        if self._mux.is_on_loop(self._fd):
+        if self._errqueue_quiet:
             # Its notifications will raise EPOLLERR: into the private epoll first (readiness).
+            self._errqueue_quiet = False
             mask = self._registered_mask = self._mask()
-            self._mux.to_private(self._fd, mask)
+            self._mux.modify(self._fd, mask)
         if self._submit_zc_fn is not None:
             self._submit_zc(write, chunk)  # raises SendPending
         try:
@@ -158,11 +160,13 @@ class StreamSending:
         self._tell_policy_plain()  # bytes copied before the policy's answer count before it
         super().on_zerocopy_range(lo, hi, copied)  # type: ignore[misc]
         self._refresh_direct()
-        if self._direct_max == NEVER and self._idle() and self._starts_on_loop():
+        if (self._direct_max == NEVER and self._idle() and self._sock is not None
+                and self._options.zc_receive is None):
             # Every notification read and none due until the policy wants zero-copy again
-            # (which moves it back first): the loop's own selector serves it for less.
+            # (whose send moves it back first): the loop's own selector may serve it.
+            self._errqueue_quiet = True
             mask = self._registered_mask = self._mask()
-            self._mux.to_loop(self._fd, mask)
+            self._mux.modify(self._fd, mask, on_loop=self._on_loop_for(mask))
 
     def _on_enobufs(self) -> None:
         super()._on_enobufs()  # type: ignore[misc]

@@ -86,8 +86,12 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
         self._server = server
         self._init_sending()
         self._registered_mask = -1
+        options = options or TransportOptions()
+        # No zero-copy notification can be pending: the socket may wait in the loop's own
+        # selector (readiness). Zero-copy receive's reader keeps to the private epoll.
+        self._errqueue_quiet = options.zc_receive is None
         asyncio.Transport.__init__(self, extra)
-        ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options or TransportOptions(), extra)
+        ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options, extra)
         if self._options.zc_receive is not None:
             from .zcread import ZeroCopyReader  # noqa: PLC0415 - its cffi only for those who opt in
 
@@ -116,9 +120,10 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
 
     # -- readiness -------------------------------------------------------------------------
 
-    def _starts_on_loop(self) -> bool:
-        # Zero-copy receive's reader keeps to the private epoll (its own readiness rules).
-        return self._options.zc_receive is None and not self._closing and self._sock is not None
+    def _on_loop_for(self, mask: int) -> bool:
+        # Only while reading: a socket that does not read must still see a reset (EPOLLERR),
+        # which only the private epoll reports with no event asked for.
+        return self._errqueue_quiet and bool(mask & EPOLLIN)
 
     def _mask(self) -> int:
         read = self._reading and not self._eof_received and not self._closing and not self._rx_blocked
@@ -136,7 +141,7 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
         mask = self._mask()
         if mask != self._registered_mask and self._sock is not None:
             self._registered_mask = mask
-            self._mux.modify(self._fd, mask)
+            self._mux.modify(self._fd, mask, on_loop=self._on_loop_for(mask))
 
     def _write_ready(self) -> None:
         self._flush()

@@ -69,15 +69,31 @@ async def test_stream_socket_leaves_the_loop_selector_for_zerocopy_and_comes_bac
                 break
             await asyncio.sleep(0.01)
         assert bytes(pair.protocol.received) == b"ping"
-        transport.pause_reading()
-        assert _in_loop_selector(loop, fd) == 0
+        transport.pause_reading()  # errors must still be seen: only the private epoll can
+        assert _in_loop_selector(loop, fd) == 0 and not mux.is_on_loop(fd)
         transport.resume_reading()
+        assert mux.is_on_loop(fd) is native
         assert _in_loop_selector(loop, fd) == (selectors.EVENT_READ if native else 0)
     finally:
         pair.close()
     await asyncio.sleep(0.05)
     assert _in_loop_selector(loop, fd) == 0
     assert not mux.is_on_loop(fd)
+
+
+async def test_a_reset_while_reading_is_paused_is_seen() -> None:
+    """A socket that does not read leaves the loop's selector (which cannot watch for errors
+    alone): a peer's reset then still ends the connection, as it did in the private epoll."""
+    pair = await connect_pair()
+    try:
+        await asyncio.sleep(0)
+        pair.transport.pause_reading()
+        pair.peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        pair.peer.close()
+        lost = await asyncio.wait_for(pair.protocol.lost, 5)
+        assert isinstance(lost, ConnectionResetError)
+    finally:
+        pair.transport.abort()
 
 
 async def test_a_full_socket_waits_for_writability_in_the_loop_selector() -> None:
