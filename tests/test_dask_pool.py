@@ -55,3 +55,16 @@ def test_a_buffer_larger_than_the_cap_is_dropped_and_evicts_nothing() -> None:
     _message(pool, 2, MiB)
     _message(pool, 1, 4 * MiB)
     assert pool.idle_bytes == 2 * MiB and pool.evicted == 0
+
+
+def test_huge_page_buffers_are_evicted_before_small_ones() -> None:
+    """Made again, a small buffer faults per 4 KiB page, a huge-page one per 2 MiB: at the cap
+    the big ones go first, even when the small ones are older (bench dask's cycle of 4 x 256
+    MiB, 64 x 4 MiB and 2048 x 32 KiB messages evicted every 32 KiB buffer under plain LRU)."""
+    pool = ReceivePool(max_idle_bytes=5 * MiB)
+    _message(pool, 32, 32 << 10)  # 1 MiB of small buffers, idle first
+    _message(pool, 2, 4 * MiB)  # the second 4 MiB buffer needs room: the first goes
+    assert pool.evicted == 1 and pool.idle_bytes == 5 * MiB
+    mapped = pool.mapped
+    _message(pool, 32, 32 << 10)
+    assert pool.mapped == mapped  # every small buffer reused

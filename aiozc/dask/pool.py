@@ -54,10 +54,10 @@ class _Region:
 class ReceivePool:
     def __init__(self, max_idle_bytes: int) -> None:
         self.max_idle_bytes = max_idle_bytes
-        # Idle regions by size class, and all of them oldest-returned first (keys: id(region));
-        # dicts for O(1) removal from either side.
+        # Idle regions by size class, and oldest-returned first (keys: id(region)) in two
+        # orders: huge-page regions, evicted first, and the smaller ones; dicts for O(1) removal.
         self._idle: dict[int, dict[int, _Region]] = {}
-        self._idle_order: collections.OrderedDict[int, _Region] = collections.OrderedDict()
+        self._idle_order = (collections.OrderedDict[int, _Region](), collections.OrderedDict[int, _Region]())
         self._idle_bytes = 0
         self._lock = threading.Lock()  # weakref callbacks run wherever the last slice dies
         self._handed: dict[int, tuple[weakref.ref[Any], _Region]] = {}
@@ -101,7 +101,7 @@ class ReceivePool:
             if not bucket:
                 return None
             key, region = bucket.popitem()  # the last returned: its pages are the warmest
-            del self._idle_order[key]
+            del self._idle_order[_order(region)][key]
             self._idle_bytes -= cls
             return region
 
@@ -117,11 +117,16 @@ class ReceivePool:
                 self._evict_oldest()
             key = id(region)
             self._idle.setdefault(region.size, {})[key] = region
-            self._idle_order[key] = region
+            self._idle_order[_order(region)][key] = region
             self._idle_bytes += region.size
 
     def _evict_oldest(self) -> None:
-        key, region = self._idle_order.popitem(last=False)
+        """Drop the huge-page region idle longest, else the small one idle longest: made again,
+        a huge-page region faults ~0.5 times per MiB, a smaller one 256 times (4 KiB pages).
+        The bench's cycle (4 x 256 MiB, then 64 x 4 MiB, then 2048 x 32 KiB messages through a
+        1 GiB pool) evicted every 32 KiB buffer under plain LRU: 3552 made again, 164 faults/MiB."""
+        huge, small = self._idle_order
+        key, region = (huge or small).popitem(last=False)
         del self._idle[region.size][key]
         self._idle_bytes -= region.size
         self.evicted += 1
@@ -129,8 +134,14 @@ class ReceivePool:
     def clear(self) -> None:
         with self._lock:
             self._idle.clear()
-            self._idle_order.clear()
+            for order in self._idle_order:
+                order.clear()
             self._idle_bytes = 0
+
+
+def _order(region: _Region) -> int:
+    """Which eviction order a region is in: 0 for huge-page regions, 1 for the others."""
+    return 0 if region.size >= HUGE_PAGE else 1
 
 
 def _new_region(nbytes: int) -> _Region:
