@@ -16,13 +16,15 @@ DEFAULT_THRESHOLD = 16 * 1024
 DEFAULT_FALLBACK_AFTER = 4
 DEFAULT_REPROBE_BYTES = 1024 * 1024 * 1024
 # The first re-probe after a fallback comes this soon, and each copied answer doubles the wait up
-# to reprobe_bytes. One copied answer is not proof: the first probe of a connection can be the
-# only copied send on a route that is otherwise zero-copy, and a merged notification carries its
-# oldest send's code for all of them (skb_zerocopy_notify_extend). With a fixed 1 GiB wait, one
-# such answer cost a whole 1 GiB guest transfer its zero-copy (the VM rig's mix test, issue #13).
-# Where every send is copied (TCP on one host) the re-probes come after 4, 8, ..., 1024 MiB of
-# copies: 9 probe writes in the first 2 GiB of fallback instead of 2, then one per reprobe_bytes.
-DEFAULT_REPROBE_FIRST_BYTES = 4 * 1024 * 1024
+# to reprobe_bytes. One copied answer is not proof: a merged notification carries its oldest
+# send's code for all of them (skb_zerocopy_notify_extend), so an early copied answer on a route
+# that is otherwise zero-copy must not cost a whole transfer (with a fixed 1 GiB wait it cost the
+# guest rig's 1 GiB mix all of it). Where every send is copied (TCP on one host) the re-probes
+# come after 64, 128, ..., 1024 MiB of copies: 5 probe writes in the first 2 GiB of fallback
+# instead of 2, then one per reprobe_bytes. Not sooner: each one is a pinned write and its answer
+# (callgrind, 64 KiB writes over loopback: re-probes after 4 and 12 MiB cost +11% per write over
+# a 48 MiB run), and a connection's first 64 MiB then carry none.
+DEFAULT_REPROBE_FIRST_BYTES = 64 * 1024 * 1024
 NEVER = 1 << 62  # copy_allowance(): no byte count makes wants_zerocopy() change its answer
 
 
