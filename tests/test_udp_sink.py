@@ -219,12 +219,18 @@ async def _cancelled_futures(dst: str, coalesce_zc: bool) -> dict[str, Any]:
     result = {
         "zerocopy": sum(c.zerocopy for c in done), "kept": len(kept),
         "cancelled": sum(f.cancelled() for f in futures),
-        "tokens": len(transport._tracker._tokens), "held": None if d is None else int(d.nheld),
+        # the compiled tracker keeps tokens in a dict of its own; the pure one in its handles
+        "tokens": len(_tokens_of(transport._tracker)),
+        "held": None if d is None else int(d.nheld),
         "pending": transport._tracker.pending_writes, "resizable": resizable,
         "state": transport.stats.state,
     }
     transport.close()
     return result
+
+
+def _tokens_of(tracker: Any) -> Any:
+    return tracker._tokens if hasattr(tracker, "_tokens") else tracker._pending
 
 
 def cancelled_futures(dst: str, loop: str, coalesce_zc: bool) -> dict[str, Any]:
