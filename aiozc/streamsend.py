@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .completions import WriteHandle
 from .engines import SendPending
@@ -67,6 +67,12 @@ class StreamSending:
     _fd: int
     _registered_mask: int
     _errqueue_quiet: bool
+
+    if TYPE_CHECKING:  # defined by the transport and its base (for mypy only)
+
+        def _mask(self) -> int: ...
+        def _idle(self) -> bool: ...
+        def _on_loop_for(self, mask: int) -> bool: ...
 
     def _init_sending(self) -> None:
         self._peer_window_at = self._peer_window_peak_at = float("-inf")

@@ -160,7 +160,7 @@ def _build_handler_class() -> Optional[type]:
     base = web_protocol.RequestHandler
     start = base.__dict__.get("start")
     code = getattr(start, "__code__", None)
-    if code is None or code.co_freevars or "StreamWriter" not in code.co_names:
+    if start is None or code is None or code.co_freevars or "StreamWriter" not in code.co_names:
         return None
     if web_protocol.__dict__.get("StreamWriter") is not StreamWriter:
         return None

@@ -159,6 +159,8 @@ if TYPE_CHECKING:
         _co_room: int
         _co_handle: asyncio.Handle | None
         _hot_tokens: dict[int, Any]
+        _hot_d: Any
+        _hot_loop: Any
 
         # hot.py
         def _hot_setup(self) -> None: ...

@@ -40,7 +40,7 @@ class _Batch:
     ) -> None:
         self.future = future
         self.bufs = bufs  # the caller's objects: what a datagram sent one by one views
-        self.pins = pins
+        self.pins: Any = pins  # a PinSet once the sender took them, or cffi pins
         self.sizes = sizes
         self.write: Any = None  # the tracker's WriteHandle, set once opened
         self.left = len(pins)  # datagrams not yet sent, dropped or refused
