@@ -1,10 +1,13 @@
-"""A zero-copy client transport connected to a plain peer socket the test drives by hand."""
+"""A zero-copy client transport connected to a plain peer socket the test drives by hand, and
+an aiozc server whose connections a test drives through their transports."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,3 +107,40 @@ async def connect_pair(
 
 def sha(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@asynccontextmanager
+async def raw_server(run: Callable[[asyncio.Transport], Any]) -> AsyncIterator[int]:
+    """An aiozc server whose connections are driven by ``run(transport)``."""
+    tasks: list[asyncio.Task[Any]] = []
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            tasks.append(asyncio.ensure_future(run(transport)))  # type: ignore[arg-type]
+
+    server = await aiozc.create_server(Proto, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+        await asyncio.gather(*tasks)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def report_ranges_as(monkeypatch: Any, copied: Callable[[Any], bool]) -> None:
+    """Rewrite the copied flag of every zero-copy range the kernel reports to ``copied(range)``:
+    how a test shows the transport a route that one host cannot give (TCP is always copied
+    here). Other error-queue messages pass unchanged."""
+    from aiozc._sys import kernel as _kernel
+
+    real = _kernel.read_errqueue
+
+    def read_errqueue(sock: socket.socket, limit: int = 64) -> list[_kernel.ErrQueueMessage]:
+        out: list[_kernel.ErrQueueMessage] = []
+        for m in real(sock, limit):
+            if isinstance(m, _kernel.ZeroCopyRange):
+                m = _kernel.ZeroCopyRange(m.lo, m.hi, copied=copied(m))
+            out.append(m)
+        return out
+
+    monkeypatch.setattr(_kernel, "read_errqueue", read_errqueue)

@@ -18,7 +18,7 @@ import pytest
 
 from aiozc._sys import kernel as _kernel
 from aiozc.policy import DEFAULT_REPROBE_BYTES, PolicyOptions, ZeroCopyPolicy, ZeroCopyState
-from tcp_helpers import connect_pair, sha
+from tcp_helpers import connect_pair, report_ranges_as, sha
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -120,22 +120,16 @@ def _copied_until_fallback(monkeypatch: pytest.MonkeyPatch, transport: object) -
     (the route's warm-up), then report what a zero-copy NIC would: not copied. Returns the
     copied flag of every range delivered."""
     delivered: list[bool] = []
-    real = _kernel.read_errqueue
     state = {"fell_back": False}
 
-    def read_errqueue(sock: socket.socket, limit: int = 64) -> list[_kernel.ErrQueueMessage]:
-        out: list[_kernel.ErrQueueMessage] = []
-        for m in real(sock, limit):
-            if isinstance(m, _kernel.ZeroCopyRange):
-                if transport.stats.state == "copy-fallback":  # type: ignore[attr-defined]
-                    state["fell_back"] = True
-                copied = not state["fell_back"]
-                m = _kernel.ZeroCopyRange(m.lo, m.hi, copied=copied)
-                delivered.append(copied)
-            out.append(m)
-        return out
+    def copied_while_learning(m: _kernel.ZeroCopyRange) -> bool:
+        if transport.stats.state == "copy-fallback":  # type: ignore[attr-defined]
+            state["fell_back"] = True
+        copied = not state["fell_back"]
+        delivered.append(copied)
+        return copied
 
-    monkeypatch.setattr(_kernel, "read_errqueue", read_errqueue)
+    report_ranges_as(monkeypatch, copied_while_learning)
     return delivered
 
 

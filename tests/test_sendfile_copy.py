@@ -8,8 +8,6 @@ import asyncio
 import mmap
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from aiohttp import web
 import aiozc
 import aiozc.streamfile as streamfile
 from aiozc.web import ZeroCopySite
+from tcp_helpers import raw_server
 
 MiB = 1 << 20
 SIZE = 10 * MiB + 123  # several mapping windows, a tail that is not page-aligned
@@ -51,23 +50,6 @@ def copied(transport: Any) -> int:
 
 def sent_by_file(transport: Any) -> int:
     return int(transport.stats.extra.get("sendfile_bytes", 0))
-
-
-@asynccontextmanager
-async def raw_server(run: Callable[[Any], Any]) -> AsyncIterator[int]:
-    tasks: list[asyncio.Task[Any]] = []
-
-    class Proto(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            tasks.append(asyncio.ensure_future(run(transport)))
-
-    server = await aiozc.create_server(Proto, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-        await asyncio.gather(*tasks)
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def read_all(port: int, delay: float = 0.0, rcvbuf: int | None = None) -> bytes:

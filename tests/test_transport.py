@@ -16,7 +16,7 @@ import pytest
 import aiozc
 from aiozc._sys import kernel as _kernel
 from aiozc.readiness import Multiplexer
-from tcp_helpers import RecordingProtocol, connect_pair, sha
+from tcp_helpers import RecordingProtocol, connect_pair, report_ranges_as, sha
 
 
 async def test_write_zc_roundtrip_reports_completion() -> None:
@@ -131,18 +131,12 @@ def _fake_uncopied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     """Report every real kernel notification as *not* copied: the zero-copy success path a
     NIC would give, which no interface on one host produces for TCP."""
     seen: list[tuple[int, int]] = []
-    real = _kernel.read_errqueue
 
-    def read_errqueue(sock: socket.socket, limit: int = 64) -> list[_kernel.ErrQueueMessage]:
-        out: list[_kernel.ErrQueueMessage] = []
-        for m in real(sock, limit):
-            if isinstance(m, _kernel.ZeroCopyRange):
-                seen.append((m.lo, m.hi))
-                m = _kernel.ZeroCopyRange(m.lo, m.hi, copied=False)
-            out.append(m)
-        return out
+    def uncopied(m: _kernel.ZeroCopyRange) -> bool:
+        seen.append((m.lo, m.hi))
+        return False
 
-    monkeypatch.setattr(_kernel, "read_errqueue", read_errqueue)
+    report_ranges_as(monkeypatch, uncopied)
     return seen
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from aiohttp import web
 import aiozc
 import aiozc.web as zweb
 from aiozc.readiness import Multiplexer
+from tcp_helpers import raw_server
 
 MiB = 1 << 20
 BIG = 64 * MiB
@@ -145,6 +146,21 @@ def open_fds() -> int:
         except OSError:
             pass  # the listdir fd itself, gone already
     return count
+
+
+@asynccontextmanager
+async def zero_copy_and_stock_sites(app: web.Application) -> AsyncIterator[tuple[int, int]]:
+    """One runner serving ``app`` on a ZeroCopySite and a stock TCPSite: their two ports."""
+    runner = web.AppRunner(app, shutdown_timeout=5)
+    await runner.setup()
+    zsite = zweb.ZeroCopySite(runner, "127.0.0.1", 0)
+    stock = web.TCPSite(runner, "127.0.0.1", 0)
+    await zsite.start()
+    await stock.start()
+    try:
+        yield zsite.port, stock.port
+    finally:
+        await runner.cleanup()
 
 
 @asynccontextmanager
@@ -387,21 +403,12 @@ async def test_stock_site_on_same_loop_unaffected(blob: bytes, big_file: Path) -
     data = big_file.read_bytes()
     rec = Recorder()
     app = make_app(rec, blob, big_file)
-    runner = web.AppRunner(app, shutdown_timeout=5)
-    await runner.setup()
-    zsite = zweb.ZeroCopySite(runner, "127.0.0.1", 0)
-    stock = web.TCPSite(runner, "127.0.0.1", 0)
-    await zsite.start()
-    await stock.start()
-    try:
-        async with aiohttp.ClientSession() as s:
-            for port in (zsite.port, stock.port):
-                resp, digest, n = await fetch_sha(s, f"http://127.0.0.1:{port}/file")
-                assert n == BIG and digest == sha(data)
-                resp, digest, n = await fetch_sha(s, f"http://127.0.0.1:{port}/body")
-                assert n == BIG and digest == sha(blob)
-    finally:
-        await runner.cleanup()
+    async with zero_copy_and_stock_sites(app) as ports, aiohttp.ClientSession() as s:
+        for port in ports:
+            resp, digest, n = await fetch_sha(s, f"http://127.0.0.1:{port}/file")
+            assert n == BIG and digest == sha(data)
+            resp, digest, n = await fetch_sha(s, f"http://127.0.0.1:{port}/body")
+            assert n == BIG and digest == sha(blob)
 
 
 async def test_chunked_encoding_bytes_views_and_buffers(blob: bytes) -> None:
@@ -654,22 +661,6 @@ needs_sendfile = pytest.mark.skipif(
 )
 
 
-@asynccontextmanager
-async def raw_server(run: Callable[[asyncio.Transport], Any]) -> AsyncIterator[int]:
-    """An aiozc server whose connections are driven by ``run(transport)``."""
-    tasks: list[asyncio.Task[Any]] = []
-
-    class Proto(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            tasks.append(asyncio.ensure_future(run(transport)))  # type: ignore[arg-type]
-
-    server = await aiozc.create_server(Proto, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-        await asyncio.gather(*tasks)
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def read_all(port: int, delay: float = 0.0) -> bytes:
@@ -817,19 +808,10 @@ async def test_requests_get_the_zero_copy_writer_without_a_class_swap() -> None:
 
     app = web.Application()
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app, shutdown_timeout=5)
-    await runner.setup()
-    zsite = zweb.ZeroCopySite(runner, "127.0.0.1", 0)
-    stock = web.TCPSite(runner, "127.0.0.1", 0)
-    await zsite.start()
-    await stock.start()
-    try:
-        async with aiohttp.ClientSession() as s:
-            for port in (zsite.port, stock.port):
-                async with s.get(f"http://127.0.0.1:{port}/") as resp:
-                    assert await resp.read() == b"hello"
-    finally:
-        await runner.cleanup()
+    async with zero_copy_and_stock_sites(app) as ports, aiohttp.ClientSession() as s:
+        for port in ports:
+            async with s.get(f"http://127.0.0.1:{port}/") as resp:
+                assert await resp.read() == b"hello"
     (zc_proto, zc_writer), (stock_proto, stock_writer) = seen
     assert zc_writer is zweb.ZeroCopyPayloadWriter
     assert issubclass(zc_proto, RequestHandler) and zc_proto is not RequestHandler
