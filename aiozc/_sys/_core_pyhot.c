@@ -10,13 +10,14 @@
  * cffi functions (see _core_dgram.c), and Python's general path goes on from there.
  *
  * zc_dgram_bind() makes them. Their self is a capsule holding the zc_dgram, a reference to
- * the cffi object that owns it (so it outlives them), the token dict, the transport's loop,
- * asyncio.Future and asyncio's _get_running_loop: nothing refers back to the transport.
+ * the cffi object that owns it (so it outlives them), the token dict, the transport's loop
+ * and asyncio.Future: nothing refers back to the transport.
  */
 
 typedef struct {
     zc_dgram *d;
-    PyObject *owner, *tokens, *loop, *future_type, *running_loop, *set_result;
+    PyObject *owner, *tokens, *loop, *future_type, *set_result;
+    PyObject *no_args, *loop_kwargs; /* () and {"loop": loop}: Future(loop=loop), made once */
     PyObject *invalid_state; /* asyncio.InvalidStateError: a cancelled future's set_result */
 } zc_hot;
 
@@ -25,7 +26,8 @@ static void hot_clear(zc_hot *h) {
     Py_XDECREF(h->tokens);
     Py_XDECREF(h->loop);
     Py_XDECREF(h->future_type);
-    Py_XDECREF(h->running_loop);
+    Py_XDECREF(h->no_args);
+    Py_XDECREF(h->loop_kwargs);
     Py_XDECREF(h->set_result);
     Py_XDECREF(h->invalid_state);
     free(h);
@@ -38,18 +40,16 @@ static void hot_free(PyObject *capsule) {
 
 static zc_hot *hot_of(PyObject *self) { return (zc_hot *)PyCapsule_GetPointer(self, "aiozc.hot"); }
 
-/* A plain future of the transport's loop, or NULL without an exception when the running
- * loop is another one (or none, or the loop's futures are not plain: h->loop is None): then
- * Python makes it with loop.create_future(). Future() with no arguments takes the running
- * loop; a loop= keyword would cost a dict per call. */
+/* A plain future of the transport's loop, what loop.create_future() makes on asyncio's and
+ * uvloop's loops: Future(loop=loop), with the keyword dict made once (the Future type has no
+ * vectorcall: a keyword argument would cost a dict per call). NULL without an exception where
+ * the loop's futures are not plain (h->loop is None): Python calls loop.create_future().
+ * Not Future() with no arguments: that looks up the running loop, and on CPython 3.11 each
+ * lookup is a getpid() system call (~0.7 us here, invisible to callgrind; strace -c: 2 per
+ * datagram with the running-loop check this replaced). */
 static PyObject *hot_future(zc_hot *h) {
-    PyObject *running;
     if (h->loop == Py_None) return NULL;
-    running = PyObject_CallNoArgs(h->running_loop);
-    if (!running) return NULL;
-    Py_DECREF(running); /* only compared: the loop is alive while it runs */
-    if (running != h->loop) return NULL;
-    return PyObject_CallNoArgs(h->future_type);
+    return PyObject_Call(h->future_type, h->no_args, h->loop_kwargs);
 }
 
 /* sendto_zc(buf): the write's future, or the cffi function's integer result for Python. */
@@ -182,7 +182,7 @@ static PyMethodDef hot_methods[] = {
  * `loop` is None where the loop's futures are not plain asyncio futures. 0, or -1 with
  * nothing put (out of memory, or the error is cleared: Python stays on the cffi calls). */
 int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, intptr_t future_type,
-                  intptr_t running_loop, intptr_t invalid_state, intptr_t into) {
+                  intptr_t invalid_state, intptr_t into) {
     zc_hot *h = calloc(1, sizeof *h);
     PyObject *capsule, *fn;
     PyMethodDef *m;
@@ -190,7 +190,12 @@ int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, i
     if (!h) return -1;
     h->d = d;
     h->set_result = PyUnicode_InternFromString("set_result");
-    if (!h->set_result) {
+    h->no_args = PyTuple_New(0);
+    h->loop_kwargs = Py_BuildValue("{sO}", "loop", (PyObject *)loop);
+    if (!h->set_result || !h->no_args || !h->loop_kwargs) {
+        Py_XDECREF(h->set_result);
+        Py_XDECREF(h->no_args);
+        Py_XDECREF(h->loop_kwargs);
         free(h);
         PyErr_Clear();
         return -1;
@@ -199,13 +204,11 @@ int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, i
     h->tokens = (PyObject *)tokens;
     h->loop = (PyObject *)loop;
     h->future_type = (PyObject *)future_type;
-    h->running_loop = (PyObject *)running_loop;
     h->invalid_state = (PyObject *)invalid_state;
     Py_INCREF(h->owner);
     Py_INCREF(h->tokens);
     Py_INCREF(h->loop);
     Py_INCREF(h->future_type);
-    Py_INCREF(h->running_loop);
     Py_INCREF(h->invalid_state);
     capsule = PyCapsule_New(h, "aiozc.hot", hot_free);
     if (!capsule) {

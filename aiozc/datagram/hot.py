@@ -63,11 +63,9 @@ else:  # pragma: no cover - exercised by the AIOZC_NO_EXTENSIONS=1 run
     send_obj = sendto_obj = release = None
 
 _DRAIN_LIMIT = 64
-# sendto_zc()'s future: asyncio.Future() with no arguments takes the running loop, which is what
-# create_future() gives on asyncio's and uvloop's loops, without the keyword argument (a dict
-# per call: ~500 of ~2k instructions per future, callgrind, both loops).
+# sendto_zc()'s future, made in C as Future(loop=loop): what create_future() gives on asyncio's
+# and uvloop's loops (see _core_pyhot.c hot_future).
 Future = asyncio.Future
-running_loop = asyncio.events._get_running_loop
 # Tokens of the general path (a buffer view to end, a future): the compiled path's are futures.
 _HOLDERS = (_Held, _Batch)
 _HOT_ENGINES = (MsgZeroCopyEngine, CopyEngine)
@@ -176,7 +174,7 @@ class _HotPathMixin(_DatagramHost):
         """The C builtins of this transport's compiled path (see _core_pyhot.c)."""
         fns: dict[str, Any] = {}
         loop = self._hot_loop  # None: the loop's futures are not plain, Python makes them
-        if _lib.zc_dgram_bind(d, id(d), id(self._hot_tokens), id(loop), id(Future), id(running_loop),
+        if _lib.zc_dgram_bind(d, id(d), id(self._hot_tokens), id(loop), id(Future),
                               id(asyncio.InvalidStateError), id(fns)) < 0:
             raise MemoryError("aiozc: the compiled datagram path could not be set up")
         self._hot_fns = fns
