@@ -30,6 +30,8 @@ from asyncio import selector_events
 import weakref
 from typing import Any, Callable, Protocol
 
+from ._sys.recv import Dispatcher as _CompiledDispatcher
+
 _MAX_EVENTS = 256
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -60,7 +62,16 @@ class Multiplexer:
         # fds registered with the loop's own selector instead (on_loop), and their mask.
         self._on_loop: dict[int, int] = {}
         self._loop_native = isinstance(loop, selector_events.BaseSelectorEventLoop)
-        self.dispatches = 0  # loop callbacks that ran; tests use it to show idle costs nothing
+        # The compiled core's Dispatcher (the same poll and dispatch in C), the loop's reader
+        # for the private epoll while it is open; without the core, _dispatch is.
+        self._dispatcher: Any = None
+        self._dispatches = 0  # by _dispatch, and by Dispatchers of epolls closed since
+
+    @property
+    def dispatches(self) -> int:
+        """Loop callbacks that polled the private epoll; tests use it to show idle costs nothing."""
+        current = self._dispatcher
+        return self._dispatches + (current.dispatches if current is not None else 0)
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop) -> Multiplexer:
@@ -175,12 +186,21 @@ class Multiplexer:
     def _open(self) -> select.epoll:
         if self._epoll is None:
             self._epoll = select.epoll()
-            self._loop.add_reader(self._epoll.fileno(), self._dispatch)
+            reader: Callable[[], None] = self._dispatch
+            if _CompiledDispatcher is not None:
+                reader = self._dispatcher = _CompiledDispatcher(
+                    self._epoll.fileno(), self._callbacks, self._handler_failed
+                )
+            self._loop.add_reader(self._epoll.fileno(), reader)
         return self._epoll
 
     def _close(self) -> None:
         # Closing when idle keeps no fd or loop reader alive after the last transport is gone.
         epoll, self._epoll = self._epoll, None
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            self._dispatches += dispatcher.dispatches
+            dispatcher.close()  # the epoll's fd number may be reused
         if epoll is not None:
             if not self._loop.is_closed():
                 self._loop.remove_reader(epoll.fileno())
@@ -190,7 +210,7 @@ class Multiplexer:
         epoll = self._epoll
         if epoll is None:
             return
-        self.dispatches += 1
+        self._dispatches += 1
         callbacks = self._callbacks
         for fd, events in epoll.poll(0, _MAX_EVENTS):
             callback = callbacks.get(fd)
@@ -201,10 +221,9 @@ class Multiplexer:
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
-                self._loop.call_exception_handler(
-                    {
-                        "message": "aiozc readiness handler failed",
-                        "exception": exc,
-                        "handler": self._handlers.get(fd),
-                    }
-                )
+                self._handler_failed(fd, exc)
+
+    def _handler_failed(self, fd: int, exc: BaseException) -> None:
+        self._loop.call_exception_handler(
+            {"message": "aiozc readiness handler failed", "exception": exc, "handler": self._handlers.get(fd)}
+        )

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import mmap
 import struct
 import termios
+import types
 from typing import TYPE_CHECKING, Any, Callable
 
+from ._sys.recv import Reader as _CompiledReader
 from .buffers import thread_read_buffer
 from .readiness import EPOLLHUP, EPOLLIN
 
@@ -75,7 +78,7 @@ class StreamReading(_Host):
         self._plain_reads = True
         return self._read_data_step
 
-    def on_readiness(self, events: int) -> None:
+    def _on_readiness(self, events: int) -> None:
         # The common event, readable and nothing else, read here: one frame less per request
         # of an HTTP server than through the base's general order (errors, reads, writes).
         if events == EPOLLIN and self._plain_reads:
@@ -241,6 +244,39 @@ class StreamReading(_Host):
             return
         if not keep_open:
             self.close()  # type: ignore[attr-defined]  # the transport class's (transport.py)
+
+
+class _OnReadiness:
+    """``StreamReading.on_readiness``: where the compiled core is in use, each transport's is
+    a ``Reader`` of its own (``_core_recv.c``), made when the multiplexer first binds it (at
+    registration) and kept in the instance; it reads a ``Protocol``'s readable-only events in C
+    with the checks and steps of ``_read_data_ready`` and gives every other event to
+    ``_on_readiness``. Otherwise ``_on_readiness`` itself: without the core, with
+    ``_reader_type`` set to None (as tests do), for zero-copy receive (its own read path),
+    and for a class that makes one of the state attributes the Reader reads from the
+    instance dict a data descriptor."""
+
+    def __get__(self, transport: Any, owner: type | None = None) -> Any:
+        python_path = StreamReading._on_readiness
+        if transport is None:
+            return python_path
+        if _reader_type is None or transport._options.zc_receive is not None or not _plain_state(type(transport)):
+            return types.MethodType(python_path, transport)
+        reader = _reader_type(transport, python_path, transport._fd)
+        transport.__dict__["on_readiness"] = reader  # a non-data descriptor: found first now
+        return reader
+
+
+StreamReading.on_readiness = _OnReadiness()  # type: ignore[assignment,method-assign]
+_reader_type: Any = _CompiledReader
+# What the Reader reads from the transport's instance dict (falling back to getattr).
+_READER_STATE = ("_plain_reads", "_reading", "_eof_received", "_closing", "_sock", "_protocol")
+
+
+@functools.lru_cache(maxsize=None)
+def _plain_state(cls: type) -> bool:
+    """No attribute the Reader reads is a data descriptor (a property) on ``cls``."""
+    return not any(hasattr(type(getattr(cls, name, None)), "__set__") for name in _READER_STATE)
 
 
 def on_uvloop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -1,0 +1,521 @@
+/* The TCP transport's Protocol reads and the multiplexer's dispatch, as C callables.
+ *
+ * Per readiness event of an 11-byte read, the Python path ran the multiplexer's _dispatch
+ * (epoll.poll and its list of tuples), on_readiness, _read_data_ready (range(), recv_into, an
+ * mmap slice) and released and re-took the GIL around epoll_wait and recv: ~12k user
+ * instructions of an 11-byte ping-pong's 16.5k on uvloop, where uvloop's own transport spends
+ * 4.4k on all of it (callgrind, CPython 3.11; the GIL hand-offs alone ~3.5k).
+ *
+ * Reader(transport, fallback) is the transport's on_readiness: an event that is readable and
+ * nothing else, for a Protocol (transport._plain_reads), is read here with the steps and checks
+ * of streamread.StreamReading._read_data_ready, reading the same attributes; every other
+ * event, and everything but the common outcome (EOF, a socket error, a data_received that
+ * raised, a switch to a BufferedProtocol), goes to the transport's Python methods.
+ *
+ * Dispatcher(epfd, callbacks, on_error) is what the multiplexer registers with
+ * loop.add_reader for its private epoll: epoll_wait(0) and, per event, the callback of the
+ * fd from the multiplexer's own dict (a Reader called directly); a callback that raised is
+ * given to on_error(fd, exc) (SystemExit and KeyboardInterrupt propagate, as in Python).
+ *
+ * Both keep the GIL across their system calls (non-blocking, as the rest of the core:
+ * _core_nogil.h), so the thread's read buffer is only in use between a recv and its copy.
+ */
+
+#include <structmember.h>
+#include <sys/epoll.h>
+
+#define RECV_MAX_EVENTS 256   /* as readiness._MAX_EVENTS */
+#define RECV_READS_PER_EVENT 16 /* as streamread._READS_PER_EVENT */
+
+static PyObject *rs_plain_reads, *rs_reading, *rs_eof_received, *rs_closing, *rs_sock, *rs_protocol, *rs_data_received, *rs_fatal_error, *rs_on_end_of_data,
+    *rs_read_ready, *rs_take_read_buffer, *rs_read_error_msg, *rs_data_received_msg;
+static PyTypeObject *recv_reader_type;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *transport;
+    PyObject *fallback; /* the class's on_readiness function: fallback(transport, events) */
+    PyObject *protocol, *data_received; /* the protocol last delivered to, and its method */
+    int fd;
+    int has_buf;
+    Py_buffer buf; /* the thread's read buffer (transport._take_read_buffer()), once taken */
+    long long fast_reads; /* reads made here (tests and stats tell the paths apart by it) */
+} zc_reader;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    int epfd; /* -1 once closed: a later call does nothing */
+    PyObject *callbacks; /* the multiplexer's fd -> callback dict */
+    PyObject *on_error; /* on_error(fd, exc) */
+    long long dispatches;
+} zc_dispatcher;
+
+/* The transport's state attribute <name>, a new reference: from its instance dict (about
+ * half of what PyObject_GetAttr costs, measured), else through getattr (a class default).
+ * The names are plain attributes, never data descriptors (streamread checks that once per
+ * class before it makes a Reader), so the two agree. */
+static PyObject *state(PyObject *dict, PyObject *t, PyObject *name) {
+    PyObject *value = PyDict_GetItemWithError(dict, name);
+    if (value) {
+        Py_INCREF(value);
+        return value;
+    }
+    return PyErr_Occurred() ? NULL : PyObject_GetAttr(t, name);
+}
+
+static int state_true(PyObject *dict, PyObject *t, PyObject *name) {
+    PyObject *value = state(dict, t, name);
+    int r;
+    if (!value) return -1;
+    r = value == Py_True ? 1 : value == Py_False ? 0 : PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return r;
+}
+
+/* The exception being raised, taken (normalized, with its traceback). */
+static PyObject *take_exception(void) {
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value) PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+static int exiting_exception(void) {
+    return PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
+}
+
+/* transport.<method>(*args); 0, or -1 with the exception set. */
+static int call_transport(zc_reader *r, PyObject *method, PyObject *a, PyObject *b) {
+    PyObject *args[3] = {r->transport, a, b}, *res;
+    size_t n = a ? (b ? 3 : 2) : 1;
+    res = PyObject_VectorcallMethod(method, args, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (!res) return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* transport._fatal_error(<the exception being raised>, message). */
+static int fatal_error(zc_reader *r, PyObject *message) {
+    PyObject *exc = take_exception();
+    int rc;
+    if (!exc) return 0;
+    rc = call_transport(r, rs_fatal_error, exc, message);
+    Py_DECREF(exc);
+    return rc;
+}
+
+/* Whether _read_data_ready reads at all: reading, and not at EOF or closing. (Not
+ * _rx_blocked: only zero-copy receive sets it, and such a transport gets no Reader.) */
+static int reads_now(PyObject *dict, PyObject *t) {
+    int v = state_true(dict, t, rs_reading);
+    if (v <= 0) return v;
+    if ((v = state_true(dict, t, rs_eof_received)) != 0) return v < 0 ? -1 : 0;
+    if ((v = state_true(dict, t, rs_closing)) != 0) return v < 0 ? -1 : 0;
+    return 1;
+}
+
+/* After a read that filled the buffer: read again (1), stop (0) or -1, as _read_data_ready. */
+static int reads_again(zc_reader *r, PyObject *dict) {
+    PyObject *sock;
+    int v = state_true(dict, r->transport, rs_reading);
+    if (v <= 0) return v;
+    if ((v = state_true(dict, r->transport, rs_closing)) != 0) return v < 0 ? -1 : 0;
+    sock = state(dict, r->transport, rs_sock);
+    if (!sock) return -1;
+    Py_DECREF(sock);
+    if (sock == Py_None) return 0;
+    if ((v = state_true(dict, r->transport, rs_plain_reads)) < 0) return -1;
+    if (!v) { /* set_protocol() to a BufferedProtocol: the general path goes on */
+        PyObject *zero = PyLong_FromLong(0);
+        if (!zero) return -1;
+        v = call_transport(r, rs_read_ready, zero, NULL);
+        Py_DECREF(zero);
+        return v < 0 ? -1 : 0;
+    }
+    return 1;
+}
+
+static int take_buffer(zc_reader *r) {
+    PyObject *args[1] = {r->transport};
+    PyObject *buf = PyObject_VectorcallMethod(rs_take_read_buffer, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    int rc;
+    if (!buf) return -1;
+    rc = PyObject_GetBuffer(buf, &r->buf, PyBUF_WRITABLE);
+    Py_DECREF(buf);
+    if (rc < 0) return -1;
+    if (r->buf.len < 1) {
+        PyBuffer_Release(&r->buf);
+        PyErr_SetString(PyExc_ValueError, "the transport's read buffer is empty");
+        return -1;
+    }
+    r->has_buf = 1;
+    return 0;
+}
+
+/* protocol.data_received, bound once per protocol: set_protocol() is seen (the protocol
+ * is read from the transport per delivery), rebinding data_received on the same protocol
+ * object is not, as on uvloop (which binds it in set_protocol). A new reference. */
+static PyObject *data_received_of(zc_reader *r, PyObject *protocol) {
+    if (protocol != r->protocol) {
+        PyObject *bound = PyObject_GetAttr(protocol, rs_data_received);
+        if (!bound) return NULL;
+        Py_INCREF(protocol);
+        Py_XSETREF(r->protocol, protocol);
+        Py_XSETREF(r->data_received, bound);
+    }
+    Py_INCREF(r->data_received);
+    return r->data_received;
+}
+
+/* One delivery to protocol.data_received; 0, 1 (it raised and the transport was told) or
+ * -1 (an exception to propagate). */
+static int deliver(zc_reader *r, PyObject *dict, Py_ssize_t n) {
+    PyObject *data = PyBytes_FromStringAndSize((const char *)r->buf.buf, n), *protocol, *method, *res;
+    if (!data) return -1;
+    protocol = state(dict, r->transport, rs_protocol);
+    method = protocol ? data_received_of(r, protocol) : NULL;
+    Py_XDECREF(protocol);
+    if (!method) {
+        Py_DECREF(data);
+        return -1;
+    }
+    res = PyObject_CallOneArg(method, data);
+    Py_DECREF(method);
+    Py_DECREF(data);
+    if (res) {
+        Py_DECREF(res);
+        return 0;
+    }
+    if (exiting_exception()) return -1;
+    return fatal_error(r, rs_data_received_msg) < 0 ? -1 : 1;
+}
+
+/* streamread.StreamReading._read_data_ready; 0, or -1 with an exception to propagate. */
+static int reader_read(zc_reader *r, PyObject *dict) {
+    int v = reads_now(dict, r->transport), k;
+    Py_ssize_t n;
+    if (v <= 0) return v;
+    if (!r->has_buf && take_buffer(r) < 0) return -1;
+    for (k = 0; k < RECV_READS_PER_EVENT; k++) {
+        n = recv(r->fd, r->buf.buf, (size_t)r->buf.len, 0);
+        if (n < 0) {
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) return -1; /* as recv_into: PEP 475 */
+                k--;
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return fatal_error(r, rs_read_error_msg);
+        }
+        r->fast_reads++;
+        if (n == 0) return call_transport(r, rs_on_end_of_data, NULL, NULL);
+        if ((v = deliver(r, dict, n)) != 0) return v < 0 ? -1 : 0;
+        if (n < r->buf.len) return 0;
+        if ((v = reads_again(r, dict)) <= 0) return v;
+    }
+    return 0;
+}
+
+static PyObject *reader_event(zc_reader *r, long events) {
+    PyObject *args[2], *ev, *res, *dict;
+    int plain;
+    if (!r->transport) Py_RETURN_NONE; /* cleared by the collector */
+    if (events == EPOLLIN) {
+        dict = PyObject_GenericGetDict(r->transport, NULL);
+        if (!dict) return NULL;
+        plain = state_true(dict, r->transport, rs_plain_reads);
+        if (plain > 0) plain = reader_read(r, dict) < 0 ? -1 : 1;
+        Py_DECREF(dict);
+        if (plain < 0) return NULL;
+        if (plain) Py_RETURN_NONE;
+    }
+    ev = PyLong_FromLong(events);
+    if (!ev) return NULL;
+    args[0] = r->transport;
+    args[1] = ev;
+    res = PyObject_Vectorcall(r->fallback, args, 2, NULL);
+    Py_DECREF(ev);
+    return res;
+}
+
+static PyObject *reader_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    long events;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "on_readiness(events)");
+        return NULL;
+    }
+    events = PyLong_AsLong(args[0]);
+    if (events == -1 && PyErr_Occurred()) return NULL;
+    return reader_event((zc_reader *)self, events);
+}
+
+static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *transport, *fallback;
+    int fd;
+    zc_reader *r;
+    if ((kwds && PyDict_GET_SIZE(kwds)) || !PyArg_ParseTuple(args, "OOi:Reader", &transport, &fallback, &fd))
+        return NULL;
+    r = (zc_reader *)type->tp_alloc(type, 0);
+    if (!r) return NULL;
+    r->vectorcall = reader_vectorcall;
+    Py_INCREF(transport);
+    Py_INCREF(fallback);
+    r->transport = transport;
+    r->fallback = fallback;
+    r->fd = fd;
+    return (PyObject *)r;
+}
+
+static int reader_traverse(PyObject *self, visitproc visit, void *arg) {
+    zc_reader *r = (zc_reader *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(r->transport);
+    Py_VISIT(r->fallback);
+    Py_VISIT(r->protocol);
+    Py_VISIT(r->data_received);
+    if (r->has_buf) Py_VISIT(r->buf.obj);
+    return 0;
+}
+
+static int reader_clear(PyObject *self) {
+    zc_reader *r = (zc_reader *)self;
+    Py_CLEAR(r->transport);
+    Py_CLEAR(r->fallback);
+    Py_CLEAR(r->protocol);
+    Py_CLEAR(r->data_received);
+    if (r->has_buf) {
+        r->has_buf = 0;
+        PyBuffer_Release(&r->buf);
+    }
+    return 0;
+}
+
+static void reader_dealloc(PyObject *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    reader_clear(self);
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+static PyObject *reader_get_fast_reads(PyObject *self, void *closure) {
+    return PyLong_FromLongLong(((zc_reader *)self)->fast_reads);
+}
+
+static PyMemberDef reader_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(zc_reader, vectorcall), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef reader_getset[] = {
+    {"fast_reads", reader_get_fast_reads, NULL, "recv calls made by the compiled path", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot reader_slots[] = {
+    {Py_tp_new, reader_new},
+    {Py_tp_dealloc, reader_dealloc},
+    {Py_tp_traverse, reader_traverse},
+    {Py_tp_clear, reader_clear},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_members, reader_members},
+    {Py_tp_getset, reader_getset},
+    {Py_tp_doc, "Reader(transport, fallback, fd): a TCP transport's on_readiness (aiozc/_sys/_core_recv.c)."},
+    {0, NULL},
+};
+
+static PyType_Spec reader_spec = {
+    "aiozc._sys._core.Reader", sizeof(zc_reader), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL, reader_slots,
+};
+
+/* -- the multiplexer's dispatch -------------------------------------------------------- */
+
+static int dispatch_one(zc_dispatcher *d, int fd, uint32_t events) {
+    PyObject *key = PyLong_FromLong(fd), *cb, *res, *ev, *exc, *args[2];
+    if (!key) return -1;
+    cb = PyDict_GetItemWithError(d->callbacks, key); /* borrowed */
+    if (!cb) {
+        Py_DECREF(key);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_INCREF(cb); /* the callback may unregister itself */
+    if (Py_TYPE(cb) == recv_reader_type) {
+        res = reader_event((zc_reader *)cb, (long)events);
+    } else {
+        ev = PyLong_FromUnsignedLong(events);
+        res = ev ? PyObject_CallOneArg(cb, ev) : NULL;
+        Py_XDECREF(ev);
+    }
+    Py_DECREF(cb);
+    if (res) {
+        Py_DECREF(res);
+        Py_DECREF(key);
+        return 0;
+    }
+    if (exiting_exception()) {
+        Py_DECREF(key);
+        return -1;
+    }
+    exc = take_exception();
+    args[0] = key;
+    args[1] = exc;
+    res = PyObject_Vectorcall(d->on_error, args, 2, NULL);
+    Py_DECREF(key);
+    Py_XDECREF(exc);
+    if (!res) return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+static PyObject *dispatcher_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    zc_dispatcher *d = (zc_dispatcher *)self;
+    struct epoll_event events[RECV_MAX_EVENTS]; /* per call: a callback may let another thread dispatch */
+    int n, k;
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "dispatch() takes no arguments");
+        return NULL;
+    }
+    if (d->epfd < 0) Py_RETURN_NONE;
+    d->dispatches++;
+    n = epoll_wait(d->epfd, events, RECV_MAX_EVENTS, 0);
+    if (n < 0) {
+        if (errno == EINTR) Py_RETURN_NONE; /* level-triggered: the loop calls again */
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    for (k = 0; k < n; k++) {
+        if (dispatch_one(d, events[k].data.fd, events[k].events) < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *dispatcher_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *callbacks, *on_error;
+    int epfd;
+    zc_dispatcher *d;
+    if ((kwds && PyDict_GET_SIZE(kwds)) ||
+        !PyArg_ParseTuple(args, "iO!O:Dispatcher", &epfd, &PyDict_Type, &callbacks, &on_error))
+        return NULL;
+    d = (zc_dispatcher *)type->tp_alloc(type, 0);
+    if (!d) return NULL;
+    d->vectorcall = dispatcher_vectorcall;
+    d->epfd = epfd;
+    Py_INCREF(callbacks);
+    Py_INCREF(on_error);
+    d->callbacks = callbacks;
+    d->on_error = on_error;
+    return (PyObject *)d;
+}
+
+/* close(): forget the epoll fd (its owner closes it; the number may be reused). */
+static PyObject *dispatcher_close(PyObject *self, PyObject *unused) {
+    ((zc_dispatcher *)self)->epfd = -1;
+    Py_RETURN_NONE;
+}
+
+static int dispatcher_traverse(PyObject *self, visitproc visit, void *arg) {
+    zc_dispatcher *d = (zc_dispatcher *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(d->callbacks);
+    Py_VISIT(d->on_error);
+    return 0;
+}
+
+static int dispatcher_clear(PyObject *self) {
+    zc_dispatcher *d = (zc_dispatcher *)self;
+    d->epfd = -1;
+    Py_CLEAR(d->callbacks);
+    Py_CLEAR(d->on_error);
+    return 0;
+}
+
+static void dispatcher_dealloc(PyObject *self) {
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    dispatcher_clear(self);
+    type->tp_free(self);
+    Py_DECREF(type);
+}
+
+static PyObject *dispatcher_get_dispatches(PyObject *self, void *closure) {
+    return PyLong_FromLongLong(((zc_dispatcher *)self)->dispatches);
+}
+
+static PyMethodDef dispatcher_methods[] = {
+    {"close", dispatcher_close, METH_NOARGS, "close(): dispatch nothing from now on"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef dispatcher_members[] = {
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(zc_dispatcher, vectorcall), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef dispatcher_getset[] = {
+    {"dispatches", dispatcher_get_dispatches, NULL, "calls that polled the epoll", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot dispatcher_slots[] = {
+    {Py_tp_new, dispatcher_new},
+    {Py_tp_dealloc, dispatcher_dealloc},
+    {Py_tp_traverse, dispatcher_traverse},
+    {Py_tp_clear, dispatcher_clear},
+    {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_methods, dispatcher_methods},
+    {Py_tp_members, dispatcher_members},
+    {Py_tp_getset, dispatcher_getset},
+    {Py_tp_doc, "Dispatcher(epfd, callbacks, on_error): a multiplexer's loop reader (aiozc/_sys/_core_recv.c)."},
+    {0, NULL},
+};
+
+static PyType_Spec dispatcher_spec = {
+    "aiozc._sys._core.Dispatcher", sizeof(zc_dispatcher), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL, dispatcher_slots,
+};
+
+static int intern_names(void) {
+    struct { PyObject **slot; const char *text; } names[] = {
+        {&rs_plain_reads, "_plain_reads"}, {&rs_reading, "_reading"},
+        {&rs_eof_received, "_eof_received"}, {&rs_closing, "_closing"},
+        {&rs_sock, "_sock"}, {&rs_protocol, "_protocol"},
+        {&rs_data_received, "data_received"}, {&rs_fatal_error, "_fatal_error"},
+        {&rs_on_end_of_data, "_on_end_of_data"}, {&rs_read_ready, "_read_ready"},
+        {&rs_take_read_buffer, "_take_read_buffer"},
+        {&rs_read_error_msg, "Fatal read error on socket transport"},
+        {&rs_data_received_msg, "Fatal error: protocol.data_received() call failed."},
+    };
+    size_t k;
+    for (k = 0; k < sizeof names / sizeof names[0]; k++) {
+        if (!*names[k].slot && !(*names[k].slot = PyUnicode_InternFromString(names[k].text))) return -1;
+    }
+    return 0;
+}
+
+/* Put the Reader and Dispatcher types into the dict `into`. 0, or -1 (error cleared). */
+int zc_recv_export(intptr_t into) {
+    PyObject *reader = NULL, *dispatcher = NULL;
+    int r = -1;
+    if (intern_names() == 0 && (reader = PyType_FromSpec(&reader_spec)) &&
+        (dispatcher = PyType_FromSpec(&dispatcher_spec)) &&
+        PyDict_SetItemString((PyObject *)into, "Reader", reader) == 0 &&
+        PyDict_SetItemString((PyObject *)into, "Dispatcher", dispatcher) == 0) {
+        Py_XSETREF(recv_reader_type, (PyTypeObject *)reader); /* the dispatcher's fast check */
+        Py_INCREF(reader);
+        r = 0;
+    }
+    Py_XDECREF(reader);
+    Py_XDECREF(dispatcher);
+    if (r < 0) PyErr_Clear();
+    return r;
+}
