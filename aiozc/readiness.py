@@ -20,6 +20,10 @@ loop; the owner passes ``on_loop=False`` before its first zero-copy send and whi
 read (a selector cannot watch for errors alone, and an error must still be seen then). uvloop
 keeps every socket private: its ``add_reader`` closes the handle on any POLLERR, and a peer's
 reset alone raises one.
+
+Where the compiled core is in use, the loop's reader for the private epoll is its
+``Dispatcher`` (``_sys/_core_recv.c``): the same poll and per-fd dispatch as ``_dispatch``, in C,
+calling a TCP transport's compiled ``Reader`` directly.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import functools
 import mmap
 import struct
 import termios
@@ -273,10 +272,17 @@ _reader_type: Any = _CompiledReader
 _READER_STATE = ("_plain_reads", "_reading", "_eof_received", "_closing", "_sock", "_protocol")
 
 
-@functools.lru_cache(maxsize=None)
+_plain_state_of: dict[type, bool] = {}
+
+
 def _plain_state(cls: type) -> bool:
     """No attribute the Reader reads is a data descriptor (a property) on ``cls``."""
-    return not any(hasattr(type(getattr(cls, name, None)), "__set__") for name in _READER_STATE)
+    plain = _plain_state_of.get(cls)
+    if plain is None:
+        plain = _plain_state_of[cls] = not any(
+            hasattr(type(getattr(cls, name, None)), "__set__") for name in _READER_STATE
+        )
+    return plain
 
 
 def on_uvloop(loop: asyncio.AbstractEventLoop) -> bool:

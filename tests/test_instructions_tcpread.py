@@ -36,7 +36,7 @@ def test_the_read_cases_are_registered_for_both_loops_and_transports() -> None:
     }
 
 
-@pytest.mark.parametrize("kind", ["tcpread-stock-11B", "tcpread-aiozc-11B",
+@pytest.mark.parametrize("kind", ["tcpread-stock-11B", "tcpread-aiozc-11B", "tcpread-stock-11B_oswrite", "tcpread-aiozc-11B_oswrite",
                                   "tcpread-stock-256KiB", "tcpread-aiozc-256KiB"])
 async def test_a_read_case_receives_what_the_peer_sent(peer_port: int, kind: str) -> None:
     info = await instructions_tcpread.measure(peer_port, kind, 16)

@@ -5,6 +5,9 @@ through ``data_received`` on the loop's own transport or on aiozc's:
 
 * ``11B``: ping-pong, the peer sends 11 bytes and waits for a 1-byte reply, so every read is
   one small message (the aiohttp-request case); per call = one read plus one 1-byte write;
+* ``11B_oswrite``: the same ping-pong, but the reply is an ``os.write`` on the socket's fd,
+  past the transport: per call = one read plus a constant, so the difference between two
+  transports is their read path alone (receive, dispatch, ``data_received``);
 * ``256KiB``: the peer streams ``calls`` x 256 KiB (reads as large as the transport's read
   size, 256 KiB for all of them); per call = 256 KiB received, whatever the reads were.
 """
@@ -12,12 +15,15 @@ through ``data_received`` on the loop's own transport or on aiozc's:
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from typing import Any
 
 from . import udp_cases
 
-SIZES = {"11B": 11, "256KiB": 256 * 1024}
+SIZES = {"11B": 11, "11B_oswrite": 11, "256KiB": 256 * 1024}
+# Cases whose reply goes past the transport (os.write on its fd).
+OS_WRITE_REPLY = {"11B_oswrite"}
 
 
 def peer_main(listener: socket.socket) -> None:
@@ -55,19 +61,24 @@ def _recv_exactly(conn: socket.socket, n: int) -> bytes:
 
 
 class _Reader(asyncio.Protocol):
-    def __init__(self, count: int, size: int) -> None:
+    def __init__(self, count: int, size: int, os_write_reply: bool = False) -> None:
         self.expected = count * size
         self.ping_pong = size < 1024
+        self.os_write_reply = os_write_reply
+        self.fd = -1
         self.got = 0
         self.transport: Any = None
         self.done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.fd = transport.get_extra_info("socket").fileno()
 
     def data_received(self, data: bytes) -> None:
         self.got += len(data)
-        if self.ping_pong:
+        if self.ping_pong and self.os_write_reply:
+            os.write(self.fd, b"k")  # 1 byte into an empty send buffer: never short
+        elif self.ping_pong:
             self.transport.write(b"k")
         if self.got >= self.expected and not self.done.done():
             if not self.ping_pong:
@@ -88,7 +99,7 @@ async def measure(port: int, kind: str, count: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
 
     def factory() -> _Reader:
-        return _Reader(count, size)
+        return _Reader(count, size, size_name in OS_WRITE_REPLY)
 
     if transport_kind == "stock":
         transport, proto = await loop.create_connection(factory, "127.0.0.1", port)
