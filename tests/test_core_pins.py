@@ -87,3 +87,54 @@ def test_set_results_skips_cancelled_futures() -> None:
         return [f.cancelled() or f.result() for f in futures]
 
     assert asyncio.run(main()) == ["done", True, "done", "done"]
+
+
+def test_uniform_and_longest_follow_the_exports() -> None:
+    pins = PinSet()
+    assert (pins.uniform, pins.maxlen) == (0, 0)
+    pins.extend([bytearray(8), b"12345678", memoryview(bytearray(8))])
+    assert (len(pins), pins.uniform, pins.maxlen, pins.nbytes) == (3, 8, 8, 24)
+    pins.add(b"x" * 20)
+    assert (pins.uniform, pins.maxlen) == (-1, 20)
+    pins.release()
+    assert (pins.uniform, pins.maxlen, pins.nbytes) == (0, 0, 0)
+
+
+def test_extend_keeps_what_it_pinned_before_a_bad_buffer() -> None:
+    pins = PinSet()
+    good = bytearray(4)
+    with pytest.raises(TypeError):
+        pins.extend([good, 42, bytearray(4)])
+    assert len(pins) == 1 and pins.sizes() == [4]
+    with pytest.raises(BufferError):
+        good.append(0)  # still exported: the caller releases
+    pins.release()
+    good.append(0)
+
+
+def test_split_hands_over_the_first_exports() -> None:
+    bufs = [bytearray(n) for n in (3, 5, 5, 5)]
+    pins = PinSet()
+    pins.extend(bufs)
+    head = pins.split(1)
+    assert head.sizes() == [3] and (head.uniform, head.maxlen, head.nbytes) == (3, 3, 3)
+    assert pins.sizes() == [5, 5, 5] and (pins.uniform, pins.maxlen, pins.nbytes) == (5, 5, 15)
+    head.release()
+    bufs[0].append(0)  # its export ended with the set it went to
+    with pytest.raises(BufferError):
+        bufs[1].append(0)
+    assert len(pins.split(0)) == 0 and len(pins) == 3
+    whole = pins.split(3)
+    assert len(pins) == 0 and len(whole) == 3
+    with pytest.raises(IndexError):
+        whole.split(4)
+    whole.release()
+
+
+def test_addresses_are_the_buffers_own() -> None:
+    bufs = [bytearray(16), bytearray(16)]
+    pins = PinSet()
+    pins.extend(bufs)
+    want = [int(_core.ffi.cast("uintptr_t", _core.ffi.from_buffer(b))) for b in bufs]
+    assert pins.addresses() == want
+    pins.release()

@@ -281,10 +281,10 @@ async def test_coalesced_sendto_zc_is_sent_at_the_end_of_the_iteration_in_call_o
     expected.append(b"x" * 10)
     futures.append(t.sendto_zc_many([b"many"]))
     expected.append(b"many")
-    assert len(t._co_pins) == 0  # sendto_zc_many flushed too
+    assert len(t._co) == 0  # sendto_zc_many flushed too
     t.sendto_zc(b"tail")
     expected.append(b"tail")
-    assert len(t._co_pins) == 1 and t.get_write_buffer_size() >= 4
+    assert len(t._co) == 1 and t.get_write_buffer_size() >= 4
     done = await asyncio.wait_for(asyncio.gather(*futures), 5)
     assert [c.nbytes for c in done[:-1]] == [len(e) for i, e in enumerate(expected[:-3]) if i % 5 != 4] + [10]
     assert await rp.wait_for(len(expected)) == expected
@@ -309,7 +309,7 @@ async def test_coalesced_flush_at_1024_datagrams() -> None:
     rt, rp, t, p = await coalescing_pair()
     n = _mmsg.MAX_BATCH + 10
     futures = [t.sendto_zc(i.to_bytes(4, "big")) for i in range(n)]
-    assert len(t._co_pins) == 10  # the first 1024 went in one call
+    assert len(t._co) == 10  # the first 1024 went in one call
     await asyncio.wait_for(asyncio.gather(*futures), 5)
     assert await rp.wait_for(n) == [i.to_bytes(4, "big") for i in range(n)]
     await finish(rt, t, p)
@@ -323,7 +323,7 @@ async def test_coalesced_errors_are_raised_at_the_call() -> None:
         t.sendto_zc("text")
     with pytest.raises(ValueError):
         t.sendto_zc(memoryview(bytearray(10))[::2])
-    assert not t._co_pins
+    assert not t._co
     t.close()
     with pytest.raises(TransportClosedError):
         t.sendto_zc(b"late")

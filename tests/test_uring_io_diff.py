@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from aiozc._sys import core, uring_io
+from aiozc.datagram._common import PinSet
 from aiozc._sys.uring import IORING_CQE_F_MORE as MORE, IORING_CQE_F_NOTIF as NOTIF
 from aiozc._sys.uring_io import (
     EV_G_END, EV_G_RELEASE, EV_G_RELEASE_COPIED, EV_G_RESULT, EV_G_RESULTS_IN, EV_S_DONE,
@@ -191,9 +192,14 @@ class Pair:
         assert results[0] == results[1], name
         return results[0]
 
-    def send_group(self, sizes: list[int]) -> int:
-        bufs, ps = pins(len(sizes), 4096)
-        self.keep.append(bufs)
+    def send_group(self, sizes: list[int], pinset: bool = False) -> int:
+        if pinset:  # the compiled core's PinSet: each datagram is its buffer's whole length
+            bufs = [bytearray(size) for size in sizes]
+            ps: Any = PinSet()
+            ps.extend(bufs)
+        else:
+            bufs, ps = pins(len(sizes), 4096)
+        self.keep.append((bufs, ps))
         key, error = self.both("send_group", 9, 0, ps, sizes)
         assert error is None
         return int(key)
@@ -230,7 +236,7 @@ def _story(data: st.DataObject, pair: Pair) -> None:
         for _ in range(data.draw(st.integers(0, 3), label="sends")):
             if data.draw(st.booleans(), label="group"):
                 sizes = data.draw(st.lists(st.sampled_from([100, 100, 4096, 7]), min_size=1, max_size=12))
-                key = pair.send_group(sizes)
+                key = pair.send_group(sizes, PinSet is not None and data.draw(st.booleans(), label="pinset"))
                 for i, size in enumerate(sizes):
                     pending.append(_request_cqes(data, GROUP_UD | key << 20 | i, size, res_st, False))
             else:
@@ -310,3 +316,21 @@ def test_many_live_requests_grow_the_tables() -> None:
     pair.post_and_reap([(ud, 0, NOTIF) for ud in reversed(uds)][:200])
     flat = pair.post_and_reap([(GROUP_UD | k << 20 | i, 100, 0) for k in range(20) for i in range(2)][:200])
     assert events(flat).count((EV_G_END, 19, 0, 0)) == 1
+
+
+@needs_core
+def test_a_pinset_group_reads_each_export() -> None:
+    """A PinSet group (sendto_zc_many's): addresses and sizes from the exports, one size
+    passed once, mixed sizes each their own; both implementations fill the same SQEs."""
+    pair = Pair()
+    uniform = pair.send_group([100] * 3, pinset=True)
+    mixed = pair.send_group([100, 7, 4096], pinset=True)
+    pair.settle_sq()
+    sqes = pair.rings[1].sqes(0, 6)
+    _, (bufs, _ps) = pair.keep[0], pair.keep[1]
+    assert [s[6] for s in sqes] == [100, 100, 100, 100, 7, 4096]
+    want = [int(core.ffi.cast("uintptr_t", core.ffi.from_buffer(b))) for b in bufs]
+    assert [s[5] for s in sqes[3:]] == want
+    cqes = [(GROUP_UD | key << 20 | i, size, 0) for key, sizes in ((uniform, [100] * 3), (mixed, [100, 7, 4096]))
+            for i, size in enumerate(sizes)]
+    assert events(pair.post_and_reap(cqes))[-1] == (EV_G_END, mixed, 0, 0)

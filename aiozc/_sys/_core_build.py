@@ -130,6 +130,7 @@ int64_t zc_uring_send(zc_uring *r, int fd, uint32_t flags, char *buf, int64_t le
                       uint32_t dest_len, int64_t expect);
 int64_t zc_uring_send_group(zc_uring *r, int fd, uint32_t flags, char **bufs, int64_t *sizes,
                             int64_t n, int64_t uniform);
+int64_t zc_uring_send_pins(zc_uring *r, int fd, uint32_t flags, intptr_t pins);
 int64_t zc_uring_reap(zc_uring *r);
 """
 

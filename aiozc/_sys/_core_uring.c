@@ -344,16 +344,14 @@ int64_t zc_uring_send(zc_uring *r, int fd, uint32_t flags, char *buf, int64_t le
     return ud;
 }
 
-/* SEND_ZC for n datagrams of a connected socket (n <= ZU_GROUP_SIZE), one group; returns its
- * key (>= 0) or -ENOMEM. `sizes` NULL: every datagram is `uniform` bytes (the usual batch;
- * cffi then converts no list of sizes). The group is registered whole even when fewer SQEs
- * were filled (r->filled, r->err the errno): the caller raises, as the pure path does. */
-int64_t zc_uring_send_group(zc_uring *r, int fd, uint32_t flags, char **bufs, int64_t *sizes,
-                            int64_t n, int64_t uniform) {
+/* One group of n datagrams (n <= ZU_GROUP_SIZE): datagram k at bufs[k] or views[k].buf (one
+ * of the two is NULL), of `uniform` bytes, or sizes[k] / views[k].len when uniform < 0. */
+static int64_t zu_send_group(zc_uring *r, int fd, uint32_t flags, char **bufs, const Py_buffer *views,
+                             const int64_t *sizes, int64_t n, int64_t uniform) {
     zu_group *g;
     int64_t key, k, free_slots;
     if (n < 0 || n > ZU_GROUP_SIZE) return -EINVAL;
-    g = malloc(sizeof *g + (sizes ? (size_t)n * sizeof(int64_t) : 0));
+    g = malloc(sizeof *g + (uniform < 0 ? (size_t)n * sizeof(int64_t) : 0));
     if (!g) return -ENOMEM;
     key = r->next_group;
     if (zu_map_put(&r->groups, key, g) < 0) {
@@ -364,9 +362,9 @@ int64_t zc_uring_send_group(zc_uring *r, int fd, uint32_t flags, char **bufs, in
     g->n = g->left = g->results = n;
     g->uniform = uniform;
     g->sizes = NULL;
-    if (sizes) {
+    if (uniform < 0) {
         g->sizes = (int64_t *)(g + 1);
-        memcpy(g->sizes, sizes, (size_t)n * sizeof(int64_t));
+        for (k = 0; k < n; k++) g->sizes[k] = views ? (int64_t)views[k].len : sizes[k];
     }
     r->err = 0;
     free_slots = (int64_t)r->sq_entries - zc_uring_pending(r);
@@ -383,12 +381,28 @@ int64_t zc_uring_send_group(zc_uring *r, int fd, uint32_t flags, char **bufs, in
                 break;
             }
         }
-        zu_fill(r, fd, flags, bufs[k], sizes ? sizes[k] : uniform, NULL, 0,
-                ZU_GROUP_UD | ((uint64_t)key << ZU_INDEX_BITS) | (uint64_t)k);
+        zu_fill(r, fd, flags, views ? (const char *)views[k].buf : bufs[k], g->sizes ? g->sizes[k] : uniform,
+                NULL, 0, ZU_GROUP_UD | ((uint64_t)key << ZU_INDEX_BITS) | (uint64_t)k);
         free_slots--;
     }
     r->filled = k;
     return key;
+}
+
+/* SEND_ZC for n datagrams of a connected socket (n <= ZU_GROUP_SIZE), one group; returns its
+ * key (>= 0) or -ENOMEM. `sizes` NULL: every datagram is `uniform` bytes (the usual batch;
+ * cffi then converts no list of sizes). The group is registered whole even when fewer SQEs
+ * were filled (r->filled, r->err the errno): the caller raises, as the pure path does. */
+int64_t zc_uring_send_group(zc_uring *r, int fd, uint32_t flags, char **bufs, int64_t *sizes,
+                            int64_t n, int64_t uniform) {
+    return zu_send_group(r, fd, flags, bufs, NULL, sizes, n, sizes ? -1 : uniform);
+}
+
+/* zc_uring_send_group for the datagrams of a PinSet (`pins` is its address, id() in Python):
+ * their addresses and sizes are read from its buffer exports, nothing is converted. */
+int64_t zc_uring_send_pins(zc_uring *r, int fd, uint32_t flags, intptr_t pins) {
+    const zc_pinset *p = (const zc_pinset *)pins;
+    return zu_send_group(r, fd, flags, NULL, p->views, NULL, p->n, p->n ? p->uniform : 0);
 }
 
 static int zu_emit(zc_uring *r, int64_t kind, int64_t key, int64_t a, int64_t b) {

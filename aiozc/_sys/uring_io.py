@@ -182,17 +182,20 @@ class PyRingIO:
         self._fill(fd, flags, int(_cast(_UINTPTR, handle)), len(handle), dest_addr, dest_len, ud)
         return ud
 
-    def send_group(self, fd: int, flags: int, pins: list[Any],
+    def send_group(self, fd: int, flags: int, pins: Any,
                    sizes: list[int]) -> tuple[int, OSError | None]:
         if len(pins) > GROUP_SIZE:
             raise ValueError(f"a group holds at most {GROUP_SIZE} datagrams")
+        cast = _cast
+        # cffi pins, or the compiled core's PinSet (its buffers' addresses)
+        addrs = [int(cast(_UINTPTR, pin)) for pin in pins] if pins.__class__ is list else pins.addresses()
         key = self.next_group
         self.next_group = key + 1
         n = len(pins)
         self._groups[key] = [list(sizes), n, n]
         ring = self.ring
         entries = self._sq_entries
-        sqes, sq_mask, pack_into, cast = self._sqes, self._sq_mask, _SQE.pack_into, _cast
+        sqes, sq_mask, pack_into = self._sqes, self._sq_mask, _SQE.pack_into
         fixed = self._fixed
         fixed_lo, fixed_hi = fixed[0] if fixed else (0, 0)
         ud = _GROUP_UD | key << _INDEX_BITS
@@ -200,7 +203,7 @@ class PyRingIO:
         free = entries - ring.pending()
         fixed_sends = 0
         error: OSError | None = None
-        for pin, size in zip(pins, sizes):
+        for addr, size in zip(addrs, sizes):
             if not free:
                 ring._sq_tail = tail
                 try:
@@ -213,7 +216,6 @@ class PyRingIO:
                 if not free:
                     error = _sq_full()
                     break
-            addr = int(cast(_UINTPTR, pin))
             if fixed_lo <= addr and addr + size <= fixed_hi:
                 ioprio, index = _ZC_FIXED_IOPRIO, 0
                 fixed_sends += 1
@@ -368,6 +370,7 @@ class CRingIO:
         self._null = ffi.NULL
         self._send = lib.zc_uring_send
         self._send_group = lib.zc_uring_send_group
+        self._send_pins = lib.zc_uring_send_pins
         self._reap = lib.zc_uring_reap
         self._expect_any = lib.ZU_EXPECT_ANY
 
@@ -425,13 +428,15 @@ class CRingIO:
             raise _sq_full() if ud == -errno.EAGAIN else _enter_error(-ud)
         return ud  # type: ignore[no-any-return]
 
-    def send_group(self, fd: int, flags: int, pins: list[Any],
+    def send_group(self, fd: int, flags: int, pins: Any,
                    sizes: list[int]) -> tuple[int, OSError | None]:
         if len(pins) > GROUP_SIZE:
             raise ValueError(f"a group holds at most {GROUP_SIZE} datagrams")
         r = self._r
         n = len(pins)
-        if n and sizes.count(sizes[0]) == n:  # one size (the usual batch): no list to convert
+        if pins.__class__ is not list:  # a PinSet: addresses and sizes read in C
+            key = self._send_pins(r, fd, flags, id(pins))
+        elif n and sizes.count(sizes[0]) == n:  # one size (the usual batch): no list to convert
             key = self._send_group(r, fd, flags, pins, self._null, n, sizes[0])
         else:
             key = self._send_group(r, fd, flags, pins, sizes, n, -1)

@@ -24,19 +24,21 @@ if TYPE_CHECKING:
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 
-def _core_pins() -> tuple[Any, Any]:
-    """The compiled core's PinSet type and set_results() (_core_pins.c), or (None, None)."""
+def _core_pins() -> tuple[Any, Any, Any]:
+    """The compiled core's PinSet and Coalescer types and set_results() (_core_pins.c,
+    _core_coalesce.c), or (None, None, None)."""
     if not _core.compiled:
-        return None, None
-    found: dict[str, Any] = {}
+        return None, None, None
+    found: dict[str, Any] = {"Future": asyncio.Future}
     if _core.lib.zc_pins_export(id(found), id(asyncio.InvalidStateError)) < 0:
-        return None, None  # out of memory at import: the cffi pins
-    return found["PinSet"], found["set_results"]
+        return None, None, None  # out of memory at import: the cffi pins
+    return found["PinSet"], found["Coalescer"], found["set_results"]
 
 
 # PinSet: a batch's buffer exports and its sendmmsg in C (the compiled path; else cffi pins
-# in a list, see aiozc._sys.mmsg). set_results(futures, result): a flush's fan-out.
-PinSet, set_results = _core_pins()
+# in a list, see aiozc._sys.mmsg). Coalescer: coalesce_zc's sendto_zc() (coalescing.py).
+# set_results(futures, result): a flush's fan-out.
+PinSet, Coalescer, set_results = _core_pins()
 
 # Largest UDP payload: 65535 minus the IPv4 (20) and UDP (8) headers; IPv6's payload-length field
 # excludes its own header, so 65535 - 8 there (no jumbograms).
@@ -152,11 +154,7 @@ if TYPE_CHECKING:
         _batching: bool
         _deferred_calls: list[tuple[str, Any]]
         _coalesce: bool
-        _co_objs: list[Any]
-        _co_pins: Any  # a PinSet, or a list of cffi pins
-        _co_futures: list[asyncio.Future[Completion]]
-        _co_bytes: int
-        _co_room: int
+        _co: Any  # coalesce_zc's Coalescer (or PyCoalescer), None without one
         _co_handle: asyncio.Handle | None
         _hot_tokens: dict[int, Any]
         _hot_d: Any
@@ -194,6 +192,7 @@ if TYPE_CHECKING:
         def _batch_refused(self, dg: _Datagram, exc: OSError) -> None: ...
         # coalescing.py
         def _sendto_zc_coalesced(self, buf: Any) -> asyncio.Future[Completion]: ...
+        def _co_setup(self) -> None: ...
         def _flush_coalesced(self) -> None: ...
         def _fail_coalesced(self, error: Exception) -> None: ...
         # uring.py

@@ -52,16 +52,7 @@ class _Batch:
     def release(self) -> None:
         pins = self.pins
         self.pins = self.bufs = []
-        if pins.__class__ is PinSet:
-            pins.release()  # one call for all
-            return
-        unpin = _mmsg.unpin
-        for pin in pins:
-            unpin(pin)
-
-
-_pin = _mmsg.pin
-_MAX_BATCH = _mmsg.MAX_BATCH
+        _unpin_all(pins)
 
 
 class _BatchRetry:
@@ -127,30 +118,17 @@ class _BatchingMixin(_DatagramHost):
                 f"({type(bufs).__name__}); use sendto_zc() for a single datagram"
             )
         addr = self._destination(addr)
-        if self._co_pins:
+        if self._co:
             self._flush_coalesced()
         objs = list(bufs)
-        pin = _mmsg.pin
-        pins: list[Any] = []
-        try:
-            try:
-                pins = list(map(pin, objs))
-            except (TypeError, BufferError):
-                # The pins made before the bad buffer died with the list: find it, and raise
-                # the error sendto_zc() would.
-                for buf in objs:
-                    byte_view(buf).release()
-                raise
-            sizes = list(map(len, pins))
-            biggest = max(sizes, default=0)
-            if self._max_size is not None and biggest > self._max_size:
-                raise ValueError(
-                    f"datagram of {biggest} bytes exceeds the {self._max_size}-byte UDP payload limit"
-                )
-        except BaseException:
-            for p in pins:
-                _mmsg.unpin(p)
-            raise
+        pins = _pin_all(objs)
+        sizes = pin_sizes(pins)
+        biggest = pins.maxlen if pins.__class__ is PinSet else max(sizes, default=0)
+        if self._max_size is not None and biggest > self._max_size:
+            _unpin_all(pins)
+            raise ValueError(
+                f"datagram of {biggest} bytes exceeds the {self._max_size}-byte UDP payload limit"
+            )
         future = self._new_future()
         self._send_batch(_Batch(future, objs, pins, sizes), addr)
         return future
@@ -158,7 +136,8 @@ class _BatchingMixin(_DatagramHost):
     def _send_batch(self, batch: _Batch, addr: Any) -> None:
         """Open the batch's tracker write and hand its datagrams to the kernel (or queue)."""
         pins = batch.pins
-        batch.write = self._tracker.open_write(batch, sum(batch.sizes))  # type: ignore[arg-type]  # a _Held alike
+        nbytes = pins.nbytes if pins.__class__ is PinSet else sum(batch.sizes)
+        batch.write = self._tracker.open_write(batch, nbytes)  # type: ignore[arg-type]  # a _Held alike
         if not pins:
             self._resolve(self._tracker.close_write(batch.write))
             return
@@ -211,6 +190,9 @@ class _BatchingMixin(_DatagramHost):
         options = self._options
         threshold = options.zc_threshold
         msg_zerocopy = _kernel.MSG_ZEROCOPY
+        # Every datagram's size if they are all alike (the usual batch), else -1: the runs'
+        # lengths are then reckoned, not counted datagram by datagram.
+        uniform = pins.uniform if pins.__class__ is PinSet else -1
         i = 0
         while i < n and self._batch_fast_ok():
             # The next run: datagrams that all go zero-copy, or all by copy.
@@ -223,6 +205,10 @@ class _BatchingMixin(_DatagramHost):
                     end = j  # a copy-fallback re-probe: one datagram
                 # As for single datagrams: zero-copy while pinned bytes are below the cap.
                 budget = options.max_pinned_bytes - tracker.pinned_bytes - first
+                if uniform >= threshold and uniform > 0:  # one size: what the budget covers
+                    run = min(end - j, -(-budget // uniform) if budget > 0 else 0)
+                    j += run
+                    budget -= run * uniform
                 while j < end:
                     size = sizes[j]
                     if size < threshold or budget <= 0:
@@ -230,6 +216,8 @@ class _BatchingMixin(_DatagramHost):
                     budget -= size
                     j += 1
             elif policy.state is _ZEROCOPY and tracker.pinned_bytes < options.max_pinned_bytes:
+                if 0 <= uniform < threshold:
+                    j = end
                 while j < end and sizes[j] < threshold:
                     j += 1
             else:
@@ -242,7 +230,7 @@ class _BatchingMixin(_DatagramHost):
                 i += 1
                 self._direct_send_failed(dg, OSError(-sent, os.strerror(-sent)), zerocopy)
                 continue
-            nbytes = sum(sizes[i : i + sent])
+            nbytes = sent * uniform if uniform >= 0 else sum(sizes[i : i + sent])
             if zerocopy:
                 # Every datagram of a zero-copy run is >= zc_threshold >= 1 byte: one id each.
                 on_sent_many(write, nbytes, sent)
@@ -317,6 +305,42 @@ class _BatchingMixin(_DatagramHost):
                 self._error_received(arg)
             else:
                 self._call_protocol(name)
+
+
+def _pin_all(objs: list[Any]) -> Any:
+    """Every buffer of ``objs`` pinned: a PinSet with the compiled core (one call), else a
+    list of cffi pins. Raises the error sendto_zc() would for a bad buffer (none is pinned)."""
+    pins: Any = None
+    try:
+        if PinSet is not None:
+            pins = PinSet()
+            pins.extend(objs)
+        else:
+            pins = []
+            pins.extend(map(_mmsg.pin, objs))
+    except (TypeError, BufferError):
+        if pins is not None:
+            _unpin_all(pins)
+        for buf in objs:  # find the bad buffer: byte_view raises sendto_zc()'s error
+            byte_view(buf).release()
+        raise
+    return pins
+
+
+def _unpin_all(pins: Any) -> None:
+    if pins.__class__ is PinSet:
+        pins.release()
+        return
+    for pin in pins:
+        _mmsg.unpin(pin)
+
+
+def pin_sizes(pins: Any) -> list[int]:
+    """Each pinned datagram's size, in order (one size: a list made in C, no Python loop)."""
+    if pins.__class__ is PinSet:
+        uniform = pins.uniform
+        return [uniform] * len(pins) if uniform >= 0 else pins.sizes()  # type: ignore[no-any-return]
+    return list(map(len, pins))
 
 
 def _is_buffer(obj: Any) -> bool:

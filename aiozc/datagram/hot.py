@@ -161,8 +161,6 @@ class _HotPathMixin(_DatagramHost):
         if _plain_futures(self._loop):
             self._hot_loop = self._loop
         self._hot_bind(d)
-        if self._coalesce:
-            self._co_pins = self._new_co_pins()  # type: ignore[attr-defined]
         tracker._pop_token = self._hot_fns["pop"]  # the futures sendto_zc() made are held in C
         self._hot_send = self._hot_fns["sendto"]
         self._hot_zc = None if self._coalesce else self._hot_fns["sendto_zc"]
@@ -181,6 +179,8 @@ class _HotPathMixin(_DatagramHost):
 
     def _hot_sync(self) -> None:
         """Tell the C side whether it may send now, and whether zero-copy."""
+        if self._co is not None:  # coalesce_zc's Coalescer: closing sends through Python
+            self._co.blocked = self._closing or self._sock is None
         d = self._hot_d
         if d is None and not self._direct_ok:
             self._direct_copy = False  # (an engine a test put in place: the general path)

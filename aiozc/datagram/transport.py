@@ -99,13 +99,10 @@ class ZeroCopyDatagramTransport(
         self._deferred_calls: list[tuple[str, Any]] = []
         # coalesce_zc: sendto_zc() datagrams waiting for this loop iteration's sendmmsg flush.
         self._coalesce = coalesce_zc
-        self._co_objs: list[Any] = []
-        self._co_pins: list[Any] = []
-        self._co_futures: list[asyncio.Future[Completion]] = []
-        self._co_bytes = 0
-        self._co_room = 0
+        self._co: Any = None  # its Coalescer (coalescing.py)
         self._co_handle: asyncio.Handle | None = None
         self._hot_setup()
+        self._co_setup()
         loop.call_soon(self._connection_made, waiter)
 
     # -- readiness -------------------------------------------------------------------------
@@ -164,7 +161,7 @@ class ZeroCopyDatagramTransport(
         Exact ``bytes`` at or above ``zc_threshold`` may be sent zero-copy (held, not copied).
         A zero-length datagram is sent (Python >= 3.12 asyncio behaviour).
         """
-        if self._co_pins:
+        if self._co:
             self._flush_coalesced()  # coalesce_zc: the earlier sendto_zc() datagrams go first
         send = self._hot_send  # (an attribute, then a call: self._hot_send(data) would be an
         # unspecialized LOAD_METHOD, ~250 instructions, callgrind)
@@ -213,10 +210,12 @@ class ZeroCopyDatagramTransport(
 
     def get_write_buffer_size(self) -> int:
         """Bytes queued (coalesce_zc ones too) plus pinned bytes the kernel still holds."""
-        return super().get_write_buffer_size() + self._co_bytes
+        co = self._co
+        return super().get_write_buffer_size() + (co.nbytes if co is not None else 0)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._co_room = -1  # coalesce_zc: compare exactly until the next flush
+        if self._co is not None:
+            self._co.room = -1  # coalesce_zc: compare exactly until the next flush
         super().set_write_buffer_limits(high, low)
         self._hot_sync()
 
@@ -235,7 +234,7 @@ class ZeroCopyDatagramTransport(
         buffer (at most ``close_timeout`` seconds), then close and call connection_lost(None)."""
         if self._closing:
             return
-        if self._co_pins:
+        if self._co:
             self._flush_coalesced()  # coalesce_zc: what sendto_zc() accepted is sent
         self._closing = True
         self._hot_sync()

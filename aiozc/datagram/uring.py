@@ -9,7 +9,7 @@ from typing import Any
 
 from ..base import _Held, byte_view
 from ..completions import MASK32
-from ._common import _ZEROCOPY, _Datagram, _DatagramHost, _result_error
+from ._common import _ZEROCOPY, PinSet, _Datagram, _DatagramHost, _result_error
 from .batching import _Batch, _BatchRetry
 
 
@@ -34,8 +34,11 @@ class _UringMixin(_DatagramHost):
         threshold = self._options.zc_threshold
         budget = self._options.max_pinned_bytes - tracker.pinned_bytes
         sizes = batch.sizes
-        total = sum(sizes)
-        if sizes and min(sizes) >= threshold and total - sizes[-1] < budget:
+        pins = batch.pins
+        uniform = pins.uniform if pins.__class__ is PinSet else -1
+        total = pins.nbytes if uniform >= 0 else sum(sizes)
+        smallest = uniform if uniform >= 0 else min(sizes, default=0)
+        if sizes and smallest >= threshold and total - sizes[-1] < budget:
             count, nbytes = len(sizes), total  # all of them (the loop below, in C)
         else:
             count = nbytes = 0
@@ -52,8 +55,11 @@ class _UringMixin(_DatagramHost):
         tracker.on_sent_many(write, nbytes, count)
         # The engine takes these pins over and ends them at the notifications: the batch may
         # resolve or fail earlier (abort), the kernel's references must not end with it.
-        pins, batch.pins = batch.pins[:count], batch.pins[count:]
-        self._engine.submit_zc_many(pins, sizes[:count],  # type: ignore[attr-defined]
+        if pins.__class__ is PinSet:
+            pins = pins.split(count)  # the batch keeps the rest
+        else:
+            pins, batch.pins = pins[:count], pins[count:]
+        self._engine.submit_zc_many(pins, sizes if count == len(sizes) else sizes[:count],  # type: ignore[attr-defined]
                                     self._datagram_zc_result, self._on_zc_released,
                                     (batch, first), first, self._batch_results_in)
         self._count_zc_sends(count, nbytes)

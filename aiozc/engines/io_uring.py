@@ -298,16 +298,17 @@ class LoopRing:
             self._submit_scheduled = True
             self._loop.call_soon(self._submit_batch)
 
-    def send_zc_many(self, fd: int, pins: list[Any], sizes: list[int], flags: int,
+    def send_zc_many(self, fd: int, pins: Any, sizes: list[int], flags: int,
                      on_result: OnResult, on_released: OnReleased, ctx: Any,
                      first_ident: int, on_done: Callable[[Any], None] | None = None) -> None:
         """:meth:`send_zc` for many datagrams of a connected socket, accounted in advance with
         consecutive ids from ``first_ident``, each expecting ``sizes[i]`` bytes; ``ctx`` is
         shared by all.
 
-        ``pins`` are buffer exports from :func:`aiozc._sys.mmsg.pin`, and the engine takes them
-        over: it ends them (``_mmsg.unpin``) once the kernel released every datagram of the
-        group. One request entry stands for a whole group (user_data = group | index), and
+        ``pins`` are buffer exports: a list from :func:`aiozc._sys.mmsg.pin`, or the compiled
+        core's PinSet (aiozc/_sys/_core_pins.c, whose exports the C fill reads directly), and
+        the engine takes them over: it ends them once the kernel released every datagram of
+        the group. One request entry stands for a whole group (user_data = group | index), and
         the RingIO fills its SQEs in one call.
 
         ``on_done(ctx)`` is called once the result of every datagram is in (after the
@@ -316,13 +317,19 @@ class LoopRing:
         io = self._io
         if io is None:
             raise RuntimeError("io_uring ring is closed (no transport attached)")
-        for start in range(0, len(pins), GROUP_SIZE):
+        total = len(pins)
+        for start in range(0, total, GROUP_SIZE):
             stop = start + GROUP_SIZE
-            group_pins = pins[start:stop] if start or len(pins) > stop else pins
-            key, error = io.send_group(fd, flags, group_pins, sizes[start:stop])
+            group_pins = pins
+            if pins.__class__ is list:
+                if start or total > stop:
+                    group_pins = pins[start:stop]
+            elif len(pins) > GROUP_SIZE:  # a PinSet: the group takes its first ones
+                group_pins = pins.split(GROUP_SIZE)
+            key, error = io.send_group(fd, flags, group_pins, sizes[start:stop] if start or total > stop else sizes)
             self._groups[key] = [group_pins, on_result, ctx, on_released,
                                  (first_ident + start) & _U32, None,
-                                 on_done if stop >= len(pins) else None]
+                                 on_done if stop >= total else None]
             if not self._submit_scheduled:
                 self._submit_scheduled = True
                 self._loop.call_soon(self._submit_batch)
@@ -396,8 +403,7 @@ class LoopRing:
                 entry = groups[key]
                 self._group_released(entry, a, b, kind == EV_G_RELEASE_COPIED, releases)
             elif kind == EV_G_END:
-                # The kernel references none of them (consumed in C: no Python loop).
-                _consume(map(_unpin, groups.pop(key)[_G_PINS]))
+                _unpin_group(groups.pop(key)[_G_PINS])  # the kernel references none of them
             elif kind == EV_S_DONE:
                 req = requests.pop(key, None)
                 if req is not None and req[_IDENT] is not None:
@@ -465,6 +471,14 @@ class LoopRing:
 
     def _release_run(self, cb: OnReleased, lo: int, hi: int, copied: bool) -> None:
         self._guarded(cb, lo, hi, copied)
+
+
+def _unpin_group(pins: Any) -> None:
+    """End a group's buffer exports: a PinSet's in one call, cffi pins consumed in C."""
+    if pins.__class__ is list:
+        _consume(map(_unpin, pins))
+    else:
+        pins.release()
 
 
 def _add_release(releases: list[list[Any]], cb: OnReleased, lo: int, hi: int,
@@ -544,7 +558,7 @@ class IoUringEngine:
         dest = None if address is None else _uring.pack_sockaddr(sock.family, address)
         ring.send_zc(self._fd, self._flags, dest, chunk, on_result, on_released, ctx, ident, expect)
 
-    def submit_zc_many(self, pins: list[Any], sizes: list[int], on_result: OnResult,
+    def submit_zc_many(self, pins: Any, sizes: list[int], on_result: OnResult,
                        on_released: OnReleased, ctx: Any, first_ident: int,
                        on_done: Callable[[Any], None] | None = None) -> None:
         """:meth:`submit_zc` for many datagrams of a connected socket, accounted in advance
