@@ -43,9 +43,33 @@ def test_table_takes_medians_and_ratios_per_case() -> None:
 
 
 def test_cases_cover_the_issue_list() -> None:
-    kinds = [name for name, _ in bench_dask.cases(1)]
+    kinds = [kind for kind, _, _ in bench_dask.cases(1)]
     assert kinds.count("gather") == 4 and kinds.count("scatter") == 4
     assert "w2w" in kinds and "rechunk" in kinds
+
+
+def test_cases_are_chosen_by_kind_and_by_part_of_their_name() -> None:
+    names = [name for _, name, _ in bench_dask.chosen_cases(1, names=["64x4"])]
+    assert names == ["gather 64x4 MiB", "scatter 64x4 MiB"]
+    names = [name for _, name, _ in bench_dask.chosen_cases(1, ["gather"], ["64x4", "1x256"])]
+    assert names == ["gather 1x256 MiB", "gather 64x4 MiB"]
+    assert len(bench_dask.chosen_cases(1)) == len(bench_dask.cases(1)) == 10
+
+
+def test_the_names_cases_are_chosen_by_are_those_they_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    reported = []
+
+    def fake(case: str, nbytes: int, prepare: object, timed: object) -> str:
+        reported.append(case)
+        return case
+
+    class Fake:
+        workers = ["a", "b"]
+        measure = staticmethod(fake)
+
+    for _, name, fn in bench_dask.cases(4):
+        fn(Fake(), 0)  # type: ignore[arg-type]
+        assert reported[-1] == name
 
 
 async def _send_and_count(protocol: str, arrays: list[object]) -> dict[str, int]:

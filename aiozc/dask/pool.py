@@ -17,6 +17,16 @@ every message, where tcp faulted 60 times). Classes
 from MAPPED_MIN up are anonymous mmaps (page-aligned, huge pages from 2 MiB); smaller ones are
 slices of one malloc'd numpy array each (an mmap apiece would be a VMA per 32 KiB array),
 aligned to 64 bytes. Buffers below POOLED_MIN come from numpy, as dask's tcp comm makes them.
+
+A request finds no idle buffer of its class often when the workload changes: bench dask's
+client, its pool full of 256 MiB buffers after gathers of 4 x 256 MiB, mapped 128 fresh 4 MiB
+buffers for every gather of 64 x 4 MiB (its scheduler hop's and its own) and reused none: the
+kernel zeroed 512 MiB a gather, where tcp's 4 MiB arrays came back from glibc's free lists.
+So a request takes an idle buffer up to one class short of twice its size, else a slice of an
+idle big region (2 MiB or more) cut into slices of its class, at most MAX_SLICES of them. The
+region is whole again, and can serve its own size, once every slice is back; an idle slice
+evicted meanwhile gives its pages back to the kernel (MADV_DONTNEED), and the region is then
+dropped once its slices are back rather than kept with holes.
 """
 
 from __future__ import annotations
@@ -25,7 +35,6 @@ import collections
 import mmap
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +43,8 @@ POOLED_MIN = 4 << 10
 MAPPED_MIN = 256 << 10
 ALIGN = 64
 HUGE_PAGE = 2 << 20
+# An idle big region is cut into at most this many slices (made eagerly: ~1 us each).
+MAX_SLICES = 64
 
 
 def size_class(nbytes: int) -> int:
@@ -44,11 +55,20 @@ def size_class(nbytes: int) -> int:
     return -(-nbytes // step) * step
 
 
-@dataclass(frozen=True)
 class _Region:
-    memory: Any  # an mmap, or a memoryview of a numpy array: never an ndarray (see acquire)
-    offset: int  # where the buffer starts in it: a huge-page boundary for big mappings
-    size: int
+    """A receive buffer's memory: a whole region, or a slice carved from an idle big one."""
+
+    __slots__ = ("memory", "offset", "size", "parent", "slices", "handed", "holed", "idle")
+
+    def __init__(self, memory: Any, offset: int, size: int, parent: _Region | None = None) -> None:
+        self.memory = memory  # an mmap, or a memoryview of a numpy array: never an ndarray (see acquire)
+        self.offset = offset  # where the buffer starts in it: a huge-page boundary for big mappings
+        self.size = size
+        self.parent = parent  # the big region this slice was carved from
+        self.slices: list[_Region] = []  # while carved: every slice of it
+        self.handed = 0  # while carved: its slices handed out and still referenced
+        self.holed = False  # while carved: an idle slice was evicted (its pages given back)
+        self.idle = False
 
 
 class ReceivePool:
@@ -58,12 +78,15 @@ class ReceivePool:
         # orders: huge-page regions, evicted first, and the smaller ones; dicts for O(1) removal.
         self._idle: dict[int, dict[int, _Region]] = {}
         self._idle_order = (collections.OrderedDict[int, _Region](), collections.OrderedDict[int, _Region]())
+        self._idle_whole_big: dict[int, _Region] = {}  # the idle regions that may be carved
         self._idle_bytes = 0
         self._lock = threading.Lock()  # weakref callbacks run wherever the last slice dies
         self._handed: dict[int, tuple[weakref.ref[Any], _Region]] = {}
         self.mapped = 0  # new regions made (mmaps and malloc'd ones): a reuse makes none
-        self.reused = 0
-        self.evicted = 0  # idle regions dropped to make room for a newer one
+        self.reused = 0  # buffers served from idle memory: a region of their class, one a
+        # class or more larger, or a slice carved from an idle big region
+        self.carved = 0  # idle big regions cut into slices of a smaller class
+        self.evicted = 0  # idle regions (or slices) dropped to make room for a newer one
 
     @property
     def idle_bytes(self) -> int:
@@ -79,12 +102,11 @@ class ReceivePool:
         if nbytes < POOLED_MIN:
             return _aligned_small(nbytes)
         cls = size_class(nbytes)
-        region = self._take_idle(cls)
+        with self._lock:
+            region = self._take_idle(cls)
         if region is None:
             region = _new_region(cls)
             self.mapped += 1
-        else:
-            self.reused += 1
         # Its death tells us the buffer is free. It must be made from the region's memory (an
         # mmap or a memoryview), not as a view of another array: numpy collapses a view's base
         # to the array owning the memory, so an array dask makes from a slice would skip an
@@ -96,14 +118,43 @@ class ReceivePool:
         return memoryview(handed)  # type: ignore[arg-type]  # numpy's stubs lack __buffer__ on 3.11
 
     def _take_idle(self, cls: int) -> _Region | None:
-        with self._lock:
-            bucket = self._idle.get(cls)
-            if not bucket:
+        """An idle region for a buffer of class ``cls`` (lock held): one of that class, the last
+        returned (its pages are the warmest); else one of a larger class below twice as large;
+        else a slice of an idle big region carved into ``cls`` slices."""
+        bucket = self._idle.get(cls)
+        if not bucket:
+            larger = [c for c, b in self._idle.items() if b and cls < c < 2 * cls]
+            bucket = self._idle[min(larger)] if larger else None
+        if bucket:
+            region = bucket[next(reversed(bucket))]
+            self._unidle(region)
+        else:
+            arena = self._carvable(cls)
+            if arena is None:
                 return None
-            key, region = bucket.popitem()  # the last returned: its pages are the warmest
-            del self._idle_order[_order(region)][key]
-            self._idle_bytes -= cls
-            return region
+            region = self._carve(arena, cls)
+        if region.parent is not None:
+            region.parent.handed += 1
+        self.reused += 1
+        return region
+
+    def _carvable(self, cls: int) -> _Region | None:
+        """The smallest idle whole big region that holds 2 to MAX_SLICES slices of ``cls``."""
+        if cls < MAPPED_MIN:  # slices must be whole pages
+            return None
+        fits = [r for r in self._idle_whole_big.values() if 2 * cls <= r.size <= MAX_SLICES * cls]
+        return min(fits, key=lambda r: r.size) if fits else None
+
+    def _carve(self, arena: _Region, cls: int) -> _Region:
+        """Cut the idle ``arena`` into slices of ``cls``: the first one returned, the rest idle."""
+        self._unidle(arena)
+        arena.slices = [_Region(arena.memory, arena.offset + i * cls, cls, arena)
+                        for i in range(arena.size // cls)]
+        arena.holed = False
+        for piece in reversed(arena.slices[1:]):  # the lowest addresses handed out first
+            self._make_idle(piece)
+        self.carved += 1
+        return arena.slices[0]
 
     def _give_back(self, ref: weakref.ref[Any]) -> None:
         with self._lock:
@@ -111,32 +162,72 @@ class ReceivePool:
             if entry is None:
                 return
             region = entry[1]
-            if region.size > self.max_idle_bytes:
+            arena = region.parent
+            if arena is not None:
+                arena.handed -= 1
+                if arena.handed == 0:
+                    self._join(arena)
+                    return
+            elif region.size > self.max_idle_bytes:
                 return  # dropped: freed once numpy lets go of it
-            while self._idle_bytes + region.size > self.max_idle_bytes:
-                self._evict_oldest()
-            key = id(region)
-            self._idle.setdefault(region.size, {})[key] = region
-            self._idle_order[_order(region)][key] = region
-            self._idle_bytes += region.size
+            self._keep(region)
+
+    def _join(self, arena: _Region) -> None:
+        """Every slice of ``arena`` is back: it is one region again, or dropped if it has holes
+        (kept, its holes would fault in again, uncounted by the cap)."""
+        for piece in arena.slices:
+            if piece.idle:
+                self._unidle(piece)
+        arena.slices = []
+        if not arena.holed:
+            self._keep(arena)
+
+    def _keep(self, region: _Region) -> None:
+        while self._idle_bytes + region.size > self.max_idle_bytes and self._idle_bytes:
+            self._evict_oldest()
+        if self._idle_bytes + region.size <= self.max_idle_bytes:
+            self._make_idle(region)
+
+    def _make_idle(self, region: _Region) -> None:
+        key = id(region)
+        self._idle.setdefault(region.size, {})[key] = region
+        self._idle_order[_order(region)][key] = region
+        if region.parent is None and region.size >= HUGE_PAGE:
+            self._idle_whole_big[key] = region
+        self._idle_bytes += region.size
+        region.idle = True
+
+    def _unidle(self, region: _Region) -> None:
+        key = id(region)
+        del self._idle[region.size][key]
+        del self._idle_order[_order(region)][key]
+        self._idle_whole_big.pop(key, None)
+        self._idle_bytes -= region.size
+        region.idle = False
 
     def _evict_oldest(self) -> None:
         """Drop the huge-page region idle longest, else the small one idle longest: made again,
         a huge-page region faults ~0.5 times per MiB, a smaller one 256 times (4 KiB pages).
         The bench's cycle (4 x 256 MiB, then 64 x 4 MiB, then 2048 x 32 KiB messages through a
-        1 GiB pool) evicted every 32 KiB buffer under plain LRU: 3552 made again, 164 faults/MiB."""
+        1 GiB pool) evicted every 32 KiB buffer under plain LRU: 3552 made again, 164 faults/MiB.
+        An idle slice gives its pages back to the kernel (its big region lives on while other
+        slices are in use)."""
         huge, small = self._idle_order
-        key, region = (huge or small).popitem(last=False)
-        del self._idle[region.size][key]
-        self._idle_bytes -= region.size
+        region = next(iter((huge or small).values()))
+        self._unidle(region)
         self.evicted += 1
+        arena = region.parent
+        if arena is not None:
+            arena.holed = True
+            _give_pages_back(arena.memory, region.offset, region.size)
 
     def clear(self) -> None:
         with self._lock:
-            self._idle.clear()
             for order in self._idle_order:
-                order.clear()
-            self._idle_bytes = 0
+                for region in list(order.values()):
+                    self._unidle(region)
+                    if region.parent is not None:
+                        region.parent.holed = True  # its memory stays until the slices are back
 
 
 def _order(region: _Region) -> int:
@@ -177,3 +268,10 @@ def _new_mapping(nbytes: int) -> _Region:
 def _anonymous(nbytes: int) -> mmap.mmap:
     # Private: mmap's default MAP_SHARED is shmem, which gets no huge pages (shmem_enabled).
     return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def _give_pages_back(memory: Any, offset: int, nbytes: int) -> None:
+    """MADV_DONTNEED: the slice's pages leave the process now; touched again they read zeros."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is not None and isinstance(memory, mmap.mmap):
+        memory.madvise(advice, offset, nbytes)

@@ -45,7 +45,7 @@ class Sample:
     # Bench.workers order (worker->worker sends from the first to the second)
     cpu_by_process: list[float] = field(default_factory=list)
     faults_by_process: list[int] = field(default_factory=list)  # minor faults, the same order
-    # zc's receive pools, summed over the processes: buffers newly made, reused, evicted
+    # zc's receive pools, summed over the processes: buffers newly made, reused, big ones carved, evicted
     pool: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -116,7 +116,7 @@ def _pool_counts() -> dict[str, int]:
     pool = comm._pool
     if pool is None:
         return {}
-    return {"mapped": pool.mapped, "reused": pool.reused, "evicted": pool.evicted}
+    return {"mapped": pool.mapped, "reused": pool.reused, "carved": pool.carved, "evicted": pool.evicted}
 
 
 # -- functions that run on the workers ------------------------------------------------------------
@@ -261,16 +261,27 @@ def _size(n: int) -> str:
     return f"{n // MiB} MiB" if n >= MiB else f"{n // 1024} KiB"
 
 
-def cases(scale: int) -> list[tuple[str, Callable[[Bench, int], Sample]]]:
+def cases(scale: int) -> list[tuple[str, str, Callable[[Bench, int], Sample]]]:
+    """(kind, the case's name as reported, the function) for every case."""
     big, mid, small = 256 * MiB // scale, 4 * MiB // scale, 32 << 10
-    out: list[tuple[str, Callable[[Bench, int], Sample]]] = [
-        ("w2w", lambda b, s: _w2w(b, 4, big, s)),
+    side = 8192 // max(1, int(scale ** 0.5))
+    out: list[tuple[str, str, Callable[[Bench, int], Sample]]] = [
+        ("w2w", f"worker->worker 4x{_size(big)}", lambda b, s: _w2w(b, 4, big, s)),
     ]
     for count, size in [(4, big), (1, big), (64, mid), (2048 // scale, small)]:
-        out.append(("gather", lambda b, s, c=count, z=size: _gather(b, c, z, s)))  # type: ignore[misc]
-        out.append(("scatter", lambda b, s, c=count, z=size: _scatter(b, c, z, s)))  # type: ignore[misc]
-    out.append(("rechunk", lambda b, s: _rechunk(b, 8192 // max(1, int(scale ** 0.5)), s)))
+        out.append(("gather", f"gather {count}x{_size(size)}",
+                    lambda b, s, c=count, z=size: _gather(b, c, z, s)))  # type: ignore[misc]
+        out.append(("scatter", f"scatter {count}x{_size(size)}",
+                    lambda b, s, c=count, z=size: _scatter(b, c, z, s)))  # type: ignore[misc]
+    out.append(("rechunk", f"rechunk {side}x{side} f8", lambda b, s: _rechunk(b, side, s)))
     return out
+
+
+def chosen_cases(scale: int, only: list[str] | None = None,
+                 names: list[str] | None = None) -> list[tuple[str, str, Callable[[Bench, int], Sample]]]:
+    """The cases of the kinds in ``only`` (all if None) whose names contain one of ``names``."""
+    return [case for case in cases(scale)
+            if (not only or case[0] in only) and (not names or any(n in case[1] for n in names))]
 
 
 def _table(samples: list[Sample]) -> list[dict[str, Any]]:
@@ -307,17 +318,20 @@ def run(args: Any = None) -> dict[str, Any]:
     rounds = getattr(args, "rounds", 3)
     scale = getattr(args, "scale", 1)
     only = getattr(args, "only", None)
-    chosen = [(name, fn) for name, fn in cases(scale) if not only or name in only]
+    names = getattr(args, "case", None)
+    chosen = chosen_cases(scale, only, names)
+    if not chosen:
+        raise SystemExit(f"no case matches --only {only} --case {names}")
     samples: list[Sample] = []
     logging.getLogger("distributed").setLevel(logging.WARNING)
     with zc_entry_point_visible():
         benches = {proto: Bench(proto) for proto in PROTOCOLS}
         try:
-            for _, fn in chosen:  # warm-up: connections, pools, imports
+            for _, _, fn in chosen:  # warm-up: connections, pools, imports
                 for bench in benches.values():
                     fn(bench, 0)
             for rnd in range(rounds):
-                for _, fn in chosen:
+                for _, _, fn in chosen:
                     order = PROTOCOLS if rnd % 2 == 0 else PROTOCOLS[::-1]
                     for proto in order:
                         sample = fn(benches[proto], rnd + 1)
@@ -331,7 +345,7 @@ def run(args: Any = None) -> dict[str, Any]:
                 bench.close()
     rows = _table(samples)
     _print(rows, rounds)
-    return {"options": {"rounds": rounds, "scale": scale, "only": only}, "rows": rows,
+    return {"options": {"rounds": rounds, "scale": scale, "only": only, "case": names}, "rows": rows,
             "samples": [asdict(s) for s in samples]}
 
 
@@ -340,7 +354,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=int, default=1, help="divide the payload sizes by this (quick runs)")
     parser.add_argument("--only", nargs="*", choices=["w2w", "gather", "scatter", "rechunk"],
                         help="run only these kinds of case")
+    parser.add_argument("--case", action="append", metavar="TEXT",
+                        help="run only the cases whose name contains TEXT (repeatable), e.g. --case '64x4'")
 
 
 if __name__ == "__main__":
-    run(argparse.Namespace(rounds=1, scale=8, only=None))
+    run(argparse.Namespace(rounds=1, scale=8, only=None, case=None))
