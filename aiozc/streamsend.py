@@ -22,6 +22,8 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+from collections.abc import Iterable
+from os import writev as _fd_writev
 from typing import TYPE_CHECKING, Any
 
 from .completions import WriteHandle
@@ -49,6 +51,14 @@ _PEER_WINDOW_MAX_AGE = 0.01
 # 256 MiB-1 GiB transfers and every write was copied. So every this many bytes copied behind a
 # probe, the direct path reads the error queue itself (one recvmsg).
 _ANSWER_CHECK_BYTES = 1 << 20
+# writelines() gathers at most this many items into one writev (IOV_MAX is 1024).
+_GATHER_MAX = 64
+
+
+def _immutable(data: bytes | bytearray | memoryview) -> bool:
+    if type(data) is bytes:
+        return True
+    return type(data) is memoryview and type(data.obj) is bytes
 
 
 class StreamSending:
@@ -65,6 +75,7 @@ class StreamSending:
     _engine: Any
     _mux: Any
     _fd: int
+    _queue: Any
     _registered_mask: int
     _errqueue_quiet: bool
 
@@ -73,6 +84,10 @@ class StreamSending:
         def _mask(self) -> int: ...
         def _idle(self) -> bool: ...
         def _on_loop_for(self, mask: int) -> bool: ...
+        def write(self, data: Any) -> None: ...
+        def _queue_rest(self, data: Any, nbytes: int, sent: int) -> None: ...
+        def _zc_possible(self) -> bool: ...
+        def _fatal_error(self, exc: BaseException, message: str = ...) -> None: ...
 
     def _init_sending(self) -> None:
         self._peer_window_at = self._peer_window_peak_at = float("-inf")
@@ -114,6 +129,72 @@ class StreamSending:
         if self._plain_sent:
             sent, self._plain_sent = self._plain_sent, 0
             self._policy.on_sent(sent, zerocopy=False)
+
+    # -- writelines: one gathered send ----------------------------------------------------
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """write() of each item, in order.
+
+        With nothing queued and no item due to go zero-copy, the items leave in one writev:
+        headers and body in one system call and one segment, as stock transports send them
+        once aiohttp has joined them, minus the join's copy (two sends per response instead
+        cost aiohttp under wrk up to half its requests/s, measured).
+        """
+        # Every item is checked before any is sent, as asyncio's b"".join() does: a bad item
+        # must not leave the first ones on the wire.
+        items = list(list_of_data)
+        for index, data in enumerate(items):
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(
+                    f"writelines() item {index}: data must be a bytes-like object, "
+                    f"not {type(data).__name__!r}"
+                )
+        index, offset = self._gather_now(items) if len(items) > 1 else (0, 0)
+        if offset:
+            # The socket is full: queue the rest of that item without trying it again.
+            data = items[index]
+            self._queue_rest(data, data.nbytes if type(data) is memoryview else len(data), offset)
+            index += 1
+        for data in items[index:]:
+            self.write(data)
+
+    def _gather_now(self, chunks: list[Any]) -> tuple[int, int]:
+        """One copying sendmsg of ``chunks`` when write() would send each at once by copy
+        anyway; returns where write() takes over: (chunk index, bytes of it already sent)."""
+        if self._queue or not self._direct_max or len(chunks) > _GATHER_MAX:
+            return 0, 0
+        direct_max = self._direct_max
+        for data in chunks:
+            kind = type(data)
+            if kind is memoryview:
+                if not data.c_contiguous:
+                    return 0, 0  # write() raises for it, in order
+            elif kind is not bytes and kind is not bytearray:
+                return 0, 0
+            if len(data) >= direct_max and _immutable(data) and self._zc_possible() and (
+                self._wants_zerocopy(len(data))
+            ):
+                return 0, 0
+        try:
+            # writev(2), as libuv gathers: ~1.06k fewer user instructions than sendmsg.
+            sent = _fd_writev(self._fd, chunks)
+        except (BlockingIOError, InterruptedError):
+            return 0, 0
+        except OSError as exc:
+            self._fatal_error(exc)
+            return len(chunks), 0  # the connection is gone: write() drops the rest
+        if sent:
+            self.stats.copy_sends += 1
+            self.stats.copy_bytes += sent
+            self._plain_sent += sent
+            if self._plain_sent >= self._plain_budget:
+                self._refresh_direct()
+        for index, data in enumerate(chunks):
+            nbytes = data.nbytes if type(data) is memoryview else len(data)
+            if sent < nbytes:
+                return index, sent
+            sent -= nbytes
+        return len(chunks), 0
 
     # -- the two send calls ----------------------------------------------------------------
 
