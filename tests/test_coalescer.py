@@ -307,3 +307,28 @@ def test_coalesced_sendto_zc_makes_no_getpid_per_datagram(sink_ns: Any, loop: st
     assert calls.get("getpid", 0) < 50, calls  # interpreter and loop start-up only
     sends = calls.get("sendmmsg" if engine == "msg_zerocopy" else "io_uring_enter", 0)
     assert 0 < sends < count // 8, calls  # one per batch
+
+
+async def test_cancelled_coalesced_future_releases_nothing_early() -> None:
+    t, rx = await _pair()
+    with rx:
+        kept, cancelled_buf = bytearray(b"k" * 100), bytearray(b"c" * 100)
+        first = t.sendto_zc(kept)
+        cancelled = t.sendto_zc(cancelled_buf)
+        assert cancelled.cancel()
+        with pytest.raises(BufferError):
+            cancelled_buf.append(0)  # still pinned: the datagram is sent all the same
+        await asyncio.wait_for(first, 5)
+        for _ in range(100):  # the batch resolved: every export of it ends
+            await asyncio.sleep(0.01)
+            try:
+                cancelled_buf.append(0)
+                break
+            except BufferError:
+                continue
+        else:
+            pytest.fail("the cancelled datagram's buffer stayed pinned")
+        assert [rx.recv(200), rx.recv(200)] == [b"k" * 100, b"c" * 100]
+        kept.append(0)
+        t.close()
+        assert t.get_write_buffer_size() == 0
