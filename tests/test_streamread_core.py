@@ -106,6 +106,30 @@ async def test_data_arrives_whole_and_in_order(read_path: str) -> None:
         pair.close()
 
 
+async def test_a_backlog_is_read_in_full_reads_each_its_own_bytes(read_path: str) -> None:
+    # Queued before reading resumes: every read of the event fills the read size, and from
+    # the second on the compiled path receives straight into a new bytes object.
+    pair = await connect_pair(read_size=4096)
+    seen: list[bytes] = []
+    real = pair.protocol.data_received
+    pair.protocol.data_received = lambda data: (seen.append(data), real(data))  # type: ignore[method-assign]
+    try:
+        await wait_for(lambda: pair.transport.is_reading(), "connection_made")
+        pair.transport.pause_reading()
+        payload = os.urandom(16 * 4096 + 100)
+        pair.peer.sendall(payload)
+        await asyncio.sleep(0.05)
+        pair.transport.resume_reading()
+        await wait_for(lambda: len(pair.protocol.received) == len(payload), "the payload")
+        assert b"".join(seen) == payload and all(type(d) is bytes for d in seen)
+        assert [len(d) for d in seen[:16]] == [4096] * 16
+        assert len({id(d) for d in seen}) == len(seen)  # none reused while held
+        if read_path == "compiled":
+            assert pair.transport.on_readiness.fresh_reads >= 15
+    finally:
+        pair.close()
+
+
 class PausingProtocol(RecordingProtocol):
     """Pauses reading in its first data_received."""
 
