@@ -42,6 +42,7 @@ typedef struct {
     Py_buffer buf; /* the thread's read buffer (transport._take_read_buffer()), once taken */
     long long fast_reads; /* reads made here (tests and stats tell the paths apart by it) */
     long long fresh_reads; /* of which straight into a new bytes object */
+    long long slow_starts; /* new bytes objects not read into: their data began at a slow offset */
 } zc_reader;
 
 typedef struct {
@@ -218,8 +219,12 @@ static Py_ssize_t read_once(zc_reader *r, int fresh, PyObject **data) {
     if (fresh) {
         obj = PyBytes_FromStringAndSize(NULL, r->buf.len);
         if (!obj) return -2;
-        if (slow_start(PyBytes_AS_STRING(obj))) Py_CLEAR(obj); /* the buffer, this once */
-        else into = PyBytes_AS_STRING(obj);
+        if (slow_start(PyBytes_AS_STRING(obj))) {
+            r->slow_starts++;
+            Py_CLEAR(obj); /* the buffer, this once */
+        } else {
+            into = PyBytes_AS_STRING(obj);
+        }
     }
     n = recv(r->fd, into, (size_t)r->buf.len, 0);
     err = errno;
@@ -365,9 +370,14 @@ static PyObject *reader_get_fresh_reads(PyObject *self, void *closure) {
     return PyLong_FromLongLong(((zc_reader *)self)->fresh_reads);
 }
 
+static PyObject *reader_get_slow_starts(PyObject *self, void *closure) {
+    return PyLong_FromLongLong(((zc_reader *)self)->slow_starts);
+}
+
 static PyGetSetDef reader_getset[] = {
     {"fast_reads", reader_get_fast_reads, NULL, "recv calls made by the compiled path", NULL},
     {"fresh_reads", reader_get_fresh_reads, NULL, "of which straight into a new bytes", NULL},
+    {"slow_starts", reader_get_slow_starts, NULL, "new bytes at a slow page offset (not read into)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
