@@ -161,3 +161,40 @@ def test_big_buffers_are_carved_only_into_a_bounded_number_of_slices() -> None:
     buf = pool.acquire(MAPPED_MIN)  # 512 slices of 256 KiB: made fresh instead
     assert pool.carved == 0 and pool.mapped == 2
     del buf
+
+
+def test_a_buffer_let_go_while_the_pool_is_locked_is_taken_back_after_without_waiting() -> None:
+    """A weakref callback that waited for the pool's lock deadlocked when a garbage collection
+    started inside a locked section of the same thread (carving allocates 64 regions there);
+    from another thread it stalled a dask worker thread behind the event loop."""
+    import threading
+
+    pool = ReceivePool(max_idle_bytes=64 * MiB)
+    held = [pool.acquire(MiB)]
+    with pool._lock:  # what a collection inside acquire() looks like to the callback
+        thread = threading.Thread(target=held.clear)
+        thread.start()
+        thread.join(5)
+        waited = thread.is_alive()
+        assert pool._handed  # not taken back yet: the lock is held
+    thread.join()
+    assert not waited
+    assert pool.outstanding == 0 and pool.idle_bytes == MiB  # taken back by the next holder
+    again = pool.acquire(MiB)
+    assert pool.reused == 1 and again.nbytes == MiB
+
+
+def test_buffers_let_go_from_many_threads_all_come_back() -> None:
+    import threading
+
+    pool = ReceivePool(max_idle_bytes=256 * MiB)
+    _message(pool, 1, 64 * MiB)
+    for _ in range(20):
+        buffers = [[pool.acquire(2 * MiB)] for _ in range(16)]
+        threads = [threading.Thread(target=b.clear) for b in buffers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert pool.outstanding == 0
+    assert pool.idle_bytes == 64 * MiB and pool.mapped == 1

@@ -80,7 +80,12 @@ class ReceivePool:
         self._idle_order = (collections.OrderedDict[int, _Region](), collections.OrderedDict[int, _Region]())
         self._idle_whole_big: dict[int, _Region] = {}  # the idle regions that may be carved
         self._idle_bytes = 0
-        self._lock = threading.Lock()  # weakref callbacks run wherever the last slice dies
+        # Weakref callbacks run wherever the last slice dies: in another thread, or in this one
+        # when a garbage collection starts inside a locked section (any allocation can start
+        # one). So a callback never waits for the lock: it queues the buffer, and whoever holds
+        # the lock takes it back before letting go (a blocking callback deadlocked there).
+        self._lock = threading.Lock()
+        self._returned: collections.deque[int] = collections.deque()
         self._handed: dict[int, tuple[weakref.ref[Any], _Region]] = {}
         self.mapped = 0  # new regions made (mmaps and malloc'd ones): a reuse makes none
         self.reused = 0  # buffers served from idle memory: a region of their class, one a
@@ -90,12 +95,14 @@ class ReceivePool:
 
     @property
     def idle_bytes(self) -> int:
+        self._take_back_returned()
         return self._idle_bytes
 
     @property
     def outstanding(self) -> int:
         """Pooled buffers handed out and still referenced."""
-        return len(self._handed)
+        self._take_back_returned()
+        return len(self._handed) - len(self._returned)
 
     def acquire(self, nbytes: int) -> memoryview:
         """A writable, C-contiguous uint8 memoryview of exactly ``nbytes``."""
@@ -104,6 +111,7 @@ class ReceivePool:
         cls = size_class(nbytes)
         with self._lock:
             region = self._take_idle(cls)
+        self._take_back_returned()
         if region is None:
             region = _new_region(cls)
             self.mapped += 1
@@ -115,6 +123,7 @@ class ReceivePool:
         ref = weakref.ref(handed, self._give_back)  # cheaper than weakref.finalize: ~2 us
         with self._lock:
             self._handed[id(ref)] = (ref, region)
+        self._take_back_returned()
         return memoryview(handed)  # type: ignore[arg-type]  # numpy's stubs lack __buffer__ on 3.11
 
     def _take_idle(self, cls: int) -> _Region | None:
@@ -157,20 +166,35 @@ class ReceivePool:
         return arena.slices[0]
 
     def _give_back(self, ref: weakref.ref[Any]) -> None:
-        with self._lock:
-            entry = self._handed.pop(id(ref), None)
-            if entry is None:
+        self._returned.append(id(ref))  # atomic: no lock needed
+        self._take_back_returned()
+
+    def _take_back_returned(self) -> None:
+        """Take back the queued buffers, unless the lock is held: its holder calls this again
+        once it let go, so nothing queued before then is left behind."""
+        while self._returned:
+            if not self._lock.acquire(blocking=False):
                 return
-            region = entry[1]
-            arena = region.parent
-            if arena is not None:
-                arena.handed -= 1
-                if arena.handed == 0:
-                    self._join(arena)
-                    return
-            elif region.size > self.max_idle_bytes:
-                return  # dropped: freed once numpy lets go of it
-            self._keep(region)
+            try:
+                while self._returned:
+                    self._take_back(self._returned.popleft())
+            finally:
+                self._lock.release()
+
+    def _take_back(self, key: int) -> None:
+        entry = self._handed.pop(key, None)
+        if entry is None:
+            return
+        region = entry[1]
+        arena = region.parent
+        if arena is not None:
+            arena.handed -= 1
+            if arena.handed == 0:
+                self._join(arena)
+                return
+        elif region.size > self.max_idle_bytes:
+            return  # dropped: freed once numpy lets go of it
+        self._keep(region)
 
     def _join(self, arena: _Region) -> None:
         """Every slice of ``arena`` is back: it is one region again, or dropped if it has holes
@@ -228,6 +252,7 @@ class ReceivePool:
                     self._unidle(region)
                     if region.parent is not None:
                         region.parent.holed = True  # its memory stays until the slices are back
+        self._take_back_returned()
 
 
 def _order(region: _Region) -> int:
