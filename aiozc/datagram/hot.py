@@ -119,7 +119,7 @@ class _HotPathMixin(_DatagramHost):
     # (the general path's rules: see _hot_sync; _direct_ok: connected UDP, a built-in engine)
     _direct_ok = False
     _direct_copy = False
-    _engine_now: Any = None
+    _engine_now: Any  # (a slot of the transport: set by the base's __init__ through _engine)
 
     @property
     def _engine(self) -> Any:
