@@ -110,8 +110,10 @@ for _name in _C_COUNTERS:
 class _HotPathMixin(_DatagramHost):
     """Part of :class:`~aiozc.datagram.transport.ZeroCopyDatagramTransport`."""
 
-    _hot_send: Any = None  # the C sendto(buf) while this transport may use the compiled path
-    _hot_zc: Any = None  # the same for sendto_zc() (None with coalesce_zc: coalescing.py)
+    # (slots of the transport, None until _hot_setup:) the C sendto(buf) while this transport
+    # may use the compiled path, and the same for sendto_zc() (None with coalesce_zc)
+    _hot_send: Any
+    _hot_zc: Any
     _hot_fns: dict[str, Any]  # the C builtins bound to this transport (_core_pyhot.c)
     _hot_d: Any = None
     _hot_loop: Any = None  # the loop, if its create_future() is asyncio.Future(loop=loop)
@@ -232,6 +234,10 @@ class _HotPathMixin(_DatagramHost):
         else:
             held = data.__class__ is bytes and len(data) >= self._options.zc_threshold
             self._in_sendto(self._hot_refused, r, data, None, held)  # type: ignore[attr-defined]
+
+    def _hot_zc_returned(self, r: int, buf: Any) -> asyncio.Future[Completion]:
+        """sendto_zc()'s C call returned an integer code (see transport.sendto_zc)."""
+        return self._hot_sendto_zc_result(r, buf, self._make_future())
 
     def _hot_sendto_zc_result(self, r: int, buf: Any,
                               future: asyncio.Future[Completion]) -> asyncio.Future[Completion]:
@@ -400,6 +406,18 @@ class _HotPathMixin(_DatagramHost):
             if future is not None and not future.done():
                 future.set_result(completion)
         stats.pinned_bytes = self._tracker.pinned_bytes
+
+
+def compiled_methods(cls: type) -> dict[str, Any]:
+    """The compiled core's ``sendto_zc`` and ``sendto`` for the transport class ``cls`` (C
+    methods that call the compiled builtins of an instance at once, and ``cls``'s own Python
+    methods for everything else: see _core_pyhot.c), or {} without the core."""
+    found: dict[str, Any] = {}
+    if _core.compiled:
+        pure_zc, pure_sendto = cls.__dict__["sendto_zc"], cls.__dict__["sendto"]
+        if _lib.zc_dgram_methods(id(cls), id(pure_zc), id(pure_sendto), id(found)) < 0:
+            return {}
+    return found
 
 
 def _plain_futures(loop: Any) -> bool:
