@@ -58,24 +58,25 @@ static PyObject *hot_future(zc_hot *h) {
     return future;
 }
 
-/* sendto_zc(buf): the write's future, or the cffi function's integer result for Python. */
-static PyObject *hot_sendto_zc(PyObject *self, PyObject *buf) {
-    zc_hot *h = hot_of(self);
+/* Send `buf` zero-copy and file its future under the write's slot: the future (a new
+ * reference for the caller) with *flags the send's result flags, or NULL with no exception
+ * and *code the integer result for Python (an error, a copied datagram, flags when
+ * `with_flags` is 0, or no plain future to make), or NULL with an exception. */
+static PyObject *hot_send_filed(zc_hot *h, PyObject *buf, int with_flags, int64_t *code, int64_t *flags) {
     PyObject *future, *key;
-    int64_t r;
-    if (!h) return NULL;
-    r = zc_dgram_send_obj(h->d, (intptr_t)buf);
-    if (r < 0 || r >= ((int64_t)1 << DG_SLOT_SHIFT)) return PyLong_FromLongLong(r);
+    int64_t r = zc_dgram_send_obj(h->d, (intptr_t)buf), slot;
+    *code = r;
+    *flags = r >> DG_SLOT_SHIFT;
+    if (r < 0 || (*flags && (!with_flags || (*flags & DG_F_COPY)))) return NULL;
+    slot = r & (((int64_t)1 << DG_SLOT_SHIFT) - 1);
     future = hot_future(h);
-    if (!future) {
-        if (PyErr_Occurred()) return NULL; /* sent and filed nowhere: the transport fails */
-        return PyLong_FromLongLong(r);
-    }
-    if (hold_token(h->d, r, future) == 0) {
+    if (!future) return NULL; /* no plain future (Python makes it), or an exception: sent and
+                               * filed nowhere, the transport fails */
+    if (hold_token(h->d, slot, future) == 0) {
         Py_INCREF(future); /* one for the caller, one held */
         return future;
     }
-    key = PyLong_FromLongLong(r); /* its export could not be held (out of memory): the dict */
+    key = PyLong_FromLongLong(slot); /* its export could not be held (out of memory): the dict */
     if (!key || PyDict_SetItem(h->tokens, key, future) < 0) {
         Py_XDECREF(key);
         Py_DECREF(future);
@@ -83,6 +84,17 @@ static PyObject *hot_sendto_zc(PyObject *self, PyObject *buf) {
     }
     Py_DECREF(key);
     return future;
+}
+
+/* sendto_zc(buf): the write's future, or the cffi function's integer result for Python. */
+static PyObject *hot_sendto_zc(PyObject *self, PyObject *buf) {
+    zc_hot *h = hot_of(self);
+    PyObject *future;
+    int64_t code, flags;
+    if (!h) return NULL;
+    future = hot_send_filed(h, buf, 0, &code, &flags);
+    if (future || PyErr_Occurred()) return future;
+    return PyLong_FromLongLong(code);
 }
 
 /* sendto(buf): zc_dgram_sendto_obj's result (0: nothing for Python to do). */
@@ -252,6 +264,7 @@ int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, i
 typedef struct {
     PyObject *pure;       /* the class's Python method */
     PyObject *returned;   /* interned name of the Python method taking (code, buf) */
+    PyObject *more;       /* sendto_zc: interned "_hot_more", what a send's result flags ask */
     PyCFunction hot;      /* the builtin the slot must hold */
     Py_ssize_t fn_offset; /* offset of the slot holding the builtin (or None) */
     Py_ssize_t pins_offset; /* `_co_pins` (sendto: a waiting coalesce_zc batch goes first), or -1 */
@@ -294,13 +307,30 @@ static PyObject *method_returned(zc_method *m, PyObject *self, PyObject *code, P
 
 static PyObject *meth_sendto_zc(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     zc_method *m = &zc_methods[0];
-    PyObject *hot, *r, *future;
+    PyObject *hot, *future, *r, *call[2];
+    zc_hot *h;
+    int64_t code, flags;
     if (nargs != 1 || kwnames || !(hot = method_hot(m, self))) return call_pure(m, self, args, nargs, kwnames);
-    r = hot_sendto_zc(hot, args[0]);
-    if (!r || !PyLong_CheckExact(r)) return r; /* the future (or the error) */
-    future = method_returned(m, self, r, args[0]);
+    if (!(h = hot_of(hot))) return NULL;
+    future = hot_send_filed(h, args[0], 1, &code, &flags);
+    if (!future) {
+        if (PyErr_Occurred() || !(r = PyLong_FromLongLong(code))) return NULL;
+        future = method_returned(m, self, r, args[0]);
+        Py_DECREF(r);
+        return future;
+    }
+    if (!flags) return future;
+    /* the drain's findings, pause_writing: the future is filed first, as _hot_flags does */
+    call[0] = self;
+    if (!(call[1] = PyLong_FromLongLong(flags))) goto fail;
+    r = PyObject_VectorcallMethod(m->more, call, 2, NULL);
+    Py_DECREF(call[1]);
+    if (!r) goto fail;
     Py_DECREF(r);
     return future;
+fail:
+    Py_DECREF(future);
+    return NULL;
 }
 
 static PyObject *meth_sendto(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
@@ -366,7 +396,8 @@ int zc_dgram_methods(intptr_t type, intptr_t pure_zc, intptr_t pure_sendto, intp
         zc_method *m = &zc_methods[k];
         m->fn_offset = member_offset(tp, slots[k]);
         m->returned = PyUnicode_InternFromString(returned[k]);
-        if (m->fn_offset < 0 || !m->returned) goto fail;
+        m->more = PyUnicode_InternFromString("_hot_more");
+        if (m->fn_offset < 0 || !m->returned || !m->more) goto fail;
         m->hot = hots[k];
         m->pins_offset = k == 1 ? pins : -1;
         m->pure = pures[k];
@@ -384,6 +415,7 @@ fail:
     for (k = 0; k < 2; k++) {
         Py_CLEAR(zc_methods[k].pure);
         Py_CLEAR(zc_methods[k].returned);
+        Py_CLEAR(zc_methods[k].more);
     }
     PyErr_Clear();
     return -1;

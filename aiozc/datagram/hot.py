@@ -350,7 +350,10 @@ class _HotPathMixin(_DatagramHost):
                 self._hot_resolve_alike(t, n)
             else:
                 self._resolve(tracker._results(n))
-        self._after_completions()
+        if self._closing:
+            self._after_completions()
+        elif self._protocol_paused and not self._conn_lost:
+            self._maybe_resume_protocol()  # (what _after_completions does then, without super())
 
     def _hot_resolve_alike(self, t: Any, n: int) -> None:
         """Resolve the ``n`` writes of the tracker's out arrays, which share one Completion

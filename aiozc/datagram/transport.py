@@ -233,8 +233,10 @@ class ZeroCopyDatagramTransport(
 
     def get_write_buffer_size(self) -> int:
         """Bytes queued (coalesce_zc ones too) plus pinned bytes the kernel still holds."""
+        # (the base's sum, spelled out: asked twice per drain on the per-call path, and a
+        # super() call costs ~0.5k instructions on CPython 3.11)
         co = self._co
-        return super().get_write_buffer_size() + (co.nbytes if co is not None else 0)
+        return self._queued + self._tracker.pinned_bytes + (co.nbytes if co is not None else 0)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         if self._co is not None:
