@@ -35,6 +35,10 @@ class ZeroCopyState(str, enum.Enum):
     DISABLED = "disabled"  # zero-copy cannot work on this socket (see reason)
 
 
+# (a module constant: a member of an Enum class is a slow attribute on CPython 3.11, ~0.4 us)
+_PROBING_STATES = (ZeroCopyState.PROBING, ZeroCopyState.COPY_FALLBACK)
+
+
 @dataclass
 class PolicyOptions:
     """Keyword options every aiozc transport accepts (see README, "Defaults").
@@ -130,7 +134,7 @@ class ZeroCopyPolicy:
 
     def _probing(self) -> bool:
         """Zero-copy sends are probes, one at a time (see ``probe_first``)."""
-        return self.state in (ZeroCopyState.PROBING, ZeroCopyState.COPY_FALLBACK)
+        return self.state in _PROBING_STATES
 
     def on_sent(self, nbytes: int, *, zerocopy: bool) -> None:
         """A send call returned ``nbytes`` > 0."""

@@ -8,6 +8,7 @@ The senders run in a fresh interpreter inside the sink namespace, some of them u
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import shutil
@@ -126,3 +127,77 @@ def test_compiled_futures_are_plain_cancellable_futures_of_the_loop(
     assert res["resolved"] == 299
     assert res["still_cancelled"] == res["cancelled"]
     assert res["held"] == 0  # the cancelled write's export ended once the kernel was done
+
+
+# ------------------------------------------------------------------------------------------
+# On loopback (both loops): the C methods keep the Python methods' contract.
+
+
+class _Sink(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.datagrams: list[bytes] = []
+        self.arrived = asyncio.Event()
+        self.expect = 0
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.datagrams.append(data)
+        if len(self.datagrams) >= self.expect:
+            self.arrived.set()
+
+
+async def _pair() -> tuple[Any, asyncio.DatagramTransport, _Sink]:
+    from aiozc.datagram import create_datagram_endpoint
+
+    loop = asyncio.get_running_loop()
+    rx, sink = await loop.create_datagram_endpoint(_Sink, local_addr=("127.0.0.1", 0))
+    tx, _ = await create_datagram_endpoint(
+        asyncio.DatagramProtocol, remote_addr=rx.get_extra_info("sockname")
+    )
+    return tx, rx, sink
+
+
+async def test_instance_dict_stays_small_enough_for_method_specialization() -> None:
+    # CPython 3.11 keeps at most 30 attributes inline; past that the dict is materialized and
+    # LOAD_METHOD on the transport never specializes (a full lookup per sendto_zc call).
+    tx, rx, _ = await _pair()
+    try:
+        assert len(vars(tx)) <= 30, sorted(vars(tx))
+    finally:
+        tx.close()
+        rx.close()
+
+
+@needs_core
+async def test_compiled_methods_take_every_form_of_call() -> None:
+    from aiozc.datagram import ZeroCopyDatagramTransport
+
+    assert type(ZeroCopyDatagramTransport.__dict__["sendto_zc"]).__name__ == "method_descriptor"
+    tx, rx, sink = await _pair()
+    peer = rx.get_extra_info("sockname")
+    try:
+        params = list(inspect.signature(tx.sendto_zc).parameters)
+        assert params == ["buf", "addr"], params
+        assert "without copying" in (tx.sendto_zc.__doc__ or "")
+        sink.expect = 6
+        futures = [
+            tx.sendto_zc(b"a" * 100),  # the compiled path
+            tx.sendto_zc(bytearray(b"b" * 100), None),  # addr given: the Python method
+            tx.sendto_zc(buf=memoryview(b"c" * 100)),  # keywords: the Python method
+            tx.sendto_zc(b"d" * 100, addr=peer),
+        ]
+        tx.sendto(b"e")
+        tx.sendto(bytearray(b"f"), peer)
+        await asyncio.wait_for(asyncio.gather(*futures), 10)
+        await asyncio.wait_for(sink.arrived.wait(), 10)
+        assert sorted(d[:1] for d in sink.datagrams) == [b"a", b"b", b"c", b"d", b"e", b"f"]
+        with pytest.raises(TypeError):
+            tx.sendto_zc(object())  # not a buffer: the Python method says why
+        with pytest.raises(TypeError):
+            tx.sendto_zc()
+        with pytest.raises(TypeError):
+            tx.sendto("text")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            tx.sendto_zc(b"x", ("127.0.0.1", 1))  # not the connected address
+    finally:
+        tx.close()
+        rx.close()

@@ -58,6 +58,7 @@ typedef struct zc_dgram {
     int64_t threshold, max_size, max_pinned, high_water, drain_every, since_drain;
     int64_t zc_sends, zc_bytes, copy_sends, copy_bytes, peak_pinned_bytes, errqueue_reads;
     int64_t notifications, ids_zerocopy, drained_ids, messages;
+    int64_t zc_writes, zc_write_bytes, copy_writes;
     uint32_t msg_errno, msg_info, msg_data;
     uint8_t msg_origin, msg_type, msg_code;
     uint8_t msg_addr[28];
@@ -86,7 +87,7 @@ int64_t zc_dgram_send_obj(zc_dgram *d, intptr_t obj);
 int64_t zc_dgram_sendto_obj(zc_dgram *d, intptr_t obj);
 int64_t zc_dgram_release(zc_dgram *d);
 int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, intptr_t future_type,
-                  intptr_t invalid_state, intptr_t into);
+                  intptr_t invalid_state, intptr_t make_completion, intptr_t into);
 int zc_dgram_methods(intptr_t type, intptr_t pure_zc, intptr_t pure_sendto, intptr_t into);
 int zc_pins_export(intptr_t into, intptr_t invalid_state);
 int zc_recv_export(intptr_t into);

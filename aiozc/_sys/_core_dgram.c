@@ -62,6 +62,7 @@ typedef struct zc_dgram {
     /* counters (TransportStats fields of the same names) */
     int64_t zc_sends, zc_bytes, copy_sends, copy_bytes, peak_pinned_bytes, errqueue_reads;
     int64_t notifications, ids_zerocopy, drained_ids, messages;
+    int64_t zc_writes, zc_write_bytes, copy_writes; /* writes resolved by resolve_alike (pyhot) */
     /* the message the drain stopped at (DG_F_MESSAGE) */
     uint32_t msg_errno, msg_info, msg_data;
     uint8_t msg_origin, msg_type, msg_code;

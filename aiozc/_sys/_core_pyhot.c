@@ -19,6 +19,9 @@ typedef struct {
     PyObject *owner, *tokens, *loop, *future_type;
     PyObject *no_args, *loop_kwargs; /* () and {"loop": loop}: Future(loop=loop), made once */
     PyObject *set_result; /* Future.set_result, the method descriptor: no lookup per call */
+    PyObject *make_completion; /* ctracker._completion(nbytes, zerocopy, ids, copied) */
+    PyObject *last; /* the Completion resolve_alike made last, for last_key (or NULL) */
+    int64_t last_key[4];
     PyObject *invalid_state; /* asyncio.InvalidStateError: a cancelled future's set_result */
 } zc_hot;
 
@@ -31,6 +34,8 @@ static void hot_clear(zc_hot *h) {
     Py_XDECREF(h->loop_kwargs);
     Py_XDECREF(h->set_result);
     Py_XDECREF(h->invalid_state);
+    Py_XDECREF(h->make_completion);
+    Py_XDECREF(h->last);
     free(h);
 }
 
@@ -189,10 +194,51 @@ fail:
     return NULL;
 }
 
+/* resolve_alike(handles): what hot.py's _hot_resolve_alike did, in C, when the tracker's out
+ * arrays hold writes that share one Completion and `handles` (the tracker's open_write
+ * handles) is empty: the Completion (the last one again when alike: every drain of
+ * same-sized zero-copy datagrams), resolve() above, the zc_writes / zc_write_bytes /
+ * copy_writes counters. Returns (completion, others) where others is resolve()'s list, or
+ * None: not the case (Python resolves the general way). */
+static PyObject *hot_resolve_alike(PyObject *self, PyObject *handles) {
+    zc_hot *h = hot_of(self);
+    zc_tracker *t;
+    PyObject *others, *r;
+    int64_t key[4], n;
+    if (!h) return NULL;
+    t = h->d->t;
+    n = t->nout;
+    if (!n || !t->out_uniform || !PyDict_Check(handles) || PyDict_GET_SIZE(handles)) Py_RETURN_NONE;
+    key[0] = t->out_nbytes[0];
+    key[1] = t->out_zc[0] != 0;
+    key[2] = t->out_ids[0];
+    key[3] = t->out_copied[0];
+    if (!h->last || memcmp(key, h->last_key, sizeof key)) {
+        PyObject *c = PyObject_CallFunction(h->make_completion, "LOLL", (long long)key[0],
+                                            key[1] ? Py_True : Py_False, (long long)key[2],
+                                            (long long)key[3]);
+        if (!c) return NULL;
+        Py_XSETREF(h->last, c);
+        memcpy(h->last_key, key, sizeof key);
+    }
+    if (key[1]) {
+        h->d->zc_writes += n;
+        h->d->zc_write_bytes += n * key[0];
+    } else {
+        h->d->copy_writes += n;
+    }
+    others = hot_resolve(self, h->last);
+    if (!others) return NULL;
+    r = PyTuple_Pack(2, h->last, others);
+    Py_DECREF(others);
+    return r;
+}
+
 static PyMethodDef hot_methods[] = {
     {"sendto_zc", hot_sendto_zc, METH_O, "sendto_zc(buf) -> Future | int"},
     {"sendto", hot_sendto, METH_O, "sendto(buf) -> int"},
     {"resolve", hot_resolve, METH_O, "resolve(completion) -> list of other tokens"},
+    {"resolve_alike", hot_resolve_alike, METH_O, "resolve_alike(handles) -> (completion, others) | None"},
     {"pop", (PyCFunction)(void (*)(void))hot_pop, METH_FASTCALL, "pop(slot, default) -> token"},
     {NULL, NULL, 0, NULL},
 };
@@ -201,7 +247,7 @@ static PyMethodDef hot_methods[] = {
  * `loop` is None where the loop's futures are not plain asyncio futures. 0, or -1 with
  * nothing put (out of memory, or the error is cleared: Python stays on the cffi calls). */
 int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, intptr_t future_type,
-                  intptr_t invalid_state, intptr_t into) {
+                  intptr_t invalid_state, intptr_t make_completion, intptr_t into) {
     zc_hot *h = calloc(1, sizeof *h);
     PyObject *capsule, *fn, *key;
     PyMethodDef *m;
@@ -228,6 +274,8 @@ int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, i
     h->loop = (PyObject *)loop;
     h->future_type = (PyObject *)future_type;
     h->invalid_state = (PyObject *)invalid_state;
+    h->make_completion = (PyObject *)make_completion;
+    Py_INCREF(h->make_completion);
     Py_INCREF(h->owner);
     Py_INCREF(h->tokens);
     Py_INCREF(h->loop);

@@ -69,11 +69,14 @@ Future = asyncio.Future
 # Tokens of the general path (a buffer view to end, a future): the compiled path's are futures.
 _HOLDERS = (_Held, _Batch)
 _HOT_ENGINES = (MsgZeroCopyEngine, CopyEngine)
+# (a module constant: ZeroCopyState.ZEROCOPY is a slow class attribute of an Enum on 3.11)
+_ZEROCOPY = ZeroCopyState.ZEROCOPY
 # Policy states in which the policy must see every send (probe bookkeeping, re-probe bytes).
 _POLICY_WATCHES = (ZeroCopyState.PROBING, ZeroCopyState.COPY_FALLBACK)
 # TransportStats counters the C side keeps (same names in struct zc_dgram).
 _C_COUNTERS = ("zc_sends", "zc_bytes", "copy_sends", "copy_bytes", "peak_pinned_bytes",
-               "errqueue_reads", "notifications", "ids_zerocopy")
+               "errqueue_reads", "notifications", "ids_zerocopy", "zc_writes", "zc_write_bytes",
+               "copy_writes")
 
 
 def _counter(name: str) -> property:
@@ -175,7 +178,7 @@ class _HotPathMixin(_DatagramHost):
         fns: dict[str, Any] = {}
         loop = self._hot_loop  # None: the loop's futures are not plain, Python makes them
         if _lib.zc_dgram_bind(d, id(d), id(self._hot_tokens), id(loop), id(Future),
-                              id(asyncio.InvalidStateError), id(fns)) < 0:
+                              id(asyncio.InvalidStateError), id(_completion), id(fns)) < 0:
             raise MemoryError("aiozc: the compiled datagram path could not be set up")
         self._hot_fns = fns
 
@@ -340,42 +343,29 @@ class _HotPathMixin(_DatagramHost):
         on_zerocopy_range does for each, once for all of them."""
         policy = self._policy
         policy.on_completed(ids, copied=False)
-        if policy.state is not ZeroCopyState.ZEROCOPY or self.stats.state != "zerocopy":
+        if policy.state is not _ZEROCOPY or self.stats.state != "zerocopy":
             self._sync_state()
         tracker: Any = self._tracker  # a CompiledTracker: this path runs only with one
-        t = tracker._t
-        n = int(t.nout)
-        if n:
-            if t.out_uniform and not tracker._handles:
-                self._hot_resolve_alike(t, n)
-            else:
+        # The common case in C (_core_pyhot.c resolve_alike): the writes share one Completion
+        # (same-sized datagrams, all zero-copy) and none is the general path's open_write:
+        # the buffers' exports end first (an awaiting caller may reuse them at once), then the
+        # compiled path's futures resolve; back come the completion and the other tokens:
+        # None (sendto) or a general-path datagram's holder (sent after EAGAIN...).
+        done = self._hot_fns["resolve_alike"](tracker._handles)
+        if done is not None:
+            completion, others = done
+            for token in others:
+                future = _future_of(token)
+                if future is not None and not future.done():
+                    future.set_result(completion)
+        else:
+            n = int(tracker._t.nout)
+            if n:
                 self._resolve(tracker._results(n))
         if self._closing:
             self._after_completions()
         elif self._protocol_paused and not self._conn_lost:
             self._maybe_resume_protocol()  # (what _after_completions does then, without super())
-
-    def _hot_resolve_alike(self, t: Any, n: int) -> None:
-        """Resolve the ``n`` writes of the tracker's out arrays, which share one Completion
-        (the common case: same-sized datagrams, all zero-copy): _resolve without its
-        per-write stats and lookups. Most tokens are the compiled path's futures (sendto()
-        keeps none); datagrams the general path sent meanwhile (after EAGAIN...) have theirs."""
-        completion = _completion(
-            int(t.out_nbytes[0]), bool(t.out_zc[0]), int(t.out_ids[0]), int(t.out_copied[0])
-        )
-        # In C: the buffers first (an awaiting caller may reuse them at once), then the
-        # compiled path's futures; back come the other tokens: None (sendto) or a general-path
-        # write's holder.
-        for token in self._hot_fns["resolve"](completion):
-            future = _future_of(token)
-            if future is not None and not future.done():
-                future.set_result(completion)
-        stats = self.stats
-        if completion.zerocopy:
-            stats.zc_writes += n
-            stats.zc_write_bytes += n * completion.nbytes
-        else:
-            stats.copy_writes += n
 
     def _hot_message(self) -> None:
         """The message the C drain stopped at, handled as the reference drain would."""

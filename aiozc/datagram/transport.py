@@ -250,7 +250,9 @@ class ZeroCopyDatagramTransport(
         if self._batching:
             self._deferred_calls.append((name, None))  # see _error_received
             return
-        super()._call_protocol(name)
+        # (the base's, named: no mixin between overrides it, and a super() call costs ~1k
+        # instructions on CPython 3.11, twice per drain on the per-call path: pause, resume)
+        ZeroCopyTransportBase._call_protocol(self, name)
 
     # -- closing ---------------------------------------------------------------------------
 
