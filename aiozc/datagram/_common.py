@@ -157,6 +157,7 @@ if TYPE_CHECKING:
         _co: Any  # coalesce_zc's Coalescer (or PyCoalescer), None without one
         _co_handle: asyncio.Handle | None
         _hot_tokens: dict[int, Any]
+        _hot_fns: dict[str, Any]
         _hot_d: Any
         _hot_loop: Any
 
