@@ -302,8 +302,8 @@ int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, i
  * Called as `transport.sendto_zc(buf)` from a caller's loop, the Python method cost a frame,
  * its attribute reads and checks before it reached the builtin above (~0.35k instructions,
  * callgrind). These methods go to the builtin in the transport's `_hot_zc` / `_hot_send`
- * slot at once when it is ours and the call is the simple one (one positional argument; no
- * coalesce_zc datagram waiting, for sendto); anything else, and whatever the builtin hands
+ * slot at once when it is ours and the call is the simple one (one positional argument; for
+ * sendto, not a coalesce_zc transport); anything else, and whatever the builtin hands
  * back as an integer code, goes to the Python methods the class had (`pure`) and to
  * `_hot_zc_returned` / `_hot_sendto_result`, so the contract is the Python one. */
 
@@ -315,7 +315,8 @@ typedef struct {
     PyObject *more;       /* sendto_zc: interned "_hot_more", what a send's result flags ask */
     PyCFunction hot;      /* the builtin the slot must hold */
     Py_ssize_t fn_offset; /* offset of the slot holding the builtin (or None) */
-    Py_ssize_t pins_offset; /* `_co_pins` (sendto: a waiting coalesce_zc batch goes first), or -1 */
+    Py_ssize_t coalesce_offset; /* `_coalesce` (sendto: with coalesce_zc the Python method
+                                 * sends a waiting batch first), or -1: not checked */
 } zc_method;
 
 static zc_method zc_methods[2]; /* sendto_zc, sendto */
@@ -334,17 +335,12 @@ static PyObject *call_pure(zc_method *m, PyObject *self, PyObject *const *args, 
 
 static PyObject *slot_of(PyObject *self, Py_ssize_t offset) { return *(PyObject **)((char *)self + offset); }
 
-/* The zc_hot capsule of the builtin in `m`'s slot, or NULL: not ours (None, unset). */
+/* The zc_hot capsule of the builtin in `m`'s slot, or NULL: not ours (None, unset), or a
+ * coalesce_zc transport's sendto. */
 static PyObject *method_hot(zc_method *m, PyObject *self) {
-    PyObject *fn = slot_of(self, m->fn_offset), *pins;
+    PyObject *fn = slot_of(self, m->fn_offset);
     if (!fn || !PyCFunction_Check(fn) || PyCFunction_GET_FUNCTION(fn) != m->hot) return NULL;
-    if (m->pins_offset >= 0 && (pins = slot_of(self, m->pins_offset)) && pins != Py_None) {
-        int waiting = PyObject_IsTrue(pins);
-        if (waiting) {
-            if (waiting < 0) PyErr_Clear(); /* the Python method meets it again and raises */
-            return NULL;
-        }
-    }
+    if (m->coalesce_offset >= 0 && slot_of(self, m->coalesce_offset) != Py_False) return NULL;
     return PyCFunction_GET_SELF(fn);
 }
 
@@ -428,7 +424,7 @@ static const char *method_doc(const char *signature, PyObject *pure) {
 }
 
 /* Make the C methods of the transport class `type` (whose Python sendto_zc / sendto are
- * `pure_zc` / `pure_sendto`, and which has the slots _hot_zc, _hot_send and _co_pins) and
+ * `pure_zc` / `pure_sendto`, and which has the slots _hot_zc, _hot_send and _coalesce) and
  * put them into the dict `into` by name. Once per process; 0, or -1 with nothing put. */
 int zc_dgram_methods(intptr_t type, intptr_t pure_zc, intptr_t pure_sendto, intptr_t into) {
     PyTypeObject *tp = (PyTypeObject *)type;
@@ -437,9 +433,9 @@ int zc_dgram_methods(intptr_t type, intptr_t pure_zc, intptr_t pure_sendto, intp
     const char *slots[2] = {"_hot_zc", "_hot_send"};
     const char *signatures[2] = {"sendto_zc($self, buf, addr=None)", "sendto($self, data, addr=None)"};
     PyCFunction hots[2] = {hot_sendto_zc, hot_sendto};
-    Py_ssize_t pins = member_offset(tp, "_co_pins");
+    Py_ssize_t coalesce = member_offset(tp, "_coalesce");
     int k;
-    if (zc_methods[0].pure || pins < 0) return -1;
+    if (zc_methods[0].pure || coalesce < 0) return -1;
     for (k = 0; k < 2; k++) {
         zc_method *m = &zc_methods[k];
         m->fn_offset = member_offset(tp, slots[k]);
@@ -447,7 +443,7 @@ int zc_dgram_methods(intptr_t type, intptr_t pure_zc, intptr_t pure_sendto, intp
         m->more = PyUnicode_InternFromString("_hot_more");
         if (m->fn_offset < 0 || !m->returned || !m->more) goto fail;
         m->hot = hots[k];
-        m->pins_offset = k == 1 ? pins : -1;
+        m->coalesce_offset = k == 1 ? coalesce : -1;
         m->pure = pures[k];
         Py_INCREF(m->pure);
         zc_method_defs[k].ml_doc = method_doc(signatures[k], m->pure);

@@ -67,8 +67,7 @@ class ZeroCopyDatagramTransport(
         # ZeroCopyDatagramTransport.__init__
         "_queue", "_address", "_lost_sends", "_classifying", "_stale_icmp", "_own_error_queued",
         "_enobufs_datagram", "_enobufs_consumed", "_max_size", "_fast_max", "_read_size",
-        "_connected", "_mmsg", "_batching", "_deferred_calls", "_coalesce", "_co_objs",
-        "_co_pins", "_co_futures", "_co_bytes", "_co_room", "_co_handle",
+        "_connected", "_mmsg", "_batching", "_deferred_calls", "_coalesce", "_co_handle",
         # read by the compiled sendto_zc / sendto methods (hot.compiled_methods)
         "_hot_zc", "_hot_send",
     )
