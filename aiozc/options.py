@@ -21,6 +21,7 @@ _RULES: dict[str, tuple[str, float | None, str]] = {
     "engine": ("str", None, ""),
     "read_size": ("int", 1, "bytes"),
     "probe_first": ("bool", None, ""),
+    "local_peer_copy": ("bool", None, ""),
 }
 
 
@@ -47,6 +48,10 @@ class TransportOptions:
     # TCP completions on one host wait for the receiver to read (see PolicyOptions); UDP
     # endpoints default to False: a datagram's completion comes when the device is done.
     probe_first: bool = True
+    # TCP to a peer on this host (loopback, our own address): start in copy-fallback instead of
+    # probing, since the kernel copies every zero-copy send delivered locally (ee_code 1).
+    # Off by default; aiozc.web.ZeroCopySite turns it on (a local client or reverse proxy).
+    local_peer_copy: bool = False
     # TCP zero-copy receive (aiozc.zcrx.ZeroCopyReceive, True for its defaults); datagram
     # transports ignore it, so it can be a loop-wide default.
     zc_receive: Any = None

@@ -177,6 +177,18 @@ class ZeroCopyPolicy:
             options = self.options
             self._reprobe_after = min(options.reprobe_first_bytes, options.reprobe_bytes)
 
+    def assume_copied(self, reason: str) -> None:
+        """Start in copy-fallback, as if the probes had come back copied: for a socket whose
+        kernel copies every zero-copy send (a peer on this host). Re-probes as after a
+        fallback."""
+        if self.state is ZeroCopyState.DISABLED:
+            return
+        self.state = ZeroCopyState.COPY_FALLBACK
+        self.reason = reason
+        self._bytes_since_probe = 0
+        options = self.options
+        self._reprobe_after = min(options.reprobe_first_bytes, options.reprobe_bytes)
+
     def on_enobufs(self, *, outstanding_ids: int) -> None:
         """A zero-copy send failed with ENOBUFS.
 

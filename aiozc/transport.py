@@ -21,7 +21,7 @@ from .completions import Completion, WriteHandle
 from .policy import ZeroCopyState
 from .readiness import EPOLLET, EPOLLIN, EPOLLOUT
 from .streamread import StreamReading, on_uvloop
-from .streamfile import StreamFiles, _FileSegment
+from .streamfile import StreamFiles, _FileSegment, _peer_on_this_host
 from .streamsend import StreamSending, _immutable
 
 class _Segment:
@@ -89,6 +89,11 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
             self._zc_reader = ZeroCopyReader(self, self._options.zc_receive)
         self._read_once = self._read_path(protocol)
         self._registered_mask = self._mask()  # what the base registered
+        if self._options.local_peer_copy and _peer_on_this_host(sock):
+            self._policy.assume_copied(
+                "peer on this host (local_peer_copy): the kernel copies every zero-copy send"
+            )
+            self._sync_state()
         self._refresh_direct()
         if server is not None:
             server._attach(self)

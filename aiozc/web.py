@@ -267,7 +267,10 @@ class ZeroCopySite(web.BaseSite):
         self._bound_port: Optional[int] = None
         self._reuse_address = reuse_address
         self._reuse_port = reuse_port
-        self._transport_options = transport_options
+        # A client on this host (a local reverse proxy, a load generator) gets copies from the
+        # first response: the kernel copies every zero-copy send delivered locally, and each new
+        # connection's probes (4 pinned writes) were 16% of 1 MB responses in a 2 s wrk run.
+        self._transport_options = {"local_peer_copy": True, **transport_options}
 
     @property
     def port(self) -> int:

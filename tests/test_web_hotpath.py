@@ -1,15 +1,19 @@
-"""What a ZeroCopySite must not do to the event loop it runs on (per-request costs)."""
+"""What a ZeroCopySite must not cost per request: the event loop's attribute lookups, probe
+writes to a client on this host."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 import aiozc.web as zweb
+from aiozc.policy import DEFAULT_REPROBE_FIRST_BYTES, PolicyOptions, ZeroCopyPolicy, ZeroCopyState
 
 
 def _attribute_dict_made(obj: Any, attribute: str) -> bool:
@@ -49,3 +53,56 @@ async def test_zero_copy_site_leaves_the_loops_attributes_inline() -> None:
         assert not _attribute_dict_made(loop, "_ready")
     finally:
         await runner.cleanup()
+
+
+async def _serve_once(body: bytes, **site_options: Any) -> Any:
+    """One GET of ``body`` from a ZeroCopySite over loopback; the server side's stats."""
+    seen: list[Any] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.transport)
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = zweb.ZeroCopySite(runner, "127.0.0.1", 0, **site_options)
+    await site.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.get(f"http://127.0.0.1:{site.port}/") as response:
+                    assert await response.read() == body
+        await asyncio.sleep(0.05)  # the last notifications, if any zero-copy send was made
+        assert seen and all(t is seen[0] for t in seen)  # one keep-alive connection
+        return seen[0].get_extra_info("aiozc_stats")
+    finally:
+        await runner.cleanup()
+
+
+async def test_zero_copy_site_copies_from_the_start_for_a_client_on_this_host() -> None:
+    """The kernel copies every zero-copy send delivered on this host: no probe writes."""
+    stats = await _serve_once(os.urandom(1 << 20))
+    assert stats.zc_sends == 0
+    assert stats.state == "copy-fallback"
+    assert "peer on this host" in stats.reason
+
+
+async def test_zero_copy_site_probes_a_local_client_when_told_to() -> None:
+    stats = await _serve_once(os.urandom(1 << 20), local_peer_copy=False)
+    assert stats.zc_sends >= 1
+
+
+def test_assume_copied_starts_the_re_probe_schedule() -> None:
+    policy = ZeroCopyPolicy(PolicyOptions(probe_first=True))
+    policy.assume_copied("a peer on this host")
+    assert policy.state is ZeroCopyState.COPY_FALLBACK
+    assert not policy.wants_zerocopy(1 << 20)
+    assert policy.copy_allowance() == DEFAULT_REPROBE_FIRST_BYTES
+    policy.on_sent(DEFAULT_REPROBE_FIRST_BYTES, zerocopy=False)
+    assert policy.wants_zerocopy(1 << 20)  # the first re-probe, as after a fallback
+    disabled = ZeroCopyPolicy()
+    disabled.disable("no SO_ZEROCOPY")
+    disabled.assume_copied("a peer on this host")
+    assert disabled.state is ZeroCopyState.DISABLED
