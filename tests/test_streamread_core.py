@@ -43,6 +43,16 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
+async def queue_then_read(pair: Any, data: bytes) -> None:
+    """Send ``data`` while the transport does not read, resume once all of it is queued: the
+    reads then see one backlog, whatever the load."""
+    await wait_for(lambda: pair.transport.is_reading(), "connection_made")
+    pair.transport.pause_reading()
+    pair.peer.sendall(data)
+    await wait_for(lambda: streamread._unread_bytes(pair.transport._fd) == len(data), "the backlog")
+    pair.transport.resume_reading()
+
+
 async def wait_for(predicate: Any, what: str, timeout: float = 5.0) -> None:
     for _ in range(int(timeout / 0.01)):
         if predicate():
@@ -61,6 +71,7 @@ async def test_a_protocol_reads_through_the_compiled_reader() -> None:
         pair.peer.sendall(b"hello")
         await wait_for(lambda: pair.protocol.received == b"hello", "the data")
         assert reader.fast_reads == 1
+        assert repr(reader) == f"<aiozc Reader of {pair.transport!r}>"  # a handler's culprit
     finally:
         pair.close()
 
@@ -114,12 +125,8 @@ async def test_a_backlog_is_read_in_full_reads_each_its_own_bytes(read_path: str
     real = pair.protocol.data_received
     pair.protocol.data_received = lambda data: (seen.append(data), real(data))  # type: ignore[method-assign]
     try:
-        await wait_for(lambda: pair.transport.is_reading(), "connection_made")
-        pair.transport.pause_reading()
         payload = os.urandom(16 * 4096 + 100)
-        pair.peer.sendall(payload)
-        await wait_for(lambda: streamread._unread_bytes(pair.transport._fd) == len(payload), "the backlog")
-        pair.transport.resume_reading()
+        await queue_then_read(pair, payload)
         await wait_for(lambda: len(pair.protocol.received) == len(payload), "the payload")
         assert b"".join(seen) == payload and all(type(d) is bytes for d in seen)
         assert [len(d) for d in seen[:16]] == [4096] * 16
@@ -153,7 +160,7 @@ async def test_pause_reading_in_data_received_stops_the_next_read(read_path: str
     pair = await connect_pair(PausingProtocol, read_size=4096)
     protocol: PausingProtocol = pair.protocol  # type: ignore[assignment]
     try:
-        pair.peer.sendall(b"p" * 60_000)  # fills the first read: the loop would read again
+        await queue_then_read(pair, b"p" * 60_000)  # fills the first read: the loop would read again
         await wait_for(lambda: protocol.paused, "the first read")
         await asyncio.sleep(0.1)
         assert len(protocol.received) == 4096 and protocol.calls_paused == 0
@@ -290,7 +297,7 @@ async def test_close_inside_data_received_reads_no_more(read_path: str) -> None:
 
     pair = await connect_pair(Closing, read_size=4096)
     try:
-        pair.peer.sendall(b"c" * 60_000)
+        await queue_then_read(pair, b"c" * 60_000)
         assert await asyncio.wait_for(pair.protocol.lost, 5) is None
         assert calls == [4096]
     finally:

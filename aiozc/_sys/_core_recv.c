@@ -361,6 +361,13 @@ static PyObject *reader_get_fast_reads(PyObject *self, void *closure) {
     return PyLong_FromLongLong(((zc_reader *)self)->fast_reads);
 }
 
+/* Names its transport: asyncio's handler and debug messages show a callback by its repr. */
+static PyObject *reader_repr(PyObject *self) {
+    zc_reader *r = (zc_reader *)self;
+    if (!r->transport) return PyUnicode_FromString("<aiozc Reader (cleared)>");
+    return PyUnicode_FromFormat("<aiozc Reader of %R>", r->transport);
+}
+
 static PyMemberDef reader_members[] = {
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(zc_reader, vectorcall), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
@@ -387,6 +394,7 @@ static PyType_Slot reader_slots[] = {
     {Py_tp_traverse, reader_traverse},
     {Py_tp_clear, reader_clear},
     {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_repr, reader_repr},
     {Py_tp_members, reader_members},
     {Py_tp_getset, reader_getset},
     {Py_tp_doc, "Reader(transport, fallback, fd): a TCP transport's on_readiness (aiozc/_sys/_core_recv.c)."},
@@ -510,6 +518,10 @@ static PyObject *dispatcher_get_dispatches(PyObject *self, void *closure) {
     return PyLong_FromLongLong(((zc_dispatcher *)self)->dispatches);
 }
 
+static PyObject *dispatcher_repr(PyObject *self) {
+    return PyUnicode_FromFormat("<aiozc Dispatcher epfd=%d>", ((zc_dispatcher *)self)->epfd);
+}
+
 static PyMethodDef dispatcher_methods[] = {
     {"close", dispatcher_close, METH_NOARGS, "close(): dispatch nothing from now on"},
     {NULL, NULL, 0, NULL},
@@ -531,6 +543,7 @@ static PyType_Slot dispatcher_slots[] = {
     {Py_tp_traverse, dispatcher_traverse},
     {Py_tp_clear, dispatcher_clear},
     {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_repr, dispatcher_repr},
     {Py_tp_methods, dispatcher_methods},
     {Py_tp_members, dispatcher_members},
     {Py_tp_getset, dispatcher_getset},
