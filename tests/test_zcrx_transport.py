@@ -540,9 +540,14 @@ async def test_close_is_not_delayed_by_a_held_lease(tcp_pair) -> None:
     transport.close()
     assert await asyncio.wait_for(protocol.lost, 5) is None
     t.join()
-    # The peer sees our FIN although a lease is held (its region is the pool's, not the socket's).
+    # The peer sees our close although a lease is held (its region is the pool's, not the
+    # socket's): a FIN, or a reset when the close left unread bytes in our receive queue
+    # (tcp_close() answers that with RST; it depends on how much of the 1 MiB had arrived).
     sender.settimeout(5)
-    while sender.recv(65536):
+    try:
+        while sender.recv(65536):
+            pass
+    except ConnectionResetError:
         pass
     lease = protocol.held[0]
     assert bytes(lease.view) == protocol.snapshots[0]  # still valid after the close
