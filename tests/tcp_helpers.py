@@ -52,6 +52,20 @@ class RecordingProtocol(Recording, asyncio.Protocol):
     pass
 
 
+class BufferedRecordingProtocol(Recording, asyncio.BufferedProtocol):
+    """A BufferedProtocol that reads into one 1000-byte buffer and records what came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buf = bytearray(1000)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.received += self.buf[:nbytes]
+
+
 @dataclass
 class Pair:
     transport: aiozc.ZeroCopyTransport

@@ -17,6 +17,7 @@ from aiozc._sys import core as _core, mmsg as _mmsg
 from aiozc.base import TransportClosedError, byte_view
 from aiozc.datagram import coalescing
 from aiozc.datagram._common import Coalescer, PinSet
+from udp_helpers import strace_call_counts
 
 compiled_only = pytest.mark.skipif(Coalescer is None, reason=f"compiled core not in use: {_core.why_pure}")
 
@@ -272,7 +273,6 @@ run_on(sys.argv[1], main(sys.argv[2], int(sys.argv[3]), sys.argv[4]))
 def _syscalls(ns: Any, argv: list[str]) -> dict[str, int]:
     """System calls (strace -c) of the sender ``argv`` run in ``ns``, set-up included."""
     import os
-    import re
     import sys
     import tempfile
 
@@ -283,12 +283,7 @@ def _syscalls(ns: Any, argv: list[str]) -> dict[str, int]:
                       capture_output=True, text=True, env=env, timeout=180)
         assert proc.returncode == 0, proc.stderr[-2000:]
         table = open(out.name).read()
-    calls: dict[str, int] = {}
-    for line in table.splitlines():
-        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
-        if m and m.group(2) != "total":
-            calls[m.group(2)] = int(m.group(1))
-    return calls
+    return strace_call_counts(table)
 
 
 @compiled_only

@@ -20,7 +20,7 @@ import aiozc
 from aiozc import readiness, streamread
 from aiozc._sys import core, recv
 from aiozc.readiness import EPOLLIN, Multiplexer
-from tcp_helpers import Recording, RecordingProtocol, connect_pair
+from tcp_helpers import BufferedRecordingProtocol, RecordingProtocol, connect_pair
 
 needs_core = pytest.mark.skipif(not core.compiled, reason=f"no compiled core: {core.why_pure}")
 
@@ -248,16 +248,7 @@ async def test_a_reset_after_data_delivers_the_data_then_the_error(read_path: st
         pair.transport.abort()
 
 
-class Buffered(Recording, asyncio.BufferedProtocol):
-    def __init__(self) -> None:
-        super().__init__()
-        self.buf = bytearray(1000)
-
-    def get_buffer(self, sizehint: int) -> bytearray:
-        return self.buf
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.received += self.buf[:nbytes]
+Buffered = BufferedRecordingProtocol
 
 
 class SwitchingProtocol(RecordingProtocol):

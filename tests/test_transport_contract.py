@@ -14,7 +14,7 @@ import pytest
 
 import aiozc
 from aiozc.readiness import Multiplexer
-from tcp_helpers import Recording, RecordingProtocol
+from tcp_helpers import BufferedRecordingProtocol, Recording, RecordingProtocol
 
 Create = Callable[..., Awaitable[tuple[asyncio.Transport, Any]]]
 
@@ -153,17 +153,7 @@ async def test_a_protocol_callback_that_raises_is_fatal(create: Create, fails: s
         peer.close()
 
 
-class SwitchedBufferedProtocol(Recording, asyncio.BufferedProtocol):
-    def __init__(self) -> None:
-        super().__init__()
-        self.buf = bytearray(1000)
-
-    def get_buffer(self, sizehint: int) -> bytearray:
-        return self.buf
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.received += self.buf[:nbytes]
-
+class SwitchedBufferedProtocol(BufferedRecordingProtocol):
     def data_received(self, data: bytes) -> None:
         raise AssertionError("data_received() called on a BufferedProtocol")
 

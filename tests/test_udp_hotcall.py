@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 from aiozc._sys import core as _core
 from aiozc.tools.benchkit import run_on
 from aiozc.tools.netns import SinkNamespace
+from udp_helpers import strace_call_counts
 
 LOOPS = ["asyncio", "uvloop"]
 DATAGRAM = 64000
@@ -66,12 +66,7 @@ def _syscalls_of(ns: SinkNamespace, loop: str, count: int, names: str) -> dict[s
     finally:
         if os.path.exists(out):
             os.unlink(out)
-    calls: dict[str, int] = {}
-    for line in table.splitlines():
-        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
-        if m and m.group(2) != "total":
-            calls[m.group(2)] = int(m.group(1))
-    return calls
+    return strace_call_counts(table)
 
 
 @needs_core

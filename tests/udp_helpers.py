@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+
+
+def strace_call_counts(table: str) -> dict[str, int]:
+    """Calls per system call from an ``strace -c`` table (the errors column may be empty)."""
+    calls: dict[str, int] = {}
+    for line in table.splitlines():
+        m = re.match(r"\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
+        if m and m.group(2) != "total":
+            calls[m.group(2)] = int(m.group(1))
+    return calls
 
 
 def closed_port() -> tuple[str, int]:
