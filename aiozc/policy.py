@@ -102,12 +102,13 @@ class ZeroCopyPolicy:
             return False
         if continuing:
             return True
-        if self.state is ZeroCopyState.COPY_FALLBACK:  # a re-probe is due?
-            reprobe = self._reprobe_after
-            return (
-                reprobe > 0 and not self._probe_in_flight and self._bytes_since_probe >= reprobe
-            )
+        if self.state is ZeroCopyState.COPY_FALLBACK:
+            return self._reprobe_due()
         return not self._probing() or not self._probe_in_flight
+
+    def _reprobe_due(self) -> bool:
+        reprobe = self._reprobe_after
+        return reprobe > 0 and not self._probe_in_flight and self._bytes_since_probe >= reprobe
 
     def copy_allowance(self) -> int:
         """Bytes that may still be sent by copy before :meth:`wants_zerocopy` could answer yes
@@ -139,6 +140,12 @@ class ZeroCopyPolicy:
     def on_sent(self, nbytes: int, *, zerocopy: bool) -> None:
         """A send call returned ``nbytes`` > 0."""
         if zerocopy and self._probing():
+            if self.state is ZeroCopyState.COPY_FALLBACK and not self._reprobe_due():
+                # The rest of a write that went zero-copy before the fallback (``continuing``),
+                # not a re-probe: were it one, each answer to its sends would double the wait
+                # (the guest's 2 MiB probe write left in 4 partial sends: next re-probe 512 MiB
+                # away instead of 64 MiB).
+                return
             self._probe_in_flight = True
             self._bytes_since_probe = 0
         elif self.state is ZeroCopyState.COPY_FALLBACK:

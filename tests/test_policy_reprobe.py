@@ -100,6 +100,37 @@ def test_a_successful_reprobe_resets_the_backoff() -> None:
     assert policy.copy_allowance() == 64 * MiB  # the first wait again, not the backed-off one
 
 
+def test_the_rest_of_the_fallen_back_probe_write_is_not_a_reprobe() -> None:
+    """The guest's failure (seed 634688016): the probe write of ~2 MiB left in 4 partial sends,
+    each answered (copied) before the next. Only the first answer is the probe's; the other
+    three answered sends that went on zero-copy to finish the write (``continuing``). Counted as
+    re-probes, each doubled the wait: the next re-probe came 512 MiB later, after the mix."""
+    policy = ZeroCopyPolicy(PolicyOptions(probe_first=True, fallback_after=1))
+    assert policy.wants_zerocopy(2 * MiB)
+    for _ in range(4):
+        assert policy.wants_zerocopy(MiB // 2, continuing=True)
+        policy.on_sent(MiB // 2, zerocopy=True)
+        policy.on_completed(1, copied=True)
+    assert policy.state is ZeroCopyState.COPY_FALLBACK
+    assert policy.copy_allowance() == 64 * MiB  # the first wait, not 512 MiB
+    offsets = _reprobe_offsets(policy, 256 * MiB, MiB)
+    assert offsets[:2] == [64 * MiB, (64 + 1 + 128) * MiB], [o // MiB for o in offsets]
+
+
+def test_a_reprobe_write_of_several_sends_doubles_the_wait_once() -> None:
+    policy = ZeroCopyPolicy(PolicyOptions(probe_first=True, fallback_after=1))
+    policy.on_sent(MiB, zerocopy=True)
+    policy.on_completed(1, copied=True)
+    policy.on_sent(64 * MiB, zerocopy=False)
+    assert policy.wants_zerocopy(MiB)  # the re-probe, in 3 partial sends
+    for _ in range(3):
+        policy.on_sent(MiB // 3, zerocopy=True)
+        assert not policy.wants_zerocopy(MiB)  # answer pending: the writes behind it copy
+    for _ in range(3):
+        policy.on_completed(1, copied=True)
+    assert policy.copy_allowance() == 128 * MiB
+
+
 def test_a_small_reprobe_bytes_is_the_whole_schedule() -> None:
     policy = ZeroCopyPolicy(PolicyOptions(probe_first=True, fallback_after=1, reprobe_bytes=MiB))
     offsets = _reprobe_offsets(policy, 16 * MiB, MiB // 4)
