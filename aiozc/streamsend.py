@@ -140,9 +140,11 @@ class StreamSending:
         once aiohttp has joined them, minus the join's copy (two sends per response instead
         cost aiohttp under wrk up to half its requests/s, measured).
         """
+        self._writelines_items(list(list_of_data))
+
+    def _writelines_items(self, items: list[Any]) -> None:
         # Every item is checked before any is sent, as asyncio's b"".join() does: a bad item
         # must not leave the first ones on the wire.
-        items = list(list_of_data)
         for index, data in enumerate(items):
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(
@@ -150,6 +152,10 @@ class StreamSending:
                     f"not {type(data).__name__!r}"
                 )
         index, offset = self._gather_now(items) if len(items) > 1 else (0, 0)
+        self._writelines_from(items, index, offset)
+
+    def _writelines_from(self, items: list[Any], index: int, offset: int) -> None:
+        """write() of ``items[index:]``, ``offset`` bytes of the first of them already sent."""
         if offset:
             # The socket is full: queue the rest of that item without trying it again.
             data = items[index]

@@ -16,6 +16,7 @@ import struct
 from os import write as _fd_write
 from typing import Any
 
+from ._sys import core as _core
 from .base import TransportOptions, ZeroCopyTransportBase, byte_view, logger
 from .completions import Completion, WriteHandle
 from .policy import ZeroCopyState
@@ -98,6 +99,14 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
         if server is not None:
             server._attach(self)
         loop.call_soon(self._connection_made, waiter)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The C methods read their state from the instance dict: not through a property.
+        if any(hasattr(type(getattr(cls, name, None)), "__set__") for name in C_STATE):
+            for name, method in PURE_METHODS.items():
+                if name not in cls.__dict__:
+                    setattr(cls, name, method)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         # The stock transports differ once the fd is closed: asyncio gives the closed socket,
@@ -263,14 +272,18 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
                     completion = self._copy_completions.get(nbytes) or self._copy_completion(nbytes)
                     future.set_result(completion)
                     return future
-            seg = _Segment(byte_view(buf), True, future)
-            seg.offset = sent
-            self._queue.append(seg)
-            self._queued += nbytes - sent
-            self._update_mask()
-            self._maybe_pause_protocol()
+            self._queue_zc_rest(buf, nbytes, sent, future)
             return future
         return self._write_zc_queued(buf)
+
+    def _queue_zc_rest(self, buf: Any, nbytes: int, sent: int, future: asyncio.Future[Completion]) -> None:
+        """What the socket did not take of a direct write_zc() waits, held, with its future."""
+        seg = _Segment(byte_view(buf), True, future)
+        seg.offset = sent
+        self._queue.append(seg)
+        self._queued += nbytes - sent
+        self._update_mask()
+        self._maybe_pause_protocol()
 
     def _write_zc_queued(self, buf: Any) -> asyncio.Future[Completion]:
         self._check_writable("write_zc")
@@ -533,3 +546,26 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
             if self._server is not None:
                 self._server._detach(self)
                 self._server = None
+
+
+# The compiled core's write(), write_zc(), writelines() and is_closing() (_core_tcp.c): the
+# direct path in C, everything else through the Python methods kept here (the reference).
+PURE_METHODS: dict[str, Any] = {
+    name: getattr(ZeroCopyTransport, name) for name in ("write", "write_zc", "writelines", "is_closing")
+}
+# What the C methods read from the instance dict (or the stats object): a subclass that makes
+# one of these a property keeps the Python methods (ZeroCopyTransport.__init_subclass__).
+C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stats", "_make_future",
+           "_copy_completions", "_closing")
+
+
+def _compiled_methods(cls: type) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if _core.compiled and _core.lib.zc_tcp_methods(id(cls), id(PURE_METHODS), id(found)) < 0:
+        return {}
+    return found
+
+
+COMPILED_METHODS = _compiled_methods(ZeroCopyTransport)
+for _name, _method in COMPILED_METHODS.items():
+    setattr(ZeroCopyTransport, _name, _method)

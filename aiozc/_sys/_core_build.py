@@ -91,6 +91,7 @@ int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, i
 int zc_dgram_methods(intptr_t type, intptr_t pure_zc, intptr_t pure_sendto, intptr_t into);
 int zc_pins_export(intptr_t into, intptr_t invalid_state);
 int zc_recv_export(intptr_t into);
+int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into);
 
 zc_tracker *zc_tracker_new(uint32_t start_id);
 void zc_tracker_free(zc_tracker *t);

@@ -16,7 +16,7 @@ Cases:
   aiozc ``sendto`` (a copy), ``sendto_zc`` (a window of 256 futures, await the oldest),
   coalesced ``sendto_zc``, ``sendto_zc_many`` (per datagram), the io_uring engine with a
   BufferPool, and the C reference senders; on both loops.
-* TCP, 64 KiB writes over loopback to a receiver in another process (not under callgrind):
+* TCP, 64 KiB and 1-byte writes over loopback to a receiver in another process (not under callgrind):
   stock ``write()``, aiozc ``write()`` and ``write_zc()``, on both loops.
 * TCP reads (``tcpread``, :mod:`aiozc.tools.instructions_tcpread`): a ``Protocol`` receiving
   11-byte ping-pong messages or a 256 KiB-block stream from a peer in another process, on the
@@ -45,6 +45,7 @@ from typing import Any
 from . import udp_cases
 
 TCP_WRITE = 64 << 10
+TCP_SMALL_SUFFIX = "-1B"  # a TCP case kind with 1-byte writes
 UDP_SIZE = 64000
 DEFAULT_CALLS = {"udp": 1024, "tcp": 256, "web": 128, "tcpread": 256}
 # udp + tcp: ~3-6 minutes on this machine; web adds 1-2 minutes per case (12 cases).
@@ -83,8 +84,12 @@ def _udp_cases() -> list[Case]:
 
 
 def _tcp_cases() -> list[Case]:
+    # 1-byte writes never fill the socket, so their count is the write call alone (what an
+    # 11 B aiohttp response's write costs); 64 KiB writes fill it now and then, and how often
+    # moves their count by a few hundred instructions from run to run.
     return [
-        Case(f"TCP 64 KiB {what} ({loop})", "tcp", kind, loop)
+        Case(f"TCP {size_name} {what} ({loop})", "tcp", kind + suffix, loop)
+        for size_name, suffix in (("64 KiB", ""), ("1 B", TCP_SMALL_SUFFIX))
         for kind, what in (
             ("tcp-stock-write", "stock write"),
             ("tcp-aiozc-write", "aiozc write"),
@@ -165,17 +170,19 @@ async def _tcp_writes(port: int, kind: str, pool: memoryview, count: int) -> dic
     from .benchkit import FlowControlledSender
 
     loop = asyncio.get_running_loop()
+    size = 1 if kind.endswith(TCP_SMALL_SUFFIX) else TCP_WRITE
+    kind = kind.removesuffix(TCP_SMALL_SUFFIX)
     if kind == "tcp-stock-write":
         transport, proto = await loop.create_connection(FlowControlledSender, "127.0.0.1", port)
     else:
         transport, proto = await aiozc.create_connection(FlowControlledSender, "127.0.0.1", port)
     write = transport.write_zc if kind == "tcp-aiozc-write_zc" else transport.write  # type: ignore[attr-defined]
-    transport.write((count * TCP_WRITE).to_bytes(8, "big"))
-    slots = len(pool) // TCP_WRITE
+    transport.write((count * size).to_bytes(8, "big"))
+    slots = len(pool) // size
     clock = udp_cases.Clock()
     for i in range(count):
-        offset = (i % slots) * TCP_WRITE
-        write(pool[offset : offset + TCP_WRITE])
+        offset = (i % slots) * size
+        write(pool[offset : offset + size])
         if not proto.can_write.is_set():
             await proto.can_write.wait()
     reply = await proto.reply
@@ -373,11 +380,13 @@ def _run_tcpread(cases: list[Case], calls: int) -> list[Count]:
 
 
 def _is_stock(c: Count) -> bool:
-    return c.kind in ("stock", "tcp-stock-write") or c.kind.startswith(("web-stock-", "tcpread-stock-"))
+    return c.kind in ("stock", "tcp-stock-write") or c.kind.startswith(("web-stock-", "tcpread-stock-", "tcp-stock-"))
 
 
 def _pair(c: Count) -> tuple[str, str, str]:
     """What a row is compared with: stock on the same loop (and body size)."""
+    if c.family == "tcp":
+        return c.family, c.loop, TCP_SMALL_SUFFIX if c.kind.endswith(TCP_SMALL_SUFFIX) else ""
     return c.family, c.loop, c.kind.rsplit("-", 1)[-1] if c.family in ("web", "tcpread") else ""
 
 
