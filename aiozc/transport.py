@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
+import operator
 import socket
 import struct
 from os import write as _fd_write
@@ -19,7 +21,8 @@ from typing import Any
 from ._sys import core as _core
 from .base import TransportOptions, ZeroCopyTransportBase, byte_view, logger
 from .completions import Completion, WriteHandle
-from .policy import ZeroCopyState
+from .policy import NEVER, ZeroCopyState
+from .stats import TransportStats
 from .readiness import EPOLLET, EPOLLIN, EPOLLOUT
 from .streamread import StreamReading, on_uvloop
 from .streamfile import StreamFiles, _FileSegment, _peer_on_this_host
@@ -51,6 +54,9 @@ class _Segment:
 class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTransportBase, asyncio.Transport):
     """TCP transport over MSG_ZEROCOPY (or another engine); see the module docstring."""
 
+    # The compiled core's direct-path state (a TcpHot, see the end of this module), or None.
+    __slots__ = ("_hot",)
+
     # io_uring: at most one zero-copy send in flight (stream order); its result advances the
     # head segment like a synchronous send would (_after_zc_result).
     _async_sends = True
@@ -68,6 +74,9 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
         server: Any = None,
     ) -> None:
         self._queue: collections.deque[_Segment | _FileSegment] = collections.deque()
+        self._hot = _TcpHot() if _TcpHot is not None else None
+        if self._hot is not None:
+            self._hot.queue = self._queue
         self._eof_received = False
         self._hup = False
         self._eof = False
@@ -84,6 +93,8 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
         self._errqueue_quiet = options.zc_receive is None
         asyncio.Transport.__init__(self, extra)
         ZeroCopyTransportBase.__init__(self, loop, sock, protocol, options, extra)
+        if self._hot is not None:
+            self._bind_hot(self._hot)
         if self._options.zc_receive is not None:
             from .zcread import ZeroCopyReader  # noqa: PLC0415 - its cffi only for those who opt in
 
@@ -102,11 +113,21 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # The C methods read their state from the instance dict: not through a property.
-        if any(hasattr(type(getattr(cls, name, None)), "__set__") for name in C_STATE):
+        # The C methods read their state from the TcpHot: a subclass that redefines any of
+        # it keeps the Python methods.
+        if any(name in vars(klass) for klass in cls.__mro__[:cls.__mro__.index(ZeroCopyTransport)]
+               for name in C_STATE):
             for name, method in PURE_METHODS.items():
                 if name not in cls.__dict__:
                     setattr(cls, name, method)
+
+    def _bind_hot(self, hot: Any) -> None:
+        """The state the C methods share with the Python ones (once the base is set up)."""
+        hot.fd = self._fd
+        hot.make_future = self._make_future
+        hot.completions = self._copy_completions
+        old = self.stats
+        self.stats = _HotStats(hot, **{f.name: getattr(old, f.name) for f in dataclasses.fields(old)})
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         # The stock transports differ once the fd is closed: asyncio gives the closed socket,
@@ -553,10 +574,13 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
 PURE_METHODS: dict[str, Any] = {
     name: getattr(ZeroCopyTransport, name) for name in ("write", "write_zc", "writelines", "is_closing")
 }
-# What the C methods read from the instance dict (or the stats object): a subclass that makes
-# one of these a property keeps the Python methods (ZeroCopyTransport.__init_subclass__).
+# The state the C methods use: a subclass that redefines one keeps the Python methods.
 C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stats", "_make_future",
-           "_copy_completions", "_closing")
+           "_copy_completions", "_closing", "_hot")
+# Transport attributes that live in the TcpHot with the compiled core (its field names).
+_HOT_FIELDS = {"_direct_max": "direct_max", "_plain_sent": "plain_sent", "_plain_budget": "plain_budget"}
+# TransportStats counters that live in the TcpHot (same names).
+_HOT_COUNTERS = ("copy_sends", "copy_bytes", "copy_writes")
 
 
 def _compiled_methods(cls: type) -> dict[str, Any]:
@@ -566,6 +590,30 @@ def _compiled_methods(cls: type) -> dict[str, Any]:
     return found
 
 
+def _hot_property(field: str) -> property:
+    get = operator.attrgetter(f"_hot.{field}")
+
+    def set_(self: Any, value: int) -> None:
+        # (a C long long: NEVER, 2**62, is the largest budget or bound the code sets)
+        setattr(self._hot, field, value if value < NEVER else NEVER)
+
+    return property(get, set_)
+
+
+class _HotStats(TransportStats):
+    """TransportStats whose per-write copy counters live in the transport's TcpHot."""
+
+    def __init__(self, hot: Any, **fields: Any) -> None:
+        self._hot = hot
+        super().__init__(**fields)
+
+
 COMPILED_METHODS = _compiled_methods(ZeroCopyTransport)
+_TcpHot: Any = COMPILED_METHODS.pop("TcpHot", None)
 for _name, _method in COMPILED_METHODS.items():
     setattr(ZeroCopyTransport, _name, _method)
+if _TcpHot is not None:
+    for _name, _field in _HOT_FIELDS.items():
+        setattr(ZeroCopyTransport, _name, _hot_property(_field))
+    for _name in _HOT_COUNTERS:
+        setattr(_HotStats, _name, _hot_property(_name))
