@@ -5,7 +5,8 @@
 The sender fills slots of an ``aiozc.BufferPool``, sends each with ``sendto_zc`` on an
 endpoint made with ``coalesce_zc=True`` (one sendmmsg, or one io_uring submission, per loop
 iteration), and gives a slot back to the pool once its future says the kernel released it.
-With the pool registered, ``engine="auto"`` picks io_uring where the kernel has it.
+``engine="auto"`` picks io_uring for it where the kernel has it; with the pool registered its
+slots go as fixed buffers (the kernel skips pinning their pages).
 
 The receiver is a stock asyncio endpoint on loopback, where the kernel copies every datagram
 (so expect ``zerocopy`` False and the copy fallback here); into a real network device, or the
@@ -49,7 +50,7 @@ async def main(count: int, size: int, use_pool: bool) -> None:
         lambda: Counter(count), local_addr=("127.0.0.1", 0)
     )
     # Made inside the running loop, a pool registers with the loop's io_uring by default
-    # (fixed buffers), and engine="auto" then picks io_uring for UDP endpoints.
+    # (fixed buffers: io_uring sends them without pinning pages).
     pool = aiozc.BufferPool(size, WINDOW + 1, register=use_pool)
     tx, _ = await aiozc.create_datagram_endpoint(
         asyncio.DatagramProtocol, remote_addr=rx.get_extra_info("sockname"), coalesce_zc=True
@@ -91,7 +92,7 @@ if __name__ == "__main__":
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--size", type=int, default=60000)
     parser.add_argument(
-        "--no-pool", action="store_true", help="do not register the pool (MSG_ZEROCOPY engine)"
+        "--no-pool", action="store_true", help="do not register the pool (no fixed buffers)"
     )
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()

@@ -20,6 +20,7 @@ from aiozc._sys import mmsg as _mmsg
 from aiozc.base import TransportClosedError
 from aiozc.completions import Completion
 from aiozc.datagram import MAX_UDP4_PAYLOAD, ZeroCopyDatagramTransport, create_datagram_endpoint
+from aiozc.engines.io_uring import uring_unavailable_reason
 from test_datagram import BIG, Recorder, payload, receiver, sender
 from udp_helpers import closed_port
 
@@ -258,6 +259,10 @@ async def test_icmp_errors_during_a_batch() -> None:
 # coalesce_zc=True: sendto_zc() datagrams leave in one sendmmsg per loop iteration.
 
 
+# engine="auto" picks io_uring for coalesce_zc where it works: both engines are covered.
+COALESCE_ENGINES = ["msg_zerocopy"] + (["io_uring"] if uring_unavailable_reason() is None else [])
+
+
 async def coalescing_pair(**options: Any) -> tuple[Any, Recorder, ZeroCopyDatagramTransport, Recorder]:
     rt, rp = await receiver()
     t, p = await create_datagram_endpoint(
@@ -266,8 +271,9 @@ async def coalescing_pair(**options: Any) -> tuple[Any, Recorder, ZeroCopyDatagr
     return rt, rp, t, p  # type: ignore[return-value]
 
 
-async def test_coalesced_sendto_zc_is_sent_at_the_end_of_the_iteration_in_call_order() -> None:
-    rt, rp, t, p = await coalescing_pair()
+@pytest.mark.parametrize("engine", COALESCE_ENGINES)
+async def test_coalesced_sendto_zc_is_sent_at_the_end_of_the_iteration_in_call_order(engine: str) -> None:
+    rt, rp, t, p = await coalescing_pair(engine=engine)
     futures = []
     expected = []
     for i in range(30):
@@ -292,8 +298,9 @@ async def test_coalesced_sendto_zc_is_sent_at_the_end_of_the_iteration_in_call_o
     await finish(rt, t, p)
 
 
-async def test_coalesced_datagrams_wait_for_the_loop() -> None:
-    rt, rp, t, p = await coalescing_pair()
+@pytest.mark.parametrize("engine", COALESCE_ENGINES)
+async def test_coalesced_datagrams_wait_for_the_loop(engine: str) -> None:
+    rt, rp, t, p = await coalescing_pair(engine=engine)
     futures = [t.sendto_zc(payload(i, BIG)) for i in range(3)]
     assert t.stats.zc_sends + t.stats.copy_sends == 0  # nothing sent during the calls
     assert t.get_write_buffer_size() == 3 * BIG
@@ -305,8 +312,9 @@ async def test_coalesced_datagrams_wait_for_the_loop() -> None:
     await finish(rt, t, p)
 
 
-async def test_coalesced_flush_at_1024_datagrams() -> None:
-    rt, rp, t, p = await coalescing_pair()
+@pytest.mark.parametrize("engine", COALESCE_ENGINES)
+async def test_coalesced_flush_at_1024_datagrams(engine: str) -> None:
+    rt, rp, t, p = await coalescing_pair(engine=engine)
     n = _mmsg.MAX_BATCH + 10
     futures = [t.sendto_zc(i.to_bytes(4, "big")) for i in range(n)]
     assert len(t._co) == 10  # the first 1024 went in one call
@@ -315,8 +323,9 @@ async def test_coalesced_flush_at_1024_datagrams() -> None:
     await finish(rt, t, p)
 
 
-async def test_coalesced_errors_are_raised_at_the_call() -> None:
-    rt, rp, t, p = await coalescing_pair()
+@pytest.mark.parametrize("engine", COALESCE_ENGINES)
+async def test_coalesced_errors_are_raised_at_the_call(engine: str) -> None:
+    rt, rp, t, p = await coalescing_pair(engine=engine)
     with pytest.raises(ValueError):
         t.sendto_zc(bytes(MAX_UDP4_PAYLOAD + 1))
     with pytest.raises(TypeError):
@@ -332,7 +341,8 @@ async def test_coalesced_errors_are_raised_at_the_call() -> None:
 
 
 async def test_coalesced_refusal_goes_to_error_received() -> None:
-    rt, rp, t, p = await coalescing_pair()
+    # (scripts MSG_ZEROCOPY's sendmmsg; io_uring's refusals: test_uring_groups)
+    rt, rp, t, p = await coalescing_pair(engine="msg_zerocopy")
     scripted(t, [-errno.ENETUNREACH])
     first = t.sendto_zc(payload(1, BIG))
     second = t.sendto_zc(payload(2, BIG))
@@ -343,8 +353,9 @@ async def test_coalesced_refusal_goes_to_error_received() -> None:
     await finish(rt, t, p)
 
 
-async def test_close_sends_coalesced_datagrams_and_abort_fails_them() -> None:
-    rt, rp, t, p = await coalescing_pair()
+@pytest.mark.parametrize("engine", COALESCE_ENGINES)
+async def test_close_sends_coalesced_datagrams_and_abort_fails_them(engine: str) -> None:
+    rt, rp, t, p = await coalescing_pair(engine=engine)
     future = t.sendto_zc(payload(5, BIG))
     t.close()
     assert (await asyncio.wait_for(future, 5)).nbytes == BIG
@@ -363,8 +374,9 @@ async def test_close_sends_coalesced_datagrams_and_abort_fails_them() -> None:
     rt.close()
 
 
-async def test_coalesced_pause_writing() -> None:
-    rt, rp, t, p = await coalescing_pair()
+@pytest.mark.parametrize("engine", COALESCE_ENGINES)
+async def test_coalesced_pause_writing(engine: str) -> None:
+    rt, rp, t, p = await coalescing_pair(engine=engine)
     t.set_write_buffer_limits(high=2 * BIG, low=BIG // 2)
     futures = [t.sendto_zc(payload(i, BIG)) for i in range(3)]
     assert p.events == ["made", "pause"]
@@ -398,8 +410,8 @@ async def test_batch_respects_max_pinned_bytes() -> None:
 
 @pytest.mark.parametrize("flags", [[], ["--no-pool", "--uvloop"]], ids=["pool", "no-pool-uvloop"])
 def test_udp_pool_example_delivers_every_datagram(flags: list[str]) -> None:
-    """examples/udp_pool.py: every datagram arrives; the registered pool makes engine=auto
-    pick io_uring (where the kernel has it), no pool keeps MSG_ZEROCOPY."""
+    """examples/udp_pool.py: every datagram arrives; engine=auto picks io_uring for its
+    coalesce_zc endpoint (where the kernel has it), with or without the registered pool."""
     from aiozc.engines.io_uring import uring_unavailable_reason
 
     example = Path(__file__).resolve().parent.parent / "examples" / "udp_pool.py"
@@ -408,5 +420,5 @@ def test_udp_pool_example_delivers_every_datagram(flags: list[str]) -> None:
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     assert "receiver got 2000 datagrams, 60000000 bytes" in out, out
-    uring = not flags and uring_unavailable_reason() is None
+    uring = uring_unavailable_reason() is None
     assert f"engine {'io_uring' if uring else 'msg_zerocopy'}," in out, out

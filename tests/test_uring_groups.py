@@ -203,6 +203,39 @@ async def test_mixed_sizes_arrive_intact_and_in_order(handler_calls) -> None:  #
     assert handler_calls == []
 
 
+@pytest.mark.parametrize("coalesce", [False, True])
+async def test_batch_whose_tail_is_below_the_threshold_sends_the_tail_by_copy(
+    handler_calls, coalesce: bool  # type: ignore[no-untyped-def]
+) -> None:
+    """The head goes as a ring group, the datagrams after it below zc_threshold by copy, all in
+    order. The group's PinSet split used to shorten the batch's count, so the tail was never
+    sent and the future never resolved (found when engine="auto" began to pick io_uring for
+    coalesce_zc)."""
+    _record_exceptions(handler_calls)
+    rx = _receiver()
+    try:
+        transport, _ = await create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=rx.getsockname(), engine="io_uring",
+            coalesce_zc=coalesce, fallback_after=1_000_000)
+        threshold = transport._options.zc_threshold
+        sizes = [threshold + 1000, threshold, threshold // 2, 100, 7]
+        payloads = [bytearray(random.randbytes(n)) for n in sizes]
+        if coalesce:
+            done = await asyncio.wait_for(asyncio.gather(*map(transport.sendto_zc, payloads)), 5)
+            assert [c.nbytes for c in done] == sizes
+        else:
+            completion = await asyncio.wait_for(transport.sendto_zc_many(payloads), 5)
+            assert completion.nbytes == sum(sizes)
+        assert await _receive(rx, len(sizes)) == [bytes(p) for p in payloads]
+        stats = transport.stats
+        assert stats.zc_sends == 2 and stats.copy_sends == 3, stats
+        assert stats.pinned_bytes == 0 and transport.get_write_buffer_size() == 0
+        transport.close()
+    finally:
+        rx.close()
+    assert handler_calls == []
+
+
 async def test_second_pool_slices_are_fixed_sends(handler_calls) -> None:  # type: ignore[no-untyped-def]
     """With two pools registered, slices of the second one go as fixed-buffer sends, intact."""
     _record_exceptions(handler_calls)

@@ -96,8 +96,15 @@ static int zu_map_init(zu_map *m, int64_t cap) {
     return 0;
 }
 
+/* A key's home slot. Keys are consecutive user_data values: with `key & mask` they filled one
+ * run of slots, and deleting the oldest scanned the whole run (2.1k instructions per per-call
+ * sendto_zc with 256 in flight, callgrind); Fibonacci hashing spreads them out. */
+static int64_t zu_home(const zu_map *m, int64_t key) {
+    return (int64_t)(((uint64_t)key * 0x9E3779B97F4A7C15ULL) >> 32) & m->mask;
+}
+
 static void *zu_map_get(const zu_map *m, int64_t key) {
-    int64_t i = key & m->mask;
+    int64_t i = zu_home(m, key);
     while (m->keys[i] != -1) {
         if (m->keys[i] == key) return m->vals[i];
         i = (i + 1) & m->mask;
@@ -106,7 +113,7 @@ static void *zu_map_get(const zu_map *m, int64_t key) {
 }
 
 static void zu_map_insert(zu_map *m, int64_t key, void *val) {
-    int64_t i = key & m->mask;
+    int64_t i = zu_home(m, key);
     while (m->keys[i] != -1) i = (i + 1) & m->mask;
     m->keys[i] = key;
     m->vals[i] = val;
@@ -133,13 +140,13 @@ static int zu_map_put(zu_map *m, int64_t key, void *val) {
 }
 
 static void zu_map_del(zu_map *m, int64_t key) {
-    int64_t i = key & m->mask, j;
+    int64_t i = zu_home(m, key), j;
     while (m->keys[i] != key) {
         if (m->keys[i] == -1) return;
         i = (i + 1) & m->mask;
     }
     for (j = (i + 1) & m->mask; m->keys[j] != -1; j = (j + 1) & m->mask) {
-        int64_t home = m->keys[j] & m->mask;
+        int64_t home = zu_home(m, m->keys[j]);
         /* move j back into the hole at i unless its home lies cyclically in (i, j] */
         if (((j - home) & m->mask) >= ((j - i) & m->mask)) {
             m->keys[i] = m->keys[j];

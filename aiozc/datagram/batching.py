@@ -141,6 +141,7 @@ class _BatchingMixin(_DatagramHost):
         if not pins:
             self._resolve(self._tracker.close_write(batch.write))
             return
+        count = len(pins)  # (the io_uring path splits its part off a PinSet: counted first)
         self._batching = True
         try:
             done = self._send_batch_uring(batch) if self._submit_zc_fn is not None else 0
@@ -149,7 +150,7 @@ class _BatchingMixin(_DatagramHost):
                 # batch (small datagrams, copy-fallback, pinned cap): sendmmsg, by copy for
                 # io_uring (its runs in _send_batch_fast never pass MSG_ZEROCOPY).
                 done = self._send_batch_fast(batch)
-            for i in range(done, len(pins)):  # the general path: sent one by one, or queued
+            for i in range(done, count):  # the general path: sent one by one, or queued
                 self._submit(self._batch_datagram(batch, i, addr))
             self._maybe_pause_protocol()
         finally:
@@ -177,6 +178,8 @@ class _BatchingMixin(_DatagramHost):
         sender = self._mmsg
         if sender is None:
             sender = self._mmsg = _mmsg.MmsgSender()
+        if self._submit_zc_fn is not None:
+            self._engine.submit_queued()  # type: ignore[attr-defined]  # io_uring: call order
         cap = sender.capacity
         pins, sizes = batch.pins, batch.sizes
         n = len(pins)

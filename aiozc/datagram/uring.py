@@ -147,7 +147,17 @@ class _UringMixin(_DatagramHost):
             extra["zc_send_eagain"] = extra.get("zc_send_eagain", 0) + 1
             self._requeue(dg, at_head)  # socket buffer full: EPOLLOUT resumes the queue
             return
-        if err in (errno.ENOBUFS, errno.ENOMEM):  # optmem / RLIMIT_MEMLOCK: resend by copy
+        if err == errno.ENOBUFS:
+            # Not option memory: io_uring's notification is a ring request, not an optmem skb, and
+            # a RLIMIT_MEMLOCK refusal is ENOMEM. This is IP_RECVERR reporting a datagram the
+            # local queue dropped (qdisc full): accepted, then lost like any UDP datagram, as
+            # _send_copy treats it. Handled like MSG_ZEROCOPY's memory case, it disabled zero-copy
+            # for good (state "disabled" after a qdisc with limit 0, test_udp_sink).
+            self.stats.enobufs += 1
+            self._report_local_drop()
+            self._finish_send(dg, dg.nbytes, zerocopy=False)
+            return
+        if err == errno.ENOMEM:  # RLIMIT_MEMLOCK: resend by copy
             self._on_enobufs()
             dg.copy_only = True
             self._requeue(dg, at_head)

@@ -16,21 +16,25 @@ Choosing an engine (``engine=`` transport option)
   names an engine wants to know, not to benchmark the wrong one.
 * ``"copy"``: plain copying sends.
 * ``"auto"`` (default): io_uring for a datagram socket (:data:`AUTO_IO_URING_TYPES`) with
-  ``coalesce_zc=True`` on a loop where an :class:`~aiozc.buffers.BufferPool` is registered,
-  when the probe says io_uring works and the transport can drive it; MSG_ZEROCOPY otherwise,
-  silently. Not without ``coalesce_zc``: a ``sendto_zc()`` sent during the call on io_uring ran
-  0.39-0.62x of stock ``sendto`` (2026-12-01, 64000 B into the ifb sink; the compiled per-call
-  path covers MSG_ZEROCOPY only), and "auto" must never be slower than stock. Ask for
-  ``engine="io_uring"`` to send a pool's slices with ``sendto_zc_many()`` on it. Measured (kernel
+  ``coalesce_zc=True``, when the probe says io_uring works and the transport can drive it;
+  MSG_ZEROCOPY otherwise, silently. A registered :class:`~aiozc.buffers.BufferPool` is not
+  needed: coalesced batches from ordinary buffers ran 1.16-1.40x the MSG_ZEROCOPY engine's
+  (2026-12-01 19:00-19:25 UTC, two quiet full runs, docs/bench/udp-sink*.txt; 2.10/1.85x and
+  2.19/2.08x of stock ``sendto`` on asyncio/uvloop against 1.58/1.53x and 1.88/1.48x): the
+  compiled fill and reap made the per-SQE cost smaller than what SEND_ZC saves over the error
+  queue. Not without ``coalesce_zc``: a ``sendto_zc()`` sent during the call on io_uring ran
+  0.39-0.62x of stock ``sendto`` (the compiled per-call path covers MSG_ZEROCOPY only), and
+  "auto" must never be slower than stock. Ask for ``engine="io_uring"`` to send a pool's slices
+  with ``sendto_zc_many()`` on it. Earlier measurements (kernel
   6.18, CPython 3.11, 2 shared cores; ``python -m aiozc bench udp-sink``, 64000 B datagrams into
-  the ifb sink, median of 3, same API and loop on both engines):
+  the ifb sink, median of 3, same API and loop on both engines; before the compiled ring core):
 
   - from a registered BufferPool (fixed buffers): sendto_zc_many 1.25-1.27x the MSG_ZEROCOPY
     engine, sendto_zc with coalesce_zc 1.21-1.25x, sendto_zc sent during the call 1.01x.
     The kernel skips pinning pages (~2.0 us per datagram against ~2.8 us).
   - from ordinary buffers: 0.95-0.97x batched, 0.88-0.90x sent during the call: filling an
-    SQE and reading two CQEs in Python costs about what the kernel saves. So a registered pool is the
-    sign that io_uring pays; a transport cannot know which buffers it will be given.
+    SQE and reading two CQEs in Python cost about what the kernel saved (then "auto" waited for a
+    registered pool; the compiled core since made ordinary buffers pay too, see above).
   - TCP over loopback: every zero-copy send is reported copied, both engines end up sending
     by plain copy (noise-level differences); with zero-copy forced on every send io_uring
     ran 0.65x at 64 KiB (one SEND_ZC in flight per socket costs a loop iteration per write).
@@ -47,7 +51,7 @@ from typing import Protocol
 Address = object
 
 ENGINE_NAMES = ("auto", "msg_zerocopy", "io_uring", "copy")
-# Socket types for which engine="auto" picks io_uring, on a loop with a registered BufferPool
+# Socket types for which engine="auto" picks io_uring for a transport that batches its sends
 # (where io_uring is available); see the docstring.
 AUTO_IO_URING_TYPES: frozenset[int] = frozenset({socket.SOCK_DGRAM})
 
@@ -133,9 +137,6 @@ def _auto_picks_io_uring(
         return False
     if sock.type not in AUTO_IO_URING_TYPES:
         return False
-    from .io_uring import LoopRing, uring_unavailable_reason
+    from .io_uring import uring_unavailable_reason
 
-    ring = LoopRing.existing(loop)
-    if ring is None or not ring.has_pools:
-        return False
     return uring_unavailable_reason() is None

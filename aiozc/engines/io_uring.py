@@ -349,6 +349,14 @@ class LoopRing:
         self._submit_now()
         self._reap()
 
+    def submit_queued(self) -> None:
+        """Submit the SQEs queued so far (if any) now, not at the end of the loop iteration:
+        before a copying send, so that datagrams leave in call order (a SEND_ZC with socket
+        space is sent inside io_uring_enter)."""
+        io = self._io
+        if io is not None and io.pending():
+            io.submit()
+
     @property
     def queued(self) -> int:
         """SQEs prepared and not yet submitted."""
@@ -392,7 +400,7 @@ class LoopRing:
 
         on_result runs in CQE order; releases are delivered after the whole batch, merged
         into runs of consecutive ids per transport: like MSG_ZEROCOPY's coalesced ranges, one
-        tracker/policy update covers many sends instead of one each. on_done comes last.
+        tracker/policy update covers many sends instead of one each. on_done comes before them.
         """
         releases: list[list[Any]] = []  # [callback, lo, hi, copied]
         finished: list[list[Any]] = []  # groups whose results are all in (see on_done)
@@ -419,10 +427,13 @@ class LoopRing:
                 entry = groups[key]
                 if entry[_G_ON_DONE] is not None:
                     finished.append(entry)
-        for cb, lo, hi, copied in releases:
-            self._release_run(cb, lo, hi, copied)
+        # on_done before the releases: a closing transport that sees no id outstanding after
+        # them closes at once, and a group still waiting for its on_done then failed its batch
+        # (close() right after sendto_zc_many raised ConnectionAbortedError on io_uring).
         for entry in finished:
             self._guarded(entry[_G_ON_DONE], entry[_G_CTX])
+        for cb, lo, hi, copied in releases:
+            self._release_run(cb, lo, hi, copied)
 
     @staticmethod
     def _group_released(entry: list[Any], index: int, count: int, copied: bool,
@@ -541,10 +552,17 @@ class IoUringEngine:
 
     def send(self, sock: socket.socket, data: memoryview, *, zerocopy: bool,
              address: Any = None) -> int:
-        """A plain copying send (zero-copy sends go through :meth:`submit_zc`)."""
+        """A plain copying send (zero-copy sends go through :meth:`submit_zc`), after the
+        SEND_ZCs queued before it."""
+        self.submit_queued()
         if address is None:
             return sock.send(data)
         return sock.sendto(data, address)
+
+    def submit_queued(self) -> None:
+        """The ring's queued SEND_ZCs go now (see :meth:`LoopRing.submit_queued`)."""
+        if self._ring is not None:
+            self._ring.submit_queued()
 
     def submit_zc(self, sock: socket.socket, chunk: memoryview, address: Any,
                   on_result: OnResult, on_released: OnReleased, ctx: Any = None,
