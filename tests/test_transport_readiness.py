@@ -1,11 +1,13 @@
-"""Where a TCP socket waits for readiness: the loop's own selector (asyncio) until its first
-zero-copy send, the private epoll while its error queue can hold notifications (readiness.py)."""
+"""Where a TCP socket waits for readiness: the loop's own selector (asyncio's, or uvloop's with a
+sentinel in the private epoll) until its first zero-copy send, the private epoll while its error
+queue can hold notifications (readiness.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import selectors
 import socket
+from typing import Any
 
 from aiozc.readiness import Multiplexer
 from tcp_helpers import connect_pair
@@ -34,6 +36,20 @@ async def _recv_exactly(peer: socket.socket, nbytes: int) -> bytes:
     return bytes(data)
 
 
+async def _received_after(pair: Any, data: bytes) -> int:
+    """The peer sends ``data``; returns how often the private epoll was polled until it arrived."""
+    mux = Multiplexer.for_loop(asyncio.get_running_loop())
+    want = bytes(pair.protocol.received) + data
+    before = mux.dispatches
+    pair.peer.sendall(data)
+    for _ in range(500):
+        if bytes(pair.protocol.received) == want:
+            break
+        await asyncio.sleep(0.01)
+    assert bytes(pair.protocol.received) == want
+    return mux.dispatches - before
+
+
 async def test_stream_socket_leaves_the_loop_selector_for_zerocopy_and_comes_back() -> None:
     loop = asyncio.get_running_loop()
     pair = await connect_pair()
@@ -42,11 +58,12 @@ async def test_stream_socket_leaves_the_loop_selector_for_zerocopy_and_comes_bac
     try:
         await asyncio.sleep(0)  # connection_made: reading starts
         native = _on_asyncio(loop)
-        assert mux.is_on_loop(fd) is native
+        assert mux.is_on_loop(fd)
         assert _in_loop_selector(loop, fd) == (selectors.EVENT_READ if native else 0)
         transport.write(b"x" * 1000)  # a copy: stays where it is
         assert await _recv_exactly(pair.peer, 1000) == b"x" * 1000
-        assert mux.is_on_loop(fd) is native
+        assert mux.is_on_loop(fd)
+        assert await _received_after(pair, b"on the loop") == 0, "the private epoll served a read"
 
         big = b"z" * (1 << 20)
         seen_private = []
@@ -59,21 +76,17 @@ async def test_stream_socket_leaves_the_loop_selector_for_zerocopy_and_comes_bac
             await asyncio.wait_for(fut, 10)
         assert seen_private and all(seen_private), "a zero-copy send left from the loop's selector"
         assert transport.get_extra_info("aiozc_stats").state == "copy-fallback"
-        assert mux.is_on_loop(fd) is native  # no notification can come now: back on the loop
+        assert mux.is_on_loop(fd)  # no notification can come now: back on the loop
         assert _in_loop_selector(loop, fd) == (selectors.EVENT_READ if native else 0)
 
         # Reading still works wherever it waits, and pausing takes it off the selector.
-        pair.peer.sendall(b"ping")
-        for _ in range(100):
-            if pair.protocol.received:
-                break
-            await asyncio.sleep(0.01)
-        assert bytes(pair.protocol.received) == b"ping"
+        assert await _received_after(pair, b"ping") == 0
         transport.pause_reading()  # errors must still be seen: only the private epoll can
         assert _in_loop_selector(loop, fd) == 0 and not mux.is_on_loop(fd)
         transport.resume_reading()
-        assert mux.is_on_loop(fd) is native
+        assert mux.is_on_loop(fd)
         assert _in_loop_selector(loop, fd) == (selectors.EVENT_READ if native else 0)
+        assert await _received_after(pair, b"pong") == 0
     finally:
         pair.close()
     await asyncio.sleep(0.05)
