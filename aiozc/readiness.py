@@ -179,9 +179,10 @@ class Multiplexer:
         if self._uvloop:
             # The sentinel: an empty mask still reports EPOLLERR and EPOLLHUP.
             if registered:
-                assert self._epoll is not None
-                self._epoll.modify(fd, 0)
-                self._masks[fd] = 0
+                if self._masks[fd] != 0:
+                    assert self._epoll is not None
+                    self._epoll.modify(fd, 0)
+                    self._masks[fd] = 0
             else:
                 self._epoll_register(fd, 0)
             self._sentinels.add(fd)

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 import aiozc.web as zweb
+from aiozc.readiness import Multiplexer
 from aiozc.policy import DEFAULT_REPROBE_FIRST_BYTES, PolicyOptions, ZeroCopyPolicy, ZeroCopyState
 
 
@@ -92,6 +93,38 @@ async def test_zero_copy_site_copies_from_the_start_for_a_client_on_this_host() 
 async def test_zero_copy_site_probes_a_local_client_when_told_to() -> None:
     stats = await _serve_once(os.urandom(1 << 20), local_peer_copy=False)
     assert stats.zc_sends >= 1
+
+
+@pytest.mark.parametrize("size", [11, 100_000])
+async def test_keep_alive_requests_do_not_wake_the_private_epoll(size: int) -> None:
+    """A client on this host gets copies from the start (no error-queue traffic), so its
+    socket waits in the loop's own selector, as a stock transport's: each request costs the
+    loop's epoll_wait alone. Through the private epoll a wake-up cost a nested epoll_wait too:
+    7 system calls per sequential request on uvloop against stock's 6 (perf tracepoints)."""
+    body = os.urandom(size)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = zweb.ZeroCopySite(runner, "127.0.0.1", 0)
+    await site.start()
+    mux = Multiplexer.for_loop(asyncio.get_running_loop())
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{site.port}/"
+            async with session.get(url) as response:  # the connection is made and reading
+                assert await response.read() == body
+            before = mux.dispatches
+            for _ in range(30):
+                async with session.get(url) as response:
+                    assert await response.read() == body
+            assert mux.dispatches - before == 0, "requests woke the private epoll"
+    finally:
+        await runner.cleanup()
 
 
 def test_assume_copied_starts_the_re_probe_schedule() -> None:
