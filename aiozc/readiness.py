@@ -42,6 +42,11 @@ from typing import Any, Callable, Protocol
 
 from ._sys.recv import Dispatcher as _CompiledDispatcher
 
+try:
+    import uvloop as _uvloop
+except ImportError:  # pragma: no cover - uvloop is a dependency
+    _uvloop = None  # type: ignore[assignment]
+
 _MAX_EVENTS = 256
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
@@ -75,6 +80,10 @@ class Multiplexer:
         # uvloop: on_loop fds keep a sentinel in the private epoll (empty mask); once it
         # fired, the fd stays private until unregistered.
         self._uvloop = _is_uvloop(loop)
+        # How the loop's own transports register a socket, past any subclass's check (aiozc's
+        # loop refuses a transport's fd to its users): asyncio's _add_reader & co., uvloop's
+        # base class methods.
+        self._base: Any = _UvloopRegistrar if self._uvloop else _SelectorRegistrar
         self._sentinels: set[int] = set()
         self._stay_private: set[int] = set()
         # The compiled core's Dispatcher (the same poll and dispatch in C), the loop's reader
@@ -222,34 +231,24 @@ class Multiplexer:
         if mask == old:
             return
         self._on_loop[fd] = mask
-        loop: Any = self._loop
-        if self._uvloop:  # public names; the callback gets the event it stands for
-            add_reader, remove_reader = loop.add_reader, loop.remove_reader
-            add_writer, remove_writer = loop.add_writer, loop.remove_writer
-        else:
-            add_reader, remove_reader = loop._add_reader, loop._remove_reader
-            add_writer, remove_writer = loop._add_writer, loop._remove_writer
+        loop, base = self._loop, self._base
+        # The callback gets the event it stands for, as from the private epoll.
         if (mask ^ old) & EPOLLIN:
             if mask & EPOLLIN:
-                add_reader(fd, handler.on_readiness, EPOLLIN)
+                base.add_reader(loop, fd, handler.on_readiness, EPOLLIN)
             else:
-                remove_reader(fd)
+                base.remove_reader(loop, fd)
         if (mask ^ old) & EPOLLOUT:
             if mask & EPOLLOUT:
-                add_writer(fd, handler.on_readiness, EPOLLOUT)
+                base.add_writer(loop, fd, handler.on_readiness, EPOLLOUT)
             else:
-                remove_writer(fd)
+                base.remove_writer(loop, fd)
 
     def _drop_from_loop(self, fd: int) -> None:
-        loop: Any = self._loop
-        if loop.is_closed():
-            return
-        if self._uvloop:
-            loop.remove_reader(fd)
-            loop.remove_writer(fd)
-        else:
-            loop._remove_reader(fd)
-            loop._remove_writer(fd)
+        loop, base = self._loop, self._base
+        if not loop.is_closed():
+            base.remove_reader(loop, fd)
+            base.remove_writer(loop, fd)
 
     def _open(self) -> select.epoll:
         if self._epoll is None:
@@ -298,8 +297,44 @@ class Multiplexer:
 
 
 def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return False
-    return isinstance(loop, uvloop.Loop)
+    return _uvloop is not None and isinstance(loop, _uvloop.Loop)
+
+
+class _SelectorRegistrar:
+    """asyncio's selector loop registers its own transports' sockets with these."""
+
+    @staticmethod
+    def add_reader(loop: Any, fd: int, callback: Callable[..., None], *args: Any) -> None:
+        loop._add_reader(fd, callback, *args)
+
+    @staticmethod
+    def remove_reader(loop: Any, fd: int) -> None:
+        loop._remove_reader(fd)
+
+    @staticmethod
+    def add_writer(loop: Any, fd: int, callback: Callable[..., None], *args: Any) -> None:
+        loop._add_writer(fd, callback, *args)
+
+    @staticmethod
+    def remove_writer(loop: Any, fd: int) -> None:
+        loop._remove_writer(fd)
+
+
+class _UvloopRegistrar:
+    """uvloop.Loop's own methods, called on the class (a subclass may refuse the fd)."""
+
+    @staticmethod
+    def add_reader(loop: Any, fd: int, callback: Callable[..., None], *args: Any) -> None:
+        _uvloop.Loop.add_reader(loop, fd, callback, *args)
+
+    @staticmethod
+    def remove_reader(loop: Any, fd: int) -> None:
+        _uvloop.Loop.remove_reader(loop, fd)
+
+    @staticmethod
+    def add_writer(loop: Any, fd: int, callback: Callable[..., None], *args: Any) -> None:
+        _uvloop.Loop.add_writer(loop, fd, callback, *args)
+
+    @staticmethod
+    def remove_writer(loop: Any, fd: int) -> None:
+        _uvloop.Loop.remove_writer(loop, fd)
