@@ -93,15 +93,22 @@ async def _futures_of_the_loop(dst: str) -> dict[str, Any]:
     futures = [transport.sendto_zc(buf) for _ in range(300)]
     kinds = {type(f).__name__ for f in futures}
     loops_ok = all(f.get_loop() is loop for f in futures)
+    untraced = all(f._source_traceback is None for f in futures)
     cancelled = futures[-1].cancel()  # (False if a drain resolved it during its own call)
     done = await asyncio.wait_for(asyncio.gather(*futures[:-1]), 10)
+    # In debug mode a future records where it was made, as Future.__init__ does then.
+    loop.set_debug(True)
+    debugged = [transport.sendto_zc(buf) for _ in range(10)]
+    loop.set_debug(False)
+    traced = all(f._source_traceback for f in debugged)
+    await asyncio.wait_for(asyncio.gather(*debugged), 10)
     await asyncio.sleep(0.05)
     transport._drain_errqueue()
     held = int(transport._hot_d.nheld) if transport._hot_d is not None else None
     result = {
         "kinds": sorted(kinds), "loops_ok": loops_ok, "cancelled": cancelled,
         "still_cancelled": futures[-1].cancelled(), "resolved": len(done), "held": held,
-        "compiled": transport._hot_d is not None,
+        "compiled": transport._hot_d is not None, "untraced": untraced, "traced": traced,
     }
     transport.close()
     return result
@@ -122,6 +129,29 @@ def test_compiled_futures_are_plain_cancellable_futures_of_the_loop(
     assert res["resolved"] == 299
     assert res["still_cancelled"] == res["cancelled"]
     assert res["held"] == 0  # the cancelled write's export ended once the kernel was done
+    assert res["untraced"] and res["traced"]
+
+
+@needs_core
+def test_future_loop_offset_is_found_only_for_the_plain_layout() -> None:
+    from aiozc.datagram import hot
+
+    lib: Any = _core.lib
+    offset = hot._future_loop_offset()
+    assert offset > 0  # CPython 3.11's FutureObj: the loop right after the object header
+
+    class Probe:
+        def get_debug(self) -> bool:
+            return False
+
+    class Marked(asyncio.Future):  # type: ignore[type-arg]
+        def __init__(self, *, loop: Any = None) -> None:
+            super().__init__(loop=loop)
+            self.mark = 1  # a subclass's __init__ that sets more than the loop
+
+    probe = Probe()
+    assert lib.zc_future_loop_offset(id(asyncio.Future), id(probe)) == offset
+    assert lib.zc_future_loop_offset(id(Marked), id(probe)) == 0
 
 
 # ------------------------------------------------------------------------------------------

@@ -177,8 +177,10 @@ class _HotPathMixin(_DatagramHost):
         """The C builtins of this transport's compiled path (see _core_pyhot.c)."""
         fns: dict[str, Any] = {}
         loop = self._hot_loop  # None: the loop's futures are not plain, Python makes them
+        debug = _debug_source(loop)
         if _lib.zc_dgram_bind(d, id(d), id(self._hot_tokens), id(loop), id(Future),
-                              id(asyncio.InvalidStateError), id(_completion), id(fns)) < 0:
+                              id(asyncio.InvalidStateError), id(_completion), id(debug),
+                              _future_loop_offset(), id(fns)) < 0:
             raise MemoryError("aiozc: the compiled datagram path could not be set up")
         self._hot_fns = fns
 
@@ -418,6 +420,34 @@ def _plain_futures(loop: Any) -> bool:
     import uvloop
 
     return type(loop).create_future in (asyncio.BaseEventLoop.create_future, uvloop.Loop.create_future)
+
+
+def _debug_source(loop: Any) -> Any:
+    """What the C side reads for ``loop.get_debug()`` (see _core_pyhot.c hot_debug): the
+    attribute asyncio's own get_debug returns, else the bound method."""
+    if loop is None:
+        return None
+    if type(loop).get_debug is asyncio.BaseEventLoop.get_debug:
+        return "_debug"
+    return loop.get_debug
+
+
+class _DebugOff:
+    """A stand-in loop for zc_future_loop_offset: Future.__init__ asks it get_debug() only."""
+
+    def get_debug(self) -> bool:
+        return False
+
+
+_loop_offset: list[int] = []
+
+
+def _future_loop_offset() -> int:
+    """Where asyncio.Future keeps its loop, once per process (0: unknown, Future.__init__ runs)."""
+    if not _loop_offset:
+        probe = _DebugOff()  # (held here: the C side borrows it)
+        _loop_offset.append(int(_lib.zc_future_loop_offset(id(Future), id(probe))))
+    return _loop_offset[0]
 
 
 def _future_of(token: Any) -> Any:
