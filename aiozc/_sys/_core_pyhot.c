@@ -25,6 +25,7 @@ typedef struct {
     PyObject *invalid_state; /* asyncio.InvalidStateError: a cancelled future's set_result */
     PyObject *debug; /* what loop.get_debug() reads: an interned attribute name, or the bound method */
     Py_ssize_t loop_offset; /* where a Future keeps its loop (zc_future_loop_offset), or 0 */
+    int debug_on, debug_age; /* get_debug()'s last answer, futures made since it was read */
 } zc_hot;
 
 static void hot_clear(zc_hot *h) {
@@ -47,7 +48,9 @@ static void hot_free(PyObject *capsule) {
     if (h) hot_clear(h);
 }
 
-static zc_hot *hot_of(PyObject *self) { return (zc_hot *)PyCapsule_GetPointer(self, "aiozc.hot"); }
+/* (the capsule's context is the zc_hot too: PyCapsule_GetContext checks no name, a strcmp
+ * per call less; the builtins made here are the only holders of these capsules) */
+static zc_hot *hot_of(PyObject *self) { return (zc_hot *)PyCapsule_GetContext(self); }
 
 /* Where a Future made by `future_type`'s tp_new keeps its loop, found by comparing one left
  * as tp_new made it with one that Future.__init__(loop=probe) set up, `probe` an object whose
@@ -84,13 +87,23 @@ int64_t zc_future_loop_offset(intptr_t future_type, intptr_t probe) {
 }
 
 /* loop.get_debug(): 1, 0, or -1 with an exception. asyncio's reads the `_debug` attribute
- * (h->debug is then that name, ~0.1k instructions), uvloop's is a compiled method. */
+ * (h->debug is then that name), uvloop's is a compiled method: 0.19k / 0.13k instructions
+ * (callgrind), so it is read again once every DEBUG_EVERY futures, not for each: a
+ * set_debug(True) reaches the futures at most that many futures late (those lack the
+ * source traceback debug mode records, nothing else). */
+#define DEBUG_EVERY 64
 static int hot_debug(zc_hot *h) {
-    PyObject *r = PyUnicode_Check(h->debug) ? PyObject_GetAttr(h->loop, h->debug) : PyObject_CallNoArgs(h->debug);
+    PyObject *r;
     int debug;
+    if (h->debug_age++ < DEBUG_EVERY) return h->debug_on;
+    r = PyUnicode_Check(h->debug) ? PyObject_GetAttr(h->loop, h->debug) : PyObject_CallNoArgs(h->debug);
     if (!r) return -1;
     debug = r == Py_False ? 0 : r == Py_True ? 1 : PyObject_IsTrue(r);
     Py_DECREF(r);
+    if (debug >= 0) {
+        h->debug_on = debug;
+        h->debug_age = 1;
+    }
     return debug;
 }
 
@@ -104,7 +117,7 @@ static int hot_debug(zc_hot *h) {
  * zc_future_loop_offset checked), after parsing the keyword dict and calling get_debug(),
  * a Python method on asyncio's loop: 1.03k of the 4.64k instructions per sendto_zc there,
  * 0.58k of 4.12k on uvloop (callgrind). In debug mode it also records the traceback: then
- * the future is made by __init__. */
+ * the future is made by __init__ (see hot_debug for when debug mode is read). */
 static PyObject *hot_future(zc_hot *h) {
     PyTypeObject *type = (PyTypeObject *)h->future_type;
     PyObject *future;
@@ -339,6 +352,7 @@ int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, i
     h->debug = (PyObject *)debug;
     Py_INCREF(h->debug);
     h->loop_offset = (Py_ssize_t)loop_offset;
+    h->debug_age = DEBUG_EVERY; /* read at the first future */
     Py_INCREF(h->owner);
     Py_INCREF(h->tokens);
     Py_INCREF(h->loop);
@@ -347,6 +361,11 @@ int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, i
     capsule = PyCapsule_New(h, "aiozc.hot", hot_free);
     if (!capsule) {
         hot_clear(h);
+        PyErr_Clear();
+        return -1;
+    }
+    if (PyCapsule_SetContext(capsule, h) < 0) {
+        Py_DECREF(capsule); /* its destructor frees h */
         PyErr_Clear();
         return -1;
     }
