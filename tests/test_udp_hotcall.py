@@ -8,6 +8,7 @@ The senders run in a fresh interpreter inside the sink namespace, some of them u
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import os
 import shutil
@@ -227,3 +228,131 @@ async def test_compiled_methods_take_every_form_of_call() -> None:
     finally:
         tx.close()
         rx.close()
+
+
+# ------------------------------------------------------------------------------------------
+# The drain results the compiled sendto_zc handles itself (_core_pymeth.c quick_pause /
+# quick_resolved): what the Python methods would have done, and the Python methods wherever
+# something else has to happen.
+
+
+class _FlowRecorder(asyncio.DatagramProtocol):
+    """Records pause_writing / resume_writing with the transport's buffer size at each call."""
+
+    def __init__(self, raise_on_pause: bool = False) -> None:
+        self.calls: list[tuple[str, int, bool]] = []
+        self.transport: Any = None
+        self.raise_on_pause = raise_on_pause
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def pause_writing(self) -> None:
+        t = self.transport
+        self.calls.append(("pause", t.get_write_buffer_size(), t._protocol_paused))
+        if self.raise_on_pause:
+            raise RuntimeError("pause refused")
+
+    def resume_writing(self) -> None:
+        t = self.transport
+        self.calls.append(("resume", t.get_write_buffer_size(), t._protocol_paused))
+
+
+async def _flow_control_of_the_window(dst: str, raise_on_pause: bool, subclass: bool,
+                                      streak: bool) -> dict[str, Any]:
+    from aiozc.datagram import create_datagram_endpoint, endpoint
+
+    loop = asyncio.get_running_loop()
+    errors: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(f"{ctx['message']}: {ctx.get('exception')!r}"))
+    overridden: list[str] = []
+    if subclass:  # a user's subclass that overrides a method the C path stands for
+        base = endpoint.transport_class(loop)
+
+        class Mine(base):  # type: ignore[misc, valid-type]
+            def _maybe_pause_protocol(self) -> None:
+                overridden.append("pause")
+                super()._maybe_pause_protocol()
+
+        endpoint_class = endpoint.transport_class
+        endpoint.transport_class = lambda _loop: Mine  # type: ignore[assignment]
+    try:
+        transport, proto = await create_datagram_endpoint(
+            lambda: _FlowRecorder(raise_on_pause), remote_addr=(dst, 9)
+        )
+    finally:
+        if subclass:
+            endpoint.transport_class = endpoint_class  # type: ignore[assignment]
+    buf = bytearray(DATAGRAM)
+    window: collections.deque[Any] = collections.deque()
+    streaks_after: list[int] = []
+    for i in range(2000):
+        if streak and i % 500 == 100:
+            transport._policy._copied_streak = 3  # a copied range was seen: the next drain resets it
+        window.append(transport.sendto_zc(buf))
+        if streak and i % 500 == 0 and i:
+            streaks_after.append(transport._policy._copied_streak)
+        if len(window) >= 256:
+            await window.popleft()
+    for future in window:
+        await future
+    transport._drain_errqueue()
+    high, low = transport._high_water, transport._low_water
+    result = {
+        "calls": proto.calls, "high": high, "low": low, "errors": errors, "overridden": len(overridden),
+        "paused": transport._protocol_paused, "c_paused": bool(transport._hot_d.paused),
+        "compiled": transport._hot_d is not None, "streaks_after": streaks_after,
+        "state": transport.stats.state,
+    }
+    transport.close()
+    return result
+
+
+def flow_control_of_the_window(dst: str, loop: str, raise_on_pause: bool = False,
+                               subclass: bool = False, streak: bool = False) -> dict[str, Any]:
+    return run_on(loop, _flow_control_of_the_window(dst, raise_on_pause, subclass, streak))
+
+
+@needs_core
+@pytest.mark.parametrize("loop", LOOPS)
+def test_window_pauses_and_resumes_the_protocol_as_the_python_path(sink_ns: SinkNamespace, loop: str) -> None:
+    res = sink_ns.call(flow_control_of_the_window, sink_ns.sink_addr, loop)
+    assert res["compiled"] and res["state"] == "zerocopy"
+    calls = res["calls"]
+    assert len(calls) > 20  # a cycle per drain at least
+    kinds = [c[0] for c in calls]
+    assert all(a != b for a, b in zip(kinds, kinds[1:])), kinds  # strictly alternating
+    assert kinds[0] == "pause"
+    for kind, size, paused in calls:
+        if kind == "pause":
+            assert size > res["high"] and paused  # _protocol_paused is set before the call
+        else:
+            assert size <= res["low"] and not paused
+    assert res["paused"] == res["c_paused"] == (kinds[-1] == "pause")
+    assert res["errors"] == []
+
+
+@needs_core
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_failing_pause_writing_goes_to_the_exception_handler(sink_ns: SinkNamespace, loop: str) -> None:
+    res = sink_ns.call(flow_control_of_the_window, sink_ns.sink_addr, loop, raise_on_pause=True)
+    pauses = sum(1 for c in res["calls"] if c[0] == "pause")
+    assert pauses > 10
+    assert len(res["errors"]) == pauses
+    assert all(e == "protocol.pause_writing() failed: RuntimeError('pause refused')" for e in res["errors"])
+
+
+@needs_core
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_subclass_override_is_called(sink_ns: SinkNamespace, loop: str) -> None:
+    res = sink_ns.call(flow_control_of_the_window, sink_ns.sink_addr, loop, subclass=True)
+    pauses = sum(1 for c in res["calls"] if c[0] == "pause")
+    assert pauses > 10 and res["overridden"] >= pauses
+
+
+@needs_core
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_copied_streak_is_reset_by_the_next_zero_copy_drain(sink_ns: SinkNamespace, loop: str) -> None:
+    # on_completed(copied=False) is skipped only when it would change nothing
+    res = sink_ns.call(flow_control_of_the_window, sink_ns.sink_addr, loop, streak=True)
+    assert res["streaks_after"] == [0, 0, 0], res["streaks_after"]

@@ -90,7 +90,8 @@ int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, i
                   intptr_t invalid_state, intptr_t make_completion, intptr_t debug, int64_t loop_offset,
                   intptr_t into);
 int64_t zc_future_loop_offset(intptr_t future_type, intptr_t probe);
-int zc_dgram_methods(intptr_t type, intptr_t pure_zc, intptr_t pure_sendto, intptr_t into);
+int zc_dgram_methods(intptr_t type, intptr_t pure_zc, intptr_t pure_sendto, intptr_t policy_type,
+                     intptr_t zerocopy, intptr_t into);
 int zc_pins_export(intptr_t into, intptr_t invalid_state);
 int zc_recv_export(intptr_t into);
 int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into);

@@ -32,7 +32,7 @@ from ..completions import Completion
 from ..ctracker import _completion
 from ..engines.copy import CopyEngine
 from ..engines.msg_zerocopy import MsgZeroCopyEngine
-from ..policy import ZeroCopyState
+from ..policy import ZeroCopyPolicy, ZeroCopyState
 from ..stats import TransportStats
 from ._common import _DatagramHost, _Datagram
 from .batching import _Batch
@@ -230,6 +230,20 @@ class _HotPathMixin(_DatagramHost):
         if flags & F_PAUSE:
             self._maybe_pause_protocol()
 
+    def _hot_protocol_failed(self, name: str, exc: BaseException) -> None:
+        """protocol.<name>(), called by the compiled sendto_zc (_core_pymeth.c quick_pause /
+        quick_resolved), raised: what the base's _call_protocol does then."""
+        self._loop.call_exception_handler(
+            {"message": f"protocol.{name}() failed", "exception": exc, "transport": self}
+        )
+
+    def _hot_resolve_others(self, completion: Completion, others: list[Any]) -> None:
+        """The general path's writes among those the compiled drain resolved."""
+        for token in others:
+            future = _future_of(token)
+            if future is not None and not future.done():
+                future.set_result(completion)
+
     def _hot_sendto_result(self, r: int, data: Any) -> None:
         """sendto()'s C call returned flags (r > 0) or sent nothing (r < 0)."""
         if r > 0:
@@ -355,11 +369,7 @@ class _HotPathMixin(_DatagramHost):
         # None (sendto) or a general-path datagram's holder (sent after EAGAIN...).
         done = self._hot_fns["resolve_alike"](tracker._handles)
         if done is not None:
-            completion, others = done
-            for token in others:
-                future = _future_of(token)
-                if future is not None and not future.done():
-                    future.set_result(completion)
+            self._hot_resolve_others(*done)
         else:
             n = int(tracker._t.nout)
             if n:
@@ -406,11 +416,12 @@ class _HotPathMixin(_DatagramHost):
 def compiled_methods(cls: type) -> dict[str, Any]:
     """The compiled core's ``sendto_zc`` and ``sendto`` for the transport class ``cls`` (C
     methods that call the compiled builtins of an instance at once, and ``cls``'s own Python
-    methods for everything else: see _core_pyhot.c), or {} without the core."""
+    methods for everything else: see _core_pymeth.c), or {} without the core."""
     found: dict[str, Any] = {}
     if _core.compiled:
         pure_zc, pure_sendto = cls.__dict__["sendto_zc"], cls.__dict__["sendto"]
-        if _lib.zc_dgram_methods(id(cls), id(pure_zc), id(pure_sendto), id(found)) < 0:
+        if _lib.zc_dgram_methods(id(cls), id(pure_zc), id(pure_sendto), id(ZeroCopyPolicy),
+                                 id(_ZEROCOPY), id(found)) < 0:
             return {}
     return found
 
