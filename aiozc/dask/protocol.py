@@ -77,6 +77,9 @@ class _Message:
         lengths = self.layout.lengths
         out: list[memoryview] = [None] * len(lengths)  # type: ignore[list-item]
         for buf, unit in zip(self.buffers, self.units):
+            if len(unit.frames) == 1:  # one array: its buffer, not a second view of it apiece
+                out[unit.frames[0]] = buf
+                continue
             offset = 0
             for i in unit.frames:
                 n = lengths[i]
