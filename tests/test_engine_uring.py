@@ -82,9 +82,12 @@ async def until(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-unt
 async def test_auto_picks_io_uring_for_udp_with_or_without_a_pool() -> None:
     # measured: coalesced batches from ordinary buffers beat MSG_ZEROCOPY on io_uring too
     # (aiozc/engines/__init__.py); TCP stays on MSG_ZEROCOPY
+    from aiozc._sys import core as _core
+
     loop = asyncio.get_running_loop()
+    without_pool = IoUringEngine if _core.compiled else MsgZeroCopyEngine  # (pure path: see below)
     with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True), IoUringEngine)
+        assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True), without_pool)
         assert isinstance(get_engine("auto", sock=tcp, loop=loop, async_capable=True), MsgZeroCopyEngine)
         with BufferPool(4096, 4) as pool:
             assert pool.register(loop)
@@ -98,6 +101,21 @@ async def test_auto_picks_io_uring_for_udp_with_or_without_a_pool() -> None:
             get_engine("io_uring", sock=udp, loop=loop)
     with pytest.raises(ValueError, match="io_uring"):
         get_engine("nope")
+
+
+async def test_auto_on_the_pure_path_picks_io_uring_only_with_a_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python SQE fill and CQE reap cost about what io_uring saves from ordinary buffers
+    # (aiozc/engines/__init__.py): without the compiled core, auto waits for a registered pool.
+    from aiozc._sys import core as _core
+
+    monkeypatch.setattr(_core, "compiled", False)
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with BufferPool(4096, 4, register=False):
+            assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True), MsgZeroCopyEngine)
+        with BufferPool(4096, 4) as pool:
+            assert pool.register(loop)
+            assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True), IoUringEngine)
 
 
 async def test_auto_picks_io_uring_only_for_a_coalescing_datagram_transport() -> None:
@@ -117,7 +135,10 @@ async def test_auto_picks_io_uring_only_for_a_coalescing_datagram_transport() ->
                 engines[pooled, coalesce] = transport.stats.engine
                 transport.close()
             await asyncio.sleep(0)
-    assert engines == {(False, False): "msg_zerocopy", (False, True): "io_uring",
+    from aiozc._sys import core as _core
+
+    without_pool = "io_uring" if _core.compiled else "msg_zerocopy"  # (pure path: a pool is needed)
+    assert engines == {(False, False): "msg_zerocopy", (False, True): without_pool,
                        (True, False): "msg_zerocopy", (True, True): "io_uring"}
     assert isinstance(get_engine("auto", sock=None, loop=loop, async_capable=True,
                                  batches_sends=False), MsgZeroCopyEngine)

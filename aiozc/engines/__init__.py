@@ -17,8 +17,8 @@ Choosing an engine (``engine=`` transport option)
 * ``"copy"``: plain copying sends.
 * ``"auto"`` (default): io_uring for a datagram socket (:data:`AUTO_IO_URING_TYPES`) with
   ``coalesce_zc=True``, when the probe says io_uring works and the transport can drive it;
-  MSG_ZEROCOPY otherwise, silently. A registered :class:`~aiozc.buffers.BufferPool` is not
-  needed: coalesced batches from ordinary buffers ran 1.16-1.40x the MSG_ZEROCOPY engine's
+  MSG_ZEROCOPY otherwise, silently. With the compiled core a registered
+  :class:`~aiozc.buffers.BufferPool` is not needed (on the pure path it still is): coalesced batches from ordinary buffers ran 1.16-1.40x the MSG_ZEROCOPY engine's
   (2026-12-01 19:00-19:25 UTC, two quiet full runs, docs/bench/udp-sink*.txt; 2.10/1.85x and
   2.19/2.08x of stock ``sendto`` on asyncio/uvloop against 1.58/1.53x and 1.88/1.48x): the
   compiled fill and reap made the per-SQE cost smaller than what SEND_ZC saves over the error
@@ -137,6 +137,14 @@ def _auto_picks_io_uring(
         return False
     if sock.type not in AUTO_IO_URING_TYPES:
         return False
-    from .io_uring import uring_unavailable_reason
+    from .._sys import core as _core
+    from .io_uring import LoopRing, uring_unavailable_reason
 
-    return uring_unavailable_reason() is None
+    if uring_unavailable_reason() is not None:
+        return False
+    if _core.compiled:
+        return True
+    # The pure path fills SQEs and reaps CQEs in Python: from ordinary buffers that cost about
+    # what the kernel saves (0.95-0.97x batched, see the docstring); a registered pool pays.
+    ring = LoopRing.existing(loop)
+    return ring is not None and ring.has_pools
