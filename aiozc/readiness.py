@@ -208,9 +208,10 @@ class Multiplexer:
         if fd in self._sentinels:
             self._sentinels.discard(fd)
             self._callbacks[fd] = self._handlers[fd].on_readiness
-            assert self._epoll is not None
-            self._epoll.modify(fd, mask)
-            self._masks[fd] = mask
+            if self._masks[fd] != mask:  # a closing socket often leaves at the empty mask
+                assert self._epoll is not None
+                self._epoll.modify(fd, mask)
+                self._masks[fd] = mask
         else:
             self._epoll_register(fd, mask)
 
