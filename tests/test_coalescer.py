@@ -327,3 +327,31 @@ async def test_cancelled_coalesced_future_releases_nothing_early() -> None:
         kept.append(0)
         t.close()
         assert t.get_write_buffer_size() == 0
+
+
+async def test_coalesced_futures_are_the_loops_and_keep_debug_tracebacks() -> None:
+    # The compiled Coalescer makes its futures without Future.__init__ outside debug mode
+    # (_core_coalesce.c co_future): each must still be a plain future of this loop, and once
+    # debug mode is on (read every 64 futures) they record their source traceback again.
+    loop = asyncio.get_running_loop()
+    t, rx = await _pair()
+    try:
+        futures = [t.sendto_zc(b"d" * 100) for _ in range(8)]
+        assert all(type(f) is asyncio.Future and f.get_loop() is loop and not f.done() for f in futures)
+        assert all(f._source_traceback is None for f in futures)  # type: ignore[attr-defined]
+        done = await asyncio.wait_for(asyncio.gather(*futures), 5)
+        assert [c.nbytes for c in done] == [100] * 8
+        loop.set_debug(True)
+        try:
+            late = [t.sendto_zc(b"e" * 10) for _ in range(65)]
+            assert late[-1]._source_traceback  # type: ignore[attr-defined]
+            await asyncio.wait_for(asyncio.gather(*late), 5)
+        finally:
+            loop.set_debug(False)
+        cancelled = t.sendto_zc(b"c")
+        cancelled.cancel()
+        await asyncio.sleep(0.05)
+        assert cancelled.cancelled()
+    finally:
+        t.close()
+        rx.close()

@@ -31,6 +31,9 @@ typedef struct {
     PyObject *future_type, *make_future;
     PyObject *no_args, *loop_kwargs; /* () and {"loop": loop}: Future(loop=loop), made once */
     PyObject *schedule, *flush, *pause, *fallback, *view_error;
+    PyObject *debug;        /* what loop.get_debug() reads (as _core_pyhot.c's hot_debug), or NULL */
+    Py_ssize_t loop_offset; /* where a Future keeps its loop (zc_future_loop_offset), or 0 */
+    int debug_on, debug_age;
 } zc_coalescer;
 
 static PyTypeObject *co_pinset_type(zc_coalescer *c) { return c->pins ? Py_TYPE(c->pins) : NULL; }
@@ -50,6 +53,7 @@ static int co_traverse(PyObject *self, visitproc visit, void *arg) {
     Py_VISIT(c->pause);
     Py_VISIT(c->fallback);
     Py_VISIT(c->view_error);
+    Py_VISIT(c->debug);
     return 0;
 }
 
@@ -66,6 +70,8 @@ static void co_drop_callbacks(zc_coalescer *c) {
     Py_CLEAR(c->pause);
     Py_CLEAR(c->fallback);
     Py_CLEAR(c->view_error);
+    Py_CLEAR(c->debug);
+    c->loop_offset = 0;
 }
 
 static int co_clear(PyObject *self) {
@@ -86,19 +92,22 @@ static void co_dealloc(PyObject *self) {
 }
 
 /* Coalescer(pinset_type, loop, future_type, make_future, schedule, flush, pause, fallback,
- *           view_error, max_size, max_batch) */
+ *           view_error, max_size, max_batch[, debug, loop_offset]): with `debug` (what the
+ *           loop's get_debug() reads, hot.py's _debug_source) and `loop_offset` (hot.py's
+ *           _future_loop_offset()) the futures skip Future.__init__ outside debug mode. */
 static PyObject *co_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     PyObject *pinset_type, *loop, *future_type, *make_future, *schedule, *flush;
-    PyObject *pause, *fallback, *view_error;
+    PyObject *pause, *fallback, *view_error, *debug = Py_None;
     long long max_size;
-    Py_ssize_t max_batch;
+    Py_ssize_t max_batch, loop_offset = 0;
     zc_coalescer *c;
     if (kwds && PyDict_GET_SIZE(kwds)) {
         PyErr_SetString(PyExc_TypeError, "Coalescer() takes positional arguments only");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OOOOOOOOOLn", &pinset_type, &loop, &future_type, &make_future,
-                          &schedule, &flush, &pause, &fallback, &view_error, &max_size, &max_batch))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOLn|On", &pinset_type, &loop, &future_type, &make_future,
+                          &schedule, &flush, &pause, &fallback, &view_error, &max_size, &max_batch,
+                          &debug, &loop_offset))
         return NULL;
     if (!PyType_Check(pinset_type) || max_batch < 1) {
         PyErr_SetString(PyExc_TypeError, "Coalescer(): a PinSet type and max_batch >= 1");
@@ -128,6 +137,12 @@ static PyObject *co_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     CO_SET(fallback);
     CO_SET(view_error);
 #undef CO_SET
+    if (debug != Py_None && loop != Py_None && loop_offset > 0) {
+        c->debug = debug;
+        Py_INCREF(debug);
+        c->loop_offset = loop_offset;
+        c->debug_age = DEBUG_EVERY; /* read at the first future */
+    }
     return (PyObject *)c;
 }
 
@@ -135,8 +150,34 @@ static PyObject *co_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
  * the loop's futures are plain (see _core_pyhot.c: not Future(), whose running-loop lookup
  * is a getpid() system call on CPython 3.11), else make_future(). A new reference, or NULL. */
 static PyObject *co_future(zc_coalescer *c) {
-    if (c->loop != Py_None) return PyObject_Call(c->future_type, c->no_args, c->loop_kwargs);
-    return PyObject_CallNoArgs(c->make_future);
+    PyTypeObject *type;
+    PyObject *future;
+    int debug;
+    if (c->loop == Py_None) return PyObject_CallNoArgs(c->make_future);
+    if (!c->loop_offset) return PyObject_Call(c->future_type, c->no_args, c->loop_kwargs);
+    /* Outside debug mode all Future.__init__ does is store the loop, after parsing the keyword
+     * dict and calling get_debug() (a Python method on asyncio's loop): ~1.0k of the ~4.6k
+     * instructions per coalesced datagram there. As hot_future (_core_pyhot.c), whose layout
+     * check zc_future_loop_offset made and whose get_debug() reads this repeats. */
+    if (c->debug_age++ < DEBUG_EVERY) {
+        debug = c->debug_on;
+    } else {
+        PyObject *r = PyUnicode_Check(c->debug) ? PyObject_GetAttr(c->loop, c->debug)
+                                                : PyObject_CallNoArgs(c->debug);
+        if (!r) return NULL;
+        debug = r == Py_False ? 0 : r == Py_True ? 1 : PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (debug < 0) return NULL;
+        c->debug_on = debug;
+        c->debug_age = 1;
+    }
+    if (debug) return PyObject_Call(c->future_type, c->no_args, c->loop_kwargs); /* traceback */
+    type = (PyTypeObject *)c->future_type;
+    future = type->tp_new(type, c->no_args, NULL);
+    if (!future) return NULL;
+    Py_INCREF(c->loop);
+    *(PyObject **)((char *)future + c->loop_offset) = c->loop;
+    return future;
 }
 
 /* The export just added is refused or undone. */

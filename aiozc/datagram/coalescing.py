@@ -17,7 +17,7 @@ from ..base import TransportClosedError, byte_view
 from ..completions import Completion
 from ._common import Coalescer, PinSet, _DatagramHost, set_results
 from .batching import _Batch, pin_sizes
-from .hot import _plain_futures
+from .hot import _debug_source, _future_loop_offset, _plain_futures
 
 _Future = asyncio.Future
 
@@ -180,9 +180,12 @@ class _CoalescingMixin(_DatagramHost):
         if not (self._coalesce and self._connected and self._fast_max):
             return
         kind: Any = Coalescer if Coalescer is not None else PyCoalescer
-        co = kind(PinSet, _plain_loop(self._loop), _Future, self._make_future,
+        loop = _plain_loop(self._loop)
+        # (the compiled one makes its futures as the compiled sendto_zc does: _core_pyhot.c)
+        fast_future = () if Coalescer is None else (_debug_source(loop), _future_loop_offset())
+        co = kind(PinSet, loop, _Future, self._make_future,
                   self._co_schedule, self._flush_coalesced, self._co_pause,
-                  self._sendto_zc_uncoalesced, byte_view, self._fast_max, _MAX_BATCH)
+                  self._sendto_zc_uncoalesced, byte_view, self._fast_max, _MAX_BATCH, *fast_future)
         self._co = co
         # An instance attribute before the class's method: transport.sendto_zc(buf) calls the
         # Coalescer directly (the class's sendto_zc is its fallback's caller, see below).
