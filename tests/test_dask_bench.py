@@ -166,3 +166,32 @@ def test_pool_counts_are_those_of_this_process_pool() -> None:
     del buf
     after = bench_dask._pool_counts()
     assert after["mapped"] + after["reused"] == before["mapped"] + before["reused"] + 1
+
+
+def test_gc_time_counts_collections_and_full_ones_then_starts_again() -> None:
+    import gc
+
+    from aiozc.tools import bench_dask_gc
+
+    garbage = [[i] for i in range(200_000)]  # something for a full collection to walk
+    bench_dask_gc.install()
+    gc.disable()  # only the collections asked for here
+    try:
+        bench_dask_gc.take()
+        gc.collect()
+        gc.collect(0)
+        first = bench_dask_gc.take()
+        assert first["full"] == 1 and first["gc_s"] > 0, first
+        assert bench_dask_gc.take() == {"gc_s": 0.0, "full": 0.0}
+    finally:
+        gc.enable()
+        bench_dask_gc.uninstall()
+    del garbage
+    gc.collect()
+    assert bench_dask_gc.take()["full"] == 0  # uninstalled: not counted
+
+
+def test_a_sample_reports_gc_time_per_process() -> None:
+    sample = bench_dask.Sample("c", "zc", bench_dask.MiB, 1.0, 1.0, 0, {}, [1.0, 1.0], [0, 0], {},
+                               [0.25, 0.0], 1)
+    assert "gc s 0.250/0.000 full 1" in bench_dask._by_process(sample)

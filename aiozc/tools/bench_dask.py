@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import bench_dask_copies
+from . import bench_dask_copies, bench_dask_gc
 
 MiB = 1 << 20
 PROTOCOLS = ("tcp", "zc")
@@ -47,6 +47,9 @@ class Sample:
     faults_by_process: list[int] = field(default_factory=list)  # minor faults, the same order
     # zc's receive pools, summed over the processes: buffers newly made, reused, big ones carved, evicted
     pool: dict[str, int] = field(default_factory=dict)
+    # CPU seconds in Python's garbage collections per process (same order), and full ones in all
+    gc_by_process: list[float] = field(default_factory=list)
+    full_gcs: int = 0
 
     @property
     def gbps(self) -> float:
@@ -153,6 +156,8 @@ class Bench:
         self.pids = [os.getpid(), *(pids[w] for w in self.workers)]
         bench_dask_copies.install()
         self.client.run(bench_dask_copies.install)
+        bench_dask_gc.install()
+        self.client.run(bench_dask_gc.install)
 
     def _pool_counts(self) -> collections.Counter[str]:
         total = collections.Counter(_pool_counts())
@@ -166,6 +171,11 @@ class Bench:
             total.update(counts)
         return dict(total)
 
+    def _take_gc(self) -> list[dict[str, float]]:
+        """Collections since the last take, per process in ``pids`` order."""
+        workers = self.client.run(bench_dask_gc.take)
+        return [bench_dask_gc.take(), *(workers[w] for w in self.workers)]
+
     def close(self) -> None:
         self.client.close()
         self.cluster.close()
@@ -174,11 +184,13 @@ class Bench:
         state = prepare()
         self._take_copies()
         pool = self._pool_counts()
+        self._take_gc()
         before = _per_process(self.pids)
         start = time.perf_counter()
         timed(state)
         seconds = time.perf_counter() - start
         after = _per_process(self.pids)
+        collected = self._take_gc()
         cpu = [a[0] - b[0] for a, b in zip(after, before)]
         faults = [a[1] - b[1] for a, b in zip(after, before)]
         # Taken after the counters: the client.run calls that collect them copy a little too.
@@ -187,7 +199,8 @@ class Bench:
         del state
         self.client.run(lambda: __import__("gc").collect())
         return Sample(case, self.protocol, nbytes, seconds, sum(cpu), sum(faults), copied, cpu,
-                      faults, dict(pool))
+                      faults, dict(pool), [c["gc_s"] for c in collected],
+                      int(sum(c["full"] for c in collected)))
 
 
 def _w2w(b: Bench, count: int, size: int, seed: int) -> Sample:
@@ -254,7 +267,8 @@ def _by_process(sample: Sample) -> str:
     mib = sample.nbytes / MiB
     return ("/".join(f"{cpu / gb:.2f}" for cpu in sample.cpu_by_process) + " flt/MiB "
             + "/".join(f"{faults / mib:.1f}" for faults in sample.faults_by_process)
-            + "".join(f" {key} {n}" for key, n in sample.pool.items()))
+            + "".join(f" {key} {n}" for key, n in sample.pool.items())
+            + " gc s " + "/".join(f"{s:.3f}" for s in sample.gc_by_process) + f" full {sample.full_gcs}")
 
 
 def _size(n: int) -> str:
