@@ -395,21 +395,6 @@ static PyMethodDef tcp_method_defs[TCP_NMETHODS] = {
     {"is_closing", (PyCFunction)(void (*)(void))tcp_is_closing, METH_FASTCALL | METH_KEYWORDS, NULL},
 };
 
-/* `signature\n--\n\n` and the Python method's docstring: help() and inspect read them. */
-static const char *tcp_doc(const char *signature, PyObject *pure) {
-    PyObject *doc = PyObject_GetAttrString(pure, "__doc__");
-    const char *text = doc && PyUnicode_Check(doc) ? PyUnicode_AsUTF8(doc) : "";
-    size_t n;
-    char *out;
-    if (!text) text = "";
-    n = strlen(signature) + strlen(text) + 8;
-    out = malloc(n); /* kept for the life of the process, as a static docstring */
-    if (out) snprintf(out, n, "%s\n--\n\n%s", signature, text);
-    Py_XDECREF(doc);
-    PyErr_Clear();
-    return out;
-}
-
 static int tcp_intern(PyObject **slot, const char *name) {
     if (!*slot) *slot = PyUnicode_InternFromString(name);
     return *slot ? 0 : -1;
@@ -424,14 +409,12 @@ int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into) {
         "write($self, data, /)", "write_zc($self, buf, /)", "writelines($self, list_of_data, /)",
         "is_closing($self, /)"};
     PyTypeObject *tp = (PyTypeObject *)type;
-    PyObject *descrs[TCP_NMETHODS] = {NULL}, *slot;
-    PyMemberDef *def;
+    PyObject *descrs[TCP_NMETHODS] = {NULL};
+    Py_ssize_t hot_offset;
     int k, failed = 0;
     if (tcp_pure[0]) return -1;
-    slot = PyDict_GetItemString(tp->tp_dict, "_hot"); /* borrowed */
-    if (!slot || !Py_IS_TYPE(slot, &PyMemberDescr_Type)) return -1;
-    def = ((PyMemberDescrObject *)slot)->d_member;
-    if (def->type != T_OBJECT_EX) return -1;
+    /* member_offset() and method_doc() are _core_pymeth.c's: one translation unit. */
+    if ((hot_offset = member_offset(tp, "_hot")) < 0) return -1;
     if (tcp_intern(&tn_refresh_direct, "_refresh_direct") || tcp_intern(&tn_queue_rest, "_queue_rest") ||
         tcp_intern(&tn_write_queued, "_write_queued") || tcp_intern(&tn_fatal_error, "_fatal_error") ||
         tcp_intern(&tn_copy_completion, "_copy_completion") || tcp_intern(&tn_set_result, "set_result") ||
@@ -452,7 +435,7 @@ int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into) {
             failed = 1;
             break;
         }
-        tcp_method_defs[k].ml_doc = tcp_doc(signatures[k], pure);
+        tcp_method_defs[k].ml_doc = method_doc(signatures[k], pure);
         descrs[k] = PyDescr_NewMethod(tp, &tcp_method_defs[k]);
         failed = !descrs[k];
     }
@@ -460,7 +443,7 @@ int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into) {
         failed = PyDict_SetItemString((PyObject *)into, tcp_method_defs[k].ml_name, descrs[k]) < 0;
     if (!failed) failed = PyDict_SetItemString((PyObject *)into, "TcpHot", (PyObject *)tcp_hot_type) < 0;
     if (!failed) {
-        tcp_hot_offset = def->offset;
+        tcp_hot_offset = hot_offset;
         for (k = 0; k < TCP_NMETHODS; k++) {
             tcp_pure[k] = PyDict_GetItemString((PyObject *)pures, tcp_method_defs[k].ml_name);
             Py_INCREF(tcp_pure[k]);
