@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, cast
 
-from ._sys import kernel as _kernel
+from ._sys import core as _core, kernel as _kernel
 from .completions import Completion, CompletionTracker, WriteHandle, range_length
 from .ctracker import new_tracker
 from .engines import Engine, get_engine
@@ -534,6 +534,42 @@ def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Fut
     if type(loop).create_future is asyncio.BaseEventLoop.create_future:
         return functools.partial(asyncio.Future, loop=loop)
     return loop.create_future
+
+
+def _plain_futures(loop: Any) -> bool:
+    """Does ``loop.create_future()`` make a plain asyncio.Future of ``loop``? (Then the compiled
+    core makes them: _core_pyhot.c zc_futures_new.)"""
+    import uvloop
+
+    return type(loop).create_future in (asyncio.BaseEventLoop.create_future, uvloop.Loop.create_future)
+
+
+def _debug_source(loop: Any) -> Any:
+    """What the C side reads for ``loop.get_debug()`` (see _core_pyhot.c zc_futures_debug): the
+    attribute asyncio's own get_debug returns, else the bound method."""
+    if loop is None:
+        return None
+    if type(loop).get_debug is asyncio.BaseEventLoop.get_debug:
+        return "_debug"
+    return loop.get_debug
+
+
+class _DebugOff:
+    """A stand-in loop for zc_future_loop_offset: Future.__init__ asks it get_debug() only."""
+
+    def get_debug(self) -> bool:
+        return False
+
+
+_loop_offset: list[int] = []
+
+
+def _future_loop_offset() -> int:
+    """Where asyncio.Future keeps its loop, once per process (0: unknown, Future.__init__ runs)."""
+    if not _loop_offset:
+        probe = _DebugOff()  # (held here: the C side borrows it)
+        _loop_offset.append(int(_core.lib.zc_future_loop_offset(id(asyncio.Future), id(probe))))
+    return _loop_offset[0]
 
 
 async def made(transport: asyncio.BaseTransport, waiter: asyncio.Future[None]) -> None:

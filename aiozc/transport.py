@@ -19,7 +19,9 @@ from os import write as _fd_write
 from typing import Any
 
 from ._sys import core as _core
-from .base import TransportOptions, ZeroCopyTransportBase, byte_view, logger
+from .base import (
+    TransportOptions, ZeroCopyTransportBase, _debug_source, _future_loop_offset, _plain_futures, byte_view, logger,
+)
 from .completions import Completion, WriteHandle
 from .policy import NEVER, ZeroCopyState
 from .stats import TransportStats
@@ -126,6 +128,10 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
         hot.fd = self._fd
         hot.make_future = self._make_future
         hot.completions = self._copy_completions
+        loop = self._loop
+        if _plain_futures(loop):  # write_zc()'s futures made in C (_core_pyhot.c zc_futures_new)
+            debug = _debug_source(loop)  # (held while C takes its reference: uvloop's is a bound method)
+            _core.lib.zc_tcp_futures(id(hot), id(loop), id(asyncio.Future), id(debug), _future_loop_offset())
         old = self.stats
         self.stats = _HotStats(hot, **{f.name: getattr(old, f.name) for f in dataclasses.fields(old)})
 

@@ -95,6 +95,7 @@ int zc_dgram_methods(intptr_t type, intptr_t pure_zc, intptr_t pure_sendto, intp
 int zc_pins_export(intptr_t into, intptr_t invalid_state);
 int zc_recv_export(intptr_t into);
 int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into);
+int zc_tcp_futures(intptr_t hot, intptr_t loop, intptr_t future_type, intptr_t debug, int64_t loop_offset);
 
 zc_tracker *zc_tracker_new(uint32_t start_id);
 void zc_tracker_free(zc_tracker *t);

@@ -14,32 +14,43 @@
  * and asyncio.Future: nothing refers back to the transport.
  */
 
+/* What makes a transport's plain futures (zc_futures_new): shared by the datagram builtins
+ * here and the TCP transport's C methods (_core_tcp.c). */
+typedef struct {
+    PyObject *loop, *future_type; /* loop None: its futures are not plain, Python makes them */
+    PyObject *no_args, *loop_kwargs; /* () and {"loop": loop}: Future(loop=loop), made once */
+    PyObject *debug; /* what loop.get_debug() reads: an interned attribute name, or the bound method */
+    Py_ssize_t loop_offset; /* where a Future keeps its loop (zc_future_loop_offset), or 0 */
+    int debug_on, debug_age; /* get_debug()'s last answer, futures made since it was read */
+} zc_futures;
+
 typedef struct {
     zc_dgram *d;
-    PyObject *owner, *tokens, *loop, *future_type;
-    PyObject *no_args, *loop_kwargs; /* () and {"loop": loop}: Future(loop=loop), made once */
+    PyObject *owner, *tokens;
+    zc_futures fut;
     PyObject *set_result; /* Future.set_result, the method descriptor: no lookup per call */
     PyObject *make_completion; /* ctracker._completion(nbytes, zerocopy, ids, copied) */
     PyObject *last; /* the Completion resolve_alike made last, for last_key (or NULL) */
     int64_t last_key[4];
     PyObject *invalid_state; /* asyncio.InvalidStateError: a cancelled future's set_result */
-    PyObject *debug; /* what loop.get_debug() reads: an interned attribute name, or the bound method */
-    Py_ssize_t loop_offset; /* where a Future keeps its loop (zc_future_loop_offset), or 0 */
-    int debug_on, debug_age; /* get_debug()'s last answer, futures made since it was read */
 } zc_hot;
+
+static void zc_futures_clear(zc_futures *f) {
+    Py_CLEAR(f->loop);
+    Py_CLEAR(f->future_type);
+    Py_CLEAR(f->no_args);
+    Py_CLEAR(f->loop_kwargs);
+    Py_CLEAR(f->debug);
+}
 
 static void hot_clear(zc_hot *h) {
     Py_XDECREF(h->owner);
     Py_XDECREF(h->tokens);
-    Py_XDECREF(h->loop);
-    Py_XDECREF(h->future_type);
-    Py_XDECREF(h->no_args);
-    Py_XDECREF(h->loop_kwargs);
+    zc_futures_clear(&h->fut);
     Py_XDECREF(h->set_result);
     Py_XDECREF(h->invalid_state);
     Py_XDECREF(h->make_completion);
     Py_XDECREF(h->last);
-    Py_XDECREF(h->debug);
     free(h);
 }
 
@@ -87,29 +98,29 @@ int64_t zc_future_loop_offset(intptr_t future_type, intptr_t probe) {
 }
 
 /* loop.get_debug(): 1, 0, or -1 with an exception. asyncio's reads the `_debug` attribute
- * (h->debug is then that name), uvloop's is a compiled method: 0.19k / 0.13k instructions
+ * (f->debug is then that name), uvloop's is a compiled method: 0.19k / 0.13k instructions
  * (callgrind), so it is read again once every DEBUG_EVERY futures, not for each: a
  * set_debug(True) reaches the futures at most that many futures late (those lack the
  * source traceback debug mode records, nothing else). */
 #define DEBUG_EVERY 64
-static int hot_debug(zc_hot *h) {
+static int zc_futures_debug(zc_futures *f) {
     PyObject *r;
     int debug;
-    if (h->debug_age++ < DEBUG_EVERY) return h->debug_on;
-    r = PyUnicode_Check(h->debug) ? PyObject_GetAttr(h->loop, h->debug) : PyObject_CallNoArgs(h->debug);
+    if (f->debug_age++ < DEBUG_EVERY) return f->debug_on;
+    r = PyUnicode_Check(f->debug) ? PyObject_GetAttr(f->loop, f->debug) : PyObject_CallNoArgs(f->debug);
     if (!r) return -1;
     debug = r == Py_False ? 0 : r == Py_True ? 1 : PyObject_IsTrue(r);
     Py_DECREF(r);
     if (debug >= 0) {
-        h->debug_on = debug;
-        h->debug_age = 1;
+        f->debug_on = debug;
+        f->debug_age = 1;
     }
     return debug;
 }
 
 /* A plain future of the transport's loop, what loop.create_future() makes on asyncio's and
  * uvloop's loops: Future(loop=loop). NULL without an exception where the loop's futures are
- * not plain (h->loop is None): Python calls loop.create_future().
+ * not plain (f->loop is None): Python calls loop.create_future().
  * Not Future() with no arguments: that looks up the running loop, and on CPython 3.11 each
  * lookup is a getpid() system call (~0.7 us here, invisible to callgrind; strace -c: 2 per
  * datagram with the running-loop check this replaced). And not through Future.__init__
@@ -117,21 +128,43 @@ static int hot_debug(zc_hot *h) {
  * zc_future_loop_offset checked), after parsing the keyword dict and calling get_debug(),
  * a Python method on asyncio's loop: 1.03k of the 4.64k instructions per sendto_zc there,
  * 0.58k of 4.12k on uvloop (callgrind). In debug mode it also records the traceback: then
- * the future is made by __init__ (see hot_debug for when debug mode is read). */
-static PyObject *hot_future(zc_hot *h) {
-    PyTypeObject *type = (PyTypeObject *)h->future_type;
+ * the future is made by __init__ (see zc_futures_debug for when debug mode is read). */
+static PyObject *zc_futures_new(zc_futures *f) {
+    PyTypeObject *type = (PyTypeObject *)f->future_type;
     PyObject *future;
     int debug = 1;
-    if (h->loop == Py_None) return NULL;
-    future = type->tp_new(type, h->no_args, NULL); /* what type_call does, for the one exact type */
+    if (f->loop == Py_None) return NULL;
+    future = type->tp_new(type, f->no_args, NULL); /* what type_call does, for the one exact type */
     if (!future) return NULL;
-    if (h->loop_offset && (debug = hot_debug(h)) == 0) {
-        Py_INCREF(h->loop);
-        *(PyObject **)((char *)future + h->loop_offset) = h->loop;
+    if (f->loop_offset && (debug = zc_futures_debug(f)) == 0) {
+        Py_INCREF(f->loop);
+        *(PyObject **)((char *)future + f->loop_offset) = f->loop;
         return future;
     }
-    if (debug < 0 || type->tp_init(future, h->no_args, h->loop_kwargs) < 0) Py_CLEAR(future);
+    if (debug < 0 || type->tp_init(future, f->no_args, f->loop_kwargs) < 0) Py_CLEAR(future);
     return future;
+}
+
+/* Set up `f` (zeroed) for `loop`'s futures of `future_type`: `loop` None where they are not
+ * plain, `debug` what get_debug() reads (or None), `loop_offset` zc_future_loop_offset's
+ * answer. 0, or -1 with an exception (out of memory), `f` then cleared. */
+static int zc_futures_init(zc_futures *f, PyObject *loop, PyObject *future_type, PyObject *debug,
+                           Py_ssize_t loop_offset) {
+    PyObject *key = PyUnicode_InternFromString("loop"); /* interned, as the parser's: found by identity */
+    f->no_args = PyTuple_New(0);
+    f->loop_kwargs = PyDict_New();
+    if (!f->no_args || !f->loop_kwargs || !key || PyDict_SetItem(f->loop_kwargs, key, loop) < 0) {
+        Py_XDECREF(key);
+        zc_futures_clear(f);
+        return -1;
+    }
+    Py_DECREF(key);
+    f->loop = Py_NewRef(loop);
+    f->future_type = Py_NewRef(future_type);
+    f->debug = Py_NewRef(debug);
+    f->loop_offset = loop_offset;
+    f->debug_age = DEBUG_EVERY; /* read at the first future */
+    return 0;
 }
 
 /* Send `buf` zero-copy and file its future under the write's slot: the future (a new
@@ -145,7 +178,7 @@ static PyObject *hot_send_filed(zc_hot *h, PyObject *buf, int with_flags, int64_
     *flags = r >> DG_SLOT_SHIFT;
     if (r < 0 || (*flags && (!with_flags || (*flags & DG_F_COPY)))) return NULL;
     slot = r & (((int64_t)1 << DG_SLOT_SHIFT) - 1);
-    future = hot_future(h);
+    future = zc_futures_new(&h->fut);
     if (!future) return NULL; /* no plain future (Python makes it), or an exception: sent and
                                * filed nowhere, the transport fails */
     if (hold_token(h->d, slot, future) == 0) {
@@ -241,7 +274,7 @@ static PyObject *hot_resolve(PyObject *self, PyObject *completion) {
     for (k = 0; k < n; k++) {
         PyObject *token = tokens[k];
         if (!token) continue;
-        if (Py_TYPE(token) == (PyTypeObject *)h->future_type) {
+        if (Py_TYPE(token) == (PyTypeObject *)h->fut.future_type) {
             PyObject *args[2] = {token, completion};
             r = PyObject_Vectorcall(h->set_result, args, 2, NULL);
             if (r) {
@@ -316,47 +349,32 @@ static PyMethodDef hot_methods[] = {
 
 /* Put the builtins of `d` (owned by the cffi object `owner`) into the dict `into`, by name.
  * `loop` is None where the loop's futures are not plain asyncio futures; `debug` is what
- * its get_debug() reads (hot_debug), `loop_offset` zc_future_loop_offset's answer. 0, or -1 with
+ * its get_debug() reads (zc_futures_debug), `loop_offset` zc_future_loop_offset's answer. 0, or -1 with
  * nothing put (out of memory, or the error is cleared: Python stays on the cffi calls). */
 int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, intptr_t future_type,
                   intptr_t invalid_state, intptr_t make_completion, intptr_t debug, int64_t loop_offset,
                   intptr_t into) {
     zc_hot *h = calloc(1, sizeof *h);
-    PyObject *capsule, *fn, *key;
+    PyObject *capsule, *fn;
     PyMethodDef *m;
     int failed = 0;
     if (!h) return -1;
     h->d = d;
     h->set_result = PyObject_GetAttrString((PyObject *)future_type, "set_result");
-    h->no_args = PyTuple_New(0);
-    h->loop_kwargs = PyDict_New();
-    key = PyUnicode_InternFromString("loop"); /* interned, as the parser's: found by identity */
-    if (!h->set_result || !h->no_args || !h->loop_kwargs || !key ||
-        PyDict_SetItem(h->loop_kwargs, key, (PyObject *)loop) < 0) {
-        Py_XDECREF(key);
+    if (!h->set_result || zc_futures_init(&h->fut, (PyObject *)loop, (PyObject *)future_type,
+                                          (PyObject *)debug, (Py_ssize_t)loop_offset) < 0) {
         Py_XDECREF(h->set_result);
-        Py_XDECREF(h->no_args);
-        Py_XDECREF(h->loop_kwargs);
         free(h);
         PyErr_Clear();
         return -1;
     }
-    Py_DECREF(key);
     h->owner = (PyObject *)owner;
     h->tokens = (PyObject *)tokens;
-    h->loop = (PyObject *)loop;
-    h->future_type = (PyObject *)future_type;
     h->invalid_state = (PyObject *)invalid_state;
     h->make_completion = (PyObject *)make_completion;
     Py_INCREF(h->make_completion);
-    h->debug = (PyObject *)debug;
-    Py_INCREF(h->debug);
-    h->loop_offset = (Py_ssize_t)loop_offset;
-    h->debug_age = DEBUG_EVERY; /* read at the first future */
     Py_INCREF(h->owner);
     Py_INCREF(h->tokens);
-    Py_INCREF(h->loop);
-    Py_INCREF(h->future_type);
     Py_INCREF(h->invalid_state);
     capsule = PyCapsule_New(h, "aiozc.hot", hot_free);
     if (!capsule) {

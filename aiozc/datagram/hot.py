@@ -27,7 +27,7 @@ import socket
 from typing import Any
 
 from .._sys import core as _core, kernel as _kernel
-from ..base import _Held, byte_view
+from ..base import _debug_source, _future_loop_offset, _Held, _plain_futures, byte_view  # noqa: F401  (coalescing.py's)
 from ..completions import Completion
 from ..ctracker import _completion
 from ..engines.copy import CopyEngine
@@ -424,41 +424,6 @@ def compiled_methods(cls: type) -> dict[str, Any]:
                                  id(_ZEROCOPY), id(found)) < 0:
             return {}
     return found
-
-
-def _plain_futures(loop: Any) -> bool:
-    """Does ``loop.create_future()`` make a plain asyncio.Future of ``loop``?"""
-    import uvloop
-
-    return type(loop).create_future in (asyncio.BaseEventLoop.create_future, uvloop.Loop.create_future)
-
-
-def _debug_source(loop: Any) -> Any:
-    """What the C side reads for ``loop.get_debug()`` (see _core_pyhot.c hot_debug): the
-    attribute asyncio's own get_debug returns, else the bound method."""
-    if loop is None:
-        return None
-    if type(loop).get_debug is asyncio.BaseEventLoop.get_debug:
-        return "_debug"
-    return loop.get_debug
-
-
-class _DebugOff:
-    """A stand-in loop for zc_future_loop_offset: Future.__init__ asks it get_debug() only."""
-
-    def get_debug(self) -> bool:
-        return False
-
-
-_loop_offset: list[int] = []
-
-
-def _future_loop_offset() -> int:
-    """Where asyncio.Future keeps its loop, once per process (0: unknown, Future.__init__ runs)."""
-    if not _loop_offset:
-        probe = _DebugOff()  # (held here: the C side borrows it)
-        _loop_offset.append(int(_lib.zc_future_loop_offset(id(Future), id(probe))))
-    return _loop_offset[0]
 
 
 def _future_of(token: Any) -> Any:
