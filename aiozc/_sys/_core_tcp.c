@@ -217,9 +217,35 @@ static int tcp_count_sent(PyObject *self, tcp_hot *h, Py_ssize_t sent) {
     return h->plain_sent >= h->plain_budget ? tcp_call_void(self, tn_refresh_direct, NULL, 0) : 0;
 }
 
+/* What the direct path's send left to do (tcp_send_direct). */
+enum { TCP_SENT_WHOLE, TCP_SENT_PART, TCP_SENT_FAILED };
+
+/* The direct path's send of write(), write_zc() and writelines(): `iov` (`total` > 0 bytes),
+ * then the counters of what it moved, or a send error to _fatal_error. TCP_SENT_WHOLE,
+ * TCP_SENT_PART (*sent bytes went, possibly 0: the socket is full; the caller queues the
+ * rest), TCP_SENT_FAILED (the error was handed on), or -1 with an exception. The caller holds
+ * a reference to `h`: a callback may replace the transport's. */
+static int tcp_send_direct(PyObject *self, tcp_hot *h, const struct iovec *iov, int n, Py_ssize_t total,
+                           Py_ssize_t *sent) {
+    *sent = tcp_send(h->fd, iov, n);
+    if (*sent < 0) return tcp_fatal(self) < 0 ? -1 : TCP_SENT_FAILED;
+    if (*sent && tcp_count_sent(self, h, *sent) < 0) return -1;
+    return *sent == total ? TCP_SENT_WHOLE : TCP_SENT_PART;
+}
+
+/* self.<name>(obj, a, b), its result dropped: what the Python methods call with what the
+ * socket did not take. 0, or -1 with an exception. */
+static int tcp_call_rest(PyObject *self, PyObject *name, PyObject *obj, Py_ssize_t a, Py_ssize_t b) {
+    PyObject *call[3] = {obj, PyLong_FromSsize_t(a), PyLong_FromSsize_t(b)};
+    int r = call[1] && call[2] ? tcp_call_void(self, name, call, 3) : -1;
+    Py_XDECREF(call[1]);
+    Py_XDECREF(call[2]);
+    return r;
+}
+
 /* transport.write(data) */
 static PyObject *tcp_write(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    PyObject *data, *call[3];
+    PyObject *data;
     tcp_hot *h;
     const char *p;
     Py_ssize_t n, sent;
@@ -235,17 +261,8 @@ static PyObject *tcp_write(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_INCREF(h); /* a callback below may replace the transport's */
     iov.iov_base = (void *)p;
     iov.iov_len = (size_t)n;
-    sent = tcp_send(h->fd, &iov, 1);
-    if (sent < 0) {
-        r = tcp_fatal(self);
-    } else if ((r = sent ? tcp_count_sent(self, h, sent) : 0) == 0 && sent != n) {
-        call[0] = data;
-        call[1] = PyLong_FromSsize_t(n);
-        call[2] = PyLong_FromSsize_t(sent);
-        r = call[1] && call[2] ? tcp_call_void(self, tn_queue_rest, call, 3) : -1;
-        Py_XDECREF(call[1]);
-        Py_XDECREF(call[2]);
-    }
+    r = tcp_send_direct(self, h, &iov, 1, n, &sent);
+    if (r == TCP_SENT_PART) r = tcp_call_rest(self, tn_queue_rest, data, n, sent);
     Py_DECREF(h);
     if (r < 0) return NULL;
     Py_RETURN_NONE;
@@ -303,6 +320,7 @@ static PyObject *tcp_write_zc(PyObject *self, PyObject *const *args, Py_ssize_t 
     const char *p;
     Py_ssize_t n, sent;
     struct iovec iov;
+    int done;
     if (nargs != 1 || kwnames || !(h = tcp_hot_of(self)) || !tcp_simple_buffer(args[0], &p, &n))
         return tcp_call_pure(TCP_WRITE_ZC, self, args, nargs, kwnames);
     buf = args[0];
@@ -313,18 +331,17 @@ static PyObject *tcp_write_zc(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_INCREF(h);
     iov.iov_base = (void *)p;
     iov.iov_len = (size_t)n;
-    sent = tcp_send(h->fd, &iov, 1);
-    if (sent < 0) {
+    done = tcp_send_direct(self, h, &iov, 1, n, &sent);
+    if (done == TCP_SENT_FAILED) {
         Py_DECREF(h);
-        if (tcp_fatal(self) < 0) return NULL;
         return tcp_call_method(self, tn_failed_future, NULL, 0);
     }
-    /* made after the send as in Python: Future(loop=...) without Future.__init__ outside debug
-     * mode (zc_futures_new: ~1.4k of the 4.7k instructions of a 64 KiB write_zc on asyncio,
-     * callgrind), else from the transport's factory */
-    if (!(future = tcp_future(h))) goto fail;
-    if (sent && tcp_count_sent(self, h, sent) < 0) goto fail;
-    if (sent == n) {
+    /* Future(loop=...) without Future.__init__ outside debug mode (zc_futures_new: ~1.4k of
+     * the 4.7k instructions of a 64 KiB write_zc on asyncio, callgrind), else from the
+     * transport's factory; after the counters (Python makes it before them: nothing the
+     * counters call reads it) */
+    if (done < 0 || !(future = tcp_future(h))) goto fail;
+    if (done == TCP_SENT_WHOLE) {
         h->copy_writes += 1;
         if (!(completion = tcp_copy_completion(self, h, n))) goto fail;
         r = tcp_set_result(h, future, completion);
@@ -351,7 +368,7 @@ fail:
 /* transport.writelines(list_of_data): one writev of 2..TCP_GATHER_MAX simple buffers, each
  * below _direct_max (the policy would copy each), with nothing queued. */
 static PyObject *tcp_writelines(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    PyObject *items, *call[3];
+    PyObject *items;
     struct iovec iov[TCP_GATHER_MAX];
     tcp_hot *h;
     Py_ssize_t count, k, sent, left = 0, total = 0, index = 0;
@@ -376,30 +393,14 @@ static PyObject *tcp_writelines(PyObject *self, PyObject *const *args, Py_ssize_
     }
     if (!total) goto python;
     Py_INCREF(h);
-    sent = tcp_send(h->fd, iov, (int)count);
-    if (sent < 0) {
-        r = tcp_fatal(self);
-        Py_DECREF(h);
-        Py_DECREF(items);
-        if (r < 0) return NULL;
-        Py_RETURN_NONE;
-    }
-    r = sent ? tcp_count_sent(self, h, sent) : 0;
+    r = tcp_send_direct(self, h, iov, (int)count, total, &sent);
     Py_DECREF(h);
-    if (r < 0 || sent == total) {
-        Py_DECREF(items);
-        if (r < 0) return NULL;
-        Py_RETURN_NONE;
-    }
-    if (sent) /* 0: the socket is full, write() queues each from the first, as Python's */
+    if (r == TCP_SENT_PART) {
+        /* sent 0: the socket is full, write() queues each from the first, as Python's */
         for (left = sent; index < count && left >= (Py_ssize_t)iov[index].iov_len; index++)
             left -= (Py_ssize_t)iov[index].iov_len;
-    call[0] = items;
-    call[1] = PyLong_FromSsize_t(index);
-    call[2] = PyLong_FromSsize_t(left);
-    r = call[1] && call[2] ? tcp_call_void(self, tn_writelines_from, call, 3) : -1;
-    Py_XDECREF(call[1]);
-    Py_XDECREF(call[2]);
+        r = tcp_call_rest(self, tn_writelines_from, items, index, left);
+    }
     Py_DECREF(items);
     if (r < 0) return NULL;
     Py_RETURN_NONE;
