@@ -46,6 +46,10 @@ from . import udp_cases
 
 TCP_WRITE = 64 << 10
 TCP_SMALL_SUFFIX = "-1B"  # a TCP case kind with 1-byte writes
+# write_zc with MSG_ZEROCOPY on every send (no copy fallback; loopback copies and notifies): each
+# write's count includes its completion (error-queue drain, resolving its future).
+TCP_EVERY_ZC = "tcp-aiozc-write_zc-every"
+TCP_EVERY_ZC_OPTIONS = {"fallback_after": 1 << 62, "max_pinned_bytes": 1 << 62, "probe_first": False}
 UDP_SIZE = 64000
 DEFAULT_CALLS = {"udp": 1024, "tcp": 256, "web": 128, "tcpread": 256}
 # udp + tcp: ~3-6 minutes on this machine; web adds 1-2 minutes per case (12 cases).
@@ -96,6 +100,10 @@ def _tcp_cases() -> list[Case]:
             ("tcp-aiozc-write", "aiozc write"),
             ("tcp-aiozc-write_zc", "aiozc write_zc"),
         )
+        for loop in ("asyncio", "uvloop")
+    ] + [
+        Case(f"TCP 64 KiB aiozc write_zc, every send zero-copy, with its completion ({loop})", "tcp",
+             TCP_EVERY_ZC, loop)
         for loop in ("asyncio", "uvloop")
     ]
 
@@ -176,17 +184,22 @@ async def _tcp_writes(port: int, kind: str, pool: memoryview, count: int) -> dic
     if kind == "tcp-stock-write":
         transport, proto = await loop.create_connection(FlowControlledSender, "127.0.0.1", port)
     else:
-        transport, proto = await aiozc.create_connection(FlowControlledSender, "127.0.0.1", port)
-    write = transport.write_zc if kind == "tcp-aiozc-write_zc" else transport.write  # type: ignore[attr-defined]
+        options = TCP_EVERY_ZC_OPTIONS if kind == TCP_EVERY_ZC else {}
+        transport, proto = await aiozc.create_connection(FlowControlledSender, "127.0.0.1", port, **options)
+    zc = kind in ("tcp-aiozc-write_zc", TCP_EVERY_ZC)
+    write = transport.write_zc if zc else transport.write  # type: ignore[attr-defined]
+    last: Any = None
     transport.write((count * size).to_bytes(8, "big"))
     slots = len(pool) // size
     clock = udp_cases.Clock()
     for i in range(count):
         offset = (i % slots) * size
-        write(pool[offset : offset + size])
+        last = write(pool[offset : offset + size])
         if not proto.can_write.is_set():
             await proto.can_write.wait()
     reply = await proto.reply
+    if zc:
+        await last  # (resolved in order: every write's completion is counted)
     stats = getattr(transport, "stats", None)
     timed = clock.stop(state=getattr(stats, "state", "-"))
     transport.close()
