@@ -44,6 +44,12 @@
 #define DG_SLOT_SHIFT 40 /* a result with flags: (flags << DG_SLOT_SHIFT) | slot or nbytes */
 #define DG_COPY_ERRNO 4096 /* -errno - this: the failed send was a copying one */
 #define DG_KIND (-(1 << 22)) /* not bytes/bytearray/memoryview, or no simple buffer: Python */
+/* The io_uring engine's flags (zc_dgram.ring set, _core_udpring.c): */
+#define DG_F_SUBMIT 32 /* the first SQE since the last submit: Python schedules the loop's submit */
+#define DG_F_RING 64   /* a reap left events of other requests in the ring's buffer: Python reaps */
+#define DG_F_UFAIL 128 /* SEND_ZCs failed (zc_dgram.fail): Python sends them again or fails them */
+
+struct zc_uring;
 
 typedef struct {
     Py_buffer view;
@@ -73,7 +79,21 @@ typedef struct zc_dgram {
      * (view.obj and token NULL: nothing held for that slot) */
     zc_held *held;
     int64_t hcap, hbase, hnext, nheld;
+    /* The io_uring engine (_core_udpring.c): its loop's ring, or NULL (send(2)); the SEND_ZC
+     * msg_flags; the key of this transport's ZU_EV_D_PENDING events; what the ring's reap found
+     * for this transport: released ids as (lo, hi, copied) u32 runs, failed sends as
+     * (slot, ident, res, nbytes); dirty: an event said so since the last apply. */
+    struct zc_uring *ring;
+    uint32_t ring_flags;
+    int64_t ring_tag;
+    int dirty;
+    int64_t *pend, npend, cappend, *fail, nfail, capfail;
 } zc_dgram;
+
+static int64_t dgram_ring_send(zc_dgram *d, const char *buf, int64_t n, Py_buffer *view);
+static int64_t dgram_ring_before_copy(zc_dgram *d);
+static int dgram_ring_apply(zc_dgram *d);
+static void dgram_ring_unbind(zc_dgram *d);
 
 zc_dgram *zc_dgram_new(int fd, zc_tracker *t) {
     zc_dgram *d = calloc(1, sizeof *d);
@@ -133,6 +153,12 @@ static PyObject *take_token(zc_dgram *d, int64_t slot) {
     return token;
 }
 
+/* The object whose export is held for `slot` (borrowed), or NULL. */
+static PyObject *held_obj(zc_dgram *d, int64_t slot) {
+    if (slot < d->hbase || slot >= d->hnext) return NULL;
+    return d->held[slot & (d->hcap - 1)].view.obj;
+}
+
 /* Keep `token` (a new reference, taken over) for `slot`, which hold() set up; -1: not held
  * (the caller keeps its reference). */
 static int hold_token(zc_dgram *d, int64_t slot, PyObject *token) {
@@ -157,6 +183,9 @@ int64_t zc_dgram_release(zc_dgram *d) {
 
 void zc_dgram_free(zc_dgram *d) {
     int64_t s;
+    dgram_ring_unbind(d);
+    free(d->pend);
+    free(d->fail);
     for (s = d->hbase; s < d->hnext; s++) {
         zc_held *e = &d->held[s & (d->hcap - 1)];
         if (e->view.obj) PyBuffer_Release(&e->view);
@@ -172,12 +201,26 @@ static int drained(zc_dgram *d, int flags) {
     return d->drained_ids ? flags | DG_F_RESOLVED : flags;
 }
 
+static int errqueue_read(zc_dgram *d, int limit, int flags);
+
+/* With the io_uring engine the ring's findings come first (what the error queue holds then is
+ * ICMP and local errors only). */
 int zc_dgram_drain(zc_dgram *d, int limit) {
-    int flags = 0, i;
+    int flags;
     d->since_drain = 0;
+    if (d->ring) {
+        flags = dgram_ring_apply(d);
+        if (flags & (DG_F_MESSAGE | DG_F_FAILED)) return flags;
+        return errqueue_read(d, limit, flags);
+    }
     d->drained_ids = 0;
     d->t->nout = 0;
     d->t->out_uniform = 1;
+    return errqueue_read(d, limit, 0);
+}
+
+static int errqueue_read(zc_dgram *d, int limit, int flags) {
+    int i;
     for (i = 0; i < limit; i++) {
         char control[CMSG_SPACE(sizeof(struct sock_extended_err) + 32)];
         struct sockaddr_in6 addr;
@@ -247,6 +290,10 @@ static int64_t dgram_send(zc_dgram *d, const char *buf, int64_t n, int allow_zc,
     if (d->blocked || n > d->max_size) return DG_DECLINED;
     zerocopy = allow_zc && d->zerocopy && n >= d->threshold;
     if (zerocopy && d->t->pinned >= d->max_pinned) return DG_DECLINED; /* copied: Python */
+    if (d->ring) {
+        if (zerocopy) return dgram_ring_send(d, buf, n, view);
+        if ((sent = dgram_ring_before_copy(d)) < 0) return sent - DG_COPY_ERRNO;
+    }
     sent = send(d->fd, buf, (size_t)n, zerocopy ? MSG_ZEROCOPY : 0);
     if (sent < 0) return zerocopy ? -errno : -errno - DG_COPY_ERRNO;
     if (sent != n) return DG_TRUNCATED;
@@ -303,7 +350,8 @@ int64_t zc_dgram_sendto_obj(zc_dgram *d, intptr_t obj) {
     }
     r = dgram_send(d, view.buf, view.len, bytes, &view);
     if (r < 0 || ((r >> DG_SLOT_SHIFT) & DG_F_COPY)) PyBuffer_Release(&view);
-    return r < 0 ? r : ((r >> DG_SLOT_SHIFT) & (DG_F_RESOLVED | DG_F_MESSAGE | DG_F_PAUSE | DG_F_FAILED));
+    return r < 0 ? r : ((r >> DG_SLOT_SHIFT) & (DG_F_RESOLVED | DG_F_MESSAGE | DG_F_PAUSE | DG_F_FAILED |
+                                                 DG_F_SUBMIT | DG_F_RING | DG_F_UFAIL));
 }
 
 /* The same, never zero-copy (sendto() of a buffer the caller may change once it returns). */

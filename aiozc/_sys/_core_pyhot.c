@@ -338,7 +338,40 @@ static PyObject *hot_resolve_alike(PyObject *self, PyObject *handles) {
     return r;
 }
 
+/* ring_failed(): the io_uring engine's failed sends (zc_dgram.fail, see _core_udpring.c), taken:
+ * a list of (token, buffer object, ident, res), the token taken from its slot (None where
+ * there is none: sendto()), the object whose export the slot holds (None if not held). */
+static PyObject *hot_ring_failed(PyObject *self, PyObject *unused) {
+    zc_hot *h = hot_of(self);
+    zc_dgram *d;
+    PyObject *out;
+    int64_t k;
+    (void)unused;
+    if (!h) return NULL;
+    d = h->d;
+    if (!(out = PyList_New(0))) return NULL;
+    for (k = 0; k + 4 <= d->nfail; k += 4) {
+        PyObject *token = pop_token(h, d->fail[k]), *obj, *item;
+        if (!token && PyErr_Occurred()) goto fail;
+        obj = held_obj(d, d->fail[k]);
+        item = Py_BuildValue("(NOLL)", token ? token : (Py_INCREF(Py_None), Py_None), obj ? obj : Py_None,
+                             (long long)d->fail[k + 1], (long long)d->fail[k + 2]);
+        if (!item || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    d->nfail = 0;
+    return out;
+fail:
+    d->nfail = 0;
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef hot_methods[] = {
+    {"ring_failed", hot_ring_failed, METH_NOARGS, "ring_failed() -> [(token, obj, ident, res)]"},
     {"sendto_zc", hot_sendto_zc, METH_O, "sendto_zc(buf) -> Future | int"},
     {"sendto", hot_sendto, METH_O, "sendto(buf) -> int"},
     {"resolve", hot_resolve, METH_O, "resolve(completion) -> list of other tokens"},

@@ -14,6 +14,7 @@
  *   ZU_EV_G_END       key=group                     every datagram released: unpin
  *   ZU_EV_S_RESULT    key=user_data, a=res          a single send's unexpected result
  *   ZU_EV_S_DONE      key=user_data, a=copied       the kernel no longer references it
+ *   ZU_EV_D_PENDING   key=tag   a compiled datagram path has results to apply (_core_udpring.c)
  * Python maps keys to its futures and callbacks (LoopRing._dispatch). A release run covers
  * consecutive datagrams of one group with the same copied bit: a batch of 256 datagrams
  * released zero-copy is one event.
@@ -56,6 +57,7 @@
 #define ZU_EV_G_END 5
 #define ZU_EV_S_RESULT 6
 #define ZU_EV_S_DONE 7
+#define ZU_EV_D_PENDING 8
 
 /* include/uapi/linux/io_uring.h, only the members a send uses (uring.py checks the same
  * offsets against its own declaration). */
@@ -169,6 +171,9 @@ typedef struct {
     int64_t expect;
     int32_t notified_res;
     uint8_t resulted, notified;
+    uint8_t owned, voided; /* a compiled datagram path's send (_core_udpring.c); it failed */
+    zc_dgram *owner;       /* (NULL once that path let go of it) */
+    int64_t ident, slot;   /* its tracker id and write slot */
 } zu_single;
 
 typedef struct zc_uring {
@@ -464,9 +469,12 @@ static int zu_single_done(zc_uring *r, zu_single *s, int64_t ud, int copied) {
     return zu_emit(r, ZU_EV_S_DONE, ud, copied, 0);
 }
 
+static int zu_owned_cqe(zc_uring *r, zu_single *s, int64_t ud, int32_t res, uint32_t flags);
+
 static int zu_single_cqe(zc_uring *r, int64_t ud, int32_t res, uint32_t flags) {
     zu_single *s = zu_map_get(&r->singles, ud);
     if (!s) return 0;
+    if (s->owned) return zu_owned_cqe(r, s, ud, res, flags);
     if (flags & ZU_CQE_F_NOTIF) {
         if (!s->resulted) { /* result not seen yet: finish both when it arrives */
             s->notified = 1;
@@ -481,12 +489,12 @@ static int zu_single_cqe(zc_uring *r, int64_t ud, int32_t res, uint32_t flags) {
     return zu_single_done(r, s, ud, s->notified ? (s->notified_res & ZU_NOTIF_COPIED) != 0 : 1);
 }
 
-/* Every available CQE into events (r->ev, r->nev); returns their count or -errno (an
- * io_uring_enter that failed, -ENOMEM: events lost). */
+/* Every available CQE into events, after those still in r->ev (a reap inside a compiled
+ * datagram send leaves them there, Python takes them with its next reap and sets r->nev to 0);
+ * returns their count or -errno (an io_uring_enter that failed, -ENOMEM: events lost). */
 int64_t zc_uring_reap(zc_uring *r) {
     int64_t cached_key = -1, ret;
     zu_group *cached = NULL;
-    r->nev = 0;
     if (zu_needs_enter(r) && (ret = zu_enter(r, 0, ZU_ENTER_GETEVENTS)) < 0) return ret;
     for (;;) {
         uint32_t head = *r->cq_khead;

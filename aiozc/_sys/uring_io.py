@@ -32,7 +32,7 @@ from .uring import IORING_CQE_F_MORE, IORING_CQE_F_NOTIF, IORING_NOTIF_USAGE_ZC_
 
 __all__ = ["RingIO", "PyRingIO", "CRingIO", "ring_io", "GROUP_SIZE", "EV_G_RESULT",
            "EV_G_RELEASE", "EV_G_RELEASE_COPIED", "EV_G_RESULTS_IN", "EV_G_END",
-           "EV_S_RESULT", "EV_S_DONE"]
+           "EV_S_RESULT", "EV_S_DONE", "EV_D_PENDING"]
 
 # Events (kind, key, a, b); key is a group key or a single send's user_data.
 EV_G_RESULT = 1  # a group's result other than its datagram's size: a = index, b = res
@@ -42,6 +42,8 @@ EV_G_RESULTS_IN = 4  # every result of the group is in
 EV_G_END = 5  # every datagram of the group released: its buffers may go
 EV_S_RESULT = 6  # a single send's result other than its expected length: a = res
 EV_S_DONE = 7  # the kernel no longer references a single send: a = copied (0/1)
+# A compiled datagram path (_core_udpring.c; CRingIO only) has results to apply: key = its tag.
+EV_D_PENDING = 8
 
 # A group's datagrams carry user_data _GROUP_UD | key << _INDEX_BITS | index; single sends
 # count up from 1, far below.
@@ -454,7 +456,18 @@ class CRingIO:
             if n < 0:
                 raise _enter_error(-n) if n != -errno.ENOMEM else MemoryError("zc_uring_reap")
             return []
-        return self._unpack(r.ev, n * 4)  # type: ignore[no-any-return]
+        events = self._unpack(r.ev, n * 4)
+        r.nev = 0  # (a reap inside a compiled datagram send leaves its events for this one)
+        return events  # type: ignore[no-any-return]
+
+    def bind_dgram(self, d: Any, tag: int, flags: int) -> None:
+        """Let the compiled datagram path ``d`` (_core_dgram.c) send through this ring, its
+        completions reported as EV_D_PENDING events keyed ``tag`` (see _core_udpring.c)."""
+        self._lib.zc_dgram_set_uring(d, self._r, tag, flags)
+
+    def unbind_dgram(self, d: Any) -> None:
+        """``d`` sends through send(2) again; its sends still in flight are forgotten."""
+        self._lib.zc_dgram_set_uring(d, self._null, 0, 0)
 
 
 def ring_io(ring: _uring.Ring) -> PyRingIO | CRingIO:

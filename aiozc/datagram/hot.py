@@ -31,6 +31,7 @@ from ..base import _debug_source, _future_loop_offset, _Held, _plain_futures, by
 from ..completions import Completion
 from ..ctracker import _completion
 from ..engines.copy import CopyEngine
+from ..engines.io_uring import IoUringEngine
 from ..engines.msg_zerocopy import MsgZeroCopyEngine
 from ..policy import ZeroCopyPolicy, ZeroCopyState
 from ..stats import TransportStats
@@ -49,6 +50,9 @@ if _core.compiled:
     F_COPY = _lib.DG_F_COPY
     F_PAUSE = _lib.DG_F_PAUSE
     F_FAILED = _lib.DG_F_FAILED
+    F_SUBMIT = _lib.DG_F_SUBMIT
+    F_RING = _lib.DG_F_RING
+    F_UFAIL = _lib.DG_F_UFAIL
     SLOT_SHIFT = _lib.DG_SLOT_SHIFT
     COPY_ERRNO = _lib.DG_COPY_ERRNO
     PAYLOAD = (1 << SLOT_SHIFT) - 1
@@ -68,7 +72,8 @@ _DRAIN_LIMIT = 64
 Future = asyncio.Future
 # Tokens of the general path (a buffer view to end, a future): the compiled path's are futures.
 _HOLDERS = (_Held, _Batch)
-_HOT_ENGINES = (MsgZeroCopyEngine, CopyEngine)
+# (IoUringEngine: SEND_ZCs filled in C, _core_udpring.c, once the engine's ring took the path)
+_HOT_ENGINES = (MsgZeroCopyEngine, CopyEngine, IoUringEngine)
 # (a module constant: ZeroCopyState.ZEROCOPY is a slow class attribute of an Enum on 3.11)
 _ZEROCOPY = ZeroCopyState.ZEROCOPY
 # Policy states in which the policy must see every send (probe bookkeeping, re-probe bytes).
@@ -149,6 +154,8 @@ class _HotPathMixin(_DatagramHost):
         if not self._connected or not self._fast_max or self._engine.__class__ not in _HOT_ENGINES:
             return
         if not _core.compiled or not getattr(tracker, "compiled", False):
+            if self._engine.__class__ is IoUringEngine:
+                return  # (its copies go after the queued SEND_ZCs: engine.send, not sock.send)
             self._direct_ok = True
             self._hot_sync()
             return
@@ -161,6 +168,8 @@ class _HotPathMixin(_DatagramHost):
         d.max_pinned = options.max_pinned_bytes
         d.drain_every = options.errqueue_drain_every
         d.high_water = self._high_water
+        if self._engine.__class__ is IoUringEngine and not self._engine.bind_hot(d, self._hot_ring_pending):  # type: ignore[attr-defined]
+            return  # the pure ring: the general path (uring.py)
         self._hot_d = d
         self._hot_tokens = tracker._tokens
         if _plain_futures(self._loop):
@@ -206,7 +215,9 @@ class _HotPathMixin(_DatagramHost):
             self._direct_copy = not blocked
             return
         d.blocked = blocked
-        d.zerocopy = state is ZeroCopyState.ZEROCOPY and self._engine.__class__ is MsgZeroCopyEngine
+        engine = self._engine
+        d.zerocopy = state is ZeroCopyState.ZEROCOPY and (
+            engine.__class__ is MsgZeroCopyEngine or (engine.__class__ is IoUringEngine and engine.hot_bound))
         d.paused = self._protocol_paused
         d.high_water = self._high_water
 
@@ -225,8 +236,13 @@ class _HotPathMixin(_DatagramHost):
     def _hot_more(self, flags: int) -> None:
         """What a send's result flags ask for besides its own datagram: the drain's findings,
         pause_writing."""
-        if flags & (F_RESOLVED | F_MESSAGE | F_FAILED):
+        if flags & (F_RESOLVED | F_MESSAGE | F_FAILED | F_UFAIL):
             self._hot_drained(flags)
+        if flags & (F_RING | F_SUBMIT):  # the io_uring engine (_core_udpring.c)
+            if flags & F_RING:
+                self._engine.reap_waiting()
+            if flags & F_SUBMIT:
+                self._engine.schedule_submit()
         if flags & F_PAUSE:
             self._maybe_pause_protocol()
 
@@ -338,6 +354,8 @@ class _HotPathMixin(_DatagramHost):
         while True:
             if flags & F_RESOLVED:
                 self._hot_resolve(int(d.drained_ids))
+            if flags & F_UFAIL and self._hot_d is not None:
+                self._hot_ring_failed()  # type: ignore[attr-defined]
             if flags & F_FAILED:
                 err = int(d.msg_errno)
                 if err == errno.EMSGSIZE:

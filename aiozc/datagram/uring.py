@@ -9,6 +9,7 @@ from typing import Any
 
 from ..base import _Held, byte_view
 from ..completions import MASK32
+from .._sys import core as _core
 from ._common import _ZEROCOPY, PinSet, _Datagram, _DatagramHost, _result_error
 from .batching import _Batch, _BatchRetry
 
@@ -137,6 +138,40 @@ class _UringMixin(_DatagramHost):
         else:
             self._datagram_zc_failed(dg, -res)
         return None
+
+    # -- the compiled per-call path on this engine (hot.py, _core_udpring.c) --------------
+
+    def _hot_ring_pending(self) -> None:
+        """The ring's reap found completions of the compiled path's SEND_ZCs (EV_D_PENDING):
+        apply them as a drain of the error queue would (_hot_drained)."""
+        d = self._hot_d  # type: ignore[attr-defined]
+        if d is None or self._sock is None:
+            return
+        self._hot_drained(_core.lib.zc_dgram_drain(d, 64))  # type: ignore[attr-defined]
+
+    def _hot_ring_failed(self) -> None:
+        """SEND_ZCs of the compiled path whose result was not the datagram's size: what
+        _datagram_zc_result does for the general path's (accounted when filled: the id is
+        completed as copied without the policy hearing, the datagram goes again or fails)."""
+        for token, obj, ident, res in self._hot_fns["ring_failed"]():  # type: ignore[attr-defined]
+            stats = self.stats
+            stats.zc_sends -= 1
+            view = byte_view(obj) if obj is not None else None
+            nbytes = len(view) if view is not None else 0
+            stats.zc_bytes -= nbytes
+            self._tracker.on_range(ident, ident, True)  # its token was taken: nothing to resolve
+            self._hot_release()  # type: ignore[attr-defined]  # the slot's export (ours is view)
+            if view is None or self._sock is None:
+                if view is not None:
+                    view.release()
+                if token is not None and not token.done():
+                    token.set_exception(ConnectionAbortedError("transport closed before the datagram was sent"))
+                continue
+            dg = _Datagram(view, self._address, token, True)
+            if res >= 0:
+                self._queued_send_failed(dg, _result_error(res, nbytes))
+            else:
+                self._datagram_zc_failed(dg, -res)
 
     def _datagram_zc_failed(self, dg: _Datagram, err: int, *, at_head: bool = True) -> None:
         """What the synchronous paths do for the same errno, from a result CQE. A datagram to

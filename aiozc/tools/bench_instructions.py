@@ -79,6 +79,7 @@ def _udp_cases() -> list[Case]:
         ("aiozc", "aiozc sendto_zc"),
         ("aiozc-coalesce", "aiozc sendto_zc coalesced"),
         ("aiozc-many", "aiozc sendto_zc_many"),
+        ("aiozc+uring", "aiozc sendto_zc io_uring"),
         ("aiozc+uring-fixed", "aiozc sendto_zc io_uring + pool"),
         ("aiozc-coalesce+uring", "aiozc sendto_zc coalesced io_uring (auto's engine)"),
         ("aiozc-coalesce+uring-fixed", "aiozc sendto_zc coalesced io_uring + pool"),
