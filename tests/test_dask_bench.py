@@ -88,7 +88,7 @@ async def _send_and_count(protocol: str, arrays: list[object]) -> dict[str, int]
     bench_dask_copies.install()
     try:
         async with listen(f"{protocol}://127.0.0.1:0", handle) as listener:
-            comm = await connect(listener.contact_address)
+            comm = await connect(listener.contact_address, **({"zc_hop": False} if protocol == "zc" else {}))
             bench_dask_copies.take()
             await comm.write({"data": [to_serialize(a) for a in arrays]})
             message = await asyncio.wait_for(got.get(), 30)

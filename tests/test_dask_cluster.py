@@ -60,11 +60,21 @@ def _where_and_checksum(a: np.ndarray) -> tuple[str, int]:
     return get_worker().address, _checksum(a)
 
 
-async def test_local_cluster_submit_gather_scatter_broadcast_rechunk() -> None:
+@pytest.mark.parametrize("hop", [True, False], ids=["hop", "socket"])
+async def test_local_cluster_submit_gather_scatter_broadcast_rechunk(hop: bool) -> None:
+    """Workers in threads on the scheduler's loop: every comm is an in-process hop, or with the
+    hop turned off a socket."""
+    with dask.config.set({"distributed.comm.zc.hop": hop}):
+        await _submit_gather_scatter_broadcast_rechunk(hop)
+
+
+async def _submit_gather_scatter_broadcast_rechunk(hop: bool) -> None:
     async with LocalCluster(protocol="zc://", processes=False, n_workers=2, threads_per_worker=1,
                             dashboard_address=None, asynchronous=True) as cluster:
         assert cluster.scheduler_address.startswith("zc://")
         async with Client(cluster, asynchronous=True) as client:
+            kind = aiozc.dask.HopComm if hop else aiozc.dask.ZCComm
+            assert all(type(s.comm) is kind for s in cluster.scheduler.stream_comms.values())
             a, b = sorted(cluster.scheduler.workers)
             assert a.startswith("zc://") and b.startswith("zc://")
             data = _pattern(6 * MiB + 5, 1)

@@ -36,7 +36,9 @@ class Pair:
     server: zcdask.ZCComm
 
 
-async def _pair(deserialize: bool = True) -> tuple[Pair, object]:
+async def _pair(deserialize: bool = True, path: str = "socket") -> tuple[Pair, object]:
+    """A connected client/server pair: over a socket (the in-process hop turned off on the
+    connector), or through the hop (both ends in this process, on this loop)."""
     accepted: asyncio.Queue[zcdask.ZCComm] = asyncio.Queue()
 
     async def handle(comm: zcdask.ZCComm) -> None:
@@ -44,18 +46,34 @@ async def _pair(deserialize: bool = True) -> tuple[Pair, object]:
 
     listener = listen("zc://127.0.0.1:0", handle, deserialize=deserialize)
     await listener.start()
-    client = await connect(listener.contact_address)
+    client = await connect(listener.contact_address, zc_hop=path == "hop")
     server = await asyncio.wait_for(accepted.get(), 10)
+    assert isinstance(client, zcdask.HopComm if path == "hop" else zcdask.ZCComm)
     return Pair(client, server), listener
 
 
 @pytest.fixture
 async def pair() -> AsyncIterator[Pair]:
+    """A socket pair: for what only the socket path has (the wire, transports, the pool)."""
     p, listener = await _pair()
     yield p
     p.client.abort()
     p.server.abort()
     listener.stop()
+
+
+@pytest.fixture(params=["socket", "hop"])
+async def either(request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
+    """A pair over a socket, then one through the in-process hop."""
+    p, listener = await _pair(path=request.param)
+    yield p
+    p.client.abort()
+    p.server.abort()
+    listener.stop()
+
+
+def _through_hop(pair: Pair) -> bool:
+    return isinstance(pair.client, zcdask.HopComm)
 
 
 @pytest.fixture
@@ -83,12 +101,12 @@ def _pattern(nbytes: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 255, nbytes, dtype=np.uint8)
 
 
-async def test_small_messages_round_trip_both_ways(pair: Pair) -> None:
+async def test_small_messages_round_trip_both_ways(either: Pair) -> None:
     for i in range(50):
         msg = {"op": "ping", "i": i, "blob": bytes(range(i % 256)) * 3, "nested": (None, 1.5, "x" * i)}  # msgpack gives tuples
-        assert await _roundtrip(pair, msg) == msg
-        await pair.server.write({"reply": i})
-        assert await pair.client.read() == {"reply": i}
+        assert await _roundtrip(either, msg) == msg
+        await either.server.write({"reply": i})
+        assert await either.client.read() == {"reply": i}
 
 
 @pytest.fixture
@@ -98,17 +116,18 @@ def one_mib_shards(monkeypatch: pytest.MonkeyPatch) -> None:
     from distributed.comm.tcp import TCP
 
     monkeypatch.setattr(zcdask.ZCComm, "max_shard_size", MiB)
+    monkeypatch.setattr(zcdask.HopComm, "max_shard_size", MiB)
     monkeypatch.setattr(TCP, "max_shard_size", MiB)
 
 
-async def test_array_over_64_mib_arrives_exact_in_one_buffer(pair: Pair, no_copying_merge: list[int]) -> None:
-    await _check_arrays_in_one_buffer(pair, no_copying_merge, [64 * MiB + 123])
+async def test_array_over_64_mib_arrives_exact_in_one_buffer(either: Pair, no_copying_merge: list[int]) -> None:
+    await _check_arrays_in_one_buffer(either, no_copying_merge, [64 * MiB + 123])
 
 
 @pytest.mark.parametrize("sizes", [[3 * MiB + 7, 5 * MiB, 2 * MiB, MiB + 1]], ids=["four"])
-async def test_sharded_arrays_arrive_exact_each_in_one_buffer(pair: Pair, no_copying_merge: list[int],
+async def test_sharded_arrays_arrive_exact_each_in_one_buffer(either: Pair, no_copying_merge: list[int],
                                                               one_mib_shards: None, sizes: list[int]) -> None:
-    await _check_arrays_in_one_buffer(pair, no_copying_merge, sizes)
+    await _check_arrays_in_one_buffer(either, no_copying_merge, sizes)
 
 
 async def _check_arrays_in_one_buffer(pair: Pair, no_copying_merge: list[int], sizes: list[int]) -> None:
@@ -118,8 +137,12 @@ async def _check_arrays_in_one_buffer(pair: Pair, no_copying_merge: list[int], s
     for sent, received in zip(arrays, got["data"]):
         assert received.nbytes == sent.nbytes and np.array_equal(received, sent)
         assert received.flags.writeable
-        # The whole array sits at the start of a page-aligned pooled buffer.
-        assert received.ctypes.data % 4096 == 0
+        if _through_hop(pair):
+            # The hop hands the sender's frames over: the shards rejoin into the sender's array.
+            assert np.shares_memory(received, sent)
+        else:
+            # The whole array sits at the start of a page-aligned pooled buffer.
+            assert received.ctypes.data % 4096 == 0
 
 
 async def test_tcp_comm_copies_shards_where_zc_does_not(no_copying_merge: list[int], one_mib_shards: None) -> None:
@@ -141,18 +164,18 @@ async def test_tcp_comm_copies_shards_where_zc_does_not(no_copying_merge: list[i
     assert no_copying_merge, "dask's tcp comm no longer copies shards: revisit aiozc.dask's premise"
 
 
-async def test_many_small_frames(pair: Pair, no_copying_merge: list[int]) -> None:
+async def test_many_small_frames(either: Pair, no_copying_merge: list[int]) -> None:
     arrays = [_pattern(n, n) for n in [1, 100, 4096, 32 << 10, 65 << 10, 7] * 150]
-    got = await _roundtrip(pair, [to_serialize(a) for a in arrays])
+    got = await _roundtrip(either, [to_serialize(a) for a in arrays])
     assert len(got) == len(arrays)
     assert all(np.array_equal(a, b) for a, b in zip(arrays, got))
     assert no_copying_merge == []
 
 
-async def test_empty_and_zero_d_arrays(pair: Pair) -> None:
+async def test_empty_and_zero_d_arrays(either: Pair) -> None:
     arrays = [np.empty(0, np.float64), np.array(3.25), np.zeros((0, 5), np.int32), np.array(7, np.uint8),
               np.arange(12, dtype=np.int16).reshape(3, 4)]
-    got = await _roundtrip(pair, {"a": [to_serialize(a) for a in arrays], "e": b""})
+    got = await _roundtrip(either, {"a": [to_serialize(a) for a in arrays], "e": b""})
     assert got["e"] == b""
     for sent, received in zip(arrays, got["a"]):
         assert received.shape == sent.shape and received.dtype == sent.dtype
@@ -167,17 +190,18 @@ class Custom:
         return isinstance(other, Custom) and other.payload == self.payload
 
 
-async def test_pickled_objects(pair: Pair) -> None:
+async def test_pickled_objects(either: Pair) -> None:
     big = Custom(bytes(_pattern(3 * MiB, 9)))
     msg = {"small": to_serialize(Custom(b"abc")), "big": to_serialize(big),
            "buffer": to_serialize(pickle.PickleBuffer(bytearray(b"\x01" * (2 * MiB))))}
-    got = await _roundtrip(pair, msg)
+    got = await _roundtrip(either, msg)
     assert got["small"] == Custom(b"abc") and got["big"] == big
     assert bytes(got["buffer"]) == b"\x01" * (2 * MiB)
 
 
-async def test_deserialize_false_hands_on_serialized_frames(one_mib_shards: None) -> None:
-    p, listener = await _pair(deserialize=False)
+@pytest.mark.parametrize("path", ["socket", "hop"])
+async def test_deserialize_false_hands_on_serialized_frames(one_mib_shards: None, path: str) -> None:
+    p, listener = await _pair(deserialize=False, path=path)
     try:
         array = _pattern(5 * MiB + 3, 5)
         got = await _roundtrip(p, {"x": to_serialize(array), "meta": 1})
@@ -190,10 +214,10 @@ async def test_deserialize_false_hands_on_serialized_frames(one_mib_shards: None
         listener.stop()
 
 
-async def test_write_returns_bytes_sent(pair: Pair) -> None:
+async def test_write_returns_bytes_sent(either: Pair) -> None:
     array = _pattern(MiB, 3)
-    write = asyncio.ensure_future(pair.client.write({"x": to_serialize(array)}))
-    await pair.server.read()
+    write = asyncio.ensure_future(either.client.write({"x": to_serialize(array)}))
+    await either.server.read()
     assert await write > array.nbytes
 
 
@@ -237,9 +261,9 @@ async def test_abort_mid_message_closes_both_sides(pair: Pair, who: str) -> None
         await pair.client.write({"after": 1})
 
 
-async def test_peer_closing_cleanly_ends_reads(pair: Pair) -> None:
-    read = asyncio.ensure_future(pair.server.read())
-    await pair.client.close()
+async def test_peer_closing_cleanly_ends_reads(either: Pair) -> None:
+    read = asyncio.ensure_future(either.server.read())
+    await either.client.close()
     with pytest.raises(CommClosedError):
         await asyncio.wait_for(read, 10)
 
@@ -444,7 +468,7 @@ from distributed.protocol import to_serialize
 import aiozc.dask as zcdask
 
 async def one(i, listener, accepted):
-    client = await connect(listener.contact_address)
+    client = await connect(listener.contact_address, zc_hop=False)
     server = await accepted.get()
     read = asyncio.ensure_future(server.read())
     write = asyncio.ensure_future(client.write({"x": to_serialize(np.full(8 << 20, i % 251, np.uint8))}))
@@ -570,7 +594,7 @@ async def _tracked_objects_kept_per_array(protocol: str, count: int) -> float:
 
     listener = listen(f"{protocol}://127.0.0.1:0", handle, deserialize=False)
     await listener.start()
-    client = await connect(listener.contact_address)
+    client = await connect(listener.contact_address, **({"zc_hop": False} if protocol == "zc" else {}))
     server = await asyncio.wait_for(accepted.get(), 10)
     try:
         msg = {"data": {f"k{i}": to_serialize(_pattern(32 << 10, i)) for i in range(count)}}

@@ -27,7 +27,7 @@ async def test_both_ends_of_a_loopback_comm_never_reprobe() -> None:
         await accepted.put(comm)
 
     async with listen("zc://127.0.0.1:0", handle) as listener:
-        client = await connect(listener.contact_address)
+        client = await connect(listener.contact_address, zc_hop=False)
         server = await asyncio.wait_for(accepted.get(), 10)
         try:
             assert _reprobe_bytes(client) == 0 and _reprobe_bytes(server) == 0

@@ -20,7 +20,7 @@ from distributed.utils import ensure_ip, get_ip
 
 from ..connect import create_connection
 from ..server import create_server
-from . import wire
+from . import hop, wire
 from .pool import ReceivePool
 from .protocol import ZCProtocol, copies
 
@@ -280,10 +280,23 @@ def _sockname(transport: Any, which: str) -> str:
     return PREFIX + unparse_host_port(*transport.get_extra_info(which)[:2])
 
 
+def _hop_enabled(connection_args: dict[str, Any]) -> bool:
+    """The in-process hop is on unless dask config ``distributed.comm.zc.hop`` or the connection
+    argument ``zc_hop`` turns it off."""
+    configured = _config("hop", True)
+    if isinstance(configured, str):
+        configured = configured.strip().lower() not in ("0", "false", "no", "off")
+    return bool(configured) and connection_args.get("zc_hop", True) is not False
+
+
 class ZCConnector(Connector):
-    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> ZCComm:
+    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
         _refuse_encryption(address, connection_args)
         host, port = parse_host_port(address)
+        if _hop_enabled(connection_args):
+            listener = hop.registry.find(host, port, asyncio.get_running_loop())
+            if listener is not None:
+                return listener.accept_hop(host, port, deserialize)
         try:
             transport, protocol = await create_connection(_protocol, host, port, **_loopback_options(host))
         except ConnectionError as exc:
@@ -306,17 +319,48 @@ class ZCListener(BaseListener):
         self.allow_offload = allow_offload
         self.server: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._hop = _hop_enabled(connection_args)
+        self.hop_loop: asyncio.AbstractEventLoop | None = None  # while accepting hops
+        self._hop_port: int | None = None
 
     async def start(self) -> None:
         backlog = int(dask.config.get("distributed.comm.socket-backlog"))
         self.server = await create_server(lambda: _protocol(self._connection_made), self.ip or None,
                                           self.port, backlog=backlog, reuse_address=True,
                                           **_loopback_options(self.ip))
+        if self._hop:
+            self.hop_loop = asyncio.get_running_loop()
+            self._hop_port = self.get_host_port()[1]
+            hop.registry.add(self, self._hop_port)
 
     def stop(self) -> None:
         server, self.server = self.server, None
+        if self._hop_port is not None:
+            hop.registry.remove(self, self._hop_port)
+            self._hop_port = self.hop_loop = None
         if server is not None:
             server.close()
+
+    def hop_hosts(self) -> list[str]:
+        """The hosts this listener's sockets are bound to."""
+        server = self.server
+        return [] if server is None else [s.getsockname()[0] for s in server.sockets]
+
+    def contact_host(self) -> str:
+        return ensure_concrete_host(self.get_host_port()[0], default_host=self.default_host)
+
+    def accept_hop(self, host: str, port: int, deserialize: bool) -> hop.HopComm:
+        """An in-process connection to this listener: the connector's end; ours goes through
+        the handshake and the comm handler as an accepted socket's does."""
+        if self.server is None:
+            raise CommClosedError(f"in {PREFIX}{unparse_host_port(host, port)}: listener stopped")
+
+        def accept(comm: hop.HopComm) -> None:
+            comm.allow_offload = self.allow_offload
+            self._spawn(comm)
+
+        return hop.pair(asyncio.get_running_loop(), host, port, deserialize, accept,
+                        _bytes_config("readahead-bytes", 256 << 20), self.deserialize)
 
     def _connection_made(self, protocol: ZCProtocol) -> None:
         if self.server is None:  # stopped after accepting: don't leave the client hanging
@@ -325,11 +369,14 @@ class ZCListener(BaseListener):
         comm = ZCComm(protocol, _sockname(protocol.transport, "sockname"),
                       _sockname(protocol.transport, "peername"), self.deserialize)
         comm.allow_offload = self.allow_offload
+        self._spawn(comm)
+
+    def _spawn(self, comm: Comm) -> None:
         task = asyncio.get_running_loop().create_task(self._handle(comm))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, comm: ZCComm) -> None:
+    async def _handle(self, comm: Comm) -> None:
         try:
             await self.on_connection(comm)
         except CommClosedError:
