@@ -42,6 +42,25 @@ def test_table_takes_medians_and_ratios_per_case() -> None:
     assert row["zc_faults_per_mib"] == 0
 
 
+def test_table_and_print_show_the_hop_and_the_socket_only_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    mib = bench_dask.MiB
+    samples = [
+        bench_dask.Sample("c", "tcp", 1000 * mib, 2.0, 1.0, 100),
+        bench_dask.Sample("c", "zc", 1000 * mib, 1.0, 1.0, 0, hop_bytes=1000 * mib),
+        bench_dask.Sample("c", "zc-socket", 1000 * mib, 4.0, 2.0, 0),
+    ]
+    [row] = bench_dask._table(samples)
+    assert row["speed_ratio"] == pytest.approx(2.0)
+    assert row["socket_speed_ratio"] == pytest.approx(0.5)
+    assert row["zc_hop_ratio"] == 1.0 and row["zc_socket_hop_ratio"] == 0.0
+    bench_dask._print([row], 1)
+    table = capsys.readouterr().out.splitlines()
+    head = next(line for line in table if line.startswith("case"))
+    assert "zc-sock GB/s" in head and "sock/tcp" in head and "hop" in head.split()
+    [line] = [line for line in table if line.startswith("c ")]
+    assert "2.00x" in line and "0.50x" in line
+
+
 def test_cases_cover_the_issue_list() -> None:
     kinds = [kind for kind, _, _ in bench_dask.cases(1)]
     assert kinds.count("gather") == 4 and kinds.count("scatter") == 4

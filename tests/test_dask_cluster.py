@@ -109,8 +109,25 @@ def test_worker_processes_find_zc_through_the_entry_point(entry_point_path: str,
         [remote] = client.scatter([data], workers=[a])
         doubled = client.submit(_double, remote, workers=[b], allow_other_workers=False)
         assert np.array_equal(client.gather(doubled), data * 2)
+        _gather_through_the_scheduler_hop(client, a)
         modules = client.run(lambda: sorted(m for m in sys.modules if m.startswith("aiozc.dask")))
         assert all("aiozc.dask.comm" in mods for mods in modules.values())
+
+
+def _gather_through_the_scheduler_hop(client: Client, worker: str) -> None:
+    """The scheduler runs in this process and loop: a gather through it reaches the client over
+    the in-process hop, aliasing the scheduler's pooled receive buffers. A second gather, which
+    may reuse pooled buffers, must leave the first one's arrays intact."""
+    from aiozc.dask import hop
+
+    hop.counts.take()
+    first_data = [_pattern(2 * MiB, 20 + i) for i in range(4)]
+    first = client.gather(client.scatter(first_data, workers=[worker], direct=False), direct=False)
+    assert hop.counts.take()["nbytes"] >= 2 * sum(x.nbytes for x in first_data)
+    second = client.gather(client.scatter([_pattern(2 * MiB, 40 + i) for i in range(4)], workers=[worker],
+                                          direct=False), direct=False)
+    assert all(np.array_equal(x, y) for x, y in zip(first, first_data))
+    assert not any(np.array_equal(x, y) for x, y in zip(first, second))
 
 
 def _start(args: list[str], path: str, log: Path) -> subprocess.Popen[bytes]:

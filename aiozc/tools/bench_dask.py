@@ -29,7 +29,10 @@ from typing import Any
 from . import bench_dask_copies, bench_dask_gc
 
 MiB = 1 << 20
-PROTOCOLS = ("tcp", "zc")
+# zc: aiozc's zc:// with its in-process hop (the client's comms to the LocalCluster's scheduler,
+# which runs in the client's process and loop, carried by reference); zc-socket: the same with
+# the hop turned off, every comm through a socket, as between machines.
+PROTOCOLS = ("tcp", "zc", "zc-socket")
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Sample:
     # CPU seconds in Python's garbage collections per process (same order), and full ones in all
     gc_by_process: list[float] = field(default_factory=list)
     full_gcs: int = 0
+    hop_bytes: int = 0  # frame bytes the in-process hop carried (client process), not a socket
 
     @property
     def gbps(self) -> float:
@@ -62,6 +66,11 @@ class Sample:
     @property
     def faults_per_mib(self) -> float:
         return self.minor_faults / (self.nbytes / MiB)
+
+    @property
+    def hop_ratio(self) -> float:
+        """Bytes carried in process per payload byte (gather and scatter: 1, the scheduler hop)."""
+        return self.hop_bytes / self.nbytes
 
     @property
     def copied_ratio(self) -> float:
@@ -145,12 +154,16 @@ class Bench:
     """One cluster and client per protocol; each case a function of (client, workers, seed)."""
 
     def __init__(self, protocol: str) -> None:
+        import dask
         from distributed import Client, LocalCluster
 
         self.protocol = protocol
-        self.cluster = LocalCluster(protocol=f"{protocol}://", processes=True, n_workers=2,
-                                    threads_per_worker=1, dashboard_address=None, silence_logs=40)
-        self.client = Client(self.cluster, set_as_default=False)
+        scheme = protocol.split("-")[0]
+        # The listener decides at start whether it takes hops: off for the whole zc-socket cluster.
+        with dask.config.set({"distributed.comm.zc.hop": protocol != "zc-socket"}):
+            self.cluster = LocalCluster(protocol=f"{scheme}://", processes=True, n_workers=2,
+                                        threads_per_worker=1, dashboard_address=None, silence_logs=40)
+            self.client = Client(self.cluster, set_as_default=False)
         self.workers = sorted(self.client.scheduler_info()["workers"])
         pids = self.client.run(os.getpid)
         self.pids = [os.getpid(), *(pids[w] for w in self.workers)]
@@ -185,11 +198,15 @@ class Bench:
         self._take_copies()
         pool = self._pool_counts()
         self._take_gc()
+        from aiozc.dask.hop import counts as hop_counts
+
+        hop_counts.take()
         before = _per_process(self.pids)
         start = time.perf_counter()
         timed(state)
         seconds = time.perf_counter() - start
         after = _per_process(self.pids)
+        hop_bytes = hop_counts.take()["nbytes"]
         collected = self._take_gc()
         cpu = [a[0] - b[0] for a, b in zip(after, before)]
         faults = [a[1] - b[1] for a, b in zip(after, before)]
@@ -200,7 +217,7 @@ class Bench:
         self.client.run(lambda: __import__("gc").collect())
         return Sample(case, self.protocol, nbytes, seconds, sum(cpu), sum(faults), copied, cpu,
                       faults, dict(pool), [c["gc_s"] for c in collected],
-                      int(sum(c["full"] for c in collected)))
+                      int(sum(c["full"] for c in collected)), hop_bytes)
 
 
 def _w2w(b: Bench, count: int, size: int, seed: int) -> Sample:
@@ -305,27 +322,46 @@ def _table(samples: list[Sample]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"case": name}
         for proto in PROTOCOLS:
             mine = [s for s in samples if s.case == name and s.protocol == proto]
-            row[f"{proto}_gbps"] = statistics.median(s.gbps for s in mine)
-            row[f"{proto}_cpu_s_per_gb"] = statistics.median(s.cpu_s_per_gb for s in mine)
-            row[f"{proto}_faults_per_mib"] = statistics.median(s.faults_per_mib for s in mine)
-            row[f"{proto}_copied_ratio"] = statistics.median(s.copied_ratio for s in mine)
+            if not mine:
+                continue
+            key = proto.replace("-", "_")
+            row[f"{key}_gbps"] = statistics.median(s.gbps for s in mine)
+            row[f"{key}_cpu_s_per_gb"] = statistics.median(s.cpu_s_per_gb for s in mine)
+            row[f"{key}_faults_per_mib"] = statistics.median(s.faults_per_mib for s in mine)
+            row[f"{key}_copied_ratio"] = statistics.median(s.copied_ratio for s in mine)
+            row[f"{key}_hop_ratio"] = statistics.median(s.hop_ratio for s in mine)
         row["speed_ratio"] = row["zc_gbps"] / row["tcp_gbps"]
         row["cpu_ratio"] = row["zc_cpu_s_per_gb"] / row["tcp_cpu_s_per_gb"]
+        if "zc_socket_gbps" in row:
+            row["socket_speed_ratio"] = row["zc_socket_gbps"] / row["tcp_gbps"]
+            row["socket_cpu_ratio"] = row["zc_socket_cpu_s_per_gb"] / row["tcp_cpu_s_per_gb"]
         rows.append(row)
     return rows
 
 
 def _print(rows: list[dict[str, Any]], rounds: int) -> None:
     print(f"\ndask LocalCluster, 2 worker processes, median of {rounds} interleaved round(s)")
+    print("zc: zc:// as it runs, the client's comms to its in-process scheduler through the hop (hop: bytes"
+          " carried in process per payload byte); zc-sock: zc:// with the hop off, every byte through a socket")
     print("copied: user-space bytes copied per payload byte (dask's shard rejoin, tcp's message join and"
           " tornado's buffers, zc's joins and scratch; see aiozc.tools.bench_dask_copies)")
-    print(f"{'case':<26} {'tcp GB/s':>9} {'zc GB/s':>8} {'ratio':>6} {'tcp CPU s/GB':>13} "
-          f"{'zc CPU s/GB':>12} {'tcp flt/MiB':>12} {'zc flt/MiB':>11} {'tcp copied':>11} {'zc copied':>10}")
+    protos = [p for p in ("tcp", "zc", "zc_socket") if f"{p}_gbps" in rows[0]] if rows else []
+    short = {"tcp": "tcp", "zc": "zc", "zc_socket": "zc-sock"}
+    head = f"{'case':<26}" + "".join(f" {short[p] + ' GB/s':>12}" for p in protos)
+    head += f" {'zc/tcp':>7}" + (f" {'sock/tcp':>8}" if "zc_socket" in protos else "") + f" {'hop':>5}"
+    for metric in ("CPU s/GB", "flt/MiB", "copied"):
+        head += "".join(f" {short[p] + ' ' + metric:>{max(12, len(short[p]) + len(metric) + 2)}}" for p in protos)
+    print(head)
     for r in rows:
-        print(f"{r['case']:<26} {r['tcp_gbps']:>9.2f} {r['zc_gbps']:>8.2f} {r['speed_ratio']:>5.2f}x "
-              f"{r['tcp_cpu_s_per_gb']:>13.2f} {r['zc_cpu_s_per_gb']:>12.2f} "
-              f"{r['tcp_faults_per_mib']:>12.1f} {r['zc_faults_per_mib']:>11.1f} "
-              f"{r['tcp_copied_ratio']:>11.4f} {r['zc_copied_ratio']:>10.4f}")
+        line = f"{r['case']:<26}" + "".join(f" {r[f'{p}_gbps']:>12.2f}" for p in protos)
+        line += f" {r['speed_ratio']:>6.2f}x"
+        if "zc_socket" in protos:
+            line += f" {r['socket_speed_ratio']:>7.2f}x"
+        line += f" {r['zc_hop_ratio']:>5.2f}"
+        for metric, key, fmt in (("CPU s/GB", "cpu_s_per_gb", ".2f"), ("flt/MiB", "faults_per_mib", ".1f"),
+                                 ("copied", "copied_ratio", ".4f")):
+            line += "".join(f" {r[f'{p}_{key}']:>{max(12, len(short[p]) + len(metric) + 2)}{fmt}}" for p in protos)
+        print(line)
 
 
 def run(args: Any = None) -> dict[str, Any]:
@@ -333,37 +369,43 @@ def run(args: Any = None) -> dict[str, Any]:
     scale = getattr(args, "scale", 1)
     only = getattr(args, "only", None)
     names = getattr(args, "case", None)
+    protocols = tuple(p for p in PROTOCOLS if p in (getattr(args, "protocols", None) or PROTOCOLS))
+    if not {"tcp", "zc"} <= set(protocols):
+        raise SystemExit("--protocols must include tcp and zc (the ratios compare them)")
     chosen = chosen_cases(scale, only, names)
     if not chosen:
         raise SystemExit(f"no case matches --only {only} --case {names}")
     samples: list[Sample] = []
     logging.getLogger("distributed").setLevel(logging.WARNING)
     with zc_entry_point_visible():
-        benches = {proto: Bench(proto) for proto in PROTOCOLS}
+        benches = {proto: Bench(proto) for proto in protocols}
         try:
             for _, _, fn in chosen:  # warm-up: connections, pools, imports
                 for bench in benches.values():
                     fn(bench, 0)
             for rnd in range(rounds):
                 for _, _, fn in chosen:
-                    order = PROTOCOLS if rnd % 2 == 0 else PROTOCOLS[::-1]
+                    order = protocols if rnd % 2 == 0 else protocols[::-1]
                     for proto in order:
                         sample = fn(benches[proto], rnd + 1)
                         samples.append(sample)
-                        print(f"  round {rnd + 1} {sample.case:<26} {proto}: {sample.gbps:6.2f} GB/s "
+                        print(f"  round {rnd + 1} {sample.case:<26} {proto:>9}: {sample.gbps:6.2f} GB/s "
                               f"{sample.cpu_s_per_gb:5.2f} CPU s/GB {sample.faults_per_mib:7.1f} flt/MiB "
-                              f"copied {sample.copied_ratio:.4f} by process (client, workers): CPU s/GB "
+                              f"copied {sample.copied_ratio:.4f} hop {sample.hop_ratio:.2f} by process (client, workers): CPU s/GB "
                               f"{_by_process(sample)}", flush=True)
         finally:
             for bench in benches.values():
                 bench.close()
     rows = _table(samples)
     _print(rows, rounds)
-    return {"options": {"rounds": rounds, "scale": scale, "only": only, "case": names}, "rows": rows,
+    return {"options": {"rounds": rounds, "scale": scale, "only": only, "case": names,
+                        "protocols": list(protocols)}, "rows": rows,
             "samples": [asdict(s) for s in samples]}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS),
+                        help="clusters to run (zc-socket: zc:// with the in-process hop off)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument("--scale", type=int, default=1, help="divide the payload sizes by this (quick runs)")
     parser.add_argument("--only", nargs="*", choices=["w2w", "gather", "scatter", "rechunk"],
