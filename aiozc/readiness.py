@@ -42,6 +42,7 @@ import weakref
 from typing import Any, Callable, Protocol
 
 from ._sys.recv import Dispatcher as _CompiledDispatcher
+from ._sys.recv import Reader as _CompiledReader
 
 try:
     import uvloop as _uvloop
@@ -252,7 +253,11 @@ class Multiplexer:
         # The callback gets the event it stands for, as from the private epoll.
         if (mask ^ old) & EPOLLIN:
             if mask & EPOLLIN:
-                base.add_reader(loop, fd, handler.on_readiness, EPOLLIN)
+                callback = handler.on_readiness
+                if type(callback) is _CompiledReader:  # called without one, it means EPOLLIN
+                    base.add_reader(loop, fd, callback)
+                else:
+                    base.add_reader(loop, fd, callback, EPOLLIN)
             else:
                 base.remove_reader(loop, fd)
         if (mask ^ old) & EPOLLOUT:

@@ -18,6 +18,7 @@ from .connect import (
     check_stream_socket,
     connect_accepted_socket,
     create_connection,
+    numeric_info,
     set_nodelay,
 )
 from .transport import ZeroCopyTransport
@@ -248,6 +249,9 @@ def _hosts(host: str | Iterable[str] | None) -> list[str | None]:
 async def _server_infos(
     loop: asyncio.AbstractEventLoop, host: str | None, port: Any, family: int, flags: int
 ) -> list[tuple[Any, ...]]:
+    info = numeric_info(host, port, family)
+    if info is not None:  # no resolver thread (connect.numeric_info)
+        return [info]
     infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM, flags=flags)
     if not infos:
         raise OSError(f"getaddrinfo({host!r}) returned empty list")

@@ -210,6 +210,15 @@ class StreamReading(_Host):
         error.__cause__ = exc
         return error
 
+    def _release_socket(self, pending_error: BaseException | None) -> None:
+        super()._release_socket(pending_error)  # type: ignore[misc]
+        # The compiled Reader (see _OnReadiness) and the transport refer to each other: with
+        # the socket gone nothing calls it, and dropping it here lets reference counting free
+        # a closed connection, as the loops' own transports are freed (no cycle for the
+        # collector: aiohttp's 11-byte requests ran ~1.2k instructions of gen-0 collections
+        # per request under callgrind with 8 connections per phase).
+        self.__dict__.pop("on_readiness", None)
+
     def _on_end_of_data(self) -> None:
         if self._read_error is not None:
             self._fatal_error(self._read_error)

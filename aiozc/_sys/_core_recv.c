@@ -27,6 +27,21 @@
 #define RECV_MAX_EVENTS 256   /* as readiness._MAX_EVENTS */
 #define RECV_READS_PER_EVENT 16 /* as streamread._READS_PER_EVENT */
 
+/* PEP 509's dict version (CPython 3.6-3.11; deprecated from 3.12): where it exists, a Reader
+ * remembers the version of the transport's instance dict at which it last saw a Protocol
+ * reading (_plain_reads and _reading true, _eof_received and _closing false) and the protocol
+ * it delivered to. An unchanged version means no attribute of the transport was set since,
+ * so none of those five lookups is repeated: they were ~660 of 4.5k instructions per 11-byte
+ * read on uvloop (callgrind, tools/instructions_tcpread.py). Elsewhere each event looks them
+ * up, as before. */
+#if PY_VERSION_HEX < 0x030C0000
+#define RECV_DICT_VERSION 1
+#define recv_dict_version(d) (((PyDictObject *)(d))->ma_version_tag)
+#else
+#define RECV_DICT_VERSION 0
+#define recv_dict_version(d) ((uint64_t)0)
+#endif
+
 static PyObject *rs_plain_reads, *rs_reading, *rs_eof_received, *rs_closing, *rs_sock, *rs_protocol, *rs_data_received, *rs_fatal_error, *rs_on_end_of_data,
     *rs_read_ready, *rs_take_read_buffer, *rs_read_error_msg, *rs_data_received_msg;
 static PyTypeObject *recv_reader_type;
@@ -43,6 +58,9 @@ typedef struct {
     long long fast_reads; /* reads made here (tests and stats tell the paths apart by it) */
     long long fresh_reads; /* of which straight into a new bytes object */
     long long slow_starts; /* new bytes objects not read into: their data began at a slow offset */
+    PyObject *seen_dict; /* the instance dict the state was last read from (only compared) */
+    uint64_t seen_version; /* its version then (RECV_DICT_VERSION), valid while seen_dict */
+    long long state_reuses; /* events that reused the remembered state */
 } zc_reader;
 
 typedef struct {
@@ -58,13 +76,33 @@ typedef struct {
  * half of what PyObject_GetAttr costs, measured), else through getattr (a class default).
  * The names are plain attributes, never data descriptors (streamread checks that once per
  * class before it makes a Reader), so the two agree. */
+static unsigned long class_lookups; /* state() that fell back to getattr (under the GIL) */
+
 static PyObject *state(PyObject *dict, PyObject *t, PyObject *name) {
     PyObject *value = PyDict_GetItemWithError(dict, name);
     if (value) {
         Py_INCREF(value);
         return value;
     }
-    return PyErr_Occurred() ? NULL : PyObject_GetAttr(t, name);
+    if (PyErr_Occurred()) return NULL;
+    class_lookups++;
+    return PyObject_GetAttr(t, name);
+}
+
+/* The state read at `version` of `dict` (with `lookups` = class_lookups before) holds until
+ * the dict changes: remembered after lookups that found a reading Protocol, none of it a
+ * class default (a class attribute is not covered by the instance dict's version). */
+static void remember_state(zc_reader *r, PyObject *dict, uint64_t version, unsigned long lookups) {
+    if (!RECV_DICT_VERSION || class_lookups != lookups || recv_dict_version(dict) != version) {
+        r->seen_dict = NULL;
+        return;
+    }
+    r->seen_dict = dict;
+    r->seen_version = version;
+}
+
+static int state_unchanged(zc_reader *r, PyObject *dict) {
+    return RECV_DICT_VERSION && r->seen_dict == dict && recv_dict_version(dict) == r->seen_version;
 }
 
 static int state_true(PyObject *dict, PyObject *t, PyObject *name) {
@@ -178,15 +216,30 @@ static PyObject *data_received_of(zc_reader *r, PyObject *protocol) {
     return r->data_received;
 }
 
+/* What an event knows of the transport's state before it reads. */
+typedef struct {
+    uint64_t version; /* the instance dict's at the event's start */
+    unsigned long lookups; /* class_lookups then */
+    int known; /* the remembered state holds (state_unchanged): no lookups */
+} read_state;
+
 /* One delivery of `data` (a reference taken) to protocol.data_received; 0, 1 (it raised
  * and the transport was told) or -1 (an exception to propagate). */
-static int deliver(zc_reader *r, PyObject *dict, PyObject *data) {
-    PyObject *protocol = state(dict, r->transport, rs_protocol), *method, *res;
-    method = protocol ? data_received_of(r, protocol) : NULL;
-    Py_XDECREF(protocol);
-    if (!method) {
-        Py_DECREF(data);
-        return -1;
+static int deliver(zc_reader *r, PyObject *dict, PyObject *data, read_state *st) {
+    PyObject *protocol, *method, *res;
+    if (st->known) {
+        method = r->data_received;
+        Py_INCREF(method);
+        st->known = 0; /* data_received may change anything: the next read looks again */
+    } else {
+        protocol = state(dict, r->transport, rs_protocol);
+        method = protocol ? data_received_of(r, protocol) : NULL;
+        Py_XDECREF(protocol);
+        if (!method) {
+            Py_DECREF(data);
+            return -1;
+        }
+        remember_state(r, dict, st->version, st->lookups);
     }
     res = PyObject_CallOneArg(method, data);
     Py_DECREF(method);
@@ -245,8 +298,8 @@ static Py_ssize_t read_once(zc_reader *r, int fresh, PyObject **data) {
 }
 
 /* streamread.StreamReading._read_data_ready; 0, or -1 with an exception to propagate. */
-static int reader_read(zc_reader *r, PyObject *dict) {
-    int v = reads_now(dict, r->transport), k;
+static int reader_read(zc_reader *r, PyObject *dict, read_state *st) {
+    int v = st->known ? 1 : reads_now(dict, r->transport), k;
     PyObject *data = NULL;
     Py_ssize_t n;
     if (v <= 0) return v;
@@ -268,7 +321,7 @@ static int reader_read(zc_reader *r, PyObject *dict) {
             r->fast_reads++;
             return call_transport(r, rs_on_end_of_data, NULL, NULL);
         }
-        if ((v = deliver(r, dict, data)) != 0) return v < 0 ? -1 : 0;
+        if ((v = deliver(r, dict, data, st)) != 0) return v < 0 ? -1 : 0;
         if (n < r->buf.len) return 0;
         if ((v = reads_again(r, dict)) <= 0) return v;
     }
@@ -282,8 +335,14 @@ static PyObject *reader_event(zc_reader *r, long events) {
     if (events == EPOLLIN) {
         dict = PyObject_GenericGetDict(r->transport, NULL);
         if (!dict) return NULL;
-        plain = state_true(dict, r->transport, rs_plain_reads);
-        if (plain > 0) plain = reader_read(r, dict) < 0 ? -1 : 1;
+        read_state st = {recv_dict_version(dict), class_lookups, state_unchanged(r, dict)};
+        if (st.known) {
+            r->state_reuses++;
+            plain = 1;
+        } else {
+            plain = state_true(dict, r->transport, rs_plain_reads);
+        }
+        if (plain > 0) plain = reader_read(r, dict, &st) < 0 ? -1 : 1;
         Py_DECREF(dict);
         if (plain < 0) return NULL;
         if (plain) Py_RETURN_NONE;
@@ -299,10 +358,14 @@ static PyObject *reader_event(zc_reader *r, long events) {
 
 static PyObject *reader_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     long events;
-    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "on_readiness(events)");
+    size_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs > 1 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "on_readiness(events=EPOLLIN)");
         return NULL;
     }
+    /* Without an argument: readable (the loop's reader callback; uvloop runs a handle without
+     * arguments through a plain vectorcall, one with them through a tuple). */
+    if (!nargs) return reader_event((zc_reader *)self, EPOLLIN);
     events = PyLong_AsLong(args[0]);
     if (events == -1 && PyErr_Occurred()) return NULL;
     return reader_event((zc_reader *)self, events);
@@ -381,10 +444,15 @@ static PyObject *reader_get_slow_starts(PyObject *self, void *closure) {
     return PyLong_FromLongLong(((zc_reader *)self)->slow_starts);
 }
 
+static PyObject *reader_get_state_reuses(PyObject *self, void *closure) {
+    return PyLong_FromLongLong(((zc_reader *)self)->state_reuses);
+}
+
 static PyGetSetDef reader_getset[] = {
     {"fast_reads", reader_get_fast_reads, NULL, "recv calls made by the compiled path", NULL},
     {"fresh_reads", reader_get_fresh_reads, NULL, "of which straight into a new bytes", NULL},
     {"slow_starts", reader_get_slow_starts, NULL, "new bytes at a slow page offset (not read into)", NULL},
+    {"state_reuses", reader_get_state_reuses, NULL, "events that reused the remembered transport state", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -397,7 +465,7 @@ static PyType_Slot reader_slots[] = {
     {Py_tp_repr, reader_repr},
     {Py_tp_members, reader_members},
     {Py_tp_getset, reader_getset},
-    {Py_tp_doc, "Reader(transport, fallback, fd): a TCP transport's on_readiness (aiozc/_sys/_core_recv.c)."},
+    {Py_tp_doc, "Reader(transport, fallback, fd): a TCP transport's on_readiness(events=EPOLLIN) (aiozc/_sys/_core_recv.c)."},
     {0, NULL},
 };
 
