@@ -207,3 +207,27 @@ async def test_connecting_to_a_closed_port_fails_as_the_loop_does() -> None:
     with pytest.raises(ConnectionRefusedError) as caught:
         await aiozc.create_connection(asyncio.Protocol, "127.0.0.1", port)
     assert f"('127.0.0.1', {port})" in str(caught.value)
+
+
+@pytest.mark.skipif(not core.compiled, reason=f"no compiled core: {core.why_pure}")
+async def test_after_a_full_read_the_next_event_reads_into_a_new_bytes() -> None:
+    # A stream: the event after one whose read filled the read size reads straight into a new
+    # bytes object (no copy out of the thread's buffer); a small read goes back to the buffer.
+    pair = await connect_pair(read_size=4096)
+    try:
+        reader = pair.transport.on_readiness
+        await ping(pair, b"s", 1)
+        assert reader.fresh_reads == 0
+        pair.transport.pause_reading()
+        pair.peer.sendall(b"f" * 4096)
+        await queued(pair, 4096)
+        pair.transport.resume_reading()
+        await wait_for(lambda: len(pair.protocol.received) == 1 + 4096, "the full read")
+        fresh = reader.fresh_reads
+        await ping(pair, b"n", 1)  # the event after the full read
+        assert reader.fresh_reads == fresh + 1
+        await ping(pair, b"m", 1)  # after a small read: the buffer again
+        assert reader.fresh_reads == fresh + 1
+        assert bytes(pair.protocol.received) == b"s" + b"f" * 4096 + b"nm"
+    finally:
+        pair.close()

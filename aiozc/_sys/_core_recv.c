@@ -54,6 +54,7 @@ typedef struct {
     PyObject *protocol, *data_received; /* the protocol last delivered to, and its method */
     int fd;
     int has_buf;
+    int last_full; /* the last read filled the read size (a stream: the next one likely does) */
     Py_buffer buf; /* the thread's read buffer (transport._take_read_buffer()), once taken */
     long long fast_reads; /* reads made here (tests and stats tell the paths apart by it) */
     long long fresh_reads; /* of which straight into a new bytes object */
@@ -259,11 +260,14 @@ static int slow_start(const char *p) {
     return offset >= 1 && offset <= 31;
 }
 
-/* One recv. `fresh`: the last read filled the read size, so this one likely does too: it
- * goes straight into a new bytes object of the read size (cut to what came), which
- * data_received gets as it is; otherwise into the thread's buffer, copied into a bytes of
- * what came (a small read costs a small copy, never a large block). Returns what recv did
- * (-1: errno) with *data set when it read something, or -2 with a Python exception. */
+/* One recv. `fresh`: the last read filled the read size (in this event or the one before),
+ * so this one likely does too: it goes straight into a new bytes object of the read size (cut
+ * to what came), which data_received gets as it is; otherwise into the thread's buffer,
+ * copied into a bytes of what came (a small read costs a small copy, never a large block).
+ * A stream's reads fill 256 KiB nearly always (2041 of 2048, plain sender over loopback),
+ * one per event about as often: the first read of an event copying cost the copy of almost
+ * every byte (user CPU, bench recv). Returns what recv did (-1: errno) with *data set when it
+ * read something, or -2 with a Python exception. */
 static Py_ssize_t read_once(zc_reader *r, int fresh, PyObject **data) {
     PyObject *obj = NULL;
     char *into = r->buf.buf;
@@ -287,6 +291,7 @@ static Py_ssize_t read_once(zc_reader *r, int fresh, PyObject **data) {
         return n;
     }
     r->fast_reads++;
+    r->last_full = n == r->buf.len;
     if (obj) {
         r->fresh_reads++;
         if (n < r->buf.len && _PyBytes_Resize(&obj, n) < 0) return -2;
@@ -305,7 +310,7 @@ static int reader_read(zc_reader *r, PyObject *dict, read_state *st) {
     if (v <= 0) return v;
     if (!r->has_buf && take_buffer(r) < 0) return -1;
     for (k = 0; k < RECV_READS_PER_EVENT; k++) {
-        n = read_once(r, k > 0, &data); /* after the first, each read follows a full one */
+        n = read_once(r, k > 0 || r->last_full, &data); /* after the first, each follows a full one */
         if (n == -2) return -1;
         if (n < 0) {
             if (errno == EINTR) {
