@@ -10,8 +10,8 @@
  *
  * How: the datagram is accounted when its SQE is filled (a datagram goes whole or not at all,
  * as uring.py's _submit_datagram_zc does), its export held by the write's slot as on the
- * MSG_ZEROCOPY path, and the request is a zu_single that names the zc_dgram (`owner`), the
- * tracker id and the slot. Its result CQE is expected to be the datagram's size: any other
+ * MSG_ZEROCOPY path, and the request is an entry of the ring's owned table (user_data
+ * ZU_OWNED_UD | index) that names the zc_dgram (`owner`), the tracker id and the slot. Its result CQE is expected to be the datagram's size: any other
  * result goes to zc_dgram.fail (Python sends it again or fails it, as _datagram_zc_result
  * does) and voids the id's release; its notification CQE adds the id to zc_dgram.pend, merged
  * into runs of consecutive ids. A transport that had nothing pending gets one ZU_EV_D_PENDING
@@ -68,22 +68,50 @@ static int ring_failed(zc_uring *r, zc_dgram *d, const zu_single *s, int32_t res
     return ring_dirty(r, d);
 }
 
-static int owned_done(zc_uring *r, zu_single *s, int64_t ud, int copied) {
+/* A free entry of the owned table (zeroed, marked in use), or -1 out of memory. */
+static int64_t owned_new(zc_uring *r) {
+    int64_t index = r->owned_free - 1;
+    if (index >= 0) {
+        r->owned_free = r->owned[index].free_next;
+    } else {
+        if (r->owned_n == r->owned_cap) {
+            int64_t cap = r->owned_cap ? r->owned_cap * 2 : 256;
+            zu_single *q = realloc(r->owned, (size_t)cap * sizeof *q);
+            if (!q) return -1;
+            r->owned = q;
+            r->owned_cap = cap;
+        }
+        index = r->owned_n++;
+    }
+    memset(&r->owned[index], 0, sizeof r->owned[index]);
+    r->owned[index].owned = 1;
+    return index;
+}
+
+static void owned_free(zc_uring *r, int64_t index) {
+    r->owned[index].owned = 0;
+    r->owned[index].free_next = r->owned_free;
+    r->owned_free = index + 1;
+}
+
+static int owned_done(zc_uring *r, zu_single *s, int64_t index, int copied) {
     int rc = s->owner && !s->voided ? ring_released(r, s->owner, s->ident, copied) : 0;
-    zu_map_del(&r->singles, ud);
-    free(s);
+    owned_free(r, index);
     return rc;
 }
 
 /* zu_single_cqe for a compiled datagram path's send (the same F_MORE / F_NOTIF rules). */
-static int zu_owned_cqe(zc_uring *r, zu_single *s, int64_t ud, int32_t res, uint32_t flags) {
+static int zu_owned_cqe(zc_uring *r, int64_t index, int32_t res, uint32_t flags) {
+    zu_single *s;
+    if (index < 0 || index >= r->owned_n || !r->owned[index].owned) return 0;
+    s = &r->owned[index];
     if (flags & ZU_CQE_F_NOTIF) {
         if (!s->resulted) {
             s->notified = 1;
             s->notified_res = res;
             return 0;
         }
-        return owned_done(r, s, ud, (res & ZU_NOTIF_COPIED) != 0);
+        return owned_done(r, s, index, (res & ZU_NOTIF_COPIED) != 0);
     }
     s->resulted = 1;
     if ((int64_t)res != s->expect) {
@@ -91,7 +119,7 @@ static int zu_owned_cqe(zc_uring *r, zu_single *s, int64_t ud, int32_t res, uint
         if (s->owner && ring_failed(r, s->owner, s, res) < 0) return -1;
     }
     if ((flags & ZU_CQE_F_MORE) && !s->notified) return 0;
-    return owned_done(r, s, ud, s->notified ? (s->notified_res & ZU_NOTIF_COPIED) != 0 : 1);
+    return owned_done(r, s, index, s->notified ? (s->notified_res & ZU_NOTIF_COPIED) != 0 : 1);
 }
 
 /* Drop the ZU_EV_D_PENDING events of `d` still in the ring's buffer (it applied them). */
@@ -162,30 +190,23 @@ static int64_t dgram_ring_before_copy(zc_dgram *d) {
 static int64_t dgram_ring_send(zc_dgram *d, const char *buf, int64_t n, Py_buffer *view) {
     zc_uring *r = d->ring;
     zu_single *s;
-    int64_t ret = zu_room(r), ud, slot, ident;
+    int64_t ret = zu_room(r), index, slot, ident;
     int flags = 0;
     if (ret < 0) return ret; /* -EAGAIN: the SQ is full even after a submit, Python queues it */
-    s = calloc(1, sizeof *s);
-    if (!s) return -ENOMEM;
-    ud = r->next_ud;
-    if (zu_map_put(&r->singles, ud, s) < 0) {
-        free(s);
-        return -ENOMEM;
-    }
+    if ((index = owned_new(r)) < 0) return -ENOMEM;
     ident = d->t->next & 0xFFFFFFFFll;
     slot = zc_sent_whole(d->t, n, 1);
     if (slot < 0) {
-        zu_map_del(&r->singles, ud);
-        free(s);
+        owned_free(r, index);
         return -ENOMEM; /* nothing was filled: the general path sends it */
     }
-    r->next_ud = ud + 1;
+    s = &r->owned[index];
     s->expect = n;
     s->owned = 1;
     s->owner = d;
     s->ident = ident;
     s->slot = slot;
-    zu_fill(r, d->fd, d->ring_flags, buf, n, NULL, 0, (uint64_t)ud);
+    zu_fill(r, d->fd, d->ring_flags, buf, n, NULL, 0, ZU_OWNED_UD | (uint64_t)index);
     if (view && hold(d, slot, view) < 0) PyBuffer_Release(view); /* out of memory: not held */
     d->zc_sends++;
     d->zc_bytes += n;
@@ -215,10 +236,8 @@ static void dgram_ring_unbind(zc_dgram *d) {
     zc_uring *r = d->ring;
     int64_t i;
     if (!r) return;
-    for (i = 0; i <= r->singles.mask; i++) {
-        zu_single *s = r->singles.keys[i] != -1 ? r->singles.vals[i] : NULL;
-        if (s && s->owned && s->owner == d) s->owner = NULL;
-    }
+    for (i = 0; i < r->owned_n; i++)
+        if (r->owned[i].owned && r->owned[i].owner == d) r->owned[i].owner = NULL;
     ring_forget_events(r, d);
     d->ring = NULL;
 }

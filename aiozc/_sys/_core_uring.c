@@ -47,6 +47,7 @@
 #define ZU_INDEX_MASK ((1ll << ZU_INDEX_BITS) - 1)
 #define ZU_GROUP_SIZE (1ll << ZU_INDEX_BITS)
 #define ZU_GROUP_UD (1ull << 63)
+#define ZU_OWNED_UD (1ull << 62) /* | index in zc_uring.owned (_core_udpring.c) */
 #define ZU_MAX_FIXED 64
 #define ZU_EXPECT_ANY INT64_MIN /* a single send whose every result is reported */
 
@@ -171,9 +172,10 @@ typedef struct {
     int64_t expect;
     int32_t notified_res;
     uint8_t resulted, notified;
-    uint8_t owned, voided; /* a compiled datagram path's send (_core_udpring.c); it failed */
+    uint8_t owned, voided; /* a compiled datagram path's send in use (_core_udpring.c); it failed */
     zc_dgram *owner;       /* (NULL once that path let go of it) */
     int64_t ident, slot;   /* its tracker id and write slot */
+    int64_t free_next;     /* (owned table) the next free entry + 1, 0: none */
 } zu_single;
 
 typedef struct zc_uring {
@@ -193,6 +195,10 @@ typedef struct zc_uring {
     int64_t filled; /* SQEs the last zc_uring_send_group filled */
     int err;        /* why it filled fewer than asked (errno) */
     int64_t submits, submitted, fixed_sends;
+    /* the compiled datagram path's sends: a table, not the singles map (no malloc, no hash per
+     * datagram: ~0.3k instructions, callgrind), user_data ZU_OWNED_UD | index */
+    zu_single *owned;
+    int64_t owned_n, owned_cap, owned_free; /* entries used so far, allocated, free list + 1 */
 } zc_uring;
 
 zc_uring *zc_uring_new(int fd, uint32_t setup_flags, uint32_t *sq_khead, uint32_t *sq_ktail,
@@ -239,6 +245,7 @@ static void zu_map_free_all(zu_map *m) {
 void zc_uring_free(zc_uring *r) {
     if (!r) return;
     zu_map_free_all(&r->singles);
+    free(r->owned);
     zu_map_free_all(&r->groups);
     free(r->ev);
     free(r);
@@ -469,12 +476,11 @@ static int zu_single_done(zc_uring *r, zu_single *s, int64_t ud, int copied) {
     return zu_emit(r, ZU_EV_S_DONE, ud, copied, 0);
 }
 
-static int zu_owned_cqe(zc_uring *r, zu_single *s, int64_t ud, int32_t res, uint32_t flags);
+static int zu_owned_cqe(zc_uring *r, int64_t index, int32_t res, uint32_t flags);
 
 static int zu_single_cqe(zc_uring *r, int64_t ud, int32_t res, uint32_t flags) {
     zu_single *s = zu_map_get(&r->singles, ud);
     if (!s) return 0;
-    if (s->owned) return zu_owned_cqe(r, s, ud, res, flags);
     if (flags & ZU_CQE_F_NOTIF) {
         if (!s->resulted) { /* result not seen yet: finish both when it arrives */
             s->notified = 1;
@@ -505,8 +511,10 @@ int64_t zc_uring_reap(zc_uring *r) {
             uint64_t ud = c->user_data;
             int64_t key, i;
             int rc;
-            if (ud < ZU_GROUP_UD) {
+            if (ud < ZU_OWNED_UD) {
                 rc = zu_single_cqe(r, (int64_t)ud, c->res, c->flags);
+            } else if (ud < ZU_GROUP_UD) {
+                rc = zu_owned_cqe(r, (int64_t)(ud & ~ZU_OWNED_UD), c->res, c->flags);
             } else {
                 key = (int64_t)((ud & ~ZU_GROUP_UD) >> ZU_INDEX_BITS);
                 i = (int64_t)(ud & ZU_INDEX_MASK);
