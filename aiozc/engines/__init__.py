@@ -22,9 +22,11 @@ Choosing an engine (``engine=`` transport option)
   (2026-12-01 19:00-19:25 UTC, two quiet full runs, docs/bench/udp-sink*.txt; 2.10/1.85x and
   2.19/2.08x of stock ``sendto`` on asyncio/uvloop against 1.58/1.53x and 1.88/1.48x): the
   compiled fill and reap made the per-SQE cost smaller than what SEND_ZC saves over the error
-  queue. Not without ``coalesce_zc``: a ``sendto_zc()`` sent during the call on io_uring ran
-  0.39-0.62x of stock ``sendto`` (the compiled per-call path covers MSG_ZEROCOPY only), and
-  "auto" must never be slower than stock. Ask for ``engine="io_uring"`` to send a pool's slices
+  queue. Not without ``coalesce_zc`` (yet): a ``sendto_zc()`` sent during the call on io_uring
+  ran 0.39-0.62x of stock ``sendto`` through the general Python path; it is compiled since
+  2026-12-01 (aiozc/_sys/_core_udpring.c, 3.6k instructions per datagram on both loops, like
+  MSG_ZEROCOPY's), and two short loaded runs gave it 0.95-1.74x of per-call MSG_ZEROCOPY:
+  "auto" must never be slower than stock, so it waits for a quiet run to decide. Ask for ``engine="io_uring"`` to send a pool's slices
   with ``sendto_zc_many()`` on it. Earlier measurements (kernel
   6.18, CPython 3.11, 2 shared cores; ``python -m aiozc bench udp-sink``, 64000 B datagrams into
   the ifb sink, median of 3, same API and loop on both engines; before the compiled ring core):
