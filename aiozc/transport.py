@@ -340,7 +340,7 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
             if self._wants_zerocopy(nbytes):
                 self._queue.append(_Segment(view, True, future))
                 self._queued += nbytes
-                self._flush()
+                self._flush(head_wanted=True)
                 self._maybe_pause_protocol()
                 return
             # Nothing queued ahead and nothing to pin: send at once, and if the socket takes it
@@ -396,12 +396,15 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
             self._queue.append(_Segment(bytearray(view), False))
         self._queued += len(view)
 
-    def _flush(self) -> None:
+    def _flush(self, head_wanted: bool = False) -> None:
+        """Send queued segments until the socket is full. ``head_wanted``: the caller has just
+        asked the policy about the head segment, a new held write, and it said zero-copy: it is
+        not asked again for that segment's first send (nothing ran in between to change it)."""
         if self._zc_in_flight:
             return  # the head segment is being sent; _after_zc_result resumes
         try:
-            while self._queue and self._send_head():
-                pass
+            while self._queue and self._send_head(head_wanted):
+                head_wanted = False
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
@@ -409,8 +412,9 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
             return
         self._after_flush()
 
-    def _send_head(self) -> bool:
-        """Send from the head segment; True if it was sent whole (try the next one)."""
+    def _send_head(self, wanted: bool = False) -> bool:
+        """Send from the head segment; True if it was sent whole (try the next one).
+        ``wanted``: the policy already said zero-copy for it (see _flush)."""
         seg = self._queue[0]
         if isinstance(seg, _FileSegment):
             return self._send_file_head(seg)
@@ -429,9 +433,9 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
         # zero-copy whole (Completion.zerocopy) where the kernel allows it.
         continuing = write is not None and write.zc_sends > 0
         # Below _direct_max the policy would copy it anyway: no need to ask.
-        if (continuing or len(data) >= self._direct_max) and self._wants_zerocopy(
+        if (continuing or len(data) >= self._direct_max) and (wanted or self._wants_zerocopy(
             len(data), continuing=continuing
-        ):
+        )):
             # A view of its own even at offset 0: io_uring holds an export on it until the
             # kernel's release, and the held view itself is released when the write resolves.
             sent = self._send_zc(write or self._track(seg), data[seg.offset :])  # type: ignore[arg-type]
