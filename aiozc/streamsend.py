@@ -245,8 +245,11 @@ class StreamSending:
 
     def _account_send(self, write: WriteHandle | None, sent: int, zerocopy: bool) -> int | None:
         ident: int | None = super()._account_send(write, sent, zerocopy)  # type: ignore[misc]
-        if zerocopy:
-            self._refresh_direct()  # a probe in flight: the writes behind it may go direct
+        # A probe in flight: the writes behind it may go direct. A zero-copy send changes the
+        # policy's copy_allowance() only by starting a probe (policy.on_sent), so without one
+        # in flight the direct path's gate stays as it is.
+        if zerocopy and self._policy.probe_in_flight:
+            self._refresh_direct()
         return ident
 
     def on_zerocopy_range(self, lo: int, hi: int, copied: bool) -> None:
