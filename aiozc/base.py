@@ -366,7 +366,11 @@ class ZeroCopyTransportBase:
         return pinned
 
     def _close_write(self, write: WriteHandle) -> None:
-        self._resolve(self._tracker.close_write(write))
+        done = self._tracker.close_write(write)
+        if done:
+            self._resolve(done)
+        else:  # ids outstanding: it resolves from a notification (the pinned bytes unchanged)
+            self.stats.pinned_bytes = self._tracker.pinned_bytes
         if self._zc_since_drain >= self._options.errqueue_drain_every:
             self._drain_errqueue()
 

@@ -272,8 +272,12 @@ class StreamSending:
         # The policy first (in copy-fallback it says no without a syscall), then the peer's
         # window, re-read as writes come: peers shrink SO_RCVBUF after connecting (CPython's
         # sendfile tests do), which only later ACKs show.
-        self._tell_policy_plain()
-        if not super()._wants_zerocopy(nbytes, continuing=continuing):  # type: ignore[misc]
+        # (The base's rule, policy then pinned bytes, written out: one Python call less per ask.)
+        if self._plain_sent:
+            self._tell_policy_plain()
+        if not self._policy.wants_zerocopy(nbytes, continuing=continuing):
+            return False
+        if self._tracker.pinned_bytes >= self._options.max_pinned_bytes:  # type: ignore[attr-defined]
             return False
         return continuing or self._peer_window() >= _MIN_PEER_WINDOW
 
