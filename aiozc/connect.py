@@ -95,7 +95,7 @@ def numeric_info(host: Any, port: Any, family: int, proto: int = 0) -> AddrInfo 
     a second thread pays glibc's cancellation bookkeeping on every system call after that
     (callgrind, one 11-byte read on uvloop: ~90 of 4.6k instructions per recv), which the
     loops' own create_connection / create_server avoid for a numeric address, as here."""
-    return base_events._ipaddr_info(host, port, family, socket.SOCK_STREAM, proto)
+    return base_events._ipaddr_info(host, port, family, socket.SOCK_STREAM, proto)  # type: ignore[attr-defined,no-any-return]
 
 
 async def resolve(
@@ -153,12 +153,13 @@ async def sock_connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, add
         pass
     fd = sock.fileno()
     connected = loop.create_future()
+    uv_loop: Any = loop
     # uvloop.Loop's own method: the aiozc loop refuses its users the fds of its transports.
-    uvloop.Loop.add_writer(loop, fd, _set_done, connected)
+    uvloop.Loop.add_writer(uv_loop, fd, _set_done, connected)
     try:
         await connected
     finally:
-        uvloop.Loop.remove_writer(loop, fd)
+        uvloop.Loop.remove_writer(uv_loop, fd)
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, f"Connect call failed {address}")

@@ -212,12 +212,14 @@ class StreamReading(_Host):
 
     def _release_socket(self, pending_error: BaseException | None) -> None:
         super()._release_socket(pending_error)  # type: ignore[misc]
-        # The compiled Reader (see _OnReadiness) and the transport refer to each other: with
-        # the socket gone nothing calls it, and dropping it here lets reference counting free
+        # The compiled Reader (see _OnReadiness) and the transport refer to each other, as
+        # does the bound _read_once: with the socket gone nothing calls either, and dropping
+        # them here lets reference counting free
         # a closed connection, as the loops' own transports are freed (no cycle for the
         # collector: aiohttp's 11-byte requests ran ~1.2k instructions of gen-0 collections
         # per request under callgrind with 8 connections per phase).
         self.__dict__.pop("on_readiness", None)
+        self._read_once = _read_nothing  # was a bound method of self
 
     def _on_end_of_data(self) -> None:
         if self._read_error is not None:
@@ -292,6 +294,11 @@ def _plain_state(cls: type) -> bool:
             hasattr(type(getattr(cls, name, None)), "__set__") for name in _READER_STATE
         )
     return plain
+
+
+def _read_nothing() -> bool:
+    """``_read_once`` once the socket was released."""
+    return False
 
 
 def on_uvloop(loop: asyncio.AbstractEventLoop) -> bool:

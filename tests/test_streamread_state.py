@@ -6,11 +6,13 @@ compiled and the Python read path; the Reader's own counters only where the core
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -171,6 +173,26 @@ async def test_a_closed_transport_drops_its_reader(read_path: str) -> None:
         assert "on_readiness" not in vars(pair.transport)
     finally:
         pair.peer.close()
+
+
+async def test_a_closed_transport_is_freed_without_the_collector(read_path: str) -> None:
+    # Reference counting alone frees a closed connection, as the loops' own transports: no
+    # cycle through the Reader or the bound read step (connection churn ran gen-0 collections).
+    pair = await connect_pair()
+    gc.disable()
+    try:
+        await ping(pair, b"z", 1)
+        ref = weakref.ref(pair.transport)
+        pair.transport.close()
+        await asyncio.wait_for(pair.protocol.lost, 5)
+        pair.peer.close()
+        pair.protocol.transport = None
+        del pair
+        for _ in range(3):
+            await asyncio.sleep(0)  # the socket's close and connection_lost run from the loop
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 _THREADS = textwrap.dedent("""
