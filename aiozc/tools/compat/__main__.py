@@ -60,7 +60,7 @@ def _merged(path: Path, runs: list[runner.Run]) -> list[runner.Run]:
     """The runs of an earlier (full) run, with those rerun now replaced."""
     fresh = {(r.suite, r.base, r.mode) for r in runs}
     old = json.loads(path.read_text()) if path.exists() else []
-    kept = [runner.Run(d["suite"], d["base"], d["mode"], d["results"], d["seconds"])
+    kept = [runner.Run(d["suite"], d["base"], d["mode"], d["results"], d["seconds"], core=d.get("core", ""))
             for d in old if (d["suite"], d["base"], d["mode"]) not in fresh and d["suite"] in suites.SUITES]
     return kept + runs
 
@@ -70,7 +70,7 @@ def _render(path: Path) -> None:
     old = path.read_text() if path.exists() else ""
     # keep the header lines of the run that produced the json
     block = old.split(doc.BEGIN, 1)[1] if doc.BEGIN in old else ""
-    header = [line for line in block.strip().splitlines()[:6] if line.startswith(("Last run", "aiozc loop", "Left out", "Partial"))]
+    header = [line for line in block.strip().splitlines()[:6] if line.startswith(("Last run", "aiozc loop", "Left out", "Partial", "aiozc path"))]
     doc.write(path, doc.generated(runs, header))
     print(f"wrote {path}")
 
@@ -93,9 +93,10 @@ def main(argv: list[str] | None = None) -> None:
                 run = runner.run_suite(runner.Run(suite.name, base, mode), srcs[suite.source], workdir,
                                        timeout=args.timeout, shim=args.shim, only=args.only)
                 print(f"{suite.name:32} {base:8} {mode:6} {doc._cell(run.counts()):28} "
-                      f"{run.seconds:6.1f} s  log {run.log}", flush=True)
+                      f"{run.seconds:6.1f} s  {run.core:10} log {run.log}", flush=True)
                 runs.append(run)
     header = _header(srcs, args.shim, time.monotonic() - started, args.timeout)
+    header.append("aiozc path in the workers: " + (", ".join(sorted({r.core or "unknown" for r in runs}))) + ".")
     if str(args.doc) == "-":
         print(doc.generated(runs, header))
         return
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     if len(runs) > len(fresh):
         header.append("Partial rerun: the runs not selected this time are kept from docs/compat.json.")
     doc.write(args.doc, doc.generated(runs, header))
-    data = [{"suite": r.suite, "base": r.base, "mode": r.mode, "seconds": r.seconds, "results": r.results}
+    data = [{"suite": r.suite, "base": r.base, "mode": r.mode, "seconds": r.seconds, "core": r.core,
+             "results": r.results}
             for r in runs]
     args.doc.with_suffix(".json").write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {args.doc} and {args.doc.with_suffix('.json')}")

@@ -29,6 +29,8 @@ class Run:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
     log: str = ""
+    core: str = ""
+    """aiozc._sys.core.path_in_use() in the worker: "compiled" or "pure-python (why)"."""
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -101,6 +103,8 @@ def run_suite(run: Run, source: Source, workdir: Path, *, timeout: float = 30.0,
                 elif event["event"] == "end":
                     run.results[event["id"]] = {k: event[k] for k in ("outcome", "detail", "seconds", "reached")}
                     current = None
+                elif event["event"] == "core":
+                    run.core = event["path"]
                 elif event["event"] == "finished":
                     finished = True
             if finished or proc.poll() is not None:

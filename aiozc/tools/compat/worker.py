@@ -119,6 +119,11 @@ def main(argv: list[str] | None = None) -> None:
         tests = [t for t in tests if any(part in t.id() for part in args.only)]
     done = set(args.skip.read_text().split()) if args.skip and args.skip.exists() else set()
     with args.events.open("a") as out:
+        # Which aiozc path the suites measure: a stale compiled core is skipped with only a
+        # warning, and every TCP/UDP hot path then runs in Python.
+        from aiozc._sys import core
+
+        out.write(json.dumps({"event": "core", "path": core.path_in_use()}) + "\n")
         if args.list:
             for test in tests:
                 out.write(json.dumps({"event": "listed", "id": test.id()}) + "\n")
