@@ -125,6 +125,9 @@ class StreamSending:
     def _open_for_direct(self) -> bool:
         raise NotImplementedError
 
+    def _drop_if_lost(self) -> bool:
+        raise NotImplementedError
+
     def _tell_policy_plain(self) -> None:
         if self._plain_sent:
             sent, self._plain_sent = self._plain_sent, 0
@@ -151,6 +154,8 @@ class StreamSending:
                     f"writelines() item {index}: data must be a bytes-like object, "
                     f"not {type(data).__name__!r}"
                 )
+        if not self._eof and any(items) and self._drop_if_lost():
+            return  # one lost write, as asyncio's writelines() is one write() of the join
         index, offset = self._gather_now(items) if len(items) > 1 else (0, 0)
         self._writelines_from(items, index, offset)
 

@@ -226,14 +226,9 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
-        # Like asyncio, take writes after close() until the queue has drained and the close
-        # began: resume_writing() during close() may write more (TLS's last records do).
-        if self._sock is None or self._conn_lost or self._close_timer is not None:
-            self._lost_writes += 1
-            if self._lost_writes == 5:
-                logger.warning("%r: write() on a closing or closed transport", self)
-            return
         if not data:
+            return  # before the closed state, as both stock transports: not a lost write
+        if self._drop_if_lost():
             return
         # An exact bytes object (or a view of one) cannot change under us, so holding a
         # reference is as good as a copy: it may go zero-copy. Anything mutable must be copied
@@ -242,6 +237,19 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
             self._enqueue_held(byte_view(data), None)
         else:
             self._enqueue_copy(data)
+
+    def _drop_if_lost(self) -> bool:
+        """Whether a write is dropped because the transport is closed, counted as asyncio
+        counts them. Like asyncio, writes are taken after close() until the queue has drained
+        and the close began: resume_writing() during close() may write more (TLS's last
+        records do)."""
+        if self._sock is None or self._conn_lost or self._close_timer is not None:
+            # asyncio's count: every lost write from the 5th on is logged, not only the 5th.
+            self._lost_writes += 1
+            if self._lost_writes >= 5:
+                logger.warning("%r: socket.send() raised exception (write() on a closing or closed transport)", self)
+            return True
+        return False
 
     def _queue_rest(self, data: bytes | bytearray | memoryview, nbytes: int, sent: int) -> None:
         """What the socket did not take of a direct write waits, held if immutable (it may

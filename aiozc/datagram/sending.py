@@ -82,7 +82,7 @@ class _SendingMixin(_DatagramHost):
 
     def _note_lost_send(self) -> None:
         self._lost_sends += 1
-        if self._lost_sends == _LOG_LOST_SENDS:
+        if self._lost_sends >= _LOG_LOST_SENDS:  # every one from the 5th on, as asyncio
             logger.warning("%r: sendto() on a closing or closed transport", self)
 
     def _submit(self, dg: _Datagram) -> None:
