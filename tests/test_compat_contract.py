@@ -542,3 +542,69 @@ async def test_udp_wrong_address_type_raises_in_sendto_zc_as_in_sendto() -> None
         rx.close()
     assert sendto_zc == sendto
     assert sendto[:4] == ["TypeError"] * 4 and sendto[4] == "ValueError"
+
+
+
+class DatagramFlow(asyncio.DatagramProtocol):
+    def __init__(self, fail: bool = False) -> None:
+        self.events: list[str] = []
+        self.fail = fail
+
+    def pause_writing(self) -> None:
+        self.events.append("pause")
+        if self.fail:
+            raise ZeroDivisionError("pause")
+
+    def resume_writing(self) -> None:
+        self.events.append("resume")
+        if self.fail:
+            raise KeyError("resume")
+
+
+async def _udp_flow_after_set_protocol(dst: str, fail: bool) -> dict[str, Any]:
+    import collections
+
+    from aiozc._sys import core
+
+    loop = asyncio.get_running_loop()
+    handled: list[str] = []
+    loop.set_exception_handler(lambda _l, ctx: handled.append(f"{ctx['message']}|{type(ctx.get('exception')).__name__}"))
+    transport, first = await aiozc.create_datagram_endpoint(lambda: DatagramFlow(fail), remote_addr=(dst, 9))
+    second = DatagramFlow(fail)
+    transport.set_protocol(second)
+    buf = bytearray(64000)
+    window: collections.deque[Any] = collections.deque()
+    for _ in range(1500):
+        window.append(transport.sendto_zc(buf))
+        if len(window) >= 256:
+            await window.popleft()
+    for future in window:
+        await future
+    transport._drain_errqueue()
+    after = await transport.sendto_zc(b"usable")
+    result = {"first": first.events, "second": second.events, "handled": handled, "after": after.nbytes,
+              "state": transport.stats.state, "compiled": core.compiled}
+    transport.close()
+    return result
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("fail", [False, True], ids=["plain", "raising"])
+def test_udp_flow_control_follows_set_protocol(sink_ns: Any, loop: str, fail: bool) -> None:
+    """The compiled drain (_core_pymeth.c) calls pause/resume_writing itself: on the protocol
+    set last, and one that raises goes to the loop's exception handler, the transport usable."""
+    res = sink_ns.call(_run_udp_flow, sink_ns.sink_addr, loop, fail)
+    assert res["state"] == "zerocopy" and res["compiled"] == COMPILED
+    assert res["first"] == [] and res["after"] == 6
+    kinds = res["second"]
+    assert len(kinds) > 10 and kinds[0] == "pause"
+    assert all(a != b for a, b in zip(kinds, kinds[1:])), kinds
+    names = {"pause": "protocol.pause_writing() failed|ZeroDivisionError",
+             "resume": "protocol.resume_writing() failed|KeyError"}
+    assert res["handled"] == ([names[k] for k in kinds] if fail else [])
+
+
+def _run_udp_flow(dst: str, loop: str, fail: bool) -> dict[str, Any]:
+    from aiozc.tools.benchkit import run_on
+
+    return run_on(loop, _udp_flow_after_set_protocol(dst, fail))  # type: ignore[no-any-return]
