@@ -78,6 +78,7 @@ class StreamSending:
     _queue: Any
     _registered_mask: int
     _errqueue_quiet: bool
+    _eof: bool
 
     if TYPE_CHECKING:  # defined by the transport and its base (for mypy only)
 
@@ -88,6 +89,7 @@ class StreamSending:
         def _queue_rest(self, data: Any, nbytes: int, sent: int) -> None: ...
         def _zc_possible(self) -> bool: ...
         def _fatal_error(self, exc: BaseException, message: str = ...) -> None: ...
+        def _drop_if_lost(self) -> bool: ...
 
     def _init_sending(self) -> None:
         self._peer_window_at = self._peer_window_peak_at = float("-inf")
@@ -123,9 +125,6 @@ class StreamSending:
             self._plain_budget = NEVER
 
     def _open_for_direct(self) -> bool:
-        raise NotImplementedError
-
-    def _drop_if_lost(self) -> bool:
         raise NotImplementedError
 
     def _tell_policy_plain(self) -> None:

@@ -116,7 +116,7 @@ async def _connect(impl: str, protocol_cls: type[Proto]) -> Side:
             transport, protocol = await loop.create_connection(protocol_cls, *listener.getsockname())
         else:
             kind, path = impl.split("-")
-            options = {"local_peer_copy": True} if kind == "direct" else {}
+            options: dict[str, Any] = {"local_peer_copy": True} if kind == "direct" else {}
             transport, protocol = await aiozc.create_connection(
                 protocol_cls, *listener.getsockname(), **options
             )
@@ -582,8 +582,9 @@ async def _udp_flow_after_set_protocol(dst: str, fail: bool) -> dict[str, Any]:
         await future
     transport._drain_errqueue()
     after = await transport.sendto_zc(b"usable")
-    result = {"first": first.events, "second": second.events, "handled": handled, "after": after.nbytes,
-              "state": transport.stats.state, "compiled": core.compiled}
+    result = {"first": first.events, "second": second.events,  # type: ignore[attr-defined]
+              "handled": handled, "after": after.nbytes, "state": transport.stats.state,
+              "compiled": core.compiled}
     transport.close()
     return result
 
