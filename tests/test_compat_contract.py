@@ -445,15 +445,17 @@ async def test_write_zc_edges_agree_on_both_paths(impl: str) -> None:
 # this module runs on the pure path too, see the Makefile's CORE_TESTS)
 
 
-async def _udp_pair(impl: str, connected: bool) -> tuple[Any, socket.socket]:
+async def _udp_pair(impl: str, connected: bool, engine: str = "auto") -> tuple[Any, socket.socket]:
     loop = asyncio.get_running_loop()
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
     kwargs: dict[str, Any] = (
         {"remote_addr": rx.getsockname()} if connected else {"local_addr": ("127.0.0.1", 0)}
     )
-    make = loop.create_datagram_endpoint if impl == "stock" else aiozc.create_datagram_endpoint
-    transport, _ = await make(asyncio.DatagramProtocol, **kwargs)
+    if impl == "stock":
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, **kwargs)
+    else:
+        transport, _ = await aiozc.create_datagram_endpoint(asyncio.DatagramProtocol, engine=engine, **kwargs)
     return transport, rx
 
 
@@ -488,9 +490,13 @@ async def test_udp_sendto_after_close_counts_lost_sends_as_stock(connected: bool
     assert await _udp_lost_sends("aiozc", connected) == await _udp_lost_sends("stock", connected)
 
 
+ENGINES = ["auto", "io_uring"]  # io_uring: its per-call sendto_zc is C too (_core_udpring.c)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("connected", [True, False], ids=["connected", "unconnected"])
-async def test_udp_sendto_zc_on_a_closed_transport_raises(connected: bool) -> None:
-    transport, rx = await _udp_pair("aiozc", connected)
+async def test_udp_sendto_zc_on_a_closed_transport_raises(connected: bool, engine: str) -> None:
+    transport, rx = await _udp_pair("aiozc", connected, engine)
     addr = None if connected else rx.getsockname()
     try:
         open_future = transport.sendto_zc(b"before", addr)
@@ -506,7 +512,8 @@ async def test_udp_sendto_zc_on_a_closed_transport_raises(connected: bool) -> No
     assert completion.nbytes == 6
 
 
-async def test_udp_wrong_address_on_a_connected_transport_as_stock() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_udp_wrong_address_on_a_connected_transport_as_stock(engine: str) -> None:
     bad = ["not a tuple", ("127.0.0.1",), 5, ("127.0.0.1", "x"), ("127.0.0.2", 9)]
     stock, rx = await _udp_pair("stock", True)
     try:
@@ -514,7 +521,7 @@ async def test_udp_wrong_address_on_a_connected_transport_as_stock() -> None:
     finally:
         stock.close()
         rx.close()
-    ours, rx = await _udp_pair("aiozc", True)
+    ours, rx = await _udp_pair("aiozc", True, engine)
     try:
         sendto = [outcome(lambda: ours.sendto(b"x", addr)) for addr in bad]
         sendto_zc = [outcome(lambda: ours.sendto_zc(b"x", addr)) for addr in bad]
@@ -526,12 +533,13 @@ async def test_udp_wrong_address_on_a_connected_transport_as_stock() -> None:
     assert sendto_zc == sendto
 
 
-async def test_udp_wrong_address_type_raises_in_sendto_zc_as_in_sendto() -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_udp_wrong_address_type_raises_in_sendto_zc_as_in_sendto(engine: str) -> None:
     # Unconnected: asyncio 3.11's transport turns the socket module's TypeError into a fatal
     # error (it closes), uvloop raises TypeError or ValueError at once; aiozc raises the socket
     # module's TypeError at once on both bases, the same from sendto_zc as from sendto.
     bad = ["not a tuple", ("127.0.0.1",), 5, ("127.0.0.1", "x"), None]
-    ours, rx = await _udp_pair("aiozc", False)
+    ours, rx = await _udp_pair("aiozc", False, engine)
     try:
         sendto = [outcome(lambda: ours.sendto(b"x", addr)) for addr in bad]
         sendto_zc = [outcome(lambda: ours.sendto_zc(b"x", addr)) for addr in bad]
