@@ -49,7 +49,7 @@ TCP_SMALL_SUFFIX = "-1B"  # a TCP case kind with 1-byte writes
 # write_zc with MSG_ZEROCOPY on every send (no copy fallback; loopback copies and notifies): each
 # write's count includes its completion (error-queue drain, resolving its future).
 TCP_EVERY_ZC = "tcp-aiozc-write_zc-every"
-TCP_EVERY_ZC_OPTIONS = {"fallback_after": 1 << 62, "max_pinned_bytes": 1 << 62, "probe_first": False}
+TCP_EVERY_ZC_OPTIONS: dict[str, Any] = {"fallback_after": 1 << 62, "max_pinned_bytes": 1 << 62, "probe_first": False}
 UDP_SIZE = 64000
 DEFAULT_CALLS = {"udp": 1024, "tcp": 256, "web": 128, "tcpread": 256}
 # udp + tcp: ~3-6 minutes on this machine; web adds 1-2 minutes per case (12 cases).
@@ -185,7 +185,7 @@ async def _tcp_writes(port: int, kind: str, pool: memoryview, count: int) -> dic
     if kind == "tcp-stock-write":
         transport, proto = await loop.create_connection(FlowControlledSender, "127.0.0.1", port)
     else:
-        options = TCP_EVERY_ZC_OPTIONS if kind == TCP_EVERY_ZC else {}
+        options: dict[str, Any] = TCP_EVERY_ZC_OPTIONS if kind == TCP_EVERY_ZC else {}
         transport, proto = await aiozc.create_connection(FlowControlledSender, "127.0.0.1", port, **options)
     zc = kind in ("tcp-aiozc-write_zc", TCP_EVERY_ZC)
     write = transport.write_zc if zc else transport.write  # type: ignore[attr-defined]
