@@ -267,3 +267,31 @@ async def test_local_cluster_gather_and_scatter_go_through_the_hop() -> None:
     carried = hop.counts.take()
     assert carried["connections"] > 0
     assert carried["nbytes"] >= 2 * sum(x.nbytes for x in arrays)  # scattered in, gathered out
+
+
+class _RaisesEOFWhenLoaded:
+    """A message part whose unpickling raises EOFError, as a truncated frame would."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return (_raise_eof, ())
+
+
+def _raise_eof() -> None:
+    raise EOFError
+
+
+@pytest.mark.parametrize("hop_on", [True, False], ids=["hop", "socket"])
+async def test_eof_while_deserializing_closes_the_comm_on_both_sides(hop_on: bool) -> None:
+    """As distributed's check_deserialize_eoferror: the reader gets CommClosedError, not EOFError."""
+    e = await _ends(zc_hop=hop_on)
+    try:
+        assert isinstance(e.client, zcdask.HopComm) is hop_on
+        await e.server.write({"data": to_serialize(_RaisesEOFWhenLoaded())})  # type: ignore[attr-defined]
+        with pytest.raises(CommClosedError):
+            await asyncio.wait_for(e.client.read(), 10)  # type: ignore[attr-defined]
+        with pytest.raises(CommClosedError):
+            await asyncio.wait_for(e.server.read(), 10)  # type: ignore[attr-defined]
+    finally:
+        e.client.abort()  # type: ignore[attr-defined]
+        e.server.abort()  # type: ignore[attr-defined]
+        e.listener.stop()  # type: ignore[attr-defined]

@@ -197,8 +197,13 @@ class HopComm(Comm):
         except BaseException:
             self.abort()  # as the socket path: a cancelled read leaves the comm unusable
             raise
-        return await from_frames(frames, deserialize=self.deserialize, deserializers=deserializers,
-                                 allow_offload=self.allow_offload)
+        try:
+            return await from_frames(frames, deserialize=self.deserialize, deserializers=deserializers,
+                                     allow_offload=self.allow_offload)
+        except EOFError:
+            # as the socket path and dask's tcp comm: a message that cannot be loaded ends the comm
+            self.abort()
+            raise CommClosedError(f"in {self}: aborted on a message that failed to deserialize")
 
     async def write(self, msg: Any, serializers: Any = None, on_error: str | None = "message") -> int:
         if self.closed():
