@@ -14,13 +14,14 @@ from dask.utils import parse_bytes, parse_timedelta
 from distributed.comm.addressing import parse_host_port, unparse_host_port
 from distributed.comm.core import BaseListener, Comm, CommClosedError, Connector
 from distributed.comm.registry import Backend
-from distributed.comm.utils import ensure_concrete_host, from_frames, to_frames
+from distributed.comm.utils import ensure_concrete_host
 from distributed.system import MEMORY_LIMIT
 from distributed.utils import ensure_ip, get_ip
 
 from ..connect import create_connection
 from ..server import create_server
 from . import hop, wire
+from .framing import FramesComm
 from .pool import ReceivePool
 from .protocol import ZCProtocol, copies
 
@@ -118,12 +119,10 @@ def _set_keepalive(transport: Any) -> None:
 JOIN_BYTES = 256 << 10
 
 
-class ZCComm(Comm):
+class ZCComm(FramesComm):
     """One established zc:// connection. Frames of ``zc-threshold`` bytes or more (default
     16 KiB, aiozc's own threshold) go out through ``write_zc``, held, not copied; the smaller
     ones are joined into writes of about ``JOIN_BYTES``."""
-
-    max_shard_size = parse_bytes(dask.config.get("distributed.comm.shard"))
 
     def __init__(self, protocol: ZCProtocol, local_addr: str, peer_addr: str, deserialize: bool = True) -> None:
         super().__init__(deserialize=deserialize)
@@ -136,14 +135,6 @@ class ZCComm(Comm):
         self._finalizer = weakref.finalize(self, _abort_dangling, self._transport, repr(self))
         self._finalizer.atexit = False
         _set_keepalive(self._transport)
-
-    @property
-    def local_address(self) -> str:
-        return self._local_addr
-
-    @property
-    def peer_address(self) -> str:
-        return self._peer_addr
 
     @property
     def transport(self) -> Any:
@@ -167,24 +158,12 @@ class ZCComm(Comm):
         except BaseException:
             self.abort()  # as dask's tcp comm: a cancelled read leaves the comm unusable
             raise
-        try:
-            return await from_frames(frames, deserialize=self.deserialize,
-                                     deserializers=deserializers, allow_offload=self.allow_offload)
-        except EOFError:
-            self.abort()
-            raise CommClosedError("aborted zc:// comm on truncated data")
+        return await self._from_frames(frames, deserializers)
 
     async def write(self, msg: Any, serializers: Any = None, on_error: str | None = "message") -> int:
         if self.closed():
             raise CommClosedError(f"in {self}: closed")
-        frames = await to_frames(
-            msg,
-            allow_offload=self.allow_offload,
-            serializers=serializers,
-            on_error=on_error,
-            context={"sender": self.local_info, "recipient": self.remote_info, **self.handshake_options},
-            frame_split_size=self.max_shard_size,
-        )
+        frames = await self._to_frames(msg, serializers, on_error)
         header, layout = wire.encode_header(frames)
         try:
             await self._protocol.drain()

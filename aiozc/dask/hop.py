@@ -46,11 +46,10 @@ import itertools
 import weakref
 from typing import Any, Callable
 
-import dask
-from dask.utils import parse_bytes
 from distributed.comm.addressing import unparse_host_port
-from distributed.comm.core import Comm, CommClosedError
-from distributed.comm.utils import from_frames, to_frames
+from distributed.comm.core import CommClosedError
+
+from .framing import FramesComm
 
 PREFIX = "zc://"
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
@@ -154,11 +153,8 @@ def _shut(inbox: _Pipe, outbox: _Pipe) -> None:
     outbox.close()
 
 
-class HopComm(Comm):
+class HopComm(FramesComm):
     """One end of an in-process zc:// connection (module docstring: semantics)."""
-
-    # dask's shard size, as the socket path's: the receiver rejoins the shards without a copy
-    max_shard_size = parse_bytes(dask.config.get("distributed.comm.shard"))
 
     def __init__(self, inbox: _Pipe, outbox: _Pipe, local_addr: str, peer_addr: str,
                  deserialize: bool) -> None:
@@ -170,14 +166,6 @@ class HopComm(Comm):
         self._closed = False
         self._finalizer = weakref.finalize(self, _close_pipes, inbox, outbox)
         self._finalizer.atexit = False
-
-    @property
-    def local_address(self) -> str:
-        return self._local_addr
-
-    @property
-    def peer_address(self) -> str:
-        return self._peer_addr
 
     @property
     def extra_info(self) -> dict[str, Any]:
@@ -197,25 +185,12 @@ class HopComm(Comm):
         except BaseException:
             self.abort()  # as the socket path: a cancelled read leaves the comm unusable
             raise
-        try:
-            return await from_frames(frames, deserialize=self.deserialize, deserializers=deserializers,
-                                     allow_offload=self.allow_offload)
-        except EOFError:
-            # as the socket path and dask's tcp comm: a message that cannot be loaded ends the comm
-            self.abort()
-            raise CommClosedError(f"in {self}: aborted on a message that failed to deserialize")
+        return await self._from_frames(frames, deserializers)
 
     async def write(self, msg: Any, serializers: Any = None, on_error: str | None = "message") -> int:
         if self.closed():
             raise CommClosedError(f"in {self}: closed")
-        frames = await to_frames(
-            msg,
-            allow_offload=self.allow_offload,
-            serializers=serializers,
-            on_error=on_error,
-            context={"sender": self.local_info, "recipient": self.remote_info, **self.handshake_options},
-            frame_split_size=self.max_shard_size,
-        )
+        frames = await self._to_frames(msg, serializers, on_error)
         outbox = self._outbox
         try:
             await outbox.wait_room()
