@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 import aiozc
+from aiozc import readiness, streamread
+from aiozc._sys import core
 
 
 class Recording:
@@ -158,3 +162,16 @@ def report_ranges_as(monkeypatch: Any, copied: Callable[[Any], bool]) -> None:
         return out
 
     monkeypatch.setattr(_kernel, "read_errqueue", read_errqueue)
+
+
+@pytest.fixture(params=["compiled", "python"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Transports made in the test read through the compiled Reader and Dispatcher, or
+    through the Python methods (the pure path, also without AIOZC_NO_EXTENSIONS)."""
+    if request.param == "compiled":
+        if not core.compiled:
+            pytest.skip(f"no compiled core: {core.why_pure}")
+    else:
+        monkeypatch.setattr(streamread, "_reader_type", None)
+        monkeypatch.setattr(readiness, "_CompiledDispatcher", None)
+    yield request.param

@@ -10,7 +10,6 @@ import os
 import socket
 import struct
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,22 +19,11 @@ import aiozc
 from aiozc import readiness, streamread
 from aiozc._sys import core, recv
 from aiozc.readiness import EPOLLIN, Multiplexer
-from tcp_helpers import BufferedRecordingProtocol, RecordingProtocol, connect_pair
+from tcp_helpers import BufferedRecordingProtocol, RecordingProtocol, connect_pair, read_path  # noqa: F401 (fixture)
 
 needs_core = pytest.mark.skipif(not core.compiled, reason=f"no compiled core: {core.why_pure}")
 
 
-@pytest.fixture(params=["compiled", "python"])
-def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Transports made in the test read through the compiled Reader and Dispatcher, or
-    through the Python methods (the pure path, also without AIOZC_NO_EXTENSIONS)."""
-    if request.param == "compiled":
-        if not core.compiled:
-            pytest.skip(f"no compiled core: {core.why_pure}")
-    else:
-        monkeypatch.setattr(streamread, "_reader_type", None)
-        monkeypatch.setattr(readiness, "_CompiledDispatcher", None)
-    yield request.param
 
 
 def reset(sock: socket.socket) -> None:

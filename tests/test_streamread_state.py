@@ -13,29 +13,19 @@ import subprocess
 import sys
 import textwrap
 import weakref
-from collections.abc import Iterator
 
 import pytest
 
 import aiozc
-from aiozc import readiness, streamread
+from aiozc import streamread
 from aiozc._sys import core, recv
 from aiozc.readiness import EPOLLIN
-from tcp_helpers import RecordingProtocol, connect_pair
+from tcp_helpers import RecordingProtocol, connect_pair, read_path  # noqa: F401 (fixture)
 
 # The dict version the Reader keys on exists in CPython 3.6-3.11 only (see _core_recv.c).
 REMEMBERS = core.compiled and sys.version_info < (3, 12)
 
 
-@pytest.fixture(params=["compiled", "python"])
-def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    if request.param == "compiled":
-        if not core.compiled:
-            pytest.skip(f"no compiled core: {core.why_pure}")
-    else:
-        monkeypatch.setattr(streamread, "_reader_type", None)
-        monkeypatch.setattr(readiness, "_CompiledDispatcher", None)
-    yield request.param
 
 
 async def wait_for(predicate: object, what: str, timeout: float = 5.0) -> None:
