@@ -131,6 +131,15 @@ class CompiledTracker(Generic[T]):
         self._handles[slot] = handle
         return handle
 
+    def _adopt(self, slot: int, nbytes: int, sent: int, ids: int) -> CompiledWriteHandle:
+        """The handle of a write the compiled TCP path opened (its token filed) and sent
+        ``sent`` bytes of in ``ids`` zero-copy send calls (aiozc/_sys/_core_tcpzc.c)."""
+        handle = CompiledWriteHandle(self, slot, nbytes)
+        handle._sent = sent
+        handle._ids = ids
+        self._handles[slot] = handle
+        return handle
+
     def _slot_of(self, write: CompiledWriteHandle) -> int:
         if getattr(write, "_owner", None) is not self:
             raise ValueError(f"{write!r} is not a live write of this tracker")

@@ -240,11 +240,15 @@ class StreamSending:
         except OSError as exc:
             if exc.errno != errno.ENOBUFS:
                 raise
-            self._on_enobufs()
-            sent = self._engine.send(self._sock, chunk, zerocopy=False)
-            self._account_send(write, sent, False)
-            return sent
+            return self._send_after_enobufs(write, chunk)
         self._account_send(write, sent, True)
+        return sent
+
+    def _send_after_enobufs(self, write: WriteHandle, chunk: memoryview) -> int:
+        """A zero-copy send of ``chunk`` refused with ENOBUFS: sent again at once by copy."""
+        self._on_enobufs()
+        sent: int = self._engine.send(self._sock, chunk, zerocopy=False)
+        self._account_send(write, sent, False)
         return sent
 
     def _account_send(self, write: WriteHandle | None, sent: int, zerocopy: bool) -> int | None:

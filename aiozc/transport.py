@@ -20,40 +20,18 @@ from typing import Any
 
 from ._sys import core as _core
 from .base import (
-    TransportOptions, ZeroCopyTransportBase, _debug_source, _Held, _future_loop_offset, _plain_futures, byte_view, logger,
+    TransportOptions, ZeroCopyTransportBase, _debug_source, _future_loop_offset, _plain_futures, byte_view, logger,
 )
-from .completions import Completion, WriteHandle
+from .completions import Completion
 from .policy import NEVER, ZeroCopyState
 from .stats import TransportStats
 from .readiness import EPOLLET, EPOLLIN, EPOLLOUT
 from .streamread import StreamReading, on_uvloop
 from .streamfile import StreamFiles, _FileSegment, _peer_on_this_host
+from .streamheld import StreamHeld, _Segment
 from .streamsend import StreamSending, _immutable
 
-class _Segment:
-    """One queue entry: the caller's buffer (``held``: a view kept alive until sent, and until
-    the kernel released it if it went zero-copy), or a bytearray of our own that we may extend.
-
-    ``write`` is the tracker's record, opened at the segment's first zero-copy send only: a
-    held write sent by copy never touches the tracker.
-    """
-
-    __slots__ = ("data", "offset", "held", "future", "write")
-
-    def __init__(
-        self, data: memoryview | bytearray, held: bool, future: asyncio.Future[Completion] | None = None
-    ) -> None:
-        self.data = data
-        self.offset = 0
-        self.held = held
-        self.future = future
-        self.write: WriteHandle | None = None
-
-    def remaining(self) -> int:
-        return len(self.data) - self.offset
-
-
-class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTransportBase, asyncio.Transport):
+class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, ZeroCopyTransportBase, asyncio.Transport):
     """TCP transport over MSG_ZEROCOPY (or another engine); see the module docstring."""
 
     # The compiled core's direct-path state (a TcpHot, see the end of this module), or None.
@@ -132,6 +110,7 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
         if _plain_futures(loop):  # write_zc()'s futures made in C (_core_pyhot.c zc_futures_new)
             debug = _debug_source(loop)  # (held while C takes its reference: uvloop's is a bound method)
             _core.lib.zc_tcp_futures(id(hot), id(loop), id(asyncio.Future), id(debug), _future_loop_offset())
+        self._bind_zc(hot)
         old = self.stats
         self.stats = _HotStats(hot, **{f.name: getattr(old, f.name) for f in dataclasses.fields(old)})
 
@@ -341,37 +320,6 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
     def _zc_possible(self) -> bool:
         return self._policy.state is not ZeroCopyState.DISABLED
 
-    def _enqueue_held(self, view: memoryview, future: asyncio.Future[Completion] | None) -> None:
-        nbytes = len(view)
-        sent = 0
-        if not self._queue:
-            if self._wants_zerocopy(nbytes):
-                self._queue.append(_Segment(view, True, future))
-                self._queued += nbytes
-                self._flush(head_wanted=True)
-                self._maybe_pause_protocol()
-                return
-            # Nothing queued ahead and nothing to pin: send at once, and if the socket takes it
-            # all there is no completion to track.
-            sent = self._try_send_now(view)
-            if sent == nbytes:
-                view.release()
-                if future is not None:
-                    self.stats.copy_writes += 1
-                    future.set_result(self._copy_completion(sent))
-                return
-            if sent < 0:
-                view.release()
-                if future is not None:
-                    future.set_exception(ConnectionResetError("connection lost during write_zc()"))
-                return
-        seg = _Segment(view, True, future)
-        seg.offset = sent
-        self._queue.append(seg)
-        self._queued += nbytes - sent
-        self._update_mask()
-        self._maybe_pause_protocol()
-
     def _enqueue_copy(self, data: bytes | bytearray | memoryview) -> None:
         view = byte_view(data) if isinstance(data, memoryview) else memoryview(data)
         with view:
@@ -419,78 +367,6 @@ class ZeroCopyTransport(StreamReading, StreamSending, StreamFiles, ZeroCopyTrans
             self._fatal_error(exc)
             return
         self._after_flush()
-
-    def _send_head(self, wanted: bool = False) -> bool:
-        """Send from the head segment; True if it was sent whole (try the next one).
-        ``wanted``: the policy already said zero-copy for it (see _flush)."""
-        seg = self._queue[0]
-        if isinstance(seg, _FileSegment):
-            return self._send_file_head(seg)
-        data = seg.data
-        if not seg.held:  # our own bytearray: only ever copied
-            sent = self._send_copy(data)
-            del data[:sent]  # type: ignore[union-attr]
-            self._queued -= sent
-            if data:
-                return False
-            self._queue.popleft()
-            return True
-        write = seg.write
-        # The threshold applies to the whole write, not to what is left of it: a partial
-        # zero-copy send's small tail still goes zero-copy, so a large write is reported
-        # zero-copy whole (Completion.zerocopy) where the kernel allows it.
-        continuing = write is not None and write.zc_sends > 0
-        # Below _direct_max the policy would copy it anyway: no need to ask.
-        if (continuing or len(data) >= self._direct_max) and (wanted or self._wants_zerocopy(
-            len(data), continuing=continuing
-        )):
-            # A view of its own even at offset 0: io_uring holds an export on it until the
-            # kernel's release, and the held view itself is released when the write resolves.
-            sent = self._send_zc(write or self._track(seg), data[seg.offset :])  # type: ignore[arg-type]
-        else:
-            sent = self._send_copy(data[seg.offset :] if seg.offset else data)
-            if write is not None and sent:
-                self._tracker.on_sent(write, sent, zerocopy=False)
-        return self._advance_held(seg, sent)
-
-    def _track(self, seg: _Segment) -> WriteHandle:
-        """Open the tracker's record of a held segment at its first zero-copy send."""
-        # (the base's _open_write, one call less per zero-copy write)
-        write = seg.write = self._tracker.open_write(_Held(seg.future, seg.data), len(seg.data))  # type: ignore[arg-type]
-        if seg.offset:
-            self._tracker.on_sent(write, seg.offset, zerocopy=False)
-        return write
-
-    def _advance_held(self, seg: _Segment, sent: int) -> bool:
-        """``sent`` bytes of the held head segment went out; True if it is done."""
-        seg.offset += sent
-        self._queued -= sent
-        if seg.offset < len(seg.data):
-            return False
-        self._queue.popleft()
-        if seg.write is not None:
-            self._close_write(seg.write)
-            return True
-        view = seg.data
-        nbytes = len(view)
-        view.release()  # type: ignore[union-attr]
-        future = seg.future
-        if future is not None:
-            self.stats.copy_writes += 1
-            if not future.done():
-                future.set_result(self._copy_completion(nbytes))
-        return True
-
-    def _after_zc_result(self, write: WriteHandle, sent: int) -> None:
-        if self._sock is None:
-            return
-        if not sent:
-            self._update_mask()  # the socket was full (-EAGAIN): EPOLLOUT resumes flushing
-            return
-        seg = self._queue[0]
-        assert isinstance(seg, _Segment) and seg.write is write, "result of another segment"
-        self._advance_held(seg, sent)
-        self._flush()
 
     def _after_flush(self) -> None:
         if self._sock is None:
@@ -595,11 +471,21 @@ PURE_METHODS: dict[str, Any] = {
 }
 # The state the C methods use: a subclass that redefines one keeps the Python methods.
 C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stats", "_make_future",
-           "_copy_completions", "_closing", "_hot")
+           "_copy_completions", "_closing", "_hot",
+           # and the queued zero-copy write_zc's (_core_tcpzc.c): what it reads, what it stands for
+           "_policy", "_protocol_paused", "_reading", "_eof_received", "_rx_blocked", "_hup",
+           "_registered_mask", "_errqueue_quiet", "_zc_since_drain", "_tracker", "_mask", "_update_mask",
+           "_write_zc_queued", "_enqueue_held", "_wants_zerocopy", "_peer_window", "_read_peer_window",
+           "_flush", "_send_head", "_track", "_send_zc", "_account_send", "_count_zc_sends",
+           "_advance_held", "_close_write", "_after_flush", "_maybe_pause_protocol",
+           "get_write_buffer_size", "_queued")
 # Transport attributes that live in the TcpHot with the compiled core (its field names).
-_HOT_FIELDS = {"_direct_max": "direct_max", "_plain_sent": "plain_sent", "_plain_budget": "plain_budget"}
+_HOT_FIELDS = {"_direct_max": "direct_max", "_plain_sent": "plain_sent", "_plain_budget": "plain_budget",
+               "_zc_since_drain": "zc_since_drain", "_errqueue_quiet": "errqueue_quiet",
+               "_peer_window_at": "peer_window_at", "_peer_window_peak_at": "peer_window_peak_at",
+               "_peer_window_peak": "peer_window_peak"}
 # TransportStats counters that live in the TcpHot (same names).
-_HOT_COUNTERS = ("copy_sends", "copy_bytes", "copy_writes")
+_HOT_COUNTERS = ("copy_sends", "copy_bytes", "copy_writes", "zc_sends", "zc_bytes", "pinned_bytes", "peak_pinned_bytes")
 
 
 def _compiled_methods(cls: type) -> dict[str, Any]:

@@ -43,7 +43,22 @@ typedef struct {
     PyObject *set_result;      /* Future.set_result (the descriptor) with `fut`, else NULL */
     PyObject *last_completion; /* the Completion of the last copied write_zc(), of last_nbytes */
     Py_ssize_t last_nbytes;
+    /* The queued zero-copy write_zc() (_core_tcpzc.c): its stats counters, the peer-window
+     * state of streamsend._peer_window and _errqueue_quiet, shared with Python as the above. */
+    long long zc_sends, zc_bytes, pinned_bytes, peak_pinned_bytes, zc_since_drain;
+    double peer_window_at, peer_window_peak_at;
+    long long peer_window_peak;
+    char errqueue_quiet;
+    /* set by zc_tcp_zc_bind (else zc_t NULL: Python's queued path) */
+    zc_tracker *zc_t;
+    PyObject *tracker, *tokens, *loop_time; /* the CompiledTracker (owns zc_t), its _tokens, loop.time */
+    long long zc_threshold, max_pinned, drain_every;
 } tcp_hot;
+
+/* The queued zero-copy write_zc() (_core_tcpzc.c): a future, or TCPZC_PASS (Python's). */
+static char tcpzc_pass;
+#define TCPZC_PASS ((PyObject *)&tcpzc_pass)
+static PyObject *tcpzc_write(PyObject *self, tcp_hot *h, PyObject *buf, const char *p, Py_ssize_t n);
 
 static PyTypeObject *tcp_hot_type;
 static Py_ssize_t tcp_hot_offset = -1; /* of the transport's `_hot` slot */
@@ -63,6 +78,15 @@ static PyMemberDef tcp_hot_members[] = {
     {"queue", T_OBJECT, offsetof(tcp_hot, queue), 0, NULL},
     {"make_future", T_OBJECT, offsetof(tcp_hot, make_future), 0, NULL},
     {"completions", T_OBJECT, offsetof(tcp_hot, completions), 0, NULL},
+    {"zc_sends", T_LONGLONG, offsetof(tcp_hot, zc_sends), 0, NULL},
+    {"zc_bytes", T_LONGLONG, offsetof(tcp_hot, zc_bytes), 0, NULL},
+    {"pinned_bytes", T_LONGLONG, offsetof(tcp_hot, pinned_bytes), 0, NULL},
+    {"peak_pinned_bytes", T_LONGLONG, offsetof(tcp_hot, peak_pinned_bytes), 0, NULL},
+    {"zc_since_drain", T_LONGLONG, offsetof(tcp_hot, zc_since_drain), 0, NULL},
+    {"peer_window_at", T_DOUBLE, offsetof(tcp_hot, peer_window_at), 0, NULL},
+    {"peer_window_peak_at", T_DOUBLE, offsetof(tcp_hot, peer_window_peak_at), 0, NULL},
+    {"peer_window_peak", T_LONGLONG, offsetof(tcp_hot, peer_window_peak), 0, NULL},
+    {"errqueue_quiet", T_BOOL, offsetof(tcp_hot, errqueue_quiet), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -76,6 +100,9 @@ static int tcp_hot_traverse(PyObject *self, visitproc visit, void *arg) {
     Py_VISIT(h->fut.debug);
     Py_VISIT(h->set_result);
     Py_VISIT(h->last_completion);
+    Py_VISIT(h->tracker);
+    Py_VISIT(h->tokens);
+    Py_VISIT(h->loop_time);
     Py_VISIT(Py_TYPE(self));
     return 0;
 }
@@ -88,6 +115,10 @@ static int tcp_hot_clear(PyObject *self) {
     zc_futures_clear(&h->fut);
     Py_CLEAR(h->set_result);
     Py_CLEAR(h->last_completion);
+    h->zc_t = NULL;
+    Py_CLEAR(h->tracker);
+    Py_CLEAR(h->tokens);
+    Py_CLEAR(h->loop_time);
     return 0;
 }
 
@@ -326,6 +357,7 @@ static PyObject *tcp_write_zc(PyObject *self, PyObject *const *args, Py_ssize_t 
     buf = args[0];
     if (n <= 0 || !tcp_direct(h, n) || !h->make_future) {
         if (PyErr_Occurred()) return NULL;
+        if (n > 0 && h->zc_t && (r = tcpzc_write(self, h, buf, p, n)) != TCPZC_PASS) return r;
         return tcp_call_method(self, tn_write_zc_queued, &buf, 1);
     }
     Py_INCREF(h);

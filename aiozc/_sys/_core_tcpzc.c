@@ -1,0 +1,313 @@
+/* The TCP transport's queued zero-copy write_zc() in C: the common case of a held write the
+ * policy wants zero-copy (aiozc/streamheld.py, streamsend.py, base.py are the reference).
+ *
+ * In Python a 64 KiB write_zc() sent with MSG_ZEROCOPY took ~34 calls (the policy, pinned
+ * bytes, peer-window gates, the tracker wrappers, the engine's send, the segment and its
+ * completion's bookkeeping): ~77k user instructions per write (callgrind, both loops). Here
+ * the same steps run in the same order on the same state for the case that is all of it on a
+ * route that sends from the caller's pages: nothing queued, the protocol not paused, the
+ * policy (a ZeroCopyPolicy) in its zerocopy state, where wants_zerocopy(n) is n >= threshold
+ * and on_sent() changes nothing, the pinned bytes below max_pinned_bytes, the socket off the
+ * loop's selector (_errqueue_quiet false), the MSG_ZEROCOPY engine and the compiled tracker
+ * (zc_tcp_zc_bind sets that up). The future, the tracker's record and its token (a _Held)
+ * are made here; the send, the tracker's on_sent and close, the stats and _zc_since_drain
+ * are counted here (in the TcpHot, whose fields the Python side reads through properties).
+ *
+ * Anything else goes to Python where Python would be: a peer window too small
+ * (_send_held_now), a send that moved less than the write or failed (_zc_continue, with the
+ * record and the counts made here), an error-queue drain due (_drain_errqueue, then
+ * _after_flush and _maybe_pause_protocol, as Python); any other state before the send goes
+ * to the Python method whole (TCPZC_PASS). */
+
+#include <netinet/tcp.h>
+
+#define TZ_MIN_PEER_WINDOW (32 * 1024) /* streamsend._MIN_PEER_WINDOW */
+#define TZ_PEER_WINDOW_SPAN 1.0 /* streamsend._PEER_WINDOW_SPAN */
+#define TZ_PEER_WINDOW_MAX_AGE 0.01 /* streamsend._PEER_WINDOW_MAX_AGE */
+#define TZ_TCPI_SND_WND 228 /* streamsend._TCPI_SND_WND: tcpi_snd_wnd's offset in struct tcp_info */
+#define TZ_EPOLLIN 1LL
+#define TZ_EPOLLET (1LL << 31)
+
+static struct {
+    PyTypeObject *held_type, *policy_type;
+    Py_ssize_t held_future, held_view; /* the _Held slots' offsets */
+    PyObject *zerocopy; /* ZeroCopyState.ZEROCOPY */
+    PyObject *policy, *state, *paused, *reading, *eof_received, *rx_blocked, *hup, *registered_mask,
+        *zc_continue, *send_held_now, *drain, *after_flush, *maybe_pause, *update_mask, *resolve_closed;
+} tz;
+
+/* The zerocopy state, read from the instance dict: the protocol not paused, the policy a
+ * ZeroCopyPolicy whose state is ZEROCOPY. 1 yes, 0 no (Python's path), -1 with an exception. */
+static int tz_state_ok(PyObject *dict) {
+    PyObject *v = PyDict_GetItemWithError(dict, tz.paused), *pdict;
+    int ok;
+    if (v != Py_False) return PyErr_Occurred() ? -1 : 0;
+    v = PyDict_GetItemWithError(dict, tz.policy);
+    if (!v || Py_TYPE(v) != tz.policy_type) return PyErr_Occurred() ? -1 : 0;
+    if (!(pdict = PyObject_GenericGetDict(v, NULL))) return -1;
+    ok = PyDict_GetItemWithError(pdict, tz.state) == tz.zerocopy;
+    Py_DECREF(pdict);
+    return ok ? 1 : PyErr_Occurred() ? -1 : 0;
+}
+
+/* streamsend._read_peer_window with the socket open. */
+static long long tz_read_window(int fd) {
+    unsigned char info[TZ_TCPI_SND_WND + 4];
+    socklen_t len = sizeof info;
+    uint32_t wnd;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, info, &len) < 0 || len < sizeof info) return TZ_MIN_PEER_WINDOW;
+    memcpy(&wnd, info + TZ_TCPI_SND_WND, sizeof wnd);
+    return (long long)wnd;
+}
+
+/* streamsend._peer_window: the peak, or -1 with an exception (loop.time() raised). */
+static long long tz_peer_window(tcp_hot *h) {
+    PyObject *t = PyObject_CallNoArgs(h->loop_time);
+    double now;
+    if (!t) return -1;
+    now = PyFloat_AsDouble(t);
+    Py_DECREF(t);
+    if (now == -1.0 && PyErr_Occurred()) return -1;
+    if (now - h->peer_window_at >= TZ_PEER_WINDOW_MAX_AGE) {
+        long long seen;
+        h->peer_window_at = now;
+        seen = tz_read_window(h->fd);
+        if (seen >= h->peer_window_peak || now - h->peer_window_peak_at >= TZ_PEER_WINDOW_SPAN) {
+            h->peer_window_peak = seen;
+            h->peer_window_peak_at = now;
+        }
+    }
+    return h->peer_window_peak;
+}
+
+/* _Held(future, view), its slots set directly (no __init__ frame). A new reference. */
+static PyObject *tz_held(PyObject *future, PyObject *view) {
+    PyObject *held = tz.held_type->tp_alloc(tz.held_type, 0);
+    if (!held) return NULL;
+    *(PyObject **)((char *)held + tz.held_future) = Py_NewRef(future);
+    *(PyObject **)((char *)held + tz.held_view) = Py_NewRef(view);
+    return held;
+}
+
+/* send(MSG_ZEROCOPY) as socket.send: bytes sent, 0 when the socket is full (EAGAIN) or on an
+ * error, which is then in *exc (a new reference: what sock.send raises, EINTR retried after
+ * the signal handlers as PEP 475, whose exception it may also be). */
+static Py_ssize_t tz_send(int fd, const void *buf, Py_ssize_t n, PyObject **exc) {
+    PyObject *type, *tb;
+    for (;;) {
+        ssize_t r = send(fd, buf, (size_t)n, MSG_ZEROCOPY);
+        if (r >= 0) return (Py_ssize_t)r;
+        if (errno == EINTR && PyErr_CheckSignals() == 0) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+        if (!PyErr_Occurred()) PyErr_SetFromErrno(PyExc_OSError);
+        PyErr_Fetch(&type, exc, &tb);
+        PyErr_NormalizeException(&type, exc, &tb);
+        if (tb && *exc) PyException_SetTraceback(*exc, tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        return 0;
+    }
+}
+
+/* base._account_send for a zero-copy send of `sent` > 0 bytes: the tracker's on_sent, then
+ * _count_zc_sends and _zc_since_drain (the policy's on_sent does nothing in its zerocopy state). */
+static int tz_count_sent(tcp_hot *h, int64_t slot, Py_ssize_t sent) {
+    if (zc_on_sent_many(h->zc_t, slot, sent, 1) < 0) {
+        PyErr_SetString(PyExc_AssertionError, "aiozc: the compiled TCP path's write is not live");
+        return -1;
+    }
+    h->zc_sends += 1;
+    h->zc_bytes += sent;
+    h->pinned_bytes = h->zc_t->pinned;
+    if (h->pinned_bytes > h->peak_pinned_bytes) h->peak_pinned_bytes = h->pinned_bytes;
+    h->zc_since_drain += 1;
+    return 0;
+}
+
+static int tz_call(PyObject *self, PyObject *name, PyObject *const *args, size_t nargs) {
+    return tcp_call_void(self, name, args, nargs);
+}
+
+/* A bool attribute's truth, from the instance dict or else the class (streamread's
+ * _rx_blocked is a class default): 0/1, -1 with an exception, -2 neither a bool. */
+static int tz_truth(PyObject *self, PyObject *dict, PyObject *name) {
+    PyObject *v = PyDict_GetItemWithError(dict, name);
+    if (!v && PyErr_Occurred()) return -1;
+    if (!v) v = _PyType_Lookup(Py_TYPE(self), name);
+    return v == Py_True ? 1 : v == Py_False ? 0 : -2;
+}
+
+/* _update_mask() with nothing queued and not closing: _mask() computed here, the Python method
+ * called only if it differs from _registered_mask (or a piece of state is not there). */
+static int tz_update_mask(PyObject *self, PyObject *dict) {
+    int reading = tz_truth(self, dict, tz.reading), eof = tz_truth(self, dict, tz.eof_received),
+        blocked = tz_truth(self, dict, tz.rx_blocked), hup = tz_truth(self, dict, tz.hup), read;
+    PyObject *reg;
+    long long mask;
+    if (reading == -1 || eof == -1 || blocked == -1 || hup == -1) return -1;
+    reg = PyDict_GetItemWithError(dict, tz.registered_mask);
+    if (reading < 0 || eof < 0 || blocked < 0 || hup < 0 || !reg || !PyLong_CheckExact(reg))
+        return PyErr_Occurred() ? -1 : tz_call(self, tz.update_mask, NULL, 0);
+    read = reading && !eof && !blocked;
+    mask = (read ? TZ_EPOLLIN : 0) | (hup && !read ? TZ_EPOLLET : 0);
+    if (mask == PyLong_AsLongLong(reg)) return 0;
+    return PyErr_Occurred() ? -1 : tz_call(self, tz.update_mask, NULL, 0);
+}
+
+/* The write was sent whole: _advance_held -> _close_write, then _flush's _after_flush and
+ * _enqueue_held's _maybe_pause_protocol. Without a drain or a resolution in between (Python
+ * code) these are _update_mask alone: the protocol is not paused, nothing is queued (so
+ * get_write_buffer_size() is 0), the transport is not closing. 0, or -1 with an exception. */
+static int tz_finish(PyObject *self, tcp_hot *h, int64_t slot, PyObject *dict) {
+    int res = zc_close(h->zc_t, slot), python = 0;
+    PyObject *count;
+    if (res < 0) {
+        PyErr_SetString(PyExc_AssertionError, "aiozc: the compiled TCP path's write did not close");
+        return -1;
+    }
+    if (res > 0) { /* (every id already reported: not seen, the drain runs after the send) */
+        if (!(count = PyLong_FromLong(res))) return -1;
+        res = tz_call(self, tz.resolve_closed, &count, 1);
+        Py_DECREF(count);
+        if (res < 0) return -1;
+        python = 1;
+    } else {
+        h->pinned_bytes = h->zc_t->pinned;
+    }
+    if (h->zc_since_drain >= h->drain_every) {
+        if (tz_call(self, tz.drain, NULL, 0) < 0) return -1;
+        python = 1;
+    }
+    if (!python) return tz_update_mask(self, dict);
+    if (tz_call(self, tz.after_flush, NULL, 0) < 0) return -1;
+    return tz_call(self, tz.maybe_pause, NULL, 0);
+}
+
+/* A held write through the tracker: its record, its token, its zero-copy send, then what
+ * follows it (tz_finish, or Python's _zc_continue). 0, or -1 with an exception. */
+static int tz_send_held(PyObject *self, tcp_hot *h, PyObject *view, PyObject *future, PyObject *dict) {
+    Py_buffer *vb = PyMemoryView_GET_BUFFER(view);
+    PyObject *held, *key, *exc = NULL, *args[5];
+    Py_ssize_t sent;
+    int64_t slot;
+    int r;
+    if (!(held = tz_held(future, view))) return -1;
+    if ((slot = zc_open(h->zc_t, vb->len)) < 0) {
+        Py_DECREF(held);
+        PyErr_NoMemory();
+        return -1;
+    }
+    key = PyLong_FromLongLong(slot);
+    r = key ? PyDict_SetItem(h->tokens, key, held) : -1;
+    Py_DECREF(held);
+    if (r < 0) {
+        Py_XDECREF(key);
+        return -1;
+    }
+    sent = tz_send(h->fd, vb->buf, vb->len, &exc);
+    if (sent > 0 && tz_count_sent(h, slot, sent) < 0) r = -1;
+    else if (sent == vb->len) r = tz_finish(self, h, slot, dict);
+    else {
+        args[0] = view;
+        args[1] = future;
+        args[2] = key;
+        args[3] = PyLong_FromSsize_t(sent);
+        args[4] = exc ? exc : Py_None;
+        r = args[3] ? tz_call(self, tz.zc_continue, args, 5) : -1;
+        Py_XDECREF(args[3]);
+    }
+    Py_XDECREF(exc);
+    Py_DECREF(key);
+    return r;
+}
+
+static PyObject *tcpzc_write(PyObject *self, tcp_hot *h, PyObject *buf, const char *p, Py_ssize_t n) {
+    PyObject *dict, *view = NULL, *future = NULL, *args[2];
+    Py_buffer *vb;
+    Py_ssize_t queued;
+    long long window;
+    int r;
+    (void)p;
+    if (h->direct_max <= 0 || n < h->zc_threshold || h->errqueue_quiet || h->zc_t->pinned >= h->max_pinned)
+        return TCPZC_PASS;
+    if ((queued = PyObject_Size(h->queue)) != 0) return queued < 0 ? NULL : TCPZC_PASS;
+    if (!(dict = PyObject_GenericGetDict(self, NULL))) return NULL;
+    if ((r = tz_state_ok(dict)) <= 0) goto pass;
+    /* byte_view(buf): a 1-D unsigned-byte view; another shape or format is Python's (it casts) */
+    if (!(view = PyMemoryView_FromObject(buf))) goto fail;
+    vb = PyMemoryView_GET_BUFFER(view);
+    if (vb->ndim != 1 || (vb->format && strcmp(vb->format, "B") != 0) || vb->len != n) {
+        r = 0;
+        goto pass;
+    }
+    /* _wants_zerocopy: _tell_policy_plain (the policy's on_sent of copied bytes changes nothing
+     * in its zerocopy state), wants_zerocopy and the pinned bytes (checked above), the peer */
+    h->plain_sent = 0;
+    if ((window = tz_peer_window(h)) < 0 || !(future = tcp_future(h))) goto fail;
+    if (window < TZ_MIN_PEER_WINDOW) {
+        args[0] = view;
+        args[1] = future;
+        r = tz_call(self, tz.send_held_now, args, 2);
+    } else {
+        r = tz_send_held(self, h, view, future, dict);
+    }
+    if (r < 0) goto fail;
+    Py_DECREF(view);
+    Py_DECREF(dict);
+    return future;
+pass:
+    Py_XDECREF(view);
+    Py_DECREF(dict);
+    return r < 0 ? NULL : TCPZC_PASS;
+fail:
+    Py_XDECREF(future);
+    Py_XDECREF(view);
+    Py_DECREF(dict);
+    return NULL;
+}
+
+/* Let the TcpHot `hot` send queued zero-copy writes in C: the CompiledTracker `tracker` (its
+ * C tracker `t`, its token dict `tokens`), the loop's time() `loop_time`, base._Held, the
+ * ZeroCopyPolicy class and ZeroCopyState.ZEROCOPY, the policy's threshold, max_pinned_bytes
+ * and errqueue_drain_every. 0, or -1 (nothing set: Python's path). */
+int zc_tcp_zc_bind(intptr_t hot, intptr_t tracker, intptr_t tokens, zc_tracker *t, intptr_t loop_time,
+                   intptr_t held_type, intptr_t policy_type, intptr_t zerocopy, int64_t threshold,
+                   int64_t max_pinned, int64_t drain_every) {
+    tcp_hot *h = (tcp_hot *)hot;
+    static const char *names[15] = {"_policy", "state", "_protocol_paused", "_reading", "_eof_received",
+                                    "_rx_blocked", "_hup", "_registered_mask", "_zc_continue", "_send_held_now",
+                                    "_drain_errqueue", "_after_flush", "_maybe_pause_protocol", "_update_mask",
+                                    "_resolve_closed"};
+    PyObject **slots[15] = {&tz.policy, &tz.state, &tz.paused, &tz.reading, &tz.eof_received, &tz.rx_blocked,
+                            &tz.hup, &tz.registered_mask, &tz.zc_continue, &tz.send_held_now, &tz.drain,
+                            &tz.after_flush, &tz.maybe_pause, &tz.update_mask, &tz.resolve_closed};
+    int k;
+    if (!tcp_hot_type || Py_TYPE((PyObject *)hot) != tcp_hot_type || !t || !PyDict_CheckExact((PyObject *)tokens))
+        return -1;
+    if (!tz.held_type) {
+        PyTypeObject *held = (PyTypeObject *)held_type;
+        Py_ssize_t fut = member_offset(held, "future"), view = member_offset(held, "view");
+        if (fut < 0 || view < 0) return -1;
+        for (k = 0; k < 15; k++)
+            if (tcp_intern(slots[k], names[k]) < 0) {
+                PyErr_Clear();
+                return -1;
+            }
+        tz.held_future = fut;
+        tz.held_view = view;
+        tz.policy_type = (PyTypeObject *)Py_NewRef((PyObject *)policy_type);
+        tz.zerocopy = Py_NewRef((PyObject *)zerocopy);
+        tz.held_type = (PyTypeObject *)Py_NewRef((PyObject *)held); /* last: set up */
+    }
+    if ((PyObject *)tz.held_type != (PyObject *)held_type || (PyObject *)tz.policy_type != (PyObject *)policy_type ||
+        tz.zerocopy != (PyObject *)zerocopy)
+        return -1;
+    Py_XSETREF(h->tracker, Py_NewRef((PyObject *)tracker));
+    Py_XSETREF(h->tokens, Py_NewRef((PyObject *)tokens));
+    Py_XSETREF(h->loop_time, Py_NewRef((PyObject *)loop_time));
+    h->zc_threshold = threshold;
+    h->max_pinned = max_pinned;
+    h->drain_every = drain_every;
+    h->zc_t = t;
+    return 0;
+}
