@@ -35,6 +35,12 @@ def is_zerocopy_transport(transport: Optional[asyncio.BaseTransport]) -> bool:
     return transport is not None and callable(getattr(transport, "write_zc", None))
 
 
+# aiohttp >= 3.12 keeps the serialized headers until the first body write (write_eof's
+# shortcut below relies on these names; other releases keep aiohttp's own write_eof).
+_BUFFERS_HEADERS = all(
+    hasattr(StreamWriter, name) for name in ("_send_headers_with_payload", "send_headers", "set_eof")
+) and hasattr(web_protocol.RequestHandler, "_drain_helper")
+
 # Below the default zero-copy threshold the transport would copy the slice anyway.
 _SMALL_SLICE = DEFAULT_THRESHOLD
 
@@ -119,6 +125,41 @@ class ZeroCopyPayloadWriter(StreamWriter):
         else:
             for chunk in chunks:  # in order, each one on its own zero-copy or copy path
                 _send_chunk(transport, chunk)
+
+    if _BUFFERS_HEADERS:
+
+        async def write_eof(self, chunk: bytes = b"") -> None:
+            # The common response, buffered headers and a whole bytes body (web.Response of
+            # bytes, a prepared StreamResponse's last write): sent here, in aiohttp's order and
+            # with its accounting. aiohttp's write_eof goes through _send_headers_with_payload
+            # and _writelines and awaits a drain() coroutine, three Python frames per response
+            # (callgrind, 11 B on uvloop: ~2k user instructions of ~148k).
+            headers = self._headers_buf
+            if (
+                not headers or type(chunk) is not bytes or self._headers_written or self._eof
+                or self.chunked or self._compress is not None
+                or (chunk and self._on_chunk_sent is not None)
+            ):
+                await super().write_eof(chunk)
+                return
+            self._headers_written = True
+            self._headers_buf = None
+            size = len(headers) + len(chunk)
+            if size >= MIN_PAYLOAD_FOR_WRITELINES:
+                self._writelines((headers, chunk) if chunk else (headers,))
+            else:
+                self.buffer_size += size
+                self.output_size += size
+                transport = self._protocol.transport
+                if transport is None or transport.is_closing():
+                    raise ClientConnectionResetError("Cannot write to closing transport")
+                transport.write(headers + chunk)
+            if chunk and (notify := self.on_body_write) is not None:
+                notify(len(chunk), self.output_size)
+            protocol = self._protocol
+            if protocol.transport is not None and protocol._paused:  # aiohttp's drain()
+                await protocol._drain_helper()
+            self._eof = True
 
 
 def _wrap_request_factory(factory: Callable[..., web.BaseRequest]) -> Callable[..., web.BaseRequest]:
