@@ -244,7 +244,7 @@ def _options(args: Any) -> argparse.Namespace:
         suites=getattr(args, "suites", ["big", "wrk"]),
         wrk_cases=getattr(args, "wrk_cases", list(web_wrk.WRK_CASES)),
         wrk_duration=getattr(args, "wrk_duration", web_wrk.DEFAULT_DURATION),
-        wrk_rounds=getattr(args, "wrk_rounds", 3),
+        wrk_rounds=getattr(args, "wrk_rounds", web_wrk.DEFAULT_ROUNDS),
         connections=getattr(args, "connections", web_wrk.DEFAULT_CONNECTIONS),
         transport_options=(
             {"engine": args.zc_engine} if getattr(args, "zc_engine", None) else {}

@@ -5,8 +5,14 @@ wrk (``apt-get install wrk``) keeps ``connections`` keep-alive connections busy 
 (stock ``web.TCPSite`` and :class:`aiozc.web.ZeroCopySite` of one app, on one loop) runs in this
 process on the first core. Every response is small enough that per-request and per-event costs
 show, which the 256 MiB case hides. Cases: ``web.Response(body=bytes)`` of 11 B, 100 kB, 1 MB;
-``web.FileResponse`` of 1 MiB and 64 MiB. Stock and aiozc run back to back for each case, round
-after round, and the median round counts.
+``web.FileResponse`` of 1 MiB and 64 MiB.
+
+Both arms run under the same conditions: one process and loop, the same warm-up run, wrk on
+the same core, rounds interleaved with the order alternating (stock first in even rounds, aiozc
+first in odd ones, so neither always follows the other's connection teardown or profits from a
+drift), and a pause after each run for the last one's connections to go. The ratio reported
+is the median over rounds of each round's aiozc/stock pair, with the lowest and highest pair:
+a drift of the machine between rounds moves both arms of a pair alike.
 
 Reported per run: requests/s, GB/s read by wrk, the server's CPU microseconds per request (this
 process's ``process_time``, executor threads included), socket errors and non-2xx responses.
@@ -37,6 +43,9 @@ WRK_CASES: dict[str, tuple[str, int]] = {
 }
 DEFAULT_CONNECTIONS = 32
 DEFAULT_DURATION = 3
+DEFAULT_ROUNDS = 5
+# After each run: wrk has closed its connections, the server is still tearing them down.
+SETTLE_S = 0.3
 SERVERS = ("stock", "aiozc")
 
 _UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
@@ -89,6 +98,12 @@ class WrkCase:
     runs_rps: list[float] = field(default_factory=list)
     series: str = ""
     state: str = ""  # aiozc: how the bodies left (policy state, or sendfile)
+    # aiozc: each round's aiozc/stock bytes/s, the two runs of one round paired
+    paired: list[float] = field(default_factory=list)
+
+    @property
+    def paired_ratio(self) -> float | None:
+        return statistics.median(self.paired) if self.paired else None
 
 
 def wrk_missing() -> str | None:
@@ -144,6 +159,20 @@ def _summarise(case: str, loop: str, server: str, runs: list[WrkRun]) -> WrkCase
                    [r.rps for r in runs], f"{loop} / {server}")
 
 
+def round_order(index: int) -> tuple[str, ...]:
+    """The arms' order in round ``index``: alternating, so neither is always first."""
+    return SERVERS if index % 2 == 0 else SERVERS[::-1]
+
+
+def paired_ratios(stock: list[WrkRun], aiozc: list[WrkRun]) -> list[float]:
+    """aiozc/stock bytes/s of each round (bytes, not requests: a 64 MiB run finishes few
+    responses, and wrk counts the bytes of unfinished ones too)."""
+    return [
+        (z.bytes_read / z.seconds) / (s.bytes_read / s.seconds)
+        for s, z in zip(stock, aiozc) if s.bytes_read and s.seconds and z.seconds
+    ]
+
+
 def _states(transports: list[Any]) -> str:
     stats = [t.get_extra_info("aiozc_stats") for t in {id(t): t for t in transports}.values()]
     transports.clear()
@@ -177,14 +206,17 @@ async def _bench_loop(loop_name: str, opts: argparse.Namespace, workdir: Path) -
             path = f"/{kind}/{name}"
             for server in SERVERS:  # warm both: first connections, page cache, code paths
                 await _wrk(ports[server], path, opts, 1)
+                await asyncio.sleep(SETTLE_S)
             transports.clear()
             runs: dict[str, list[WrkRun]] = {s: [] for s in SERVERS}
-            for _ in range(opts.wrk_rounds):
-                for server in SERVERS:  # back to back: drift hits both alike
+            for index in range(opts.wrk_rounds):
+                for server in round_order(index):
                     runs[server].append(await _wrk(ports[server], path, opts, opts.wrk_duration))
+                    await asyncio.sleep(SETTLE_S)
             for server in SERVERS:
                 results.append(_summarise(name, loop_name, server, runs[server]))
             results[-1].state = _states(transports)
+            results[-1].paired = paired_ratios(runs["stock"], runs["aiozc"])
     finally:
         await runner.cleanup()
     return results
@@ -208,14 +240,20 @@ def _make_file(path: Path, size: int) -> Path:
 
 
 def ratios(cases: list[WrkCase]) -> dict[str, float]:
-    """aiozc / stock in bytes read per second. Both servers send the same headers (one app), so
-    this is the ratio of requests/s, but it still counts when a run finishes few requests (64 MiB
-    files: wrk counts the bytes of unfinished responses too)."""
+    """aiozc / stock in bytes read per second: the median of the rounds' paired ratios. Both
+    servers send the same headers (one app), so this is the ratio of requests/s, but it still
+    counts when a run finishes few requests (64 MiB files: wrk counts the bytes of unfinished
+    responses too). Rows without pairs (older results) fall back to the ratio of medians."""
     by = {(c.case, c.loop, c.server): c for c in cases}
     found = {}
     for c in cases:
         base = by.get((c.case, c.loop, "stock"))
-        if c.server == "aiozc" and base is not None and base.gbps > 0:
+        if c.server != "aiozc" or base is None:
+            continue
+        paired = c.paired_ratio
+        if paired is not None:
+            found[f"wrk {c.case}/{c.loop}"] = paired
+        elif base.gbps > 0:
             found[f"wrk {c.case}/{c.loop}"] = c.gbps / base.gbps
     return found
 
@@ -223,19 +261,26 @@ def ratios(cases: list[WrkCase]) -> dict[str, float]:
 def print_table(cases: list[WrkCase], opts: argparse.Namespace) -> None:
     print(
         f"aiohttp under wrk: {opts.connections} keep-alive connections, {opts.wrk_duration} s per run, "
-        f"median of {opts.wrk_rounds} rounds; server on core 0, wrk (1 thread) on core 1; "
-        "vs stock: bytes/s ratio"
+        f"{opts.wrk_rounds} interleaved rounds, order alternating; server on core 0, wrk (1 thread) "
+        "on core 1; req/s, GB/s, CPU: medians over rounds; vs stock: median of the rounds' paired "
+        "bytes/s ratios [lowest-highest pair]"
     )
     print(f"{'case':<12}{'loop':<9}{'server':<8}{'req/s':>10}{'GB/s':>8}{'us CPU/req':>12}"
-          f"{'vs stock':>10}{'errors':>8}  rounds (req/s); how it left")
+          f"{'vs stock':>22}{'errors':>8}  rounds (req/s); how it left")
     stock = {(c.case, c.loop): c.gbps for c in cases if c.server == "stock"}
     for c in cases:
-        base = stock.get((c.case, c.loop))
-        ratio = f"{c.gbps / base:.2f}x" if c.server != "stock" and base else ""
-        rounds = " ".join(f"{r:.0f}" for r in c.runs_rps)
         print(f"{c.case:<12}{c.loop:<9}{c.server:<8}{c.rps:>10.0f}{c.gbps:>8.2f}"
-              f"{c.server_us_per_request:>12.1f}{ratio:>10}{c.errors:>8}  {rounds}"
+              f"{c.server_us_per_request:>12.1f}{_ratio_cell(c, stock.get((c.case, c.loop))):>22}"
+              f"{c.errors:>8}  {' '.join(f'{r:.0f}' for r in c.runs_rps)}"
               f"{'; ' + c.state if c.state else ''}")
+
+
+def _ratio_cell(c: WrkCase, stock_gbps: float | None) -> str:
+    if c.server == "stock":
+        return ""
+    if c.paired:
+        return f"{statistics.median(c.paired):.2f}x [{min(c.paired):.2f}-{max(c.paired):.2f}]"
+    return f"{c.gbps / stock_gbps:.2f}x" if stock_gbps else ""
 
 
 def run(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -260,7 +305,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wrk cases to run (default: all)")
     parser.add_argument("--wrk-duration", type=int, default=DEFAULT_DURATION,
                         help="seconds per wrk run (whole seconds, as wrk takes them)")
-    parser.add_argument("--wrk-rounds", type=int, default=3, help="rounds per wrk case (median counts)")
+    parser.add_argument("--wrk-rounds", type=int, default=DEFAULT_ROUNDS,
+                        help="interleaved rounds per wrk case (the median paired ratio counts)")
     parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS,
                         help="wrk keep-alive connections")
     parser.add_argument("--zc-engine", default=None, choices=["auto", "msg_zerocopy", "io_uring", "copy"],
