@@ -133,7 +133,7 @@ class ZeroCopyPayloadWriter(StreamWriter):
             # bytes, a prepared StreamResponse's last write): sent here, in aiohttp's order and
             # with its accounting. aiohttp's write_eof goes through _send_headers_with_payload
             # and _writelines and awaits a drain() coroutine, three Python frames per response
-            # (callgrind, 11 B on uvloop: ~2k user instructions of ~148k).
+            # (callgrind per request, uvloop: 11 B 148.5k -> 144.4k, stock 148.2k).
             headers = self._headers_buf
             if (
                 not headers or type(chunk) is not bytes or self._headers_written or self._eof
@@ -145,15 +145,16 @@ class ZeroCopyPayloadWriter(StreamWriter):
             self._headers_written = True
             self._headers_buf = None
             size = len(headers) + len(chunk)
-            if size >= MIN_PAYLOAD_FOR_WRITELINES:
-                self._writelines((headers, chunk) if chunk else (headers,))
+            self.buffer_size += size
+            self.output_size += size
+            transport = self._protocol.transport
+            if transport is None or transport.is_closing():
+                raise ClientConnectionResetError("Cannot write to closing transport")
+            if size >= MIN_PAYLOAD_FOR_WRITELINES and chunk and is_zerocopy_transport(transport):
+                # As _writelines does it for bytes: one sendmsg when neither goes zero-copy.
+                transport.writelines((headers, chunk))
             else:
-                self.buffer_size += size
-                self.output_size += size
-                transport = self._protocol.transport
-                if transport is None or transport.is_closing():
-                    raise ClientConnectionResetError("Cannot write to closing transport")
-                transport.write(headers + chunk)
+                transport.write(headers + chunk)  # small, or not ours: aiohttp's join
             if chunk and (notify := self.on_body_write) is not None:
                 notify(len(chunk), self.output_size)
             protocol = self._protocol

@@ -56,8 +56,7 @@ async def test_a_whole_bytes_body_leaves_without_the_helper_frames(size: int) ->
     """aiohttp's write_eof sends headers and body through _send_headers_with_payload and
     _writelines and then awaits a drain() coroutine, three frames per response (callgrind,
     11 B on uvloop: the Python side of the response path cost more than stock's). On a
-    ZeroCopySite neither runs for a bytes body (nor _writelines for a small one), and the
-    response is the same."""
+    ZeroCopySite none of them runs for a bytes body, and the response is the same."""
     body = os.urandom(size)
     calls: dict[str, list[str]] = {"aiozc": [], "stock": []}
 
@@ -79,8 +78,7 @@ async def test_a_whole_bytes_body_leaves_without_the_helper_frames(size: int) ->
     assert _without_date(raw["aiozc"]) == _without_date(raw["stock"])
     assert raw["aiozc"].endswith(b"\r\n\r\n" + body)
     assert "drain" in calls["stock"]  # the spies do see aiohttp's path
-    # A large body still takes _writelines, whose zero-copy choices are the writer's own.
-    assert calls["aiozc"] == ([] if size < 2048 else ["_writelines"])
+    assert calls["aiozc"] == []
 
 
 async def test_write_eof_waits_for_a_paused_transport() -> None:
