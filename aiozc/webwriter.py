@@ -4,7 +4,9 @@ On Python < 3.12.9 aiohttp's ``StreamWriter`` joins the headers and the body int
 ``bytes`` before writing (``SKIP_WRITELINES``, CVE-2024-12254 in asyncio's own ``writelines``).
 That copy alone costs as much as the send. :class:`ZeroCopyPayloadWriter` hands the chunks to
 aiozc's ``writelines`` instead, which has no such bug, so the user's body object reaches the
-transport untouched and the transport can send it without copying.
+transport untouched and the transport can send it without copying. Its ``write_eof`` sends the
+common response (buffered headers and a whole bytes body) itself, without aiohttp's three
+helper frames per response.
 """
 
 from __future__ import annotations
