@@ -55,6 +55,9 @@ def scripted(t: ZeroCopyDatagramTransport, script: list[int]) -> ScriptedSender:
 
 
 async def pair(**options: Any) -> tuple[Any, Recorder, ZeroCopyDatagramTransport, Recorder]:
+    """A receiver and a connected sender, on MSG_ZEROCOPY unless ``engine`` is given: these
+    tests drive its sendmmsg (engine="auto" picks io_uring for a connected socket)."""
+    options.setdefault("engine", "msg_zerocopy")
     rt, rp = await receiver()
     t, p = await sender(rt.get_extra_info("sockname"), **options)
     return rt, rp, t, p

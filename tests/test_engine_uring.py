@@ -118,9 +118,12 @@ async def test_auto_on_the_pure_path_picks_io_uring_only_with_a_pool(monkeypatch
             assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True), IoUringEngine)
 
 
-async def test_auto_picks_io_uring_only_for_a_coalescing_datagram_transport() -> None:
-    # One sendto_zc() sent during the call on io_uring ran 0.39-0.62x of stock sendto
-    # (engines/__init__.py): auto must not choose it for a transport that does not batch.
+async def test_auto_picks_io_uring_where_the_compiled_per_call_path_sends() -> None:
+    # Per-call sendto_zc on io_uring ran 1.17-1.43x of MSG_ZEROCOPY through the compiled path
+    # (_core_udpring.c), 0.39-0.62x of stock through the general Python path
+    # (engines/__init__.py): auto picks it without coalesce_zc only for a connected UDP socket
+    # with the compiled core.
+    from aiozc._sys import core as _core
     from aiozc.datagram import create_datagram_endpoint
 
     loop = asyncio.get_running_loop()
@@ -130,18 +133,41 @@ async def test_auto_picks_io_uring_only_for_a_coalescing_datagram_transport() ->
         with BufferPool(4096, 4, register=pooled) as pool:
             assert LoopRing.existing(loop) is None or LoopRing.existing(loop).has_pools is pooled
             for coalesce in (False, True):
-                transport, _ = await create_datagram_endpoint(
-                    asyncio.DatagramProtocol, remote_addr=("127.0.0.1", 9), coalesce_zc=coalesce)
-                engines[pooled, coalesce] = transport.stats.engine
-                transport.close()
+                for connected in (False, True):
+                    where = {"remote_addr": ("127.0.0.1", 9)} if connected else {"local_addr": ("127.0.0.1", 0)}
+                    transport, _ = await create_datagram_endpoint(
+                        asyncio.DatagramProtocol, coalesce_zc=coalesce, **where)
+                    engines[pooled, coalesce, connected] = transport.stats.engine
+                    if connected and not coalesce:
+                        # the compiled per-call path took the ring (or, pure, no path at all)
+                        assert (transport._hot_d is not None) is _core.compiled
+                    transport.close()
             await asyncio.sleep(0)
-    from aiozc._sys import core as _core
-
-    without_pool = "io_uring" if _core.compiled else "msg_zerocopy"  # (pure path: a pool is needed)
-    assert engines == {(False, False): "msg_zerocopy", (False, True): without_pool,
-                       (True, False): "msg_zerocopy", (True, True): "io_uring"}
+    compiled = "io_uring" if _core.compiled else "msg_zerocopy"  # (pure path: a pool is needed)
+    assert engines == {
+        (False, False, False): "msg_zerocopy", (False, False, True): compiled,
+        (False, True, False): compiled, (False, True, True): compiled,
+        (True, False, False): "msg_zerocopy", (True, False, True): compiled,
+        (True, True, False): "io_uring", (True, True, True): "io_uring",
+    }
     assert isinstance(get_engine("auto", sock=None, loop=loop, async_capable=True,
                                  batches_sends=False), MsgZeroCopyEngine)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unix:  # no compiled path there
+        assert isinstance(get_engine("auto", sock=unix, loop=loop, async_capable=True,
+                                     batches_sends=False), MsgZeroCopyEngine)
+
+
+async def test_auto_per_call_on_the_pure_path_stays_on_msg_zerocopy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiozc._sys import core as _core
+
+    monkeypatch.setattr(_core, "compiled", False)
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, BufferPool(4096, 4) as pool:
+        udp.connect(("127.0.0.1", 9))
+        assert pool.register(loop)
+        assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True,
+                                     batches_sends=False), MsgZeroCopyEngine)
+        assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True), IoUringEngine)
 
 
 async def test_unavailable_io_uring_raises_at_creation_and_auto_falls_back(
@@ -168,6 +194,14 @@ async def test_unavailable_io_uring_raises_at_creation_and_auto_falls_back(
             assert not pool.register(loop)
             assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True),
                               MsgZeroCopyEngine)
+        udp.connect(("127.0.0.1", 9))  # nor the compiled per-call path
+        assert isinstance(get_engine("auto", sock=udp, loop=loop, async_capable=True,
+                                     batches_sends=False), MsgZeroCopyEngine)
+    from aiozc.datagram import create_datagram_endpoint
+
+    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=("127.0.0.1", 9))
+    assert transport.stats.engine == "msg_zerocopy"
+    transport.close()
     assert await ring_closed()
 
 

@@ -35,7 +35,8 @@ from aiozc.tools.benchkit import run_on
 from aiozc.datagram import create_datagram_endpoint
 
 async def main(dst, count):
-    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(dst, 9))
+    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(dst, 9),
+                                                  engine=sys.argv[4])
     buf = bytearray(b"w" * 64000)
     window = collections.deque()
     for _ in range(count):
@@ -52,13 +53,14 @@ run_on(sys.argv[1], main(sys.argv[2], int(sys.argv[3])))
 """
 
 
-def _syscalls_of(ns: SinkNamespace, loop: str, count: int, names: str) -> dict[str, int]:
+def _syscalls_of(ns: SinkNamespace, loop: str, count: int, names: str,
+                 engine: str = "msg_zerocopy") -> dict[str, int]:
     """Calls of the system calls ``names`` (strace's -e trace list) made by a process that
-    sends ``count`` datagrams with sendto_zc() (start-up and set-up included)."""
+    sends ``count`` datagrams with sendto_zc() on ``engine`` (start-up and set-up included)."""
     out = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"aiozc-strace-{os.getpid()}-{loop}.txt")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     argv = ["strace", "-f", "-qq", "-c", "-e", f"trace={names}", "-o", out,
-            sys.executable, "-c", _WINDOW_SENDER, loop, ns.sink_addr, str(count)]
+            sys.executable, "-c", _WINDOW_SENDER, loop, ns.sink_addr, str(count), engine]
     try:
         proc = ns.run(argv, capture_output=True, text=True, env=env, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]

@@ -237,7 +237,7 @@ def cancelled_futures(dst: str, loop: str, coalesce_zc: bool) -> dict[str, Any]:
     return run_on(loop, _cancelled_futures(dst, coalesce_zc))
 
 
-async def _full_socket_mix(dst: str) -> dict[str, Any]:
+async def _full_socket_mix(dst: str, engine: str) -> dict[str, Any]:
     """A send buffer too small for two datagrams: sends hit EAGAIN, datagrams queue and leave
     through the general path, the compiled path takes over again; the error-queue drain then
     resolves writes of both paths together."""
@@ -252,7 +252,7 @@ async def _full_socket_mix(dst: str) -> dict[str, Any]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel's minimum, ~4.5 KiB
     sock.connect((dst, 9))
-    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, sock=sock)
+    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, sock=sock, engine=engine)
     bufs = [bytearray(DATAGRAM) for _ in range(64)]
     futures, queued_peak = [], 0
     try:
@@ -272,11 +272,12 @@ async def _full_socket_mix(dst: str) -> dict[str, Any]:
         "queued_peak": queued_peak,
         "state": stats["state"],
         "zc_sends": stats["zc_sends"],
+        "stats": stats,
     }
 
 
-def full_socket_mix(dst: str, loop: str) -> dict[str, Any]:
-    return run_on(loop, _full_socket_mix(dst))
+def full_socket_mix(dst: str, loop: str, engine: str) -> dict[str, Any]:
+    return run_on(loop, _full_socket_mix(dst, engine))
 
 
 async def _tcp_server(host: str, port: int, expect: int) -> dict[str, Any]:
@@ -391,7 +392,7 @@ def test_enobufs_with_outstanding_ids_resends_by_copy_and_stays_zerocopy(
     """optmem_max 1024: one undrained notification exhausts option memory, so sends alternate
     between zero-copy and ENOBUFS -> resent by copy. Nothing is lost, everything resolves."""
     quiet(enobufs_sink)
-    res = enobufs_sink.call(send_datagrams, enobufs_sink.sink_addr, loop, 2000)
+    res = enobufs_sink.call(send_datagrams, enobufs_sink.sink_addr, loop, 2000, engine="msg_zerocopy")
     stats = res["stats"]
     assert res["resolved"] == 2000 and res["unresolved"] == 0
     assert res["rx_packets"] == 2000  # every datagram left exactly once
@@ -410,7 +411,7 @@ def test_enobufs_with_nothing_outstanding_disables_zerocopy(
 ) -> None:
     quiet(sink_ns)
     sink_ns.set_sysctl("net.core.optmem_max", OPTMEM_NO_ZEROCOPY)
-    res = sink_ns.call(send_datagrams, sink_ns.sink_addr, loop, 300)
+    res = sink_ns.call(send_datagrams, sink_ns.sink_addr, loop, 300, engine="msg_zerocopy")
     stats = res["stats"]
     assert res["resolved"] == 300 and res["rx_packets"] == 300
     assert res["zerocopy"] == 0
@@ -421,19 +422,23 @@ def test_enobufs_with_nothing_outstanding_disables_zerocopy(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_qdisc_drop_reported_as_enobufs_keeps_ids_in_step(sink_ns: SinkNamespace, loop: str) -> None:
+@pytest.mark.parametrize("engine", ["msg_zerocopy", "io_uring"])
+def test_qdisc_drop_reported_as_enobufs_keeps_ids_in_step(sink_ns: SinkNamespace, loop: str,
+                                                          engine: str) -> None:
     """With IP_RECVERR a datagram the qdisc drops comes back as ENOBUFS although its MSG_ZEROCOPY
     id was used. Phase 1: a pfifo of limit 0 drops everything; phase 2: the default qdisc again.
     Had the transport lost count of ids, phase 2's futures would resolve early or never."""
     quiet(sink_ns)
     phases = ["tc qdisc replace dev ifb0 root pfifo limit 0", "tc qdisc del dev ifb0 root"]
-    res = sink_ns.call(send_datagrams, sink_ns.sink_addr, loop, 300, phases=phases)
+    res = sink_ns.call(send_datagrams, sink_ns.sink_addr, loop, 300, phases=phases, engine=engine)
     stats = res["stats"]
-    assert res["resolved"] == 600 and res["unresolved"] == 0
+    assert stats["engine"] == engine
+    assert res["resolved"] == 600 and res["unresolved"] == 0, (res, stats)
     assert res["phase_rx"] == [0, 300]
     assert res["errors"] == [errno.ENOBUFS] * 300  # each drop reported once
     assert stats["extra"]["local_drops"] == 300
-    assert stats["zc_sends"] == 600 and stats["ids_zerocopy"] == 600
+    sent = 600 if engine == "msg_zerocopy" else 300  # (as in the coalesced test below)
+    assert stats["zc_sends"] == sent and stats["ids_zerocopy"] == sent
     assert res["unexpected_ids"] == 0
     assert stats["state"] == "zerocopy"
 
@@ -477,12 +482,22 @@ def test_cancelled_futures_are_skipped_and_nothing_stays_held(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_full_socket_queues_and_both_paths_resolve_together(sink_ns: SinkNamespace, loop: str) -> None:
+@pytest.mark.parametrize("engine", ["msg_zerocopy", "io_uring"])
+def test_full_socket_queues_and_both_paths_resolve_together(sink_ns: SinkNamespace, loop: str,
+                                                            engine: str) -> None:
     quiet(sink_ns)
-    res = sink_ns.call(full_socket_mix, sink_ns.sink_addr, loop)
+    res = sink_ns.call(full_socket_mix, sink_ns.sink_addr, loop, engine)
     assert res["errors"] == [], res
     assert res["queued_peak"] > 0, res  # the premise: the socket did fill up
-    assert res["zerocopy"] == 3000 and res["zc_sends"] == 3000, res
+    if engine == "msg_zerocopy":
+        assert res["zerocopy"] == 3000 and res["zc_sends"] == 3000, res
+        return
+    # io_uring: a SEND_ZC is accounted (pinned) once filled, and the ones that came back EAGAIN
+    # wait in the queue pinned: the rare copy is max_pinned_bytes (64 MiB) refusing to pin more.
+    stats = res["stats"]
+    copies = stats["copy_sends"]
+    assert res["zerocopy"] == res["zc_sends"] == 3000 - copies, stats
+    assert copies == 0 or stats["peak_pinned_bytes"] > (64 << 20) - DATAGRAM, stats
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -550,7 +565,8 @@ def raw_sendmmsg_ids(dst: str, count: int, batch: int) -> dict[str, Any]:
 
 
 async def _send_batches(
-    dst: str, batches: int, batch: int, size: int, phases: list[str], singles: int, sndbuf: int
+    dst: str, batches: int, batch: int, size: int, phases: list[str], singles: int, sndbuf: int,
+    engine: str,
 ) -> dict[str, Any]:
     import subprocess
 
@@ -558,7 +574,7 @@ async def _send_batches(
     from udp_helpers import ErrorRecorder
 
     rx_before = sink_rx_packets()
-    transport, proto = await create_datagram_endpoint(ErrorRecorder, remote_addr=(dst, 9))
+    transport, proto = await create_datagram_endpoint(ErrorRecorder, remote_addr=(dst, 9), engine=engine)
     if sndbuf:
         transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, 32, sndbuf)  # SO_SNDBUFFORCE
     pool = bytearray(b"b" * size * batch)
@@ -595,11 +611,12 @@ async def _send_batches(
 
 def send_batches(
     dst: str, loop: str, batches: int, batch: int, size: int = DATAGRAM,
-    phases: list[str] | None = None, singles: int = 0, sndbuf: int = 0,
+    phases: list[str] | None = None, singles: int = 0, sndbuf: int = 0, engine: str = "msg_zerocopy",
 ) -> dict[str, Any]:
     """``batches`` sendto_zc_many() of ``batch`` datagrams (each followed by ``singles``
-    sendto_zc()), per phase, on a socket with ``sndbuf`` (if given); counters and stats as JSON."""
-    return run_on(loop, _send_batches(dst, batches, batch, size, phases or ["-"], singles, sndbuf))
+    sendto_zc()), per phase, on a socket with ``sndbuf`` (if given); counters and stats as JSON.
+    MSG_ZEROCOPY unless ``engine`` says otherwise: these tests are about sendmmsg."""
+    return run_on(loop, _send_batches(dst, batches, batch, size, phases or ["-"], singles, sndbuf, engine))
 
 
 def test_sendmmsg_zerocopy_uses_one_id_per_datagram(sink_ns: SinkNamespace) -> None:
@@ -616,9 +633,10 @@ def test_sendmmsg_zerocopy_uses_one_id_per_datagram(sink_ns: SinkNamespace) -> N
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_sendto_zc_many_into_sink_is_zerocopy(sink_ns: SinkNamespace, loop: str) -> None:
+@pytest.mark.parametrize("engine", ["msg_zerocopy", "auto"])
+def test_sendto_zc_many_into_sink_is_zerocopy(sink_ns: SinkNamespace, loop: str, engine: str) -> None:
     quiet(sink_ns)
-    res = sink_ns.call(send_batches, sink_ns.sink_addr, loop, 20, 300, singles=3)
+    res = sink_ns.call(send_batches, sink_ns.sink_addr, loop, 20, 300, singles=3, engine=engine)
     stats = res["stats"]
     assert res["resolved"] == 20 * 4
     assert res["zerocopy"] == 20 * 4 and res["zc_ids"] == 20 * 303

@@ -15,20 +15,28 @@ Choosing an engine (``engine=`` transport option)
   :class:`EngineUnavailable` at transport creation, with the probe's reason: a caller who
   names an engine wants to know, not to benchmark the wrong one.
 * ``"copy"``: plain copying sends.
-* ``"auto"`` (default): io_uring for a datagram socket (:data:`AUTO_IO_URING_TYPES`) with
-  ``coalesce_zc=True``, when the probe says io_uring works and the transport can drive it;
-  MSG_ZEROCOPY otherwise, silently. With the compiled core a registered
-  :class:`~aiozc.buffers.BufferPool` is not needed (on the pure path it still is): coalesced batches from ordinary buffers ran 1.16-1.40x the MSG_ZEROCOPY engine's
-  (2026-12-01 19:00-19:25 UTC, two quiet full runs, docs/bench/udp-sink*.txt; 2.10/1.85x and
-  2.19/2.08x of stock ``sendto`` on asyncio/uvloop against 1.58/1.53x and 1.88/1.48x): the
-  compiled fill and reap made the per-SQE cost smaller than what SEND_ZC saves over the error
-  queue. Not without ``coalesce_zc`` (yet): a ``sendto_zc()`` sent during the call on io_uring
-  ran 0.39-0.62x of stock ``sendto`` through the general Python path; it is compiled since
-  2026-12-01 (aiozc/_sys/_core_udpring.c, 3.6k instructions per datagram on both loops, like
-  MSG_ZEROCOPY's), and two short loaded runs gave it 0.95-1.74x of per-call MSG_ZEROCOPY:
-  "auto" must never be slower than stock, so it waits for a quiet run to decide. Ask for ``engine="io_uring"`` to send a pool's slices
-  with ``sendto_zc_many()`` on it. Earlier measurements (kernel
-  6.18, CPython 3.11, 2 shared cores; ``python -m aiozc bench udp-sink``, 64000 B datagrams into
+* ``"auto"`` (default): io_uring for a datagram socket (:data:`AUTO_IO_URING_TYPES`) when
+  the probe says io_uring works, the transport can drive it and the compiled core is in use,
+  MSG_ZEROCOPY otherwise, silently (``stats.engine`` and ``python -m aiozc probe`` say which):
+
+  - ``coalesce_zc=True``: any such socket. A registered :class:`~aiozc.buffers.BufferPool` is
+    not needed (on the pure path it still is): coalesced batches from ordinary buffers ran
+    1.16-1.40x the MSG_ZEROCOPY engine's (2026-12-01 19:00-19:25 UTC, two quiet full runs;
+    2.10/1.85x and 2.19/2.08x of stock ``sendto`` on asyncio/uvloop against 1.58/1.53x and
+    1.88/1.48x): the compiled fill and reap made the per-SQE cost smaller than what SEND_ZC
+    saves over the error queue.
+  - ``sendto_zc()`` sent during the call (no ``coalesce_zc``): a connected AF_INET/AF_INET6
+    socket, the one the compiled per-call path (aiozc/_sys/_core_udpring.c) serves. Two quiet
+    full runs (2026-12-02 00:39-01:04 UTC on main 4726b6d, docs/bench/udp-sink.txt and
+    udp-sink-2.txt, 64000 B into the ifb sink, window of 256): 2.28/2.02x and 2.29/2.07x of
+    stock ``sendto`` (asyncio/uvloop) against MSG_ZEROCOPY's 1.68/1.42x and 1.86/1.77x, i.e.
+    1.17-1.43x of per-call MSG_ZEROCOPY in GB/s and CPU s/GB in both runs on both loops;
+    callgrind 4.3k/3.6k user instructions per datagram (MSG_ZEROCOPY 4.0k/3.3k). Unconnected,
+    every datagram takes the general Python path, whose SQE fill ran 0.39-0.62x of stock on
+    io_uring: MSG_ZEROCOPY there. Without the compiled core, MSG_ZEROCOPY too.
+
+  Ask for ``engine="io_uring"`` to send a pool's slices with ``sendto_zc_many()`` on it.
+  Earlier measurements (kernel 6.18, CPython 3.11, 2 shared cores; ``python -m aiozc bench udp-sink``, 64000 B datagrams into
   the ifb sink, median of 3, same API and loop on both engines; before the compiled ring core):
 
   - from a registered BufferPool (fixed buffers): sendto_zc_many 1.25-1.27x the MSG_ZEROCOPY
@@ -53,9 +61,12 @@ from typing import Protocol
 Address = object
 
 ENGINE_NAMES = ("auto", "msg_zerocopy", "io_uring", "copy")
-# Socket types for which engine="auto" picks io_uring for a transport that batches its sends
-# (where io_uring is available); see the docstring.
+# Socket types for which engine="auto" picks io_uring (where io_uring is available); see the
+# docstring.
 AUTO_IO_URING_TYPES: frozenset[int] = frozenset({socket.SOCK_DGRAM})
+# Families whose connected datagram sockets the compiled per-call path serves (datagram/hot.py
+# needs UDP's size limit): "auto" picks io_uring for a transport that does not batch only there.
+AUTO_PER_CALL_FAMILIES: frozenset[int] = frozenset({socket.AF_INET, socket.AF_INET6})
 
 
 class SendPending(BlockingIOError):
@@ -99,8 +110,9 @@ def get_engine(
     ``async_capable``: the transport can drive an engine that completes sends later
     (``submit_zc``); without it ``"io_uring"`` is refused and ``"auto"`` never picks it.
     ``batches_sends``: the transport hands the engine batches (a datagram transport with
-    ``coalesce_zc=True``); without it ``"auto"`` does not pick io_uring, whose one send per
-    call runs slower than stock (see the docstring).
+    ``coalesce_zc=True``); without it ``"auto"`` picks io_uring only where the compiled
+    per-call path sends (a connected UDP socket, the compiled core): through the general
+    Python path one SEND_ZC per call runs slower than stock (see the docstring).
     """
     from .copy import CopyEngine
     from .msg_zerocopy import MsgZeroCopyEngine
@@ -112,7 +124,7 @@ def get_engine(
     if name == "io_uring":
         return _io_uring_engine(loop, async_capable)
     if name == "auto":
-        if batches_sends and _auto_picks_io_uring(sock, loop, async_capable):
+        if _auto_picks_io_uring(sock, loop, async_capable, batches_sends):
             return _io_uring_engine(loop, async_capable)
         return MsgZeroCopyEngine()
     expected = ", ".join(map(repr, ENGINE_NAMES))
@@ -133,7 +145,8 @@ def _io_uring_engine(loop: asyncio.AbstractEventLoop | None, async_capable: bool
 
 
 def _auto_picks_io_uring(
-    sock: socket.socket | None, loop: asyncio.AbstractEventLoop | None, async_capable: bool
+    sock: socket.socket | None, loop: asyncio.AbstractEventLoop | None, async_capable: bool,
+    batches_sends: bool,
 ) -> bool:
     if not async_capable or loop is None or sock is None:
         return False
@@ -142,6 +155,8 @@ def _auto_picks_io_uring(
     from .._sys import core as _core
     from .io_uring import LoopRing, uring_unavailable_reason
 
+    if not batches_sends and not (_core.compiled and _per_call_path_serves(sock)):
+        return False
     if uring_unavailable_reason() is not None:
         return False
     if _core.compiled:
@@ -150,3 +165,14 @@ def _auto_picks_io_uring(
     # what the kernel saves (0.95-0.97x batched, see the docstring); a registered pool pays.
     ring = LoopRing.existing(loop)
     return ring is not None and ring.has_pools
+
+
+def _per_call_path_serves(sock: socket.socket) -> bool:
+    """Whether the compiled per-call datagram path can send for ``sock`` (datagram/hot.py)."""
+    if sock.family not in AUTO_PER_CALL_FAMILIES:
+        return False
+    try:
+        sock.getpeername()
+    except OSError:
+        return False  # unconnected: every datagram takes the general path
+    return True

@@ -76,10 +76,11 @@ def _udp_cases() -> list[Case]:
     for kind, what in (
         ("stock", "stock sendto"),
         ("aiozc-sendto", "aiozc sendto (a copy)"),
+        ("aiozc-sendto+uring", "aiozc sendto (a copy) io_uring (auto's engine)"),
         ("aiozc", "aiozc sendto_zc"),
         ("aiozc-coalesce", "aiozc sendto_zc coalesced"),
         ("aiozc-many", "aiozc sendto_zc_many"),
-        ("aiozc+uring", "aiozc sendto_zc io_uring"),
+        ("aiozc+uring", "aiozc sendto_zc io_uring (auto's engine)"),
         ("aiozc+uring-fixed", "aiozc sendto_zc io_uring + pool"),
         ("aiozc-coalesce+uring", "aiozc sendto_zc coalesced io_uring (auto's engine)"),
         ("aiozc-coalesce+uring-fixed", "aiozc sendto_zc coalesced io_uring + pool"),

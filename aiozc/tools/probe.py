@@ -108,10 +108,18 @@ def _uring() -> str:
     reason = uring_unavailable_reason()  # what engine="io_uring" checks
     if reason is not None:
         return f"unavailable: {reason}"
-    return (
-        "available (IORING_OP_SEND_ZC, REPORT_USAGE); engine='auto' uses it for UDP once a "
-        "BufferPool is registered with the loop"
-    )
+    return "available (IORING_OP_SEND_ZC, REPORT_USAGE); " + _auto_uring_use()
+
+
+def _auto_uring_use() -> str:
+    """When engine='auto' picks io_uring (aiozc/engines/__init__.py get_engine)."""
+    from .._sys import core
+
+    if core.compiled:
+        return ("engine='auto' uses it for UDP: coalesce_zc=True, and sendto_zc() on a "
+                "connected socket (the compiled per-call path)")
+    return ("engine='auto' uses it for UDP with coalesce_zc=True once a BufferPool is "
+            "registered with the loop (pure path)")
 
 
 def _netns() -> str:
