@@ -31,6 +31,11 @@ def test_every_row_runs_and_only_zerocopy_receive_maps() -> None:
     assert result["options"]["network"].startswith("netns lo")
     for (sender, receiver), row in rows.items():
         assert row["cpu_ms_per_gb"] > 0 and row["gbps"] > 0, row
+        # Every read counted: a read returns at most a chunk (a zero-copy receive step maps
+        # several regions) and, on this stream, more than a small segment.
+        fewest = 1 if receiver == "zero-copy receive" else 1e9 / (256 * 1024)
+        assert fewest <= row["reads_per_gb"] < 1e9 / 1500, row
+        assert row["tx_ms_per_gb"] > 0 and row["pair_ms_per_gb"] > row["cpu_ms_per_gb"], row
         reused_buffer = receiver.startswith("recv_into") and not receiver.endswith("bytes()")
         assert (row["page_offset"] >= 0) == reused_buffer, row
         if receiver == "recv_into page + 16":
@@ -40,6 +45,16 @@ def test_every_row_runs_and_only_zerocopy_receive_maps() -> None:
         else:
             assert row["mapped_pct"] <= 1, row
     assert len(result["load_average"]["after"]) == 3
+    # One paired ratio per (sender, loop) and metric, each from this run's own two rows.
+    paired = {(p["sender"], p["loop"], p["metric"]): p for p in result["paired"]}
+    assert set(paired) == {(s, lp, m) for s in bench_recv.SENDERS for lp in ("asyncio", "uvloop")
+                           for m in ("receiver", "pair")}
+    for (sender, loop, metric), p in paired.items():
+        if metric == "receiver":
+            stock = rows[sender, f"Protocol, stock transport ({loop})"]["cpu_ms_per_gb"]
+            ours = rows[sender, f"Protocol, aiozc transport ({loop})"]["cpu_ms_per_gb"]
+            assert p["ratios"] == [round(ours / stock, 3)], p
+    assert result["target"]["receiver"].startswith("target: aiozc/stock <= 1.0x CPU per GB on both loops, both senders")
 
 
 def test_a_stream_shorter_than_the_warmup_is_an_error() -> None:

@@ -52,6 +52,7 @@ from .. import zcrx
 from .._sys import kernel
 from .._sys import zcrx as zsys
 from ..buffers import PAGE_SIZE, address_of, aligned_buffer
+from . import bench_recv_pairs as pairs
 from .benchkit import pin_to_cpu
 
 MTU = 61492  # MSS 61440 = 15 pages (PLATFORM.md)
@@ -72,6 +73,12 @@ class Row:
     mapped_pct: float  # bytes mapped by zero-copy receive (0 for the other receivers)
     page_offset: int  # where the recv_into destination started in its page (-1: not recv_into)
     runs_cpu_ms_per_gb: list[float] = field(default_factory=list)
+    reads_per_gb: float = 0.0  # reads that returned data (recv calls; data_received calls)
+    sleeps_per_gb: float = 0.0  # the receiver's voluntary context switches
+    faults_per_gb: float = 0.0  # the receiver's minor page faults
+    tx_ms_per_gb: float = 0.0  # the sender's CPU (user + sys) per 1e9 bytes it sent
+    softirqd_ms_per_gb: float = 0.0  # ksoftirqd threads' CPU during the run
+    pair_ms_per_gb: float = 0.0  # receiver + sender + ksoftirqd
 
 
 @dataclass
@@ -82,12 +89,32 @@ class Sample:
     user: float
     sys: float
     wall: float
+    reads: int = 0  # after the warm-up, as the counters below
+    sleeps: int = 0
+    faults: int = 0
+    tx_cpu: float = 0.0  # the sender's user + sys seconds, for all it sent (warm-up included)
+    tx_bytes: int = 0
+    softirqd: float = 0.0  # ksoftirqd seconds over the whole run
+
+    def per_gb(self, seconds: float) -> float:
+        return seconds / (self.nbytes / 1e9) * 1e3
+
+    @property
+    def cpu_ms_per_gb(self) -> float:
+        return self.per_gb(self.user + self.sys)
+
+    @property
+    def pair_ms_per_gb(self) -> float:
+        whole = (self.tx_bytes or self.nbytes) / 1e9
+        return self.cpu_ms_per_gb + (self.tx_cpu + self.softirqd) / whole * 1e3
 
 
 # ---------------------------------------------------------------------------------------------
-# receivers: each reads ``sock`` (blocking) to EOF; returns (bytes, bytes mapped)
+# receivers: each reads ``sock`` (blocking) to EOF; returns (bytes, bytes mapped) and calls
+# at_warmup(bytes so far) once, with the reads so far in _reads[0]
 
 Receiver = Callable[[socket.socket, int, Callable[[int], None]], tuple[int, int]]
+_reads = [0]
 
 
 def _recv_bytes(sock: socket.socket, chunk: int, at_warmup: Callable[[int], None]) -> tuple[int, int]:
@@ -95,6 +122,7 @@ def _recv_bytes(sock: socket.socket, chunk: int, at_warmup: Callable[[int], None
     mark = WARMUP
     while data := sock.recv(chunk):
         total += len(data)
+        _reads[0] += 1
         if total >= mark:
             at_warmup(total)
             mark = 1 << 62
@@ -107,6 +135,7 @@ def _recv_into(buf: memoryview) -> Receiver:
         mark = WARMUP
         while n := sock.recv_into(buf, chunk):
             total += n
+            _reads[0] += 1
             if total >= mark:
                 at_warmup(total)
                 mark = 1 << 62
@@ -128,6 +157,7 @@ def _recv_into_then_bytes(sock: socket.socket, chunk: int, at_warmup: Callable[[
     while n := sock.recv_into(buf, chunk):
         data = bytes(buf[:n])
         total += len(data)
+        _reads[0] += 1
         if total >= mark:
             at_warmup(total)
             mark = 1 << 62
@@ -151,6 +181,7 @@ def _zerocopy(sock: socket.socket, chunk: int, at_warmup: Callable[[int], None])
                     piece.release()
             total += step.mapped + step.copied
             mapped += step.mapped
+            _reads[0] += 1
             if total >= mark:
                 at_warmup(total)
                 mark = 1 << 62
@@ -171,6 +202,7 @@ class _Counting(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.total += len(data)
+        _reads[0] += 1
         if self.total >= self.mark:
             self.at_warmup(self.total)
             self.mark = 1 << 62
@@ -235,7 +267,8 @@ def _receiver_main(sock: socket.socket, name: str, chunk: int, report: Connectio
 
     def at_warmup(total: int) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        start[:] = [usage.ru_utime, usage.ru_stime, time.perf_counter(), total]
+        start[:] = [usage.ru_utime, usage.ru_stime, time.perf_counter(), total, _reads[0], usage.ru_nvcsw,
+                    usage.ru_minflt]
 
     receive = _receivers(chunk)[name]
     destination = getattr(receive, "destination", None)
@@ -248,14 +281,15 @@ def _receiver_main(sock: socket.socket, name: str, chunk: int, report: Connectio
         report.send(None)
         return
     report.send(Sample(nbytes - int(start[3]), mapped / nbytes, page_offset, usage.ru_utime - start[0],
-                       usage.ru_stime - start[1], end - start[2]))
+                       usage.ru_stime - start[1], end - start[2], _reads[0] - int(start[4]),
+                       usage.ru_nvcsw - int(start[5]), usage.ru_minflt - int(start[6])))
 
 
 # ---------------------------------------------------------------------------------------------
 # senders
 
 
-def _send_main(sock: socket.socket, zerocopy: bool, chunk: int, total: int) -> None:
+def _send_main(sock: socket.socket, zerocopy: bool, chunk: int, total: int, report: Connection) -> None:
     pin_to_cpu(1)
     buf = aligned_buffer(chunk)
     buf[:] = os.urandom(chunk)
@@ -277,6 +311,8 @@ def _send_main(sock: socket.socket, zerocopy: bool, chunk: int, total: int) -> N
     if zerocopy:
         _drain(sock, wait=False)
     sock.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    report.send((usage.ru_utime + usage.ru_stime, sent))
 
 
 def _drain(sock: socket.socket, *, wait: bool) -> None:
@@ -325,10 +361,12 @@ def run_once(new_socket: Callable[[], socket.socket], sender: str, receiver: str
     tx, rx = _pair(new_socket, zerocopy)
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
+    tx_parent, tx_child = ctx.Pipe(duplex=False)
     procs = [
         ctx.Process(target=_receiver_main, args=(rx, receiver, chunk, child), daemon=True),
-        ctx.Process(target=_send_main, args=(tx, zerocopy, chunk, total + WARMUP), daemon=True),
+        ctx.Process(target=_send_main, args=(tx, zerocopy, chunk, total + WARMUP, tx_child), daemon=True),
     ]
+    softirqd = pairs.ksoftirqd_ms()
     try:
         for proc in procs:
             proc.start()
@@ -337,6 +375,9 @@ def run_once(new_socket: Callable[[], socket.socket], sender: str, receiver: str
         if not parent.poll(300):
             raise RuntimeError(f"{receiver} <- {sender}: no result within 300 s")
         sample = parent.recv()
+        if sample is not None and tx_parent.poll(30):
+            sample.tx_cpu, sample.tx_bytes = tx_parent.recv()
+            sample.softirqd = (pairs.ksoftirqd_ms() - softirqd) / 1e3
         for proc in procs:
             proc.join(30)
             if proc.exitcode != 0:
@@ -352,27 +393,37 @@ def run_once(new_socket: Callable[[], socket.socket], sender: str, receiver: str
 
 
 def _row(sender: str, receiver: str, samples: list[Sample]) -> Row:
-    def per_gb(seconds: float, s: Sample) -> float:
-        return seconds / (s.nbytes / 1e9) * 1e3
+    runs = [s.cpu_ms_per_gb for s in samples]
+    mid = sorted(samples, key=lambda s: s.cpu_ms_per_gb)[len(samples) // 2]
 
-    runs = [per_gb(s.user + s.sys, s) for s in samples]
-    mid = sorted(samples, key=lambda s: per_gb(s.user + s.sys, s))[len(samples) // 2]
+    def median_per_gb(count: Callable[[Sample], float]) -> float:
+        return statistics.median(count(s) / (s.nbytes / 1e9) for s in samples)
+
+    whole = [(s.tx_bytes or s.nbytes) / 1e9 for s in samples]
     return Row(
-        sender, receiver, statistics.median(runs), per_gb(mid.user, mid), per_gb(mid.sys, mid),
+        sender, receiver, statistics.median(runs), mid.per_gb(mid.user), mid.per_gb(mid.sys),
         mid.nbytes / mid.wall / 1e9, 100.0 * mid.mapped, mid.page_offset, [round(r, 1) for r in runs],
+        median_per_gb(lambda s: s.reads), median_per_gb(lambda s: s.sleeps), median_per_gb(lambda s: s.faults),
+        statistics.median(s.tx_cpu / g * 1e3 for s, g in zip(samples, whole)),
+        statistics.median(s.softirqd / g * 1e3 for s, g in zip(samples, whole)),
+        statistics.median(s.pair_ms_per_gb for s in samples),
     )
 
 
 def _print_table(rows: list[Row], where: str, load: tuple[float, float, float]) -> None:
-    print(f"receiver CPU per GB (user+sys, ms), {where}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"receiver CPU per GB (user+sys, ms), {where}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          "reads, sleeps (voluntary context switches), faults per GB; tx: the sender's CPU; pair: receiver + "
+          "sender + ksoftirqd")
     width = max(len(r.receiver) for r in rows) + 2
     for sender in dict.fromkeys(r.sender for r in rows):
         print(f"sender: {sender}")
-        print(f"  {'receiver':<{width}}{'ms/GB':>8}{'user':>8}{'sys':>8}{'GB/s':>8}{'mapped':>8}{'page+':>7}  runs")
+        print(f"  {'receiver':<{width}}{'ms/GB':>8}{'user':>7}{'sys':>7}{'GB/s':>6}{'mapped':>7}{'page+':>6}"
+              f"{'reads':>7}{'sleeps':>7}{'faults':>7}{'tx':>6}{'pair':>6}  runs")
         for r in (r for r in rows if r.sender == sender):
-            print(f"  {r.receiver:<{width}}{r.cpu_ms_per_gb:>8.1f}{r.user_ms_per_gb:>8.1f}{r.sys_ms_per_gb:>8.1f}"
-                  f"{r.gbps:>8.2f}{r.mapped_pct:>7.1f}%{r.page_offset if r.page_offset >= 0 else '-':>7}"
-                  f"  {r.runs_cpu_ms_per_gb}")
+            print(f"  {r.receiver:<{width}}{r.cpu_ms_per_gb:>8.1f}{r.user_ms_per_gb:>7.1f}{r.sys_ms_per_gb:>7.1f}"
+                  f"{r.gbps:>6.2f}{r.mapped_pct:>6.1f}%{r.page_offset if r.page_offset >= 0 else '-':>6}"
+                  f"{r.reads_per_gb:>7.0f}{r.sleeps_per_gb:>7.0f}{r.faults_per_gb:>7.0f}{r.tx_ms_per_gb:>6.0f}"
+                  f"{r.pair_ms_per_gb:>6.0f}  {r.runs_cpu_ms_per_gb}")
     for sender in dict.fromkeys(r.sender for r in rows):
         by = {r.receiver: r.cpu_ms_per_gb for r in rows if r.sender == sender}
         aligned = by.get("recv_into aligned")
@@ -380,10 +431,17 @@ def _print_table(rows: list[Row], where: str, load: tuple[float, float, float]) 
             ratios = ", ".join(f"{name} {value / aligned:.2f}x" for name, value in by.items()
                                if name != "recv_into aligned")
             print(f"{sender}: against recv_into aligned: {ratios}")
-        for loop in ("asyncio", "uvloop"):
-            stock, ours = by.get(f"Protocol, stock transport ({loop})"), by.get(f"Protocol, aiozc transport ({loop})")
-            if stock and ours:
-                print(f"{sender}: Protocol path, aiozc / stock transport on {loop}: {ours / stock:.2f}x")
+
+
+def _print_paired(ratios: list[pairs.PairedRatio]) -> None:
+    if not ratios:
+        return
+    print("Protocol path, aiozc / stock transport: median of per-round ratios (arms back to back, order "
+          "alternating), [range]")
+    for line in pairs.format_ratios(ratios):
+        print(line)
+    print(pairs.target_line(ratios, "receiver"))
+    print(pairs.target_line(ratios, "pair"))
 
 
 def run(args: Any = None) -> dict[str, Any]:
@@ -391,7 +449,7 @@ def run(args: Any = None) -> dict[str, Any]:
     total = int(getattr(args, "gib", 1.0) * (1 << 30))
     global WARMUP
     WARMUP = int(getattr(args, "warmup_mib", WARMUP >> 20) * (1 << 20))  # forked children see it
-    rounds = getattr(args, "rounds", 3)
+    rounds = getattr(args, "rounds", 5)
     senders = getattr(args, "senders", None) or list(SENDERS)
     receivers = getattr(args, "receivers", None) or list(RECEIVERS)
     if zsys.zerocopy_receive_unavailable() is not None and "zero-copy receive" in receivers:
@@ -400,19 +458,26 @@ def run(args: Any = None) -> dict[str, Any]:
     samples: dict[tuple[str, str], list[Sample]] = {(s, r): [] for s in senders for r in receivers}
     load_before = os.getloadavg()
     with _network() as (new_socket, where):
-        # Interleaved rounds: load from anything else on the machine spreads over every row.
-        for _ in range(rounds):
-            for sender, receiver in samples:
+        # Interleaved rounds: load from anything else on the machine spreads over every row;
+        # the stock and aiozc arms of a pair run back to back (bench_recv_pairs).
+        for index in range(rounds):
+            for sender, receiver in pairs.schedule(senders, receivers, index):
                 samples[sender, receiver].append(run_once(new_socket, sender, receiver, chunk, total))
     rows = [_row(s, r, v) for (s, r), v in samples.items()]
+    paired = (pairs.paired_ratios(pairs.by_round(samples, lambda s: s.cpu_ms_per_gb), senders, "receiver")
+              + pairs.paired_ratios(pairs.by_round(samples, lambda s: s.pair_ms_per_gb), senders, "pair"))
     load = os.getloadavg()
     _print_table(rows, where, load)
+    _print_paired(paired)
     print("zero-copy receive maps only a MSG_ZEROCOPY sender's pages; on this project's 2-core VM it "
           "did not cost less receiver CPU than recv_into an aligned buffer (see the rows above).")
     return {
-        "options": {"chunk": chunk, "bytes": total, "warmup": WARMUP, "rounds": rounds, "network": where},
+        "options": {"chunk": chunk, "bytes": total, "warmup": WARMUP, "rounds": rounds, "network": where,
+                    "cpus": {"receiver": 0, "sender": 1, "available": sorted(os.sched_getaffinity(0))}},
         "load_average": {"before": load_before, "after": load},
         "rows": [asdict(r) for r in rows],
+        "paired": [asdict(r) for r in paired],
+        "target": {m: pairs.target_line(paired, m) for m in ("receiver", "pair")},
     }
 
 
@@ -420,6 +485,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gib", type=float, default=1.0, help="GiB measured per row and round (after 64 MiB warm-up)")
     parser.add_argument("--warmup-mib", type=float, default=WARMUP >> 20, help="MiB received before measuring")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="bytes per recv / region size")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median counts)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians and paired ratios)")
     parser.add_argument("--senders", nargs="+", choices=list(SENDERS), help="default: both")
     parser.add_argument("--receivers", nargs="+", choices=list(RECEIVERS), help="default: all")
