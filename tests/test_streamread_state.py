@@ -243,3 +243,26 @@ async def test_after_a_full_read_the_next_event_reads_into_a_new_bytes() -> None
         assert bytes(pair.protocol.received) == b"s" + b"f" * 4096 + b"nm"
     finally:
         pair.close()
+
+
+@pytest.mark.skipif(not core.compiled, reason=f"no compiled core: {core.why_pure}")
+async def test_after_a_large_partial_read_the_next_event_reads_into_a_new_bytes() -> None:
+    # A stream whose receiver keeps up reads less than the read size per event (180-250 KiB
+    # of 256 KiB over loopback): those reads count as a stream's too, or each event's read
+    # goes through the thread's buffer and a copy. A quarter of the read size is "large".
+    pair = await connect_pair(read_size=4096)
+    try:
+        reader = pair.transport.on_readiness
+        for size, fresh_next in ((3000, True), (1024, True), (1023, False), (4096, True)):
+            pair.transport.pause_reading()
+            pair.peer.sendall(b"p" * size)
+            await queued(pair, size)
+            start = len(pair.protocol.received)
+            pair.transport.resume_reading()
+            await wait_for(lambda: len(pair.protocol.received) == start + size, "the partial read")
+            fresh = reader.fresh_reads + reader.slow_starts
+            await ping(pair, b"n", 1)  # the event after that read
+            assert reader.fresh_reads + reader.slow_starts == fresh + fresh_next, size
+        assert bytes(pair.protocol.received) == b"".join(b"p" * n + b"n" for n in (3000, 1024, 1023, 4096))
+    finally:
+        pair.close()

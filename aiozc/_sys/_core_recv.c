@@ -26,6 +26,7 @@
 
 #define RECV_MAX_EVENTS 256   /* as readiness._MAX_EVENTS */
 #define RECV_READS_PER_EVENT 16 /* as streamread._READS_PER_EVENT */
+#define RECV_LARGE_READ_DIVISOR 4 /* a read of read_size / 4 or more predicts a large one (read_once) */
 
 /* PEP 509's dict version (CPython 3.6-3.11; deprecated from 3.12): where it exists, a Reader
  * remembers the version of the transport's instance dict at which it last saw a Protocol
@@ -54,7 +55,7 @@ typedef struct {
     PyObject *protocol, *data_received; /* the protocol last delivered to, and its method */
     int fd;
     int has_buf;
-    int last_full; /* the last read filled the read size (a stream: the next one likely does) */
+    int last_large; /* the last read brought a quarter of the read size or more (a stream) */
     Py_buffer buf; /* the thread's read buffer (transport._take_read_buffer()), once taken */
     long long fast_reads; /* reads made here (tests and stats tell the paths apart by it) */
     long long fresh_reads; /* of which straight into a new bytes object */
@@ -260,14 +261,16 @@ static int slow_start(const char *p) {
     return offset >= 1 && offset <= 31;
 }
 
-/* One recv. `fresh`: the last read filled the read size (in this event or the one before),
- * so this one likely does too: it goes straight into a new bytes object of the read size (cut
- * to what came), which data_received gets as it is; otherwise into the thread's buffer,
- * copied into a bytes of what came (a small read costs a small copy, never a large block).
- * A stream's reads fill 256 KiB nearly always (2041 of 2048, plain sender over loopback),
- * one per event about as often: the first read of an event copying cost the copy of almost
- * every byte (user CPU, bench recv). Returns what recv did (-1: errno) with *data set when it
- * read something, or -2 with a Python exception. */
+/* One recv. `fresh`: the last read was large (in this event or the one before), so this one
+ * likely is too: it goes straight into a new bytes object of the read size (cut to what
+ * came), which data_received gets as it is; otherwise into the thread's buffer, copied into a
+ * bytes of what came (a small read costs a small copy, never a large block). "Large" is a
+ * quarter of the read size, not all of it: a receiver that keeps up with its sender reads
+ * less than 256 KiB per event (139 of 279 reads of a 50 MiB loopback stream were 180-250
+ * KiB), and with "full" each such event's read went through the buffer and a copy in user
+ * space (__memmove_avx_unaligned_erms 6-10% of the receiver's perf samples, bench recv).
+ * Stock asyncio reads every recv into a new 256 KiB bytes. Returns what recv did (-1: errno)
+ * with *data set when it read something, or -2 with a Python exception. */
 static Py_ssize_t read_once(zc_reader *r, int fresh, PyObject **data) {
     PyObject *obj = NULL;
     char *into = r->buf.buf;
@@ -291,7 +294,7 @@ static Py_ssize_t read_once(zc_reader *r, int fresh, PyObject **data) {
         return n;
     }
     r->fast_reads++;
-    r->last_full = n == r->buf.len;
+    r->last_large = n >= r->buf.len / RECV_LARGE_READ_DIVISOR;
     if (obj) {
         r->fresh_reads++;
         if (n < r->buf.len && _PyBytes_Resize(&obj, n) < 0) return -2;
@@ -310,7 +313,7 @@ static int reader_read(zc_reader *r, PyObject *dict, read_state *st) {
     if (v <= 0) return v;
     if (!r->has_buf && take_buffer(r) < 0) return -1;
     for (k = 0; k < RECV_READS_PER_EVENT; k++) {
-        n = read_once(r, k > 0 || r->last_full, &data); /* after the first, each follows a full one */
+        n = read_once(r, k > 0 || r->last_large, &data); /* after the first, each follows a full one */
         if (n == -2) return -1;
         if (n < 0) {
             if (errno == EINTR) {
