@@ -164,7 +164,7 @@ def drain_ready(protocol: _TensorProtocol) -> list[np.ndarray]:
 def expected_mapped(sizes: list[int], starts: list[int], lease_bytes: int) -> list[bool]:
     """Which bodies sit on a page start and inside one lease."""
     return [
-        n >= 1 and start % BODY_ALIGN == 0 and start // lease_bytes == (start + n - 1) // lease_bytes
+        n >= ALIGN_BODIES_FROM and start % BODY_ALIGN == 0 and start // lease_bytes == (start + n - 1) // lease_bytes
         for n, start in zip(sizes, starts)
     ]
 
@@ -197,6 +197,28 @@ async def test_page_aligned_bodies_are_taken_out_of_the_middle_of_leases(lease_b
     protocol._ready.clear()
     del got, array, received
     region.close()
+
+
+@pytest.mark.parametrize("nbytes", [40, 4 * KiB, ALIGN_BODIES_FROM - 1])
+async def test_small_body_at_the_start_of_a_lease_is_copied(nbytes: int) -> None:
+    """A body below ALIGN_BODIES_FROM is copied even when a lease happens to start with it
+    (which depends on when the receiver read): a 40-byte array must not hold a region."""
+    arrays = arrays_of([nbytes])
+    stream, starts = encode_stream(arrays)
+    region = mmap.mmap(-1, -(-len(stream) // BODY_ALIGN) * BODY_ALIGN)
+    region[: len(stream)] = stream
+    protocol, transport = protocol_of()
+    view = memoryview(region).toreadonly()
+    for lease in (view[: starts[0]], view[starts[0] : len(stream)]):
+        assert protocol.lease_received(FakeLease(lease)) == len(lease)
+        lease.release()
+    view.release()
+    (got,) = drain_ready(protocol)
+    assert not transport.aborted and np.array_equal(got, arrays[0])
+    assert mapped_region_of(got) is not region and got.flags.writeable
+    protocol._ready.clear()
+    del got
+    region.close()  # nothing holds the region
 
 
 async def test_unpadded_stream_maps_only_bodies_that_happen_to_start_a_page() -> None:

@@ -16,6 +16,7 @@ from ..buffers import aligned_buffer
 from .aligned import aligned_empty
 from .errors import ChannelBroken, ChannelClosed, FrameError, IncompleteFrame
 from .frames import (
+    ALIGN_BODIES_FROM,
     BODY_ALIGN,
     PREFIX_SIZE,
     SCRATCH_BYTES,
@@ -239,8 +240,11 @@ class _TensorProtocol(asyncio.BufferedProtocol):
 
     def _adopt_mapped_body(self, view: memoryview, offset: int) -> int:
         header = self._header
-        if self._body_filled or header is None or not 0 < header.nbytes <= len(view) - offset:
+        if self._body_filled or header is None or not ALIGN_BODIES_FROM <= header.nbytes <= len(view) - offset:
             return 0
+        # A small body is copied even where a lease happens to start with it (that depends on
+        # when the receiver read): mapping saves nothing at that size (see ALIGN_BODIES_FROM),
+        # and a 40-byte array would keep the whole region from being unmapped.
         # The lease starts on a page (the region's start); a body mid-page is not page-backed
         # for the consumer's purposes (numpy alignment, the sender did not pad it).
         if offset % BODY_ALIGN or not self._mapped_body_allowed():
@@ -357,7 +361,7 @@ class _TensorProtocol(asyncio.BufferedProtocol):
         header = self._header
         assert header is not None
         self._body_owner = owner
-        if array is None and self._leases_seen and not self._fill and header.nbytes:
+        if array is None and self._leases_seen and not self._fill and header.nbytes >= ALIGN_BODIES_FROM:
             # The body may come as mapped pages: allocate only if it is copied after all (an
             # unused 256 KiB array cost 5 us to make and free).
             self._body = self._body_view = None
