@@ -36,15 +36,18 @@ def run_on(name: str, coro: Coroutine[Any, Any, T]) -> T:
         loop.close()
 
 
-def pin_to_cpu(index: int) -> None:
-    """Put this process on a core of its own, when there are two or more.
+def pin_to_cpu(index: int) -> int | None:
+    """Put this process on a core of its own, when there are two or more; returns that CPU.
 
     Sender and receiver of one benchmark on separate cores: the scheduler moving them around
     was the largest source of run-to-run spread on the 2-core machine (measured).
     """
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
-        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+    if len(cpus) < 2:
+        return None
+    cpu = cpus[index % len(cpus)]
+    os.sched_setaffinity(0, {cpu})
+    return cpu
 
 
 class FlowControlledSender(asyncio.Protocol):

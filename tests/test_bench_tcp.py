@@ -1,0 +1,132 @@
+"""bench tcp's method: what each arm's measured interval contains, the round schedule, the
+paired ratios and their spread, the machine-load report, and one small real run.
+
+No timing is asserted: only what is measured where, and the arithmetic on given numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import weakref
+from typing import Any
+
+import pytest
+
+from aiozc.tools import bench_tcp, benchkit_machine, benchkit_stats
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def _garbage_in_the_oldest_generation() -> weakref.ref[_Cycle]:
+    """A reference cycle that only a full collection frees (what a previous arm leaves)."""
+    cycle = _Cycle()
+    gc.collect()  # survives, promoted to the oldest generation
+    ref = weakref.ref(cycle)
+    del cycle
+    return ref
+
+
+def _fake_run_on(seen: list[bool], ref: weakref.ref[_Cycle]) -> Any:
+    def run_on(loop: str, coro: Any) -> dict[str, Any]:
+        coro.close()  # the measured coroutine would start here
+        seen.append(ref() is None)
+        return {"seconds": 1.0, "cpu": 1.0}
+
+    return run_on
+
+
+def test_a_previous_arms_garbage_is_collected_before_the_next_run_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without it, a full collection of one arm's garbage (futures, views) could run inside the
+    # next arm's timed interval and be charged to it.
+    ref = _garbage_in_the_oldest_generation()
+    seen: list[bool] = []
+    monkeypatch.setattr(bench_tcp, "run_on", _fake_run_on(seen, ref))
+    variant = bench_tcp.VARIANTS[0]
+    bench_tcp._run_variant(variant, bench_tcp.Target(("127.0.0.1", 1)), memoryview(b"x" * 64), 64, 64)
+    assert seen == [True]
+
+
+def test_every_round_brackets_the_aiozc_arms_between_two_stock_runs_on_their_loop() -> None:
+    orders = set()
+    for index in range(4):
+        slots = bench_tcp.round_schedule(index)
+        assert sorted(s.variant.name for s in slots if s.variant.kind != "stock") == sorted(
+            v.name for v in bench_tcp.VARIANTS if v.kind != "stock"
+        )
+        assert slots[-1].variant.kind == "naive"
+        blocks = [slots[0:4], slots[4:8]]
+        for block in blocks:
+            loop = block[0].variant.loop
+            assert [s.variant.kind for s in (block[0], block[3])] == ["stock", "stock"]
+            assert [s.run for s in (block[0], block[3])] == [1, 2]
+            assert {s.variant.loop for s in block} == {loop}
+            assert {s.variant.kind for s in block[1:3]} == {"aiozc", "aiozc-write"}
+        orders.add((blocks[0][0].variant.loop, blocks[0][1].variant.kind))
+    # loop order and the aiozc pair's order both alternate: all four combinations occur
+    assert orders == {(loop, kind) for loop in ("asyncio", "uvloop") for kind in ("aiozc", "aiozc-write")}
+
+
+def _result(round_: int, seconds: float, cpu: float, run: int = 1) -> dict[str, Any]:
+    return {"round": round_, "run": run, "seconds": seconds, "cpu": cpu}
+
+
+def test_paired_ratio_is_the_mean_of_the_two_stock_runs_over_the_aiozc_run_of_the_same_round() -> None:
+    size = 64 << 10
+    samples = {
+        (size, "asyncio stock"): [_result(0, 1.0, 0.5, 1), _result(0, 3.0, 1.5, 2),
+                                  _result(1, 2.0, 1.0, 1), _result(1, 2.0, 1.0, 2)],
+        (size, "aiozc write (asyncio)"): [_result(0, 1.0, 2.0), _result(1, 4.0, 0.5)],
+    }
+    key = "64 KiB aiozc write (asyncio) / asyncio stock"
+    assert bench_tcp._paired_ratios(samples, "seconds") == {key: [2.0, 0.5]}
+    assert bench_tcp._paired_ratios(samples, "cpu") == {key: [0.5, 2.0]}
+    # A/A in GB/s: run 2 took 3 s where run 1 took 1 s -> a third of the speed
+    assert bench_tcp._aa_ratios(samples) == {"64 KiB asyncio stock run 2 / run 1 (A/A)": [1.0 / 3.0, 1.0]}
+
+
+def test_spread_reports_median_quartiles_and_range() -> None:
+    s = benchkit_stats.spread([1.0, 5.0, 2.0, 4.0, 3.0])
+    assert (s["median"], s["q1"], s["q3"], s["min"], s["max"], s["n"]) == (3.0, 2.0, 4.0, 1.0, 5.0, 5.0)
+    assert benchkit_stats.spread([0.9])["q1"] == 0.9
+    assert "5 pairs" in benchkit_stats.format_spread(s)
+
+
+def _fake_proc(root: Any, cpu: list[int], ticks: dict[int, tuple[int, int]]) -> None:
+    (root / "stat").write_text("cpu  " + " ".join(map(str, cpu)) + " 0 0\ncpu0 1 2 3\n")
+    for pid, (utime, stime) in ticks.items():
+        (root / str(pid)).mkdir(exist_ok=True)
+        # comm with a space and a parenthesis, as /proc allows
+        fields = ["S"] + ["0"] * 10 + [str(utime), str(stime)] + ["0"] * 5
+        (root / str(pid) / "stat").write_text(f"{pid} (py thon) x) " + " ".join(fields) + "\n")
+
+
+def test_machine_load_is_other_processes_busy_time_and_steal_over_all_cpu_time(tmp_path: Any) -> None:
+    # columns: user nice system idle iowait irq softirq steal
+    _fake_proc(tmp_path, [100, 0, 50, 800, 0, 0, 0, 50], {7: (10, 10)})
+    before = benchkit_machine.snapshot([7, 999], tmp_path)  # 999: gone, counts nothing
+    _fake_proc(tmp_path, [200, 0, 100, 1600, 0, 0, 0, 100], {7: (60, 60)})
+    after = benchkit_machine.snapshot([7, 999], tmp_path)
+    # 1000 ticks passed: 150 busy, 100 of them ours, 50 stolen
+    assert benchkit_machine.load_between(before, after) == {"other_pct": 5.0, "steal_pct": 5.0}
+
+
+def test_a_short_real_run_reports_every_arm_its_pairs_and_the_method(capsys: pytest.CaptureFixture[str]) -> None:
+    allowed = os.sched_getaffinity(0)
+    args = argparse.Namespace(gib=2 / 1024, rounds=2, vm=False, in_guest=False)
+    result = bench_tcp.run(args)
+    assert {(r["size"], r["series"]) for r in result["rows"]} == {
+        (size, v.name) for size in (64 << 10, 1 << 20) for v in bench_tcp.VARIANTS
+    }
+    assert all(r["gbps"] > 0 and r["cpu_s_per_gb"] >= 0 for r in result["rows"])
+    assert len(result["paired"]) == len(result["paired_cpu"]) == 8
+    assert all(len(v) == 2 for v in result["paired"].values())
+    assert len(result["aa"]) == 4 and len(result["targets"]) == 8
+    assert {"other_pct", "steal_pct", "load_average_at_start"} <= set(result["machine"])
+    out = capsys.readouterr().out
+    assert "Paired ratio, per round" in out and "A/A" in out and "while measuring" in out
+    assert os.sched_getaffinity(0) == allowed  # pinned while measuring, given back after
