@@ -122,7 +122,7 @@ def test_a_short_real_run_reports_every_arm_its_pairs_and_the_method(capsys: pyt
     assert {(r["size"], r["series"]) for r in result["rows"]} == {
         (size, v.name) for size in (64 << 10, 1 << 20) for v in bench_tcp.VARIANTS
     }
-    assert all(r["gbps"] > 0 and r["cpu_s_per_gb"] >= 0 for r in result["rows"])
+    assert all(r["gbps"] > 0 and r["cpu_s_per_gb"] >= 0 and r["receiver_busy"] > 0 for r in result["rows"])
     assert len(result["paired"]) == len(result["paired_cpu"]) == 8
     assert all(len(v) == 2 for v in result["paired"].values())
     assert len(result["aa"]) == 4 and len(result["targets"]) == 8
@@ -130,3 +130,35 @@ def test_a_short_real_run_reports_every_arm_its_pairs_and_the_method(capsys: pyt
     out = capsys.readouterr().out
     assert "Paired ratio, per round" in out and "A/A" in out and "while measuring" in out
     assert os.sched_getaffinity(0) == allowed  # pinned while measuring, given back after
+
+
+def _receiver_for(runs: int) -> tuple[Any, bench_tcp.Target]:
+    import multiprocessing as mp
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    proc = mp.get_context("fork").Process(target=bench_tcp._receiver, args=(listener, runs), daemon=True)
+    allowed = os.sched_getaffinity(0)
+    proc.start()
+    os.sched_setaffinity(0, allowed)
+    target = bench_tcp.Target(listener.getsockname())
+    listener.close()
+    return proc, target
+
+
+@pytest.mark.parametrize("name", ["asyncio stock", "uvloop stock", "aiozc write (asyncio)", "aiozc write_zc (uvloop)"])
+def test_each_run_closes_its_connection_before_the_next_one_starts(name: str) -> None:
+    # A stock transport's close() closes the socket one loop iteration later; the bench
+    # closed the loop first, so the socket stayed open until garbage collection, and its
+    # teardown could land in the next run's timed interval.
+    proc, target = _receiver_for(1)
+    fds = len(os.listdir("/proc/self/fd"))
+    gc.disable()
+    try:
+        bench_tcp._run_variant(bench_tcp._BY_NAME[name], target, memoryview(bytes(1 << 20)), 64 << 10, 1 << 20)
+        assert len(os.listdir("/proc/self/fd")) == fds
+    finally:
+        gc.enable()
+        proc.join(timeout=10)

@@ -33,6 +33,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,15 @@ _RECV_BUFFER = 4 << 20
 _SENDER_CPU, _RECEIVER_CPU = 0, 1  # indexes into this process's allowed CPUs
 
 
-def _receiver(listener: socket.socket, rounds: int) -> None:
-    """Accept one connection per measurement; count bytes; answer one byte at the end."""
+def _receiver(listener: socket.socket, rounds: int, report: Connection | None = None) -> None:
+    """Accept one connection per measurement; count bytes; answer one byte at the end; send
+    the CPU seconds (user+sys) it spent on that connection to ``report``."""
     pin_to_cpu(_RECEIVER_CPU)
     buf = bytearray(_RECV_BUFFER)
     view = memoryview(buf)
     for _ in range(rounds):
         conn, _ = listener.accept()
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         with conn:
             expected = int.from_bytes(_recv_exact(conn, 8), "big")
             got = 0
@@ -64,6 +67,9 @@ def _receiver(listener: socket.socket, rounds: int) -> None:
                     break
                 got += n
             conn.sendall(b"k" if got == expected else b"!")
+        if report is not None:
+            cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+            report.send((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime))
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -109,6 +115,7 @@ METHOD = (
     "  slices of a 64 MiB random buffer, 1 MiB high-water mark, the writer awaiting resume_writing;\n"
     "  timed from the first write to the receiver's 1-byte ack; CPU = user+sys of the sender process\n"
     "  in that time (on loopback it also runs much of the kernel's receive path); gc.collect() before each.\n"
+    "  busy snd/rcv: CPU time / wall time of the sender and of the receiver: the side near 100% sets the pace.\n"
     "Each of {rounds} rounds, per size: per loop [stock, aiozc write_zc, aiozc write, stock again]\n"
     "  (the aiozc pair's order and the loops' order alternate by round), then naive; one discarded\n"
     "  warm-up run of every variant first.\n"
@@ -154,6 +161,7 @@ class Target:
 
     address: tuple[str, int]
     vm_peer: bool = False  # the guest rig's peer (tools/vm/peer.py): a JSON line, EOF, a JSON reply
+    receiver_cpu: Connection | None = None  # where _receiver reports its CPU per connection
 
     def header(self, total: int) -> bytes:
         return b'{"op": "sink"}\n' if self.vm_peer else total.to_bytes(8, "big")
@@ -188,6 +196,9 @@ async def _send_once(variant: Variant, target: Target, pool: memoryview, size: i
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     stats = getattr(transport, "stats", None)
     transport.close()
+    # Closed now, not when the loop is gone and the collector finds the socket: its teardown
+    # stays out of the next run's timed interval.
+    await proto.closed
     if not target.received_all(reply, total):
         raise RuntimeError(f"{variant.name}: receiver saw a short stream")
     user, system = cpu1.ru_utime - cpu0.ru_utime, cpu1.ru_stime - cpu0.ru_stime
@@ -207,7 +218,10 @@ def _run_variant(variant: Variant, target: Target, pool: memoryview, size: int, 
     # The previous run's garbage (a write_zc arm leaves a future per write) is freed now, not
     # by a collection inside this run's timed interval.
     gc.collect()
-    return run_on(variant.loop, _send_once(variant, target, pool, size, total))
+    result = run_on(variant.loop, _send_once(variant, target, pool, size, total))
+    if target.receiver_cpu is not None:
+        result["receiver_cpu"] = target.receiver_cpu.recv()
+    return result
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -293,9 +307,11 @@ def _run_loopback(args: argparse.Namespace) -> dict[str, Any]:
     listener.listen(8)
     address = listener.getsockname()
     ctx = mp.get_context("fork")
-    receiver = ctx.Process(target=_receiver, args=(listener, runs_needed(rounds)), daemon=True)
+    cpu_in, cpu_out = ctx.Pipe(duplex=False)
+    receiver = ctx.Process(target=_receiver, args=(listener, runs_needed(rounds), cpu_out), daemon=True)
     receiver.start()
     listener.close()
+    cpu_out.close()
     allowed = os.sched_getaffinity(0)
     cpus = sorted(allowed)
     sender_cpu = pin_to_cpu(_SENDER_CPU)
@@ -303,13 +319,14 @@ def _run_loopback(args: argparse.Namespace) -> dict[str, Any]:
     watched = [os.getpid(), receiver.pid or 0]
     try:
         before = benchkit_machine.snapshot(watched)
-        samples = _measure(Target(address), pool, _SIZES, rounds, total)
+        samples = _measure(Target(address, receiver_cpu=cpu_in), pool, _SIZES, rounds, total)
         after = benchkit_machine.snapshot(watched)
     finally:
         os.sched_setaffinity(0, allowed)  # a caller (a test session) keeps its CPUs
         receiver.join(timeout=10)
         if receiver.is_alive():
             receiver.kill()
+        cpu_in.close()
     result = _summarize(samples, total)
     result["rounds"] = rounds
     result["method"] = METHOD.format(
@@ -335,6 +352,9 @@ def _summarize(samples: Samples, total: int) -> dict[str, Any]:
                 "gbps": total / seconds / 1e9,
                 "cpu_s_per_gb": cpu / (total / 1e9),
                 "sys_s_per_gb": statistics.median(r.get("sys", 0.0) for r in results) / (total / 1e9),
+                # share of the wall time each side was on a CPU: the one near 100% sets the pace
+                "sender_busy": statistics.median(r["cpu"] / r["seconds"] for r in results),
+                "receiver_busy": statistics.median(r.get("receiver_cpu", 0.0) / r["seconds"] for r in results),
                 "state": results[-1]["state"],
                 "zc_bytes": results[-1]["zc_bytes"],
                 "ids_zerocopy": results[-1].get("ids_zerocopy", 0),
@@ -437,13 +457,14 @@ def print_table(result: dict[str, Any]) -> None:
         )
     if "where" in result:
         print("SOFTWARE EMULATION (QEMU TCG): guest CPU s/GB, memcpy emulated; compare rows, not hardware")
-    print(f"{'write':>8}  {'transport':<28} {'GB/s':>6} {'CPU s/GB':>9} {'of it sys':>9} {'vs asyncio':>10} "
-          f"{'vs uvloop':>9}  state (kernel ids zc/copied)")
+    print(f"{'write':>8}  {'transport':<28} {'GB/s':>6} {'CPU s/GB':>9} {'of it sys':>9} {'busy snd/rcv':>12} "
+          f"{'vs asyncio':>10} {'vs uvloop':>9}  state (kernel ids zc/copied)")
     for row in result["rows"]:
+        busy = f"{100 * row.get('sender_busy', 0):.0f}/{100 * row.get('receiver_busy', 0):.0f}%"
         print(
             f"{_label(row['size']):>8}  {row['series']:<28} {row['gbps']:6.2f} {row['cpu_s_per_gb']:9.3f} "
-            f"{row.get('sys_s_per_gb', 0.0):9.3f} {row['vs_asyncio']:9.2f}x {row['vs_uvloop']:8.2f}x  {row['state']} "
-            f"({row.get('ids_zerocopy', 0)}/{row.get('ids_copied', 0)})"
+            f"{row.get('sys_s_per_gb', 0.0):9.3f} {busy:>12} {row['vs_asyncio']:9.2f}x {row['vs_uvloop']:8.2f}x  "
+            f"{row['state']} ({row.get('ids_zerocopy', 0)}/{row.get('ids_copied', 0)})"
         )
     _print_ratios("paired GB/s ratios (>1: aiozc faster)", result.get("paired", {}))
     _print_ratios("paired CPU s/GB ratios (>1: aiozc cheaper per byte)", result.get("paired_cpu", {}))

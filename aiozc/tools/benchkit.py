@@ -51,12 +51,15 @@ def pin_to_cpu(index: int) -> int | None:
 
 
 class FlowControlledSender(asyncio.Protocol):
-    """Writers await ``can_write`` after each write; ``reply`` gets the first bytes back."""
+    """Writers await ``can_write`` after each write; ``reply`` gets the first bytes back;
+    ``closed`` is done once the transport called ``connection_lost``."""
 
     def __init__(self) -> None:
         self.can_write = asyncio.Event()
         self.can_write.set()
-        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.reply: asyncio.Future[bytes] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
 
     def pause_writing(self) -> None:
         self.can_write.clear()
@@ -76,6 +79,8 @@ class FlowControlledSender(asyncio.Protocol):
             else:
                 self.reply.set_exception(exc)
         self.can_write.set()  # never leave a writer waiting on a dead connection
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 @contextlib.contextmanager
