@@ -162,3 +162,34 @@ def test_each_run_closes_its_connection_before_the_next_one_starts(name: str) ->
     finally:
         gc.enable()
         proc.join(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["tcp-stock-write-paced", "tcp-aiozc-write-paced", "tcp-aiozc-write_zc-paced"])
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_paced_instruction_case_makes_the_sender_pause_on_a_full_socket(kind: str, loop: str) -> None:
+    # What bench instructions' other TCP cases never reach under callgrind: queued writes and
+    # the flush on EPOLLOUT. 16 MiB is more than both sockets' buffers hold.
+    import multiprocessing as mp
+    import socket
+
+    from aiozc.tools import bench_instructions as bi
+    from aiozc.tools.benchkit import run_on
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    allowed = os.sched_getaffinity(0)
+    receiver = mp.get_context("fork").Process(target=bi._tcp_receiver, args=(listener,), daemon=True)
+    receiver.start()
+    os.sched_setaffinity(0, allowed)
+    port = listener.getsockname()[1]
+    listener.close()
+    try:
+        info = run_on(loop, bi._tcp_writes(port, kind, memoryview(bytes(64 << 20)), 256))
+    finally:
+        receiver.kill()
+        receiver.join(timeout=10)
+    assert info["pauses"] > 0
+    case = next(c for c in bi.CASES if c.kind == kind and c.loop == loop)
+    count = bi.Count(case.name, "tcp", kind, loop, per_call=0.0, once=0.0, calls=(256, 768))
+    assert bi._pair(count) == ("tcp", loop, bi.TCP_PACED_SUFFIX)

@@ -38,6 +38,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ from . import udp_cases
 
 TCP_WRITE = 64 << 10
 TCP_SMALL_SUFFIX = "-1B"  # a TCP case kind with 1-byte writes
+# A 64 KiB TCP case whose receiver reads 64 KiB per TCP_PACE_S (~130 MB/s): the sender outruns it
+# and pauses on a full socket every few dozen writes, as a real sender does against a fast
+# receiver (a callgrind-slowed sender never fills the socket otherwise). Its count per write
+# includes the queued writes and the flush on EPOLLOUT, which the other cases never reach. Its
+# high-water mark is bench tcp's (1 MiB): up to 16 writes wait in the queue before a pause.
+TCP_PACED_SUFFIX = "-paced"
+TCP_PACE_S = 0.0005
+TCP_PACED_HIGH_WATER = 1 << 20
+_PACED_FLAG = 1 << 63  # in the 8-byte length header: the receiver paces this connection
 # write_zc with MSG_ZEROCOPY on every send (no copy fallback; loopback copies and notifies): each
 # write's count includes its completion (error-queue drain, resolving its future).
 TCP_EVERY_ZC = "tcp-aiozc-write_zc-every"
@@ -107,6 +117,14 @@ def _tcp_cases() -> list[Case]:
         Case(f"TCP 64 KiB aiozc write_zc, every send zero-copy, with its completion ({loop})", "tcp",
              TCP_EVERY_ZC, loop)
         for loop in ("asyncio", "uvloop")
+    ] + [
+        Case(f"TCP 64 KiB {what}, paced receiver ({loop})", "tcp", kind + TCP_PACED_SUFFIX, loop)
+        for kind, what in (
+            ("tcp-stock-write", "stock write"),
+            ("tcp-aiozc-write", "aiozc write"),
+            ("tcp-aiozc-write_zc", "aiozc write_zc"),
+        )
+        for loop in ("asyncio", "uvloop")
     ]
 
 
@@ -167,11 +185,15 @@ def _tcp_receiver(listener: socket.socket) -> None:
                     break
                 header += chunk
             expected, got = int.from_bytes(header, "big"), 0
+            paced, expected = bool(expected & _PACED_FLAG), expected & ~_PACED_FLAG
+            into = view[:TCP_WRITE] if paced else view
             while got < expected:
-                n = conn.recv_into(view)
+                n = conn.recv_into(into)
                 if not n:
                     break
                 got += n
+                if paced:
+                    time.sleep(TCP_PACE_S)
             conn.sendall(b"k" if got == expected else b"!")
 
 
@@ -182,28 +204,33 @@ async def _tcp_writes(port: int, kind: str, pool: memoryview, count: int) -> dic
 
     loop = asyncio.get_running_loop()
     size = 1 if kind.endswith(TCP_SMALL_SUFFIX) else TCP_WRITE
-    kind = kind.removesuffix(TCP_SMALL_SUFFIX)
+    paced = kind.endswith(TCP_PACED_SUFFIX)
+    kind = kind.removesuffix(TCP_SMALL_SUFFIX).removesuffix(TCP_PACED_SUFFIX)
     if kind == "tcp-stock-write":
         transport, proto = await loop.create_connection(FlowControlledSender, "127.0.0.1", port)
     else:
         options: dict[str, Any] = TCP_EVERY_ZC_OPTIONS if kind == TCP_EVERY_ZC else {}
         transport, proto = await aiozc.create_connection(FlowControlledSender, "127.0.0.1", port, **options)
+    if paced:
+        transport.set_write_buffer_limits(high=TCP_PACED_HIGH_WATER)
     zc = kind in ("tcp-aiozc-write_zc", TCP_EVERY_ZC)
     write = transport.write_zc if zc else transport.write  # type: ignore[attr-defined]
     last: Any = None
-    transport.write((count * size).to_bytes(8, "big"))
+    transport.write((count * size | (_PACED_FLAG if paced else 0)).to_bytes(8, "big"))
     slots = len(pool) // size
+    pauses = 0
     clock = udp_cases.Clock()
     for i in range(count):
         offset = (i % slots) * size
         last = write(pool[offset : offset + size])
         if not proto.can_write.is_set():
+            pauses += 1
             await proto.can_write.wait()
     reply = await proto.reply
     if zc:
         await last  # (resolved in order: every write's completion is counted)
     stats = getattr(transport, "stats", None)
-    timed = clock.stop(state=getattr(stats, "state", "-"))
+    timed = clock.stop(state=getattr(stats, "state", "-"), pauses=pauses)
     transport.close()
     if reply != b"k":
         raise RuntimeError("the receiver saw a short stream")
@@ -402,7 +429,8 @@ def _is_stock(c: Count) -> bool:
 def _pair(c: Count) -> tuple[str, str, str]:
     """What a row is compared with: stock on the same loop (and body size)."""
     if c.family == "tcp":
-        return c.family, c.loop, TCP_SMALL_SUFFIX if c.kind.endswith(TCP_SMALL_SUFFIX) else ""
+        suffix = next((s for s in (TCP_SMALL_SUFFIX, TCP_PACED_SUFFIX) if c.kind.endswith(s)), "")
+        return c.family, c.loop, suffix
     return c.family, c.loop, c.kind.rsplit("-", 1)[-1] if c.family in ("web", "tcpread") else ""
 
 
@@ -413,7 +441,7 @@ def print_table(counts: list[Count]) -> None:
     for c in counts:
         base = stock.get(_pair(c))
         ratio = f"{c.per_call / base:.2f}x" if base and not _is_stock(c) else ""
-        info = " ".join(f"{k}={v}" for k, v in c.info.items() if k in ("state", "zc_sends", "errqueue_reads", "syscalls"))
+        info = " ".join(f"{k}={v}" for k, v in c.info.items() if k in ("state", "zc_sends", "errqueue_reads", "syscalls", "pauses"))
         print(f"{c.case:<52}{c.per_call:>12,.0f}{ratio:>10}{c.once:>12,.0f}  {info}")
 
 
