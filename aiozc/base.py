@@ -283,8 +283,13 @@ class ZeroCopyTransportBase:
             self.stats.ids_zerocopy += ids
         self._policy.on_completed(ids, copied=copied)
         self._sync_state()
-        self._resolve(self._tracker.on_range(lo, hi, copied))
+        self._resolve_range(lo, hi, copied)
         self._after_completions()
+
+    def _resolve_range(self, lo: int, hi: int, copied: bool) -> None:
+        """The tracker's answer to ids ``lo..hi``: the writes they finished, resolved (the TCP
+        transport's is compiled: aiozc/_sys/_core_tcpzc.c)."""
+        self._resolve(self._tracker.on_range(lo, hi, copied))
 
     def _after_completions(self) -> None:
         """Pinned bytes went down: resume writers, finish a pending close."""

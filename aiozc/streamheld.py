@@ -5,7 +5,8 @@ A held write (write_zc(), or an immutable ``bytes`` from write() at or above the
 stays referenced until sent, and until the kernel released it if it went zero-copy. With the
 compiled core, the common case of a new held write that the policy wants zero-copy runs in C
 (aiozc/_sys/_core_tcpzc.c): these methods are the reference it follows and the places it
-returns to (``_send_held_now``, ``_zc_continue``, ``_resolve_closed``).
+returns to (``_send_held_now``, ``_zc_continue``, ``_resolve_closed``). So do the writes a
+notification finished (``_resolve_range``, base.py's method the reference).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._sys import core as _core
 from .base import _Held
 from .completions import Completion, WriteHandle
-from .ctracker import CompiledTracker
+from .ctracker import CompiledTracker, _completion
 from .engines.msg_zerocopy import MsgZeroCopyEngine
 from .policy import NEVER, ZeroCopyPolicy, ZeroCopyState
 from .streamfile import _FileSegment
@@ -228,11 +229,15 @@ class StreamHeld:
         if (type(tracker) is not CompiledTracker or type(self._engine) is not MsgZeroCopyEngine  # type: ignore[attr-defined]
                 or self._submit_zc_fn is not None or not self._errqueue_ok):  # type: ignore[attr-defined]
             return
-        loop_time = self._loop.time  # type: ignore[attr-defined]
+        loop = self._loop  # type: ignore[attr-defined]
+        # asyncio's own time() is time.monotonic(), which the C side reads without a frame
+        asyncio_time = type(loop).time is asyncio.BaseEventLoop.time and "time" not in vars(loop)
+        loop_time = None if asyncio_time else loop.time
         options = self._options  # type: ignore[attr-defined]
         _core.lib.zc_tcp_zc_bind(
-            id(hot), id(tracker), id(tracker._tokens), tracker._t, id(loop_time), id(_Held),
-            id(ZeroCopyPolicy), id(ZeroCopyState.ZEROCOPY),
+            id(hot), id(tracker), id(tracker._tokens), id(tracker._handles), tracker._t, id(loop_time),
+            id(_Held), id(ZeroCopyPolicy), id(ZeroCopyState.ZEROCOPY), id(_completion),
+            id(asyncio.InvalidStateError),
             min(self._policy.options.threshold, NEVER), min(options.max_pinned_bytes, NEVER),  # type: ignore[attr-defined]
             min(options.errqueue_drain_every, NEVER),
         )

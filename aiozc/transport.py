@@ -464,10 +464,12 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
                 self._server = None
 
 
-# The compiled core's write(), write_zc(), writelines() and is_closing() (_core_tcp.c): the
-# direct path in C, everything else through the Python methods kept here (the reference).
+# The compiled core's write(), write_zc(), writelines() and is_closing() (_core_tcp.c) and
+# _resolve_range() (_core_tcpzc.c): the direct path and the common case of the queued zero-copy
+# write in C, everything else through the Python methods kept here (the reference).
 PURE_METHODS: dict[str, Any] = {
-    name: getattr(ZeroCopyTransport, name) for name in ("write", "write_zc", "writelines", "is_closing")
+    name: getattr(ZeroCopyTransport, name)
+    for name in ("write", "write_zc", "writelines", "is_closing", "_resolve_range")
 }
 # The state the C methods use: a subclass that redefines one keeps the Python methods.
 C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stats", "_make_future",
@@ -478,14 +480,15 @@ C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stat
            "_write_zc_queued", "_enqueue_held", "_wants_zerocopy", "_peer_window", "_read_peer_window",
            "_flush", "_send_head", "_track", "_send_zc", "_account_send", "_count_zc_sends",
            "_advance_held", "_close_write", "_after_flush", "_maybe_pause_protocol",
-           "get_write_buffer_size", "_queued")
+           "get_write_buffer_size", "_queued", "_resolve", "_resolve_closed")
 # Transport attributes that live in the TcpHot with the compiled core (its field names).
 _HOT_FIELDS = {"_direct_max": "direct_max", "_plain_sent": "plain_sent", "_plain_budget": "plain_budget",
                "_zc_since_drain": "zc_since_drain", "_errqueue_quiet": "errqueue_quiet",
                "_peer_window_at": "peer_window_at", "_peer_window_peak_at": "peer_window_peak_at",
                "_peer_window_peak": "peer_window_peak"}
 # TransportStats counters that live in the TcpHot (same names).
-_HOT_COUNTERS = ("copy_sends", "copy_bytes", "copy_writes", "zc_sends", "zc_bytes", "pinned_bytes", "peak_pinned_bytes")
+_HOT_COUNTERS = ("copy_sends", "copy_bytes", "copy_writes", "zc_sends", "zc_bytes", "pinned_bytes", "peak_pinned_bytes",
+                 "zc_writes", "zc_write_bytes")
 
 
 def _compiled_methods(cls: type) -> dict[str, Any]:

@@ -70,6 +70,8 @@ def outcome(pair: Pair, futures: list[asyncio.Future[Any]]) -> dict[str, Any]:
     for f in futures:
         if not f.done():
             results.append("pending")
+        elif f.cancelled():
+            results.append("CancelledError")
         elif f.exception() is not None:
             results.append(type(f.exception()).__name__)
         else:
@@ -204,3 +206,62 @@ async def test_sends_in_flight_at_the_end_agree(path: str, end: str) -> None:
     finally:
         if end != "peer_reset":
             pair.peer.close()
+
+
+async def cancelled_run(path: str) -> dict[str, Any]:
+    pair = await zc_pair(path)
+    try:
+        futures = [pair.transport.write_zc(bytes([k]) * (64 * 1024)) for k in range(6)]
+        for f in futures[::2]:
+            f.cancel()
+        await settle(pair, 6 * 64 * 1024)
+        await asyncio.sleep(0)
+        return outcome(pair, futures)
+    finally:
+        pair.close()
+
+
+async def test_cancelled_futures_resolve_alike(path: str) -> None:
+    """A write whose future was cancelled still resolves (its buffer released, counted) and the
+    others get their results: the compiled resolution against the Python one."""
+    got = await cancelled_run(path)
+    assert got["results"][::2] == ["CancelledError"] * 3
+    assert all(isinstance(r, tuple) and r[0] == 64 * 1024 for r in got["results"][1::2])
+    assert got["stats"]["copy_writes"] + got["stats"]["zc_writes"] == 6
+    assert got["tracker"] == (0, 0, 0)
+    if path == "compiled":
+        assert got == await cancelled_run("pure")
+
+
+async def test_partial_sends_go_on_in_python_and_resolve(path: str) -> None:
+    """A small send buffer: the first zero-copy send moves part of its write (the rest waits
+    behind it, continued by _zc_continue on the compiled path); every write resolves, the
+    counters add up, nothing is left pinned."""
+    pair = await connect_pair(**EVERY_ZC)
+    t = pair.transport
+    t.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+    use_path(pair, path)
+    continued: list[int] = []
+    real = t._zc_continue
+
+    def watched(view: memoryview, future: Any, slot: int, sent: int, exc: Any) -> None:
+        continued.append(sent)
+        real(view, future, slot, sent, exc)
+
+    t._zc_continue = watched  # type: ignore[method-assign]
+    try:
+        payloads = [bytes([k + 1]) * (512 * 1024) for k in range(4)]
+        first = await t.write_zc(b"x" * (64 * 1024))  # (the first zero-copy send: Python's, see above)
+        futures = [t.write_zc(p) for p in payloads]
+        assert t.get_write_buffer_size() > 0  # the socket did not take it all
+        await asyncio.wait_for(pair.read_all(64 * 1024 + 4 * 512 * 1024), 30)
+        done = await asyncio.wait_for(asyncio.gather(*futures), 30)
+        assert pair.received[64 * 1024:] == b"".join(payloads)
+        assert [c.nbytes for c in done] == [512 * 1024] * 4
+        stats = t.stats
+        assert stats.zc_sends == first.zc_sends + sum(c.zc_sends for c in done)
+        assert stats.ids_copied + stats.ids_zerocopy == stats.zc_sends
+        assert t._tracker.pending_writes == 0 and stats.pinned_bytes == 0
+        assert bool(continued) == (path == "compiled")
+    finally:
+        pair.close()

@@ -32,8 +32,10 @@ static struct {
     PyTypeObject *held_type, *policy_type;
     Py_ssize_t held_future, held_view; /* the _Held slots' offsets */
     PyObject *zerocopy; /* ZeroCopyState.ZEROCOPY */
+    PyObject *make_completion, *invalid_state; /* ctracker._completion, asyncio.InvalidStateError */
     PyObject *policy, *state, *paused, *reading, *eof_received, *rx_blocked, *hup, *registered_mask,
-        *zc_continue, *send_held_now, *drain, *after_flush, *maybe_pause, *update_mask, *resolve_closed;
+        *zc_continue, *send_held_now, *drain, *after_flush, *maybe_pause, *update_mask, *resolve_closed,
+        *release, *done, *owner;
 } tz;
 
 /* The zerocopy state, read from the instance dict: the protocol not paused, the policy a
@@ -60,14 +62,29 @@ static long long tz_read_window(int fd) {
     return (long long)wnd;
 }
 
+/* time.monotonic(), as CPython computes it (_PyTime_AsSecondsDouble of CLOCK_MONOTONIC's ns):
+ * asyncio's loop.time(), without its Python frame (~0.4k instructions per write). */
+static double tz_monotonic(void) {
+    struct timespec ts;
+    int64_t ns;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    if (ns % 1000000000 == 0) return (double)(ns / 1000000000);
+    return (double)ns / 1e9;
+}
+
 /* streamsend._peer_window: the peak, or -1 with an exception (loop.time() raised). */
 static long long tz_peer_window(tcp_hot *h) {
-    PyObject *t = PyObject_CallNoArgs(h->loop_time);
+    PyObject *t;
     double now;
-    if (!t) return -1;
-    now = PyFloat_AsDouble(t);
-    Py_DECREF(t);
-    if (now == -1.0 && PyErr_Occurred()) return -1;
+    if (!h->loop_time) {
+        now = tz_monotonic();
+    } else {
+        if (!(t = PyObject_CallNoArgs(h->loop_time))) return -1;
+        now = PyFloat_AsDouble(t);
+        Py_DECREF(t);
+        if (now == -1.0 && PyErr_Occurred()) return -1;
+    }
     if (now - h->peer_window_at >= TZ_PEER_WINDOW_MAX_AGE) {
         long long seen;
         h->peer_window_at = now;
@@ -266,29 +283,191 @@ fail:
     return NULL;
 }
 
-/* Let the TcpHot `hot` send queued zero-copy writes in C: the CompiledTracker `tracker` (its
- * C tracker `t`, its token dict `tokens`), the loop's time() `loop_time`, base._Held, the
- * ZeroCopyPolicy class and ZeroCopyState.ZEROCOPY, the policy's threshold, max_pinned_bytes
- * and errqueue_drain_every. 0, or -1 (nothing set: Python's path). */
-int zc_tcp_zc_bind(intptr_t hot, intptr_t tracker, intptr_t tokens, zc_tracker *t, intptr_t loop_time,
-                   intptr_t held_type, intptr_t policy_type, intptr_t zerocopy, int64_t threshold,
-                   int64_t max_pinned, int64_t drain_every) {
-    tcp_hot *h = (tcp_hot *)hot;
-    static const char *names[15] = {"_policy", "state", "_protocol_paused", "_reading", "_eof_received",
-                                    "_rx_blocked", "_hup", "_registered_mask", "_zc_continue", "_send_held_now",
-                                    "_drain_errqueue", "_after_flush", "_maybe_pause_protocol", "_update_mask",
-                                    "_resolve_closed"};
-    PyObject **slots[15] = {&tz.policy, &tz.state, &tz.paused, &tz.reading, &tz.eof_received, &tz.rx_blocked,
-                            &tz.hup, &tz.registered_mask, &tz.zc_continue, &tz.send_held_now, &tz.drain,
-                            &tz.after_flush, &tz.maybe_pause, &tz.update_mask, &tz.resolve_closed};
+/* -- the writes a notification finished -------------------------------------------------- */
+
+/* The Completion of the k-th write the last zc_on_range resolved: the last one made if alike
+ * (the common case: a route answers the same for every send), or ctracker._completion's. A new
+ * reference. */
+static PyObject *tz_completion(tcp_hot *h, zc_tracker *t, int64_t i) {
+    int64_t key[4] = {t->out_nbytes[i], t->out_zc[i] != 0, t->out_ids[i], t->out_copied[i]};
+    PyObject *args[4], *c = NULL;
     int k;
-    if (!tcp_hot_type || Py_TYPE((PyObject *)hot) != tcp_hot_type || !t || !PyDict_CheckExact((PyObject *)tokens))
+    if (h->zc_last && !memcmp(key, h->zc_last_key, sizeof key)) return Py_NewRef(h->zc_last);
+    args[0] = PyLong_FromLongLong(key[0]);
+    args[1] = Py_NewRef(key[1] ? Py_True : Py_False);
+    args[2] = PyLong_FromLongLong(key[2]);
+    args[3] = PyLong_FromLongLong(key[3]);
+    if (args[0] && args[2] && args[3]) c = PyObject_Vectorcall(tz.make_completion, args, 4, NULL);
+    for (k = 0; k < 4; k++) Py_XDECREF(args[k]);
+    if (c) {
+        Py_XSETREF(h->zc_last, Py_NewRef(c));
+        memcpy(h->zc_last_key, key, sizeof key);
+    }
+    return c;
+}
+
+/* `if not future.done(): future.set_result(completion)`; for the loop's plain futures one call
+ * (asyncio.Future.set_result raises InvalidStateError exactly when it is done). 0, or -1. */
+static int tz_set_result(tcp_hot *h, PyObject *future, PyObject *completion) {
+    int plain = h->set_result && Py_TYPE(future) == (PyTypeObject *)h->fut.future_type, done;
+    PyObject *r;
+    if (!plain) {
+        if (!(r = PyObject_CallMethodNoArgs(future, tz.done))) return -1;
+        done = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (done) return done < 0 ? -1 : 0;
+    }
+    if ((r = tcp_set_result(h, future, completion))) {
+        Py_DECREF(r);
+        return 0;
+    }
+    if (!plain || !PyErr_ExceptionMatches(tz.invalid_state)) return -1;
+    PyErr_Clear();
+    return 0;
+}
+
+/* The slot's token if it is a _Held (borrowed), else NULL (with an exception if one was raised). */
+static PyObject *tz_token(tcp_hot *h, int64_t slot) {
+    PyObject *key = PyLong_FromLongLong(slot), *held;
+    if (!key) return NULL;
+    held = PyDict_GetItemWithError(h->tokens, key);
+    Py_DECREF(key);
+    return held && Py_TYPE(held) == tz.held_type ? held : NULL;
+}
+
+/* CompiledTracker._results' retiring of a resolved write's open_write handle, if it has one:
+ * popped from _handles, its _owner None. 0, or -1 with an exception. */
+static int tz_retire(tcp_hot *h, PyObject *key) {
+    PyObject *handle;
+    int r;
+    if (!PyDict_GET_SIZE(h->handles)) return 0;
+    if (!(handle = PyDict_GetItemWithError(h->handles, key))) return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(handle);
+    r = PyDict_DelItem(h->handles, key) < 0 || PyObject_SetAttr(handle, tz.owner, Py_None) < 0 ? -1 : 0;
+    Py_DECREF(handle);
+    return r;
+}
+
+/* base._resolve(tracker._results(n)) for `n` writes whose tokens are _Held. 1 done, 0 for
+ * Python (another token), -1 with an exception. */
+static int tz_resolve(tcp_hot *h, zc_tracker *t, int64_t n) {
+    PyObject *completion, *key, *held, *view, *future, *r;
+    int64_t k;
+    int failed = 0;
+    for (k = 0; k < n; k++)
+        if (!tz_token(h, t->out_slot[k])) return PyErr_Occurred() ? -1 : 0;
+    for (k = 0; k < n && !failed; k++) {
+        if (!(key = PyLong_FromLongLong(t->out_slot[k]))) {
+            failed = 1;
+            break;
+        }
+        held = PyDict_GetItemWithError(h->tokens, key); /* (checked above) */
+        Py_XINCREF(held);
+        failed = !held || PyDict_DelItem(h->tokens, key) < 0 || tz_retire(h, key) < 0;
+        Py_DECREF(key);
+        if (failed || !(completion = tz_completion(h, t, k))) {
+            failed = 1;
+            Py_XDECREF(held);
+            break;
+        }
+        if (t->out_zc[k]) {
+            h->zc_writes += 1;
+            h->zc_write_bytes += t->out_nbytes[k];
+        } else {
+            h->copy_writes += 1;
+        }
+        view = *(PyObject **)((char *)held + tz.held_view);
+        future = *(PyObject **)((char *)held + tz.held_future);
+        r = view ? PyObject_CallMethodNoArgs(view, tz.release) : NULL;
+        failed = !r;
+        Py_XDECREF(r);
+        if (!failed && future && future != Py_None) failed = tz_set_result(h, future, completion) < 0;
+        Py_DECREF(completion);
+        Py_DECREF(held);
+    }
+    if (failed) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "aiozc: a held write without its view");
+        return -1;
+    }
+    h->pinned_bytes = t->pinned;
+    return 1;
+}
+
+/* A u32 from an exact int, or -1 (range_length raises for it: Python's method runs). */
+static long long tz_u32(PyObject *o) {
+    unsigned long long v;
+    if (!PyLong_CheckExact(o)) return -1;
+    v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    return v > 0xffffffffULL ? -1 : (long long)v;
+}
+
+/* transport._resolve_range(lo, hi, copied): the tracker's on_range, then _resolve of the writes
+ * it finished (base.py), in C where they share one Completion and are all _Held tokens;
+ * else _resolve_closed (base._resolve of tracker._results) does them. */
+static PyObject *tcp_resolve_range(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    tcp_hot *h;
+    long long lo, hi;
+    int64_t n;
+    int r;
+    PyObject *count;
+    if (nargs != 3 || kwnames || !(h = tcp_hot_of(self)) || !h->zc_t || (lo = tz_u32(args[0])) < 0 ||
+        (hi = tz_u32(args[1])) < 0 || !PyBool_Check(args[2]))
+        return tcp_call_pure(TCP_RESOLVE_RANGE, self, args, nargs, kwnames);
+    Py_INCREF(h); /* a future's set_result may schedule what replaces the transport's */
+    n = zc_on_range(h->zc_t, (uint32_t)lo, (uint32_t)hi, args[2] == Py_True);
+    if (n < 0) {
+        Py_DECREF(h);
+        return PyErr_NoMemory();
+    }
+    if (n == 0) {
+        h->pinned_bytes = h->zc_t->pinned; /* _resolve([]) */
+        r = 1;
+    } else {
+        r = tz_resolve(h, h->zc_t, n);
+    }
+    if (r == 0) {
+        count = PyLong_FromLongLong(n);
+        r = count ? tz_call(self, tz.resolve_closed, &count, 1) : -1;
+        Py_XDECREF(count);
+    }
+    Py_DECREF(h);
+    if (r < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Let the TcpHot `hot` send queued zero-copy writes in C: the CompiledTracker `tracker` (its
+ * C tracker `t`, its token and handle dicts), the loop's time() `loop_time` (None: asyncio's
+ * own, read in C), base._Held, the ZeroCopyPolicy class and ZeroCopyState.ZEROCOPY,
+ * ctracker._completion and asyncio.InvalidStateError, the policy's threshold, max_pinned_bytes
+ * and errqueue_drain_every. 0, or -1 (nothing set: Python's path). */
+int zc_tcp_zc_bind(intptr_t hot, intptr_t tracker, intptr_t tokens, intptr_t handles, zc_tracker *t,
+                   intptr_t loop_time, intptr_t held_type, intptr_t policy_type, intptr_t zerocopy,
+                   intptr_t make_completion, intptr_t invalid_state, int64_t threshold, int64_t max_pinned,
+                   int64_t drain_every) {
+    tcp_hot *h = (tcp_hot *)hot;
+    enum { NAMES = 18 };
+    static const char *names[NAMES] = {"_policy", "state", "_protocol_paused", "_reading", "_eof_received",
+                                       "_rx_blocked", "_hup", "_registered_mask", "_zc_continue",
+                                       "_send_held_now", "_drain_errqueue", "_after_flush",
+                                       "_maybe_pause_protocol", "_update_mask", "_resolve_closed", "release",
+                                       "done", "_owner"};
+    PyObject **slots[NAMES] = {&tz.policy, &tz.state, &tz.paused, &tz.reading, &tz.eof_received,
+                               &tz.rx_blocked, &tz.hup, &tz.registered_mask, &tz.zc_continue,
+                               &tz.send_held_now, &tz.drain, &tz.after_flush, &tz.maybe_pause,
+                               &tz.update_mask, &tz.resolve_closed, &tz.release, &tz.done, &tz.owner};
+    int k;
+    if (!tcp_hot_type || Py_TYPE((PyObject *)hot) != tcp_hot_type || !t || !PyDict_CheckExact((PyObject *)tokens) ||
+        !PyDict_CheckExact((PyObject *)handles))
         return -1;
     if (!tz.held_type) {
         PyTypeObject *held = (PyTypeObject *)held_type;
         Py_ssize_t fut = member_offset(held, "future"), view = member_offset(held, "view");
         if (fut < 0 || view < 0) return -1;
-        for (k = 0; k < 15; k++)
+        for (k = 0; k < NAMES; k++)
             if (tcp_intern(slots[k], names[k]) < 0) {
                 PyErr_Clear();
                 return -1;
@@ -297,14 +476,19 @@ int zc_tcp_zc_bind(intptr_t hot, intptr_t tracker, intptr_t tokens, zc_tracker *
         tz.held_view = view;
         tz.policy_type = (PyTypeObject *)Py_NewRef((PyObject *)policy_type);
         tz.zerocopy = Py_NewRef((PyObject *)zerocopy);
+        tz.make_completion = Py_NewRef((PyObject *)make_completion);
+        tz.invalid_state = Py_NewRef((PyObject *)invalid_state);
         tz.held_type = (PyTypeObject *)Py_NewRef((PyObject *)held); /* last: set up */
     }
     if ((PyObject *)tz.held_type != (PyObject *)held_type || (PyObject *)tz.policy_type != (PyObject *)policy_type ||
-        tz.zerocopy != (PyObject *)zerocopy)
+        tz.zerocopy != (PyObject *)zerocopy || tz.make_completion != (PyObject *)make_completion ||
+        tz.invalid_state != (PyObject *)invalid_state)
         return -1;
     Py_XSETREF(h->tracker, Py_NewRef((PyObject *)tracker));
     Py_XSETREF(h->tokens, Py_NewRef((PyObject *)tokens));
-    Py_XSETREF(h->loop_time, Py_NewRef((PyObject *)loop_time));
+    Py_XSETREF(h->handles, Py_NewRef((PyObject *)handles));
+    Py_CLEAR(h->loop_time);
+    if ((PyObject *)loop_time != Py_None) h->loop_time = Py_NewRef((PyObject *)loop_time);
     h->zc_threshold = threshold;
     h->max_pinned = max_pinned;
     h->drain_every = drain_every;
