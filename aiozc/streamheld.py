@@ -15,13 +15,17 @@ import asyncio
 import errno
 from typing import TYPE_CHECKING, Any
 
-from ._sys import core as _core
+from ._sys import core as _core, kernel as _kernel
 from .base import _Held
 from .completions import Completion, WriteHandle
 from .ctracker import CompiledTracker, _completion
 from .engines.msg_zerocopy import MsgZeroCopyEngine
 from .policy import NEVER, ZeroCopyPolicy, ZeroCopyState
 from .streamfile import _FileSegment
+
+# kernel.read_errqueue as imported: the compiled drain reads the error queue itself unless a
+# test replaced it (tcp_helpers.report_ranges_as shows the transport routes one host cannot give).
+_READ_ERRQUEUE = _kernel.read_errqueue
 
 
 class _Segment:
@@ -237,7 +241,8 @@ class StreamHeld:
         _core.lib.zc_tcp_zc_bind(
             id(hot), id(tracker), id(tracker._tokens), id(tracker._handles), tracker._t, id(loop_time),
             id(_Held), id(ZeroCopyPolicy), id(ZeroCopyState.ZEROCOPY), id(_completion),
-            id(asyncio.InvalidStateError),
+            id(asyncio.InvalidStateError), id(_kernel.SocketError), id(_kernel.ErrQueueTruncated),
+            id(vars(_kernel)), id(_READ_ERRQUEUE),
             min(self._policy.options.threshold, NEVER), min(options.max_pinned_bytes, NEVER),  # type: ignore[attr-defined]
             min(options.errqueue_drain_every, NEVER),
         )

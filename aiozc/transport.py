@@ -465,11 +465,11 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
 
 
 # The compiled core's write(), write_zc(), writelines() and is_closing() (_core_tcp.c) and
-# _resolve_range() (_core_tcpzc.c): the direct path and the common case of the queued zero-copy
+# _resolve_range() and _drain_errqueue() (_core_tcpzc.c): the direct path and the common case of the queued zero-copy
 # write in C, everything else through the Python methods kept here (the reference).
 PURE_METHODS: dict[str, Any] = {
     name: getattr(ZeroCopyTransport, name)
-    for name in ("write", "write_zc", "writelines", "is_closing", "_resolve_range")
+    for name in ("write", "write_zc", "writelines", "is_closing", "_resolve_range", "_drain_errqueue")
 }
 # The state the C methods use: a subclass that redefines one keeps the Python methods.
 C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stats", "_make_future",
@@ -480,7 +480,8 @@ C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stat
            "_write_zc_queued", "_enqueue_held", "_wants_zerocopy", "_peer_window", "_read_peer_window",
            "_flush", "_send_head", "_track", "_send_zc", "_account_send", "_count_zc_sends",
            "_advance_held", "_close_write", "_after_flush", "_maybe_pause_protocol",
-           "get_write_buffer_size", "_queued", "_resolve", "_resolve_closed")
+           "get_write_buffer_size", "_queued", "_resolve", "_resolve_closed", "_sock", "_errqueue_ok",
+           "on_zerocopy_range", "_on_socket_error_message", "_fatal_error")
 # Transport attributes that live in the TcpHot with the compiled core (its field names).
 _HOT_FIELDS = {"_direct_max": "direct_max", "_plain_sent": "plain_sent", "_plain_budget": "plain_budget",
                "_zc_since_drain": "zc_since_drain", "_errqueue_quiet": "errqueue_quiet",
@@ -488,7 +489,7 @@ _HOT_FIELDS = {"_direct_max": "direct_max", "_plain_sent": "plain_sent", "_plain
                "_peer_window_peak": "peer_window_peak"}
 # TransportStats counters that live in the TcpHot (same names).
 _HOT_COUNTERS = ("copy_sends", "copy_bytes", "copy_writes", "zc_sends", "zc_bytes", "pinned_bytes", "peak_pinned_bytes",
-                 "zc_writes", "zc_write_bytes")
+                 "zc_writes", "zc_write_bytes", "errqueue_reads", "socket_errors")
 
 
 def _compiled_methods(cls: type) -> dict[str, Any]:

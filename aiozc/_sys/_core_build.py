@@ -101,7 +101,8 @@ int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into);
 int zc_tcp_futures(intptr_t hot, intptr_t loop, intptr_t future_type, intptr_t debug, int64_t loop_offset);
 int zc_tcp_zc_bind(intptr_t hot, intptr_t tracker, intptr_t tokens, intptr_t handles, zc_tracker *t,
                    intptr_t loop_time, intptr_t held_type, intptr_t policy_type, intptr_t zerocopy,
-                   intptr_t make_completion, intptr_t invalid_state, int64_t threshold, int64_t max_pinned,
+                   intptr_t make_completion, intptr_t invalid_state, intptr_t socket_error, intptr_t truncated,
+                   intptr_t kernel_dict, intptr_t read_errqueue, int64_t threshold, int64_t max_pinned,
                    int64_t drain_every);
 
 zc_tracker *zc_tracker_new(uint32_t start_id);

@@ -29,7 +29,7 @@
 
 #define TCP_GATHER_MAX 64 /* streamsend._GATHER_MAX */
 
-enum { TCP_WRITE, TCP_WRITE_ZC, TCP_WRITELINES, TCP_IS_CLOSING, TCP_RESOLVE_RANGE, TCP_NMETHODS };
+enum { TCP_WRITE, TCP_WRITE_ZC, TCP_WRITELINES, TCP_IS_CLOSING, TCP_RESOLVE_RANGE, TCP_DRAIN, TCP_NMETHODS };
 
 typedef struct {
     PyObject_HEAD
@@ -45,7 +45,8 @@ typedef struct {
     Py_ssize_t last_nbytes;
     /* The queued zero-copy write_zc() (_core_tcpzc.c): its stats counters, the peer-window
      * state of streamsend._peer_window and _errqueue_quiet, shared with Python as the above. */
-    long long zc_sends, zc_bytes, pinned_bytes, peak_pinned_bytes, zc_since_drain, zc_writes, zc_write_bytes;
+    long long zc_sends, zc_bytes, pinned_bytes, peak_pinned_bytes, zc_since_drain, zc_writes, zc_write_bytes,
+        errqueue_reads, socket_errors;
     double peer_window_at, peer_window_peak_at;
     long long peer_window_peak;
     char errqueue_quiet;
@@ -63,6 +64,7 @@ static char tcpzc_pass;
 #define TCPZC_PASS ((PyObject *)&tcpzc_pass)
 static PyObject *tcpzc_write(PyObject *self, tcp_hot *h, PyObject *buf, const char *p, Py_ssize_t n);
 static PyObject *tcp_resolve_range(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
+static PyObject *tcp_drain_errqueue(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 
 static PyTypeObject *tcp_hot_type;
 static Py_ssize_t tcp_hot_offset = -1; /* of the transport's `_hot` slot */
@@ -88,6 +90,8 @@ static PyMemberDef tcp_hot_members[] = {
     {"peak_pinned_bytes", T_LONGLONG, offsetof(tcp_hot, peak_pinned_bytes), 0, NULL},
     {"zc_since_drain", T_LONGLONG, offsetof(tcp_hot, zc_since_drain), 0, NULL},
     {"zc_writes", T_LONGLONG, offsetof(tcp_hot, zc_writes), 0, NULL},
+    {"errqueue_reads", T_LONGLONG, offsetof(tcp_hot, errqueue_reads), 0, NULL},
+    {"socket_errors", T_LONGLONG, offsetof(tcp_hot, socket_errors), 0, NULL},
     {"zc_write_bytes", T_LONGLONG, offsetof(tcp_hot, zc_write_bytes), 0, NULL},
     {"peer_window_at", T_DOUBLE, offsetof(tcp_hot, peer_window_at), 0, NULL},
     {"peer_window_peak_at", T_DOUBLE, offsetof(tcp_hot, peer_window_peak_at), 0, NULL},
@@ -475,6 +479,7 @@ static PyMethodDef tcp_method_defs[TCP_NMETHODS] = {
     {"writelines", (PyCFunction)(void (*)(void))tcp_writelines, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"is_closing", (PyCFunction)(void (*)(void))tcp_is_closing, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_resolve_range", (PyCFunction)(void (*)(void))tcp_resolve_range, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"_drain_errqueue", (PyCFunction)(void (*)(void))tcp_drain_errqueue, METH_FASTCALL | METH_KEYWORDS, NULL},
 };
 
 static int tcp_intern(PyObject **slot, const char *name) {
@@ -501,13 +506,13 @@ int zc_tcp_futures(intptr_t hot, intptr_t loop, intptr_t future_type, intptr_t d
 }
 
 /* Make the C methods of the TCP transport class `type` (whose Python methods are in the dict
- * `pures`: write, write_zc, writelines, is_closing, _resolve_range; and which has the slot `_hot`) and put
+ * `pures`: write, write_zc, writelines, is_closing, _resolve_range, _drain_errqueue; and which has the slot `_hot`) and put
  * them into the dict `into` by name, with the TcpHot type as "TcpHot". Once per process;
  * 0, or -1 with nothing put. */
 int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into) {
     static const char *signatures[TCP_NMETHODS] = {
         "write($self, data, /)", "write_zc($self, buf, /)", "writelines($self, list_of_data, /)",
-        "is_closing($self, /)", "_resolve_range($self, lo, hi, copied, /)"};
+        "is_closing($self, /)", "_resolve_range($self, lo, hi, copied, /)", "_drain_errqueue($self, /)"};
     PyTypeObject *tp = (PyTypeObject *)type;
     PyObject *descrs[TCP_NMETHODS] = {NULL};
     Py_ssize_t hot_offset;

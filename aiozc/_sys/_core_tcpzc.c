@@ -33,9 +33,11 @@ static struct {
     Py_ssize_t held_future, held_view; /* the _Held slots' offsets */
     PyObject *zerocopy; /* ZeroCopyState.ZEROCOPY */
     PyObject *make_completion, *invalid_state; /* ctracker._completion, asyncio.InvalidStateError */
+    PyObject *socket_error, *truncated; /* kernel.SocketError, kernel.ErrQueueTruncated */
+    PyObject *kernel_dict, *read_errqueue; /* vars(kernel), its own read_errqueue (a test may replace it) */
     PyObject *policy, *state, *paused, *reading, *eof_received, *rx_blocked, *hup, *registered_mask,
         *zc_continue, *send_held_now, *drain, *after_flush, *maybe_pause, *update_mask, *resolve_closed,
-        *release, *done, *owner;
+        *release, *done, *owner, *sock, *errqueue_ok, *on_range, *on_message, *fatal, *read_name;
 } tz;
 
 /* The zerocopy state, read from the instance dict: the protocol not paused, the policy a
@@ -439,26 +441,149 @@ static PyObject *tcp_resolve_range(PyObject *self, PyObject *const *args, Py_ssi
     Py_RETURN_NONE;
 }
 
+/* -- the error queue ---------------------------------------------------------------------- */
+
+#define TZ_ERRQUEUE_BATCH 64 /* base._ERRQUEUE_BATCH */
+#define TZ_EE_PER_MSG 2 /* extended errors one recvmsg's control buffer can hold */
+
+/* Up to TZ_ERRQUEUE_BATCH messages from the error queue, as kernel.read_errqueue: the extended
+ * errors in `out` (their count), 0 with *truncated set on MSG_CTRUNC, -1 with an exception. */
+static int tz_read_errqueue(int fd, struct sock_extended_err *out, int *truncated) {
+    int i, n = 0;
+    *truncated = 0;
+    for (i = 0; i < TZ_ERRQUEUE_BATCH; i++) {
+        char control[CMSG_SPACE(sizeof(struct sock_extended_err) + 32)]; /* kernel._CMSG_SPACE */
+        struct sockaddr_in6 addr;
+        struct msghdr msg;
+        struct cmsghdr *cm;
+        ssize_t r;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_name = &addr;
+        msg.msg_namelen = sizeof addr;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        r = recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) return -1;
+                i--; /* (socket.recvmsg retries, PEP 475) */
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (msg.msg_flags & MSG_CTRUNC) {
+            *truncated = 1;
+            return 0;
+        }
+        for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+            if (!((cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR) ||
+                  (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR)))
+                continue;
+            if (cm->cmsg_len < CMSG_LEN(sizeof *out)) continue;
+            memcpy(&out[n++], CMSG_DATA(cm), sizeof *out);
+        }
+    }
+    return n;
+}
+
+/* Hand one extended error on as base._drain_errqueue does: a zero-copy range to
+ * on_zerocopy_range, anything else counted and to _on_socket_error_message (a SocketError
+ * whose address is None: the stream transport's handler ignores it). 0, or -1. */
+static int tz_dispatch(PyObject *self, tcp_hot *h, const struct sock_extended_err *ee) {
+    PyObject *args[6], *message;
+    int k, r;
+    if (ee->ee_origin == SO_EE_ORIGIN_ZEROCOPY && ee->ee_errno == 0) {
+        args[0] = PyLong_FromUnsignedLong(ee->ee_info);
+        args[1] = PyLong_FromUnsignedLong(ee->ee_data);
+        args[2] = Py_NewRef(ee->ee_code & 1 ? Py_True : Py_False); /* SO_EE_CODE_ZEROCOPY_COPIED */
+        r = args[0] && args[1] ? tz_call(self, tz.on_range, args, 3) : -1;
+        for (k = 0; k < 3; k++) Py_XDECREF(args[k]);
+        return r;
+    }
+    h->socket_errors += 1;
+    args[0] = PyLong_FromUnsignedLong(ee->ee_errno);
+    args[1] = PyLong_FromUnsignedLong(ee->ee_origin);
+    args[2] = PyLong_FromUnsignedLong(ee->ee_type);
+    args[3] = PyLong_FromUnsignedLong(ee->ee_code);
+    args[4] = PyLong_FromUnsignedLong(ee->ee_info);
+    args[5] = Py_NewRef(Py_None);
+    message = args[0] && args[1] && args[2] && args[3] && args[4] ? PyObject_Vectorcall(tz.socket_error, args, 6, NULL) : NULL;
+    for (k = 0; k < 6; k++) Py_XDECREF(args[k]);
+    if (!message) return -1;
+    r = tz_call(self, tz.on_message, &message, 1);
+    Py_DECREF(message);
+    return r;
+}
+
+/* transport._drain_errqueue() (base.py): the queue read here (no socket object, no cffi, no
+ * ancillary tuples), each message handed on in order as the Python method does. */
+static PyObject *tcp_drain_errqueue(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    struct sock_extended_err ees[TZ_ERRQUEUE_BATCH * TZ_EE_PER_MSG];
+    PyObject *dict, *sock, *ok, *exc, *call[2];
+    tcp_hot *h;
+    int n, k, truncated, r = 0;
+    if (nargs || kwnames || !(h = tcp_hot_of(self)) || !h->zc_t)
+        return tcp_call_pure(TCP_DRAIN, self, args, nargs, kwnames);
+    /* kernel.read_errqueue replaced (tests show the transport other routes so): Python's */
+    if (PyDict_GetItemWithError(tz.kernel_dict, tz.read_name) != tz.read_errqueue)
+        return PyErr_Occurred() ? NULL : tcp_call_pure(TCP_DRAIN, self, args, nargs, kwnames);
+    if (!(dict = PyObject_GenericGetDict(self, NULL))) return NULL;
+    sock = PyDict_GetItemWithError(dict, tz.sock);
+    ok = sock ? PyDict_GetItemWithError(dict, tz.errqueue_ok) : NULL;
+    Py_DECREF(dict);
+    if (!ok || !PyBool_Check(ok)) return PyErr_Occurred() ? NULL : tcp_call_pure(TCP_DRAIN, self, args, nargs, kwnames);
+    if (sock == Py_None || ok == Py_False) return PyLong_FromLong(0);
+    Py_INCREF(h);
+    h->zc_since_drain = 0;
+    if ((n = tz_read_errqueue(h->fd, ees, &truncated)) < 0) goto fail;
+    if (truncated) {
+        call[0] = PyLong_FromLong(EMSGSIZE);
+        call[1] = PyUnicode_FromString("error-queue control message truncated");
+        exc = call[0] && call[1] ? PyObject_Vectorcall(tz.truncated, call, 2, NULL) : NULL;
+        Py_XDECREF(call[0]);
+        Py_XDECREF(call[1]);
+        r = exc ? tz_call(self, tz.fatal, &exc, 1) : -1;
+        Py_XDECREF(exc);
+        Py_DECREF(h);
+        return r < 0 ? NULL : PyLong_FromLong(0);
+    }
+    h->errqueue_reads += n + (n < TZ_ERRQUEUE_BATCH);
+    for (k = 0; k < n && r == 0; k++) r = tz_dispatch(self, h, &ees[k]);
+    if (r < 0) goto fail;
+    Py_DECREF(h);
+    return PyLong_FromLong(n);
+fail:
+    Py_DECREF(h);
+    return NULL;
+}
+
 /* Let the TcpHot `hot` send queued zero-copy writes in C: the CompiledTracker `tracker` (its
  * C tracker `t`, its token and handle dicts), the loop's time() `loop_time` (None: asyncio's
  * own, read in C), base._Held, the ZeroCopyPolicy class and ZeroCopyState.ZEROCOPY,
- * ctracker._completion and asyncio.InvalidStateError, the policy's threshold, max_pinned_bytes
+ * ctracker._completion, asyncio.InvalidStateError, kernel.SocketError and kernel.ErrQueueTruncated,
+ * the kernel module's dict and its read_errqueue as imported,
+ * the policy's threshold, max_pinned_bytes
  * and errqueue_drain_every. 0, or -1 (nothing set: Python's path). */
 int zc_tcp_zc_bind(intptr_t hot, intptr_t tracker, intptr_t tokens, intptr_t handles, zc_tracker *t,
                    intptr_t loop_time, intptr_t held_type, intptr_t policy_type, intptr_t zerocopy,
-                   intptr_t make_completion, intptr_t invalid_state, int64_t threshold, int64_t max_pinned,
+                   intptr_t make_completion, intptr_t invalid_state, intptr_t socket_error, intptr_t truncated,
+                   intptr_t kernel_dict, intptr_t read_errqueue, int64_t threshold, int64_t max_pinned,
                    int64_t drain_every) {
     tcp_hot *h = (tcp_hot *)hot;
-    enum { NAMES = 18 };
+    enum { NAMES = 24 };
     static const char *names[NAMES] = {"_policy", "state", "_protocol_paused", "_reading", "_eof_received",
                                        "_rx_blocked", "_hup", "_registered_mask", "_zc_continue",
                                        "_send_held_now", "_drain_errqueue", "_after_flush",
                                        "_maybe_pause_protocol", "_update_mask", "_resolve_closed", "release",
-                                       "done", "_owner"};
+                                       "done", "_owner", "_sock", "_errqueue_ok", "on_zerocopy_range",
+                                       "_on_socket_error_message", "_fatal_error", "read_errqueue"};
     PyObject **slots[NAMES] = {&tz.policy, &tz.state, &tz.paused, &tz.reading, &tz.eof_received,
                                &tz.rx_blocked, &tz.hup, &tz.registered_mask, &tz.zc_continue,
                                &tz.send_held_now, &tz.drain, &tz.after_flush, &tz.maybe_pause,
-                               &tz.update_mask, &tz.resolve_closed, &tz.release, &tz.done, &tz.owner};
+                               &tz.update_mask, &tz.resolve_closed, &tz.release, &tz.done, &tz.owner,
+                               &tz.sock, &tz.errqueue_ok, &tz.on_range, &tz.on_message, &tz.fatal, &tz.read_name};
     int k;
     if (!tcp_hot_type || Py_TYPE((PyObject *)hot) != tcp_hot_type || !t || !PyDict_CheckExact((PyObject *)tokens) ||
         !PyDict_CheckExact((PyObject *)handles))
@@ -478,11 +603,16 @@ int zc_tcp_zc_bind(intptr_t hot, intptr_t tracker, intptr_t tokens, intptr_t han
         tz.zerocopy = Py_NewRef((PyObject *)zerocopy);
         tz.make_completion = Py_NewRef((PyObject *)make_completion);
         tz.invalid_state = Py_NewRef((PyObject *)invalid_state);
+        tz.socket_error = Py_NewRef((PyObject *)socket_error);
+        tz.truncated = Py_NewRef((PyObject *)truncated);
+        tz.kernel_dict = Py_NewRef((PyObject *)kernel_dict);
+        tz.read_errqueue = Py_NewRef((PyObject *)read_errqueue);
         tz.held_type = (PyTypeObject *)Py_NewRef((PyObject *)held); /* last: set up */
     }
     if ((PyObject *)tz.held_type != (PyObject *)held_type || (PyObject *)tz.policy_type != (PyObject *)policy_type ||
         tz.zerocopy != (PyObject *)zerocopy || tz.make_completion != (PyObject *)make_completion ||
-        tz.invalid_state != (PyObject *)invalid_state)
+        tz.invalid_state != (PyObject *)invalid_state || tz.socket_error != (PyObject *)socket_error ||
+        tz.truncated != (PyObject *)truncated)
         return -1;
     Py_XSETREF(h->tracker, Py_NewRef((PyObject *)tracker));
     Py_XSETREF(h->tokens, Py_NewRef((PyObject *)tokens));
