@@ -288,7 +288,7 @@ class ZeroCopyTransportBase:
 
     def _resolve_range(self, lo: int, hi: int, copied: bool) -> None:
         """The tracker's answer to ids ``lo..hi``: the writes they finished, resolved (the TCP
-        transport's is compiled: aiozc/_sys/_core_tcpzc.c)."""
+        transport's is compiled: aiozc/_sys/_core_tcpdone.c)."""
         self._resolve(self._tracker.on_range(lo, hi, copied))
 
     def _after_completions(self) -> None:

@@ -464,9 +464,10 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
                 self._server = None
 
 
-# The compiled core's write(), write_zc(), writelines() and is_closing() (_core_tcp.c) and
-# _resolve_range() and _drain_errqueue() (_core_tcpzc.c): the direct path and the common case of the queued zero-copy
-# write in C, everything else through the Python methods kept here (the reference).
+# The compiled core's write(), write_zc(), writelines(), is_closing() (_core_tcp.c, the queued
+# zero-copy write in _core_tcpzc.c), _resolve_range() and _drain_errqueue() (_core_tcpdone.c):
+# the direct path and the common case of the queued zero-copy write and its completion in C,
+# everything else through the Python methods kept here (the reference).
 PURE_METHODS: dict[str, Any] = {
     name: getattr(ZeroCopyTransport, name)
     for name in ("write", "write_zc", "writelines", "is_closing", "_resolve_range", "_drain_errqueue")
