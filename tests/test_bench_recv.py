@@ -33,7 +33,7 @@ def test_every_row_runs_and_only_zerocopy_receive_maps() -> None:
         assert row["cpu_ms_per_gb"] > 0 and row["gbps"] > 0, row
         # Every read counted: a read returns at most a chunk (a zero-copy receive step maps
         # several regions) and, on this stream, more than a small segment.
-        fewest = 1 if receiver == "zero-copy receive" else 1e9 / (256 * 1024)
+        fewest = 1 if receiver == "zero-copy receive" else 0.99 * 1e9 / (256 * 1024)  # every read full: equal
         assert fewest <= row["reads_per_gb"] < 1e9 / 1500, row
         assert row["tx_ms_per_gb"] > 0 and row["pair_ms_per_gb"] > row["cpu_ms_per_gb"], row
         reused_buffer = receiver.startswith("recv_into") and not receiver.endswith("bytes()")
