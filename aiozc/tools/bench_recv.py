@@ -23,6 +23,10 @@ own CPU time (user + system) after a warm-up and reports it per 1e9 bytes. Recei
   for both), on asyncio's default loop and on uvloop: what a ``Protocol`` user pays, event loop
   included. aiozc's transport receives into a page-aligned buffer and gives ``bytes`` copies.
 
+The ``Protocol`` rows' aiozc/stock comparison is paired, round by round, with a target line
+(:mod:`aiozc.tools.bench_recv_pairs` says why: over loopback part of the receiver's system time
+is the sender's transmit path, run in the receiver's softirq).
+
 Senders: ``plain`` (``send``) and ``MSG_ZEROCOPY`` (over loopback the kernel copies the pages
 into fresh order-0 pages, which is what makes them mappable). No receiver touches the data
 after the kernel put it in place, so the rows compare what receiving costs, nothing else.
