@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from aiozc._sys import mmsg as _mmsg
+from aiozc._sys import core as _core, mmsg as _mmsg
 from aiozc.base import TransportClosedError
 from aiozc.completions import Completion
 from aiozc.datagram import MAX_UDP4_PAYLOAD, ZeroCopyDatagramTransport, create_datagram_endpoint
@@ -264,6 +264,10 @@ async def test_icmp_errors_during_a_batch() -> None:
 
 # engine="auto" picks io_uring for coalesce_zc where it works: both engines are covered.
 COALESCE_ENGINES = ["msg_zerocopy"] + (["io_uring"] if uring_unavailable_reason() is None else [])
+# The engines whose coalesce_zc goes through a Coalescer: on io_uring with the compiled core
+# the per-call ring path sends instead (coalescing._co_setup; test below).
+COALESCER_ENGINES = ["msg_zerocopy"] + (
+    ["io_uring"] if uring_unavailable_reason() is None and not _core.compiled else [])
 
 
 async def coalescing_pair(**options: Any) -> tuple[Any, Recorder, ZeroCopyDatagramTransport, Recorder]:
@@ -274,7 +278,7 @@ async def coalescing_pair(**options: Any) -> tuple[Any, Recorder, ZeroCopyDatagr
     return rt, rp, t, p  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("engine", COALESCE_ENGINES)
+@pytest.mark.parametrize("engine", COALESCER_ENGINES)
 async def test_coalesced_sendto_zc_is_sent_at_the_end_of_the_iteration_in_call_order(engine: str) -> None:
     rt, rp, t, p = await coalescing_pair(engine=engine)
     futures = []
@@ -301,7 +305,7 @@ async def test_coalesced_sendto_zc_is_sent_at_the_end_of_the_iteration_in_call_o
     await finish(rt, t, p)
 
 
-@pytest.mark.parametrize("engine", COALESCE_ENGINES)
+@pytest.mark.parametrize("engine", COALESCER_ENGINES)
 async def test_coalesced_datagrams_wait_for_the_loop(engine: str) -> None:
     rt, rp, t, p = await coalescing_pair(engine=engine)
     futures = [t.sendto_zc(payload(i, BIG)) for i in range(3)]
@@ -315,7 +319,7 @@ async def test_coalesced_datagrams_wait_for_the_loop(engine: str) -> None:
     await finish(rt, t, p)
 
 
-@pytest.mark.parametrize("engine", COALESCE_ENGINES)
+@pytest.mark.parametrize("engine", COALESCER_ENGINES)
 async def test_coalesced_flush_at_1024_datagrams(engine: str) -> None:
     rt, rp, t, p = await coalescing_pair(engine=engine)
     n = _mmsg.MAX_BATCH + 10
@@ -323,6 +327,32 @@ async def test_coalesced_flush_at_1024_datagrams(engine: str) -> None:
     assert len(t._co) == 10  # the first 1024 went in one call
     await asyncio.wait_for(asyncio.gather(*futures), 5)
     assert await rp.wait_for(n) == [i.to_bytes(4, "big") for i in range(n)]
+    await finish(rt, t, p)
+
+
+@pytest.mark.skipif(uring_unavailable_reason() is not None or not _core.compiled,
+                    reason="io_uring unavailable or the compiled core not in use")
+async def test_coalesced_on_io_uring_is_the_per_call_ring_path() -> None:
+    from aiozc.engines.io_uring import LoopRing
+
+    rt, rp, t, p = await coalescing_pair(engine="io_uring")
+    assert t._co is None and t._hot_zc is not None and t._engine.hot_bound
+    ring = LoopRing.existing(asyncio.get_running_loop())
+    assert ring is not None
+    submits = ring.submits
+    expected = [payload(i, BIG) for i in range(200)]
+    futures = []
+    for i, data in enumerate(expected):
+        if i % 50 == 49:
+            t.sendto(data)  # a copy goes after the SEND_ZCs queued before it
+        else:
+            futures.append(t.sendto_zc(bytearray(data)))
+    # the SQEs went together: every 64th datagram and before each copy, not one by one
+    assert ring.submits - submits <= 200 // 64 + 4
+    done = await asyncio.wait_for(asyncio.gather(*futures), 5)
+    assert [c.nbytes for c in done] == [BIG] * len(futures)
+    assert await rp.wait_for(len(expected)) == expected
+    assert t._tracker.unexpected_ids == 0 and t._tracker.pending_writes == 0
     await finish(rt, t, p)
 
 
@@ -335,7 +365,8 @@ async def test_coalesced_errors_are_raised_at_the_call(engine: str) -> None:
         t.sendto_zc("text")
     with pytest.raises(ValueError):
         t.sendto_zc(memoryview(bytearray(10))[::2])
-    assert not t._co
+    assert not t._co  # (None on the per-call ring path)
+    assert t.stats.zc_sends + t.stats.copy_sends == 0
     t.close()
     with pytest.raises(TransportClosedError):
         t.sendto_zc(b"late")

@@ -174,7 +174,9 @@ async def create_datagram_endpoint(
 
     ``coalesce_zc=True``: sendto_zc() on the connected socket only queues the datagram; one
     sendmmsg per event-loop iteration sends all of them (see
-    ``ZeroCopyDatagramTransport._sendto_zc_coalesced`` for what that changes). Measured on the
+    ``ZeroCopyDatagramTransport._sendto_zc_coalesced`` for what that changes; on the io_uring
+    engine with the compiled core the per-call path, whose SEND_ZCs already go together, see
+    coalescing._co_setup). Measured on the
     ifb sink at 64000 B: ~4.1 us of CPU per datagram instead of ~5.7 (stock asyncio ~6.6)."""
     transport_options.setdefault("zc_threshold", UDP_ZC_THRESHOLD)
     transport_options.setdefault("errqueue_drain_every", UDP_ERRQUEUE_DRAIN_EVERY)

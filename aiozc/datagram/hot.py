@@ -177,6 +177,10 @@ class _HotPathMixin(_DatagramHost):
         self._hot_bind(d)
         tracker._pop_token = self._hot_fns["pop"]  # the futures sendto_zc() made are held in C
         self._hot_send = self._hot_fns["sendto"]
+        if self._engine.__class__ is IoUringEngine:
+            # coalesce_zc on io_uring: this path, whose SQEs already go together (see
+            # coalescing._co_setup); the Coalescer is MSG_ZEROCOPY's.
+            self._coalesce = False
         self._hot_zc = None if self._coalesce else self._hot_fns["sendto_zc"]
         old = self.stats
         self.stats = CoreStats(d, tracker._t, engine=old.engine, state=old.state, reason=old.reason)
