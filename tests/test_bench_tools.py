@@ -69,6 +69,26 @@ def test_callgrind_dumps_are_parsed_by_their_trigger(tmp_path: Path) -> None:
     assert once == 0.0
 
 
+def test_measured_runs_start_from_a_frozen_heap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full collection of the start-up heap must not land in one measured run only: the
+    small and the large run see it frozen (bench_instructions._settle_heap)."""
+    import gc
+    import types
+
+    calls = []
+    lib = types.SimpleNamespace(cref_cg_start=lambda: None, cref_cg_zero=lambda: None,
+                                cref_cg_dump=lambda label: None)
+    monkeypatch.setattr(cref, "callgrind_markers", lambda: (types.SimpleNamespace(lib=lib), None))
+    monkeypatch.setattr(bench_instructions, "_run_once",
+                        lambda spec, count, pool: calls.append((count, gc.get_freeze_count())) or {})
+    try:
+        bench_instructions.child_main({"family": "udp", "loop": "asyncio", "warmup": 1, "calls": 2})
+    finally:
+        gc.unfreeze()
+    assert [count for count, _ in calls] == [1, 2, 6]
+    assert all(frozen > 0 for _, frozen in calls[1:]), calls
+
+
 def _valgrind_or_skip() -> None:
     reason = bench_instructions.valgrind_missing()
     if reason is not None:
