@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import statistics
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 from dataclasses import dataclass
 
 from .benchkit import LOOPS
@@ -126,5 +127,8 @@ def ksoftirqd_ms() -> float:
     return total * 1000.0 / tick
 
 
-def by_round(samples: dict[tuple[str, str], list[object]], value: Callable[[object], float]) -> dict[tuple[str, str], list[float]]:
+_Sample = TypeVar("_Sample")
+
+
+def by_round(samples: dict[tuple[str, str], list[_Sample]], value: Callable[[_Sample], float]) -> dict[tuple[str, str], list[float]]:
     return {key: [value(s) for s in runs] for key, runs in samples.items()}
