@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from aiozc._sys import core
 from aiozc.tools import bench_tcp, benchkit_machine, benchkit_stats
 
 
@@ -129,6 +130,7 @@ def test_a_short_real_run_reports_every_arm_its_pairs_and_the_method(capsys: pyt
     assert {"other_pct", "steal_pct", "load_average_at_start"} <= set(result["machine"])
     out = capsys.readouterr().out
     assert "Paired ratio, per round" in out and "A/A" in out and "while measuring" in out
+    assert f"aiozc core: {core.path_in_use()}" in out  # compiled or pure, and why
     assert os.sched_getaffinity(0) == allowed  # pinned while measuring, given back after
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import aiozc
+from aiozc._sys import core
 
 from . import benchkit_machine
 from .benchkit import FlowControlledSender, pin_to_cpu, run_on
@@ -336,6 +337,7 @@ def _run_loopback(args: argparse.Namespace) -> dict[str, Any]:
     )
     result["machine"] = {"cpus": len(cpus), "load_average_at_start": load_avg,
                          **benchkit_machine.load_between(before, after)}
+    result["aiozc_core"] = core.path_in_use()  # a stale build runs pure Python: other numbers
     print_table(result)
     return result
 
@@ -449,6 +451,8 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"{where}, {result['bytes_per_run'] / (1 << 30):.2f} GiB per run")
     if "method" in result:
         print(result["method"])
+    if "aiozc_core" in result:
+        print(f"aiozc core: {result['aiozc_core']}")
     if "machine" in result:
         m = result["machine"]
         print(
