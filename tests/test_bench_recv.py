@@ -76,3 +76,16 @@ def test_bench_tensors_reports_receiver_cpu_for_the_aligned_variants() -> None:
         assert row["gbps"] > 0 and row["receiver_cpu_ms_per_gb"] > 0, row
     # The variants are aiozc's own receive side: ratios still compare aiozc with other peers.
     assert result["ratios"]["1 MiB"]["best_peer"] == "multiprocessing.connection"
+
+
+def test_a_killed_runs_namespace_is_reaped() -> None:
+    require_netns()
+    from aiozc.tools.netns import _ip, list_namespaces, reap_stale_namespaces
+
+    stale = bench_recv.namespace_name(4194304)  # above pid_max's hard limit: never a live pid
+    _ip("netns", "add", stale)
+    try:
+        reap_stale_namespaces()
+        assert stale not in list_namespaces()
+    finally:
+        _ip("netns", "del", stale, check=False)

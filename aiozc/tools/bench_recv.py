@@ -329,6 +329,12 @@ def _drain(sock: socket.socket, *, wait: bool) -> None:
 # running rows
 
 
+def namespace_name(pid: int) -> str:
+    """``aiozc-probe-PID-recv``: the PID right after the prefix, where reap_stale_namespaces
+    looks for it (``aiozc-probe-recv-PID`` was never reaped after a killed run)."""
+    return f"aiozc-probe-{pid}-recv"
+
+
 @contextmanager
 def _network() -> Iterator[tuple[Callable[[], socket.socket], str]]:
     """Socket factory in a netns with lo MTU 61492, or the host's lo if that cannot be had."""
@@ -338,7 +344,7 @@ def _network() -> Iterator[tuple[Callable[[], socket.socket], str]]:
     if reason is not None:
         yield (lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)), f"host lo (no netns: {reason})"
         return
-    ns = NetNamespace(f"aiozc-probe-recv-{os.getpid()}").create()
+    ns = NetNamespace(namespace_name(os.getpid())).create()
     try:
         ns.ip("link", "set", "lo", "mtu", str(MTU))
         yield (lambda: ns.socket(socket.AF_INET, socket.SOCK_STREAM)), f"netns lo, MTU {MTU}"
