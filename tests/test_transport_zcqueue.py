@@ -14,35 +14,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-import types
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import aiozc.transport as transport_module
 from tcp_helpers import Pair, connect_pair
+from test_transport_cmethods import COMPILED, path, use_path  # noqa: F401  (path: the fixture)
 
-COMPILED = bool(transport_module.COMPILED_METHODS)
 # Every eligible send zero-copy: loopback reports each copied, the policy never falls back.
 EVERY_ZC: dict[str, Any] = {"fallback_after": 1 << 62, "probe_first": False}
 SIZES = (1, 700, 16 * 1024 - 1, 16 * 1024, 64 * 1024, 200 * 1024)
 # Stats that depend on when the kernel merged notifications or when the loop read them.
 TIMING_STATS = {"core", "notifications", "errqueue_reads", "extra"}
 
-
-@pytest.fixture(params=["compiled", "pure"])
-def path(request: pytest.FixtureRequest) -> str:
-    if request.param == "compiled" and not COMPILED:
-        pytest.skip("the compiled core is not in use")
-    return str(request.param)
-
-
-def use_path(pair: Pair, path: str) -> None:
-    """The pure path: the Python methods bound on the instance (found before the class's)."""
-    if path == "pure":
-        for name, method in transport_module.PURE_METHODS.items():
-            setattr(pair.transport, name, types.MethodType(method, pair.transport))
 
 
 async def zc_pair(path: str, **options: Any) -> Pair:
