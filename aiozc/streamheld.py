@@ -5,8 +5,9 @@ A held write (write_zc(), or an immutable ``bytes`` from write() at or above the
 stays referenced until sent, and until the kernel released it if it went zero-copy. With the
 compiled core, the common case of a new held write that the policy wants zero-copy runs in C
 (aiozc/_sys/_core_tcpzc.c): these methods are the reference it follows and the places it
-returns to (``_send_held_now``, ``_zc_continue``, ``_resolve_closed``). So do the writes a
-notification finished (``_resolve_range``, base.py's method the reference).
+returns to (``_send_held_now``, ``_zc_continue``, ``_resolve_closed``, and ``_enqueue_held``
+for a write it does not send itself). So do the writes a notification finished
+(``_resolve_range``, base.py's method the reference).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class StreamHeld:
     _tracker: Any
     _direct_max: int
     _zc_in_flight: int
+    _copy_completions: dict[int, Completion]
     stats: Any
 
     if TYPE_CHECKING:  # defined by the transport, its mixins and its base (for mypy only)
@@ -179,7 +181,8 @@ class StreamHeld:
         if future is not None:
             self.stats.copy_writes += 1
             if not future.done():
-                future.set_result(self._copy_completion(nbytes))
+                # (the shared completion looked up here: _copy_completion's frame only for a new size)
+                future.set_result(self._copy_completions.get(nbytes) or self._copy_completion(nbytes))
         return True
 
     def _after_zc_result(self, write: WriteHandle, sent: int) -> None:
