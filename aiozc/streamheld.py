@@ -241,6 +241,7 @@ class StreamHeld:
         asyncio_time = type(loop).time is asyncio.BaseEventLoop.time and "time" not in vars(loop)
         loop_time = None if asyncio_time else loop.time
         options = self._options  # type: ignore[attr-defined]
+        _core.lib.zc_tcp_zc_segment(id(_Segment))  # (-1: _hold stays Python's)
         _core.lib.zc_tcp_zc_bind(
             id(hot), id(tracker), id(tracker._tokens), id(tracker._handles), tracker._t, id(loop_time),
             id(_Held), id(ZeroCopyPolicy), id(ZeroCopyState.ZEROCOPY), id(_completion),

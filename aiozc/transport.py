@@ -478,7 +478,8 @@ C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stat
            # and the queued zero-copy write_zc's (_core_tcpzc.c): what it reads, what it stands for
            "_policy", "_protocol_paused", "_reading", "_eof_received", "_rx_blocked", "_hup",
            "_registered_mask", "_errqueue_quiet", "_zc_since_drain", "_tracker", "_mask", "_update_mask",
-           "_write_zc_queued", "_enqueue_held", "_wants_zerocopy", "_peer_window", "_read_peer_window",
+           "_write_zc_queued", "_enqueue_held", "_hold", "_high_water", "_conn_lost", "_zc_in_flight",
+           "_wants_zerocopy", "_peer_window", "_read_peer_window",
            "_flush", "_send_head", "_track", "_send_zc", "_account_send", "_count_zc_sends",
            "_advance_held", "_close_write", "_after_flush", "_maybe_pause_protocol",
            "get_write_buffer_size", "_queued", "_resolve", "_resolve_closed", "_sock", "_errqueue_ok",

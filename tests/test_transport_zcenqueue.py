@@ -1,6 +1,6 @@
 """write_zc() behind a queue, or while the policy copies: the compiled path (_core_tcpzc.c
 tz_enqueue) makes the view and the future in C and calls _enqueue_held directly, where the pure
-path goes through _write_zc_queued. Both paths (``path``), both loops (conftest): the same
+path goes through _write_zc_queued; behind a queue it does _hold's work itself (tz_hold). Both paths (``path``), both loops (conftest): the same
 futures, data and counters.
 
 Deterministic: the peer reads nothing until ``drain``, so with a small send buffer the writes
@@ -52,12 +52,11 @@ async def test_a_queued_write_zc_skips_the_python_entry(path: str) -> None:
     pair = await full_pair(path)
     t = pair.transport
     try:
-        entered, enqueued = spy(t, "_write_zc_queued"), spy(t, "_enqueue_held")
+        entered, held = spy(t, "_write_zc_queued"), spy(t, "_hold")
         futures = [t.write_zc(bytes([k]) * n) for k, n in enumerate(SIZES)]
         loop = asyncio.get_running_loop()
         assert all(type(f) is asyncio.Future and f.get_loop() is loop and not f.done() for f in futures)
-        assert len(enqueued) == len(SIZES)
-        assert len(entered) == (len(SIZES) if path == "pure" else 0)
+        assert len(entered) == len(held) == (len(SIZES) if path == "pure" else 0)
         total = (4 << 20) + sum(SIZES)
         await settle(pair, total)
         done = await asyncio.wait_for(asyncio.gather(*futures), 30)
@@ -67,14 +66,31 @@ async def test_a_queued_write_zc_skips_the_python_entry(path: str) -> None:
         pair.close()
 
 
-async def test_an_error_in_enqueue_held_reaches_the_caller(path: str) -> None:
+async def test_the_pause_comes_at_the_same_write(path: str) -> None:
+    """_maybe_pause_protocol's rule: the first write that takes the queue above the high-water
+    mark pauses the protocol, once."""
     pair = await full_pair(path)
     t = pair.transport
     try:
-        def refused(view: memoryview, future: Any) -> None:
+        t._high_water = t.get_write_buffer_size() + 100_000
+        seen = []
+        for _ in range(4):
+            t.write_zc(bytes(64 * 1024))
+            seen.append(pair.protocol.events.count("pause"))
+        assert seen == [0, 1, 1, 1]
+    finally:
+        pair.close()
+
+
+async def test_an_error_on_the_way_reaches_the_caller(path: str) -> None:
+    pair = await full_pair(path)
+    t = pair.transport
+    try:
+        def refused() -> None:
             raise RuntimeError("refused")
 
-        t._enqueue_held = refused  # type: ignore[method-assign]
+        t._high_water = 0  # a pause due: _maybe_pause_protocol runs
+        t._maybe_pause_protocol = refused  # type: ignore[method-assign]
         with pytest.raises(RuntimeError, match="refused"):
             t.write_zc(bytes(64 * 1024))
     finally:

@@ -99,6 +99,7 @@ int zc_pins_export(intptr_t into, intptr_t invalid_state);
 int zc_recv_export(intptr_t into);
 int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into);
 int zc_tcp_futures(intptr_t hot, intptr_t loop, intptr_t future_type, intptr_t debug, int64_t loop_offset);
+int zc_tcp_zc_segment(intptr_t segment_type);
 int zc_tcp_zc_bind(intptr_t hot, intptr_t tracker, intptr_t tokens, intptr_t handles, zc_tracker *t,
                    intptr_t loop_time, intptr_t held_type, intptr_t policy_type, intptr_t zerocopy,
                    intptr_t make_completion, intptr_t invalid_state, intptr_t socket_error, intptr_t truncated,
