@@ -470,7 +470,7 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
 # everything else through the Python methods kept here (the reference).
 PURE_METHODS: dict[str, Any] = {
     name: getattr(ZeroCopyTransport, name)
-    for name in ("write", "write_zc", "writelines", "is_closing", "_resolve_range", "_drain_errqueue")
+    for name in ("write", "write_zc", "writelines", "is_closing", "_resolve_range", "_drain_errqueue", "_flush")
 }
 # The state the C methods use: a subclass that redefines one keeps the Python methods.
 C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stats", "_make_future",

@@ -29,7 +29,7 @@
 
 #define TCP_GATHER_MAX 64 /* streamsend._GATHER_MAX */
 
-enum { TCP_WRITE, TCP_WRITE_ZC, TCP_WRITELINES, TCP_IS_CLOSING, TCP_RESOLVE_RANGE, TCP_DRAIN, TCP_NMETHODS };
+enum { TCP_WRITE, TCP_WRITE_ZC, TCP_WRITELINES, TCP_IS_CLOSING, TCP_RESOLVE_RANGE, TCP_DRAIN, TCP_FLUSH, TCP_NMETHODS };
 
 typedef struct {
     PyObject_HEAD
@@ -65,6 +65,9 @@ static char tcpzc_pass;
 static PyObject *tcpzc_write(PyObject *self, tcp_hot *h, PyObject *buf, const char *p, Py_ssize_t n);
 static PyObject *tcp_resolve_range(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 static PyObject *tcp_drain_errqueue(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
+/* The queued copy write and the flush (_core_tcpq.c): TCPZC_PASS for _write_queued. */
+static PyObject *tcpq_write(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_t n);
+static PyObject *tcp_flush(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 
 static PyTypeObject *tcp_hot_type;
 static Py_ssize_t tcp_hot_offset = -1; /* of the transport's `_hot` slot */
@@ -300,7 +303,9 @@ static PyObject *tcp_write(PyObject *self, PyObject *const *args, Py_ssize_t nar
         return tcp_call_pure(TCP_WRITE, self, args, nargs, kwnames);
     data = args[0];
     if (n <= 0 || !tcp_direct(h, n)) {
+        PyObject *q;
         if (PyErr_Occurred()) return NULL;
+        if (n > 0 && (q = tcpq_write(self, h, data, n)) != TCPZC_PASS) return q;
         return tcp_call_method(self, tn_write_queued, &data, 1);
     }
     Py_INCREF(h); /* a callback below may replace the transport's */
@@ -480,6 +485,7 @@ static PyMethodDef tcp_method_defs[TCP_NMETHODS] = {
     {"is_closing", (PyCFunction)(void (*)(void))tcp_is_closing, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_resolve_range", (PyCFunction)(void (*)(void))tcp_resolve_range, METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_drain_errqueue", (PyCFunction)(void (*)(void))tcp_drain_errqueue, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"_flush", (PyCFunction)(void (*)(void))tcp_flush, METH_FASTCALL | METH_KEYWORDS, NULL},
 };
 
 static int tcp_intern(PyObject **slot, const char *name) {
@@ -512,7 +518,8 @@ int zc_tcp_futures(intptr_t hot, intptr_t loop, intptr_t future_type, intptr_t d
 int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into) {
     static const char *signatures[TCP_NMETHODS] = {
         "write($self, data, /)", "write_zc($self, buf, /)", "writelines($self, list_of_data, /)",
-        "is_closing($self, /)", "_resolve_range($self, lo, hi, copied, /)", "_drain_errqueue($self, /)"};
+        "is_closing($self, /)", "_resolve_range($self, lo, hi, copied, /)", "_drain_errqueue($self, /)",
+        "_flush($self, /, head_wanted=False)"};
     PyTypeObject *tp = (PyTypeObject *)type;
     PyObject *descrs[TCP_NMETHODS] = {NULL};
     Py_ssize_t hot_offset;

@@ -1,0 +1,265 @@
+/* The TCP transport's queued copy write in C: write() with something queued ahead, and the
+ * flush of queued segments sent by copy (aiozc/transport.py, streamheld.py are the reference).
+ *
+ * Against a receiver slower than the sender (bench instructions' "paced" cases) most writes
+ * find the queue non-empty and every queued byte leaves through _flush. In Python a queued
+ * 64 KiB write() was ~12 frames (_write_queued, _drop_if_lost, _immutable, _zc_possible,
+ * byte_view, _enqueue_held, _hold, _Segment, _update_mask, _mask, _maybe_pause_protocol,
+ * get_write_buffer_size) and each flushed segment ~7 more (_send_head, _send_copy, the
+ * counters' property setters, _advance_held): ~21k user instructions per write on uvloop
+ * against uvloop's own ~5.2k (callgrind).
+ *
+ * tcpq_write: an immutable write (exact bytes, or a memoryview of exact bytes) at or above
+ * the threshold while the direct path is open (so neither closing nor closed nor after
+ * write_eof: _drop_if_lost and the eof check hold) and the policy not disabled: the view
+ * made here and tz_hold's _hold (_core_tcpzc.c); anything else is _write_queued's.
+ *
+ * tcpq_flush: _flush() with the head segment a plain _Segment sent by copy (our own
+ * bytearray, or a held write the policy would copy: no tracker record, below _direct_max)
+ * done here, in the same order on the same state; any other head through the Python
+ * _send_head, then _after_flush (Python: once per flush, not per segment). */
+
+static struct {
+    PyObject *zc_in_flight, *queued, *send_head, *after_flush, *popleft, *release, *done, *policy, *state,
+        *head_wanted;
+    PyObject *disabled; /* ZeroCopyState.DISABLED, or NULL: not known yet */
+    int ready;
+} tq;
+
+static int tq_init(void) {
+    if (tq.ready) return 0;
+    if (tcp_intern(&tq.zc_in_flight, "_zc_in_flight") || tcp_intern(&tq.queued, "_queued") ||
+        tcp_intern(&tq.send_head, "_send_head") || tcp_intern(&tq.after_flush, "_after_flush") ||
+        tcp_intern(&tq.popleft, "popleft") || tcp_intern(&tq.release, "release") || tcp_intern(&tq.done, "done") ||
+        tcp_intern(&tq.policy, "_policy") || tcp_intern(&tq.state, "state") ||
+        tcp_intern(&tq.head_wanted, "head_wanted"))
+        return -1;
+    tq.ready = 1;
+    return 0;
+}
+
+/* _immutable(data): an exact bytes, or a memoryview whose object is an exact bytes. */
+static int tq_immutable(PyObject *data) {
+    if (PyBytes_CheckExact(data)) return 1;
+    return Py_TYPE(data) == &PyMemoryView_Type && ((PyMemoryViewObject *)data)->view.obj &&
+           PyBytes_CheckExact(((PyMemoryViewObject *)data)->view.obj);
+}
+
+/* _zc_possible(): 1 the policy's state is not DISABLED, 0 it is or it is not known here
+ * (Python's path), -1 with an exception. */
+static int tq_zc_possible(PyObject *self) {
+    PyObject *dict, *policy, *pdict, *state;
+    int ok = 0;
+    if (!tz.policy_type || !tz.zerocopy) return 0;
+    if (!tq.disabled) {
+        PyObject *d = PyObject_GetAttrString((PyObject *)Py_TYPE(tz.zerocopy), "DISABLED");
+        if (!d) return -1;
+        tq.disabled = d; /* (kept: a member of the enum, alive as long as the class) */
+    }
+    if (!(dict = PyObject_GenericGetDict(self, NULL))) return -1;
+    policy = PyDict_GetItemWithError(dict, tq.policy);
+    if (policy && Py_TYPE(policy) == tz.policy_type) {
+        if (!(pdict = PyObject_GenericGetDict(policy, NULL))) {
+            Py_DECREF(dict);
+            return -1;
+        }
+        state = PyDict_GetItemWithError(pdict, tq.state);
+        ok = state && Py_TYPE(state) == Py_TYPE(tq.disabled) && state != tq.disabled;
+        Py_DECREF(pdict);
+    }
+    Py_DECREF(dict);
+    return ok ? 1 : PyErr_Occurred() ? -1 : 0;
+}
+
+/* write(data) with something queued ahead (or due to the policy): TCPZC_PASS for
+ * _write_queued's path, else None / NULL with an exception. */
+static PyObject *tcpq_write(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_t n) {
+    PyObject *view, *args[2];
+    int r;
+    if (!h->zc_t || !tz.segment_type || !tz.reading || h->direct_max <= 0 || n < h->zc_threshold ||
+        !tq_immutable(data) || tq_init() < 0)
+        return PyErr_Occurred() ? NULL : TCPZC_PASS;
+    if ((r = tq_zc_possible(self)) <= 0) return r < 0 ? NULL : TCPZC_PASS;
+    if (!(view = tz_byte_view(data, n))) return PyErr_Occurred() ? NULL : TCPZC_PASS;
+    Py_INCREF(h);
+    r = tz_hold(self, h, view, Py_None, n);
+    if (r == 0) {
+        args[0] = view;
+        args[1] = Py_None;
+        r = tz_call(self, tz.enqueue_held, args, 2);
+    }
+    Py_DECREF(view);
+    Py_DECREF(h);
+    if (r < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* self._queued -= sent: 0, 1 not an exact int (cannot happen: Python's _flush would fail the
+ * same way, so this raises TypeError as `int -= int` would not), -1 with an exception. */
+static int tq_queued_sub(PyObject *self, Py_ssize_t sent) {
+    PyObject *dict, *v;
+    long long queued;
+    int r;
+    if (!(dict = PyObject_GenericGetDict(self, NULL))) return -1;
+    if ((r = tz_int(dict, tq.queued, &queued)) == 0) {
+        r = (v = PyLong_FromLongLong(queued - sent)) ? PyDict_SetItem(dict, tq.queued, v) : -1;
+        Py_XDECREF(v);
+    } else if (r > 0) {
+        PyErr_SetString(PyExc_TypeError, "aiozc: _queued is not an int");
+        r = -1;
+    }
+    Py_DECREF(dict);
+    return r;
+}
+
+static int tq_popleft(PyObject *queue) {
+    PyObject *r = PyObject_CallMethodNoArgs(queue, tq.popleft);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+#define TQ_SLOT(seg, off) (*(PyObject **)((char *)(seg) + (off)))
+
+/* A held head segment sent whole: _advance_held's end for one with no tracker record. */
+static int tq_held_done(PyObject *self, tcp_hot *h, PyObject *seg, Py_ssize_t nbytes) {
+    PyObject *view = TQ_SLOT(seg, tz.seg_data), *future = TQ_SLOT(seg, tz.seg_future), *r, *c;
+    int done;
+    Py_INCREF(seg); /* the popleft drops the queue's reference */
+    if (tq_popleft(h->queue) < 0) goto fail;
+    if (!(r = PyObject_CallMethodNoArgs(view, tq.release))) goto fail;
+    Py_DECREF(r);
+    if (future != Py_None) {
+        h->copy_writes += 1;
+        if (!(r = PyObject_CallMethodNoArgs(future, tq.done))) goto fail;
+        done = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (done < 0) goto fail;
+        if (!done) {
+            if (!(c = tcp_copy_completion(self, h, nbytes))) goto fail;
+            r = tcp_set_result(h, future, c);
+            Py_DECREF(c);
+            if (!r) goto fail;
+            Py_DECREF(r);
+        }
+    }
+    Py_DECREF(seg);
+    return 0;
+fail:
+    Py_DECREF(seg);
+    return -1;
+}
+
+enum { TQ_NEXT, TQ_STOP, TQ_PYTHON, TQ_FAILED }; /* what tq_send_head did */
+
+/* _send_head() of a plain head segment sent by copy: TQ_NEXT (sent whole, popped),
+ * TQ_STOP (the socket took part of it or none), TQ_PYTHON (not this case: the Python method),
+ * TQ_FAILED (the send error went to _fatal_error: _flush returns), -1 with an exception. */
+static int tq_send_head(PyObject *self, tcp_hot *h, PyObject *seg) {
+    PyObject *data = TQ_SLOT(seg, tz.seg_data), *held = TQ_SLOT(seg, tz.seg_held),
+             *offset = TQ_SLOT(seg, tz.seg_offset), *write = TQ_SLOT(seg, tz.seg_write),
+             *future = TQ_SLOT(seg, tz.seg_future), *v;
+    struct iovec iov;
+    Py_ssize_t sent, off, len;
+    if (!data || !held || !offset || !write || !future) return TQ_PYTHON;
+    if (held == Py_False && PyByteArray_CheckExact(data)) {
+        /* our own bytearray: _send_copy(data), del data[:sent], _queued -= sent */
+        iov.iov_base = PyByteArray_AS_STRING(data);
+        iov.iov_len = (size_t)PyByteArray_GET_SIZE(data);
+        if ((sent = tcp_send(h->fd, &iov, 1)) < 0) return tcp_fatal(self) < 0 ? -1 : TQ_FAILED;
+        if (sent && tcp_count_sent(self, h, sent) < 0) return -1;
+        Py_INCREF(data);
+        if (PySequence_DelSlice(data, 0, sent) < 0 || tq_queued_sub(self, sent) < 0) {
+            Py_DECREF(data);
+            return -1;
+        }
+        len = PyByteArray_GET_SIZE(data);
+        Py_DECREF(data);
+        if (len) return TQ_STOP;
+        return tq_popleft(h->queue) < 0 ? -1 : TQ_NEXT;
+    }
+    /* a held write with no tracker record that the policy would copy (below _direct_max) */
+    if (held != Py_True || write != Py_None || Py_TYPE(data) != &PyMemoryView_Type || !PyLong_CheckExact(offset))
+        return TQ_PYTHON;
+    len = PyObject_Length(data);
+    if (len < 0) return -1;
+    if (len >= h->direct_max || ((PyMemoryViewObject *)data)->view.len != len) return TQ_PYTHON;
+    off = PyLong_AsSsize_t(offset);
+    if (off == -1 && PyErr_Occurred()) return -1;
+    if (off < 0 || off > len) return TQ_PYTHON;
+    (void)future;
+    iov.iov_base = (char *)((PyMemoryViewObject *)data)->view.buf + off;
+    iov.iov_len = (size_t)(len - off);
+    if ((sent = tcp_send(h->fd, &iov, 1)) < 0) return tcp_fatal(self) < 0 ? -1 : TQ_FAILED;
+    if (sent == 0 && len > off) return TQ_STOP; /* EAGAIN: Python's BlockingIOError */
+    Py_INCREF(seg);
+    if (sent && tcp_count_sent(self, h, sent) < 0) goto fail;
+    /* _advance_held(seg, sent) */
+    if (!(v = PyLong_FromSsize_t(off + sent))) goto fail;
+    Py_SETREF(TQ_SLOT(seg, tz.seg_offset), v);
+    if (tq_queued_sub(self, sent) < 0) goto fail;
+    if (off + sent < len) {
+        Py_DECREF(seg);
+        return TQ_STOP;
+    }
+    if (tq_held_done(self, h, seg, len) < 0) goto fail;
+    Py_DECREF(seg);
+    return TQ_NEXT;
+fail:
+    Py_DECREF(seg);
+    return -1;
+}
+
+/* The Python _send_head()'s outcome as tq_send_head's. */
+static int tq_python_head(PyObject *self) {
+    PyObject *r = PyObject_VectorcallMethod(tq.send_head, &self, 1, NULL);
+    int t;
+    if (!r) {
+        if (PyErr_ExceptionMatches(PyExc_BlockingIOError) || PyErr_ExceptionMatches(PyExc_InterruptedError)) {
+            PyErr_Clear();
+            return TQ_STOP;
+        }
+        if (PyErr_ExceptionMatches(PyExc_OSError)) return tcp_fatal(self) < 0 ? -1 : TQ_FAILED;
+        return -1;
+    }
+    t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t < 0 ? -1 : t ? TQ_NEXT : TQ_STOP;
+}
+
+/* transport._flush(head_wanted=False) */
+static PyObject *tcp_flush(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *dict, *seg;
+    tcp_hot *h;
+    long long in_flight;
+    Py_ssize_t size;
+    int r;
+    if (nargs || kwnames || !(h = tcp_hot_of(self)) || !h->queue || !tz.segment_type || tq_init() < 0) {
+        if (PyErr_Occurred()) return NULL;
+        return tcp_call_pure(TCP_FLUSH, self, args, nargs, kwnames);
+    }
+    if (!(dict = PyObject_GenericGetDict(self, NULL))) return NULL;
+    r = tz_int(dict, tq.zc_in_flight, &in_flight);
+    Py_DECREF(dict);
+    if (r < 0) return NULL;
+    if (r > 0) return tcp_call_pure(TCP_FLUSH, self, args, nargs, kwnames);
+    if (in_flight) Py_RETURN_NONE; /* the head segment is being sent; _after_zc_result resumes */
+    Py_INCREF(h); /* a callback below may replace the transport's */
+    for (;;) {
+        if ((size = PyObject_Size(h->queue)) <= 0) {
+            r = size < 0 ? -1 : TQ_STOP;
+            break;
+        }
+        if (!(seg = PySequence_GetItem(h->queue, 0))) {
+            r = -1;
+            break;
+        }
+        r = Py_TYPE(seg) == tz.segment_type ? tq_send_head(self, h, seg) : TQ_PYTHON;
+        Py_DECREF(seg);
+        if (r == TQ_PYTHON) r = tq_python_head(self);
+        if (r != TQ_NEXT) break;
+    }
+    Py_DECREF(h);
+    if (r < 0) return NULL;
+    if (r == TQ_FAILED) Py_RETURN_NONE;
+    return PyObject_VectorcallMethod(tq.after_flush, &self, 1, NULL);
+}
