@@ -465,7 +465,8 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
 
 
 # The compiled core's write(), write_zc(), writelines(), is_closing() (_core_tcp.c, the queued
-# zero-copy write in _core_tcpzc.c), _resolve_range() and _drain_errqueue() (_core_tcpdone.c):
+# zero-copy write in _core_tcpzc.c, the queued copy write in _core_tcpq.c), _flush() (_core_tcpq.c),
+# _resolve_range() and _drain_errqueue() (_core_tcpdone.c):
 # the direct path and the common case of the queued zero-copy write and its completion in C,
 # everything else through the Python methods kept here (the reference).
 PURE_METHODS: dict[str, Any] = {

@@ -512,7 +512,7 @@ int zc_tcp_futures(intptr_t hot, intptr_t loop, intptr_t future_type, intptr_t d
 }
 
 /* Make the C methods of the TCP transport class `type` (whose Python methods are in the dict
- * `pures`: write, write_zc, writelines, is_closing, _resolve_range, _drain_errqueue; and which has the slot `_hot`) and put
+ * `pures`: write, write_zc, writelines, is_closing, _resolve_range, _drain_errqueue, _flush; and which has the slot `_hot`) and put
  * them into the dict `into` by name, with the TcpHot type as "TcpHot". Once per process;
  * 0, or -1 with nothing put. */
 int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into) {
