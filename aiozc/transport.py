@@ -484,7 +484,9 @@ C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stat
            "_flush", "_send_head", "_track", "_send_zc", "_account_send", "_count_zc_sends",
            "_advance_held", "_close_write", "_after_flush", "_maybe_pause_protocol",
            "get_write_buffer_size", "_queued", "_resolve", "_resolve_closed", "_sock", "_errqueue_ok",
-           "on_zerocopy_range", "_on_socket_error_message", "_fatal_error")
+           "on_zerocopy_range", "_on_socket_error_message", "_fatal_error",
+           # and the queued copy write's and _flush's (_core_tcpq.c)
+           "_write_queued", "_zc_possible", "_drop_if_lost", "_send_copy", "_write_ready")
 # Transport attributes that live in the TcpHot with the compiled core (its field names).
 _HOT_FIELDS = {"_direct_max": "direct_max", "_plain_sent": "plain_sent", "_plain_budget": "plain_budget",
                "_zc_since_drain": "zc_since_drain", "_errqueue_quiet": "errqueue_quiet",
