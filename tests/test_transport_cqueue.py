@@ -121,12 +121,12 @@ def test_random_queued_writes_agree_with_the_python_path(loop_name: str, ops: li
 
 
 async def test_the_compiled_path_queues_and_flushes_in_c(path: str) -> None:
-    """A paced sequence does go through the C path: no Python _write_queued, _hold or
-    _send_head for plain held writes; pause_writing and resume_writing still come."""
+    """A paced sequence does go through the C path: no Python _queue_rest, _write_queued,
+    _hold or _send_head for plain held writes; pause_writing and resume_writing still come."""
     pair = await paced_pair(path)
     t = pair.transport
     calls: list[str] = []
-    for name in ("_write_queued", "_hold", "_send_head"):
+    for name in ("_queue_rest", "_write_queued", "_hold", "_send_head"):
         real = getattr(t, name)
 
         def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
@@ -146,7 +146,7 @@ async def test_the_compiled_path_queues_and_flushes_in_c(path: str) -> None:
         await asyncio.wait_for(pair.read_all(16 * len(payload)), 30)
         assert bytes(pair.received) == payload * 16
         if path == "pure":
-            assert {"_write_queued", "_hold", "_send_head"} <= set(calls)
+            assert {"_queue_rest", "_write_queued", "_hold", "_send_head"} <= set(calls)
         else:
             assert calls == []
     finally:

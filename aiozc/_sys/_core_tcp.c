@@ -67,6 +67,7 @@ static PyObject *tcp_resolve_range(PyObject *self, PyObject *const *args, Py_ssi
 static PyObject *tcp_drain_errqueue(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 /* The queued copy write and the flush (_core_tcpq.c): TCPZC_PASS for _write_queued. */
 static PyObject *tcpq_write(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_t n);
+static int tcpq_queue_rest(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_t n, Py_ssize_t sent);
 static PyObject *tcp_flush(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 
 static PyTypeObject *tcp_hot_type;
@@ -312,7 +313,8 @@ static PyObject *tcp_write(PyObject *self, PyObject *const *args, Py_ssize_t nar
     iov.iov_base = (void *)p;
     iov.iov_len = (size_t)n;
     r = tcp_send_direct(self, h, &iov, 1, n, &sent);
-    if (r == TCP_SENT_PART) r = tcp_call_rest(self, tn_queue_rest, data, n, sent);
+    if (r == TCP_SENT_PART && (r = tcpq_queue_rest(self, h, data, n, sent)) == 0)
+        r = tcp_call_rest(self, tn_queue_rest, data, n, sent);
     Py_DECREF(h);
     if (r < 0) return NULL;
     Py_RETURN_NONE;
