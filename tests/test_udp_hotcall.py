@@ -232,6 +232,42 @@ async def test_compiled_methods_take_every_form_of_call() -> None:
         rx.close()
 
 
+@needs_core
+async def test_subclasses_get_c_methods_of_their_own() -> None:
+    # CPython 3.11 calls a C method the fast way only on an instance of the exact class its
+    # descriptor names: each subclass that inherits the C method gets one naming it.
+    from aiozc.datagram import ZeroCopyDatagramTransport
+    from aiozc.datagram.endpoint import SelectorLoopDatagramTransport, UVLoopDatagramTransport
+
+    for cls in (SelectorLoopDatagramTransport, UVLoopDatagramTransport):
+        for name in ("sendto_zc", "sendto"):
+            method = cls.__dict__[name]
+            assert type(method).__name__ == "method_descriptor"
+            assert method.__objclass__ is cls
+            assert method.__doc__ == ZeroCopyDatagramTransport.__dict__[name].__doc__
+
+    class Own(SelectorLoopDatagramTransport):
+        def sendto_zc(self, buf: Any, addr: Any = None) -> Any:
+            return "own"
+
+    class Below(Own):
+        pass
+
+    assert Own.__dict__["sendto_zc"].__class__.__name__ == "function"
+    assert Own.__dict__["sendto"].__objclass__ is Own
+    assert "sendto_zc" not in Below.__dict__  # inherits the Python override, not the C method
+    assert Below.__dict__["sendto"].__objclass__ is Below
+    tx, rx, sink = await _pair()
+    try:
+        assert type(tx).__dict__["sendto_zc"].__objclass__ is type(tx)
+        sink.expect = 1
+        assert (await asyncio.wait_for(tx.sendto_zc(b"a" * 100), 10)).nbytes == 100
+        await asyncio.wait_for(sink.arrived.wait(), 10)
+    finally:
+        tx.close()
+        rx.close()
+
+
 # ------------------------------------------------------------------------------------------
 # The drain results the compiled sendto_zc handles itself (_core_pymeth.c quick_pause /
 # quick_resolved): what the Python methods would have done, and the Python methods wherever

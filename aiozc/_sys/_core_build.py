@@ -95,6 +95,7 @@ int zc_dgram_bind(zc_dgram *d, intptr_t owner, intptr_t tokens, intptr_t loop, i
 int64_t zc_future_loop_offset(intptr_t future_type, intptr_t probe);
 int zc_dgram_methods(intptr_t type, intptr_t pure_zc, intptr_t pure_sendto, intptr_t policy_type,
                      intptr_t zerocopy, intptr_t into);
+int zc_dgram_methods_on(intptr_t type, intptr_t into);
 int zc_pins_export(intptr_t into, intptr_t invalid_state);
 int zc_recv_export(intptr_t into);
 int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into);

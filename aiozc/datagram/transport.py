@@ -72,6 +72,11 @@ class ZeroCopyDatagramTransport(
         "_hot_zc", "_hot_send",
     )
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, method in _hot.subclass_methods(cls).items():  # (see hot.subclass_methods)
+            setattr(cls, name, method)
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
