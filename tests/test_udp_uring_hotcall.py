@@ -157,3 +157,50 @@ async def test_copies_and_send_zcs_leave_in_call_order() -> None:
     assert out["compiled"] == _core.compiled
     assert out["order"] == list(range(60))
     assert out["copied"] == out["futures"] == 40  # loopback copies: reported, not zero-copy
+
+
+
+async def _bursts(dst: str) -> dict[str, Any]:
+    """Three bursts of 40 sendto_zc() (2.5 drain intervals each, no loop iteration inside a
+    burst, one between them): how often the compiled path asked Python to schedule the loop
+    iteration's submit, and what was left queued after each burst and after its iteration."""
+    from aiozc.datagram import create_datagram_endpoint
+
+    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, engine="io_uring",
+                                                  remote_addr=(dst, 9), errqueue_drain_every=16)
+    engine = transport._engine
+    ring = engine._ring  # the loop's LoopRing
+    asked: list[int] = []
+    schedule = engine.schedule_submit
+    engine.schedule_submit = lambda: (asked.append(ring.queued), schedule())[1]
+    futures, after_burst, after_iteration = [], [], []
+    for _ in range(3):
+        for _ in range(40):
+            futures.append(transport.sendto_zc(b"z" * DATAGRAM))
+        after_burst.append((len(asked), ring.queued))
+        await asyncio.sleep(0)  # the submit it asked for runs
+        after_iteration.append(ring.queued)
+    done = await asyncio.wait_for(asyncio.gather(*futures), 10)
+    out = {"compiled": transport._hot_d is not None and engine.hot_bound, "asked": asked,
+           "after_burst": after_burst, "after_iteration": after_iteration,
+           "zerocopy": sum(c.zerocopy for c in done), "state": transport.stats.state}
+    transport.close()
+    return out
+
+
+def bursts(dst: str, loop: str) -> dict[str, Any]:
+    return run_on(loop, _bursts(dst))
+
+
+@pytest.mark.skipif(not _core.compiled, reason="the compiled core is not in use")
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_burst_asks_python_for_one_submit_per_loop_iteration(sink_ns: SinkNamespace, loop: str) -> None:
+    # The compiled sendto_zc asks Python (DG_F_SUBMIT) to schedule the loop iteration's submit
+    # at its first SQE, and not again until that submit ran: a burst longer than the drain
+    # interval (each drain submits inside the call) used to ask again after every drain.
+    out = sink_ns.call(bursts, sink_ns.sink_addr, loop, timeout=120)
+    assert out["compiled"] and out["state"] == "zerocopy", out
+    assert out["asked"] == [1, 1, 1], out  # (what was queued when it asked: its first SQE)
+    assert out["after_burst"] == [[1, 8], [2, 8], [3, 8]], out  # (JSON: lists)
+    assert out["after_iteration"] == [0, 0, 0], out
+    assert out["zerocopy"] == 120, out

@@ -123,6 +123,7 @@ typedef struct zc_uring {
     int64_t nev, filled, next_ud, next_group;
     int err;
     int64_t submits, submitted, fixed_sends;
+    int submit_asked;
     ...;
 } zc_uring;
 

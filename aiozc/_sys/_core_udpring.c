@@ -24,7 +24,8 @@
  *
  * Submits: every drain_every-th datagram submits, reaps and applies (the MSG_ZEROCOPY path
  * drains every 64th); the first SQE after a submit asks Python (DG_F_SUBMIT) to schedule the
- * loop iteration's submit, as LoopRing.send_zc does, so that a short burst goes too.
+ * loop iteration's submit, as LoopRing.send_zc does, so that a short burst goes too; at most
+ * once until that submit ran (zc_uring.submit_asked, cleared by Python's submit).
  */
 
 /* Mark `d` as having results to apply: one event per transport until it applies them. */
@@ -224,6 +225,13 @@ static int64_t dgram_ring_send(zc_dgram *d, const char *buf, int64_t n, Py_buffe
             if (r->nev) flags |= DG_F_RING;
             if (zc_uring_pending(r)) flags |= DG_F_SUBMIT; /* the kernel left some queued */
         }
+    }
+    /* Asked once per loop iteration: the submit Python scheduled the first time is still to
+     * run (in a burst the loop does not iterate: one Python call per drain cycle saved, ~3.3k
+     * instructions per 64 datagrams, callgrind). */
+    if (flags & DG_F_SUBMIT) {
+        if (r->submit_asked) flags &= ~DG_F_SUBMIT;
+        r->submit_asked = 1;
     }
     if (!d->paused && d->t->pinned > d->high_water) flags |= DG_F_PAUSE;
     return ((int64_t)flags << DG_SLOT_SHIFT) | slot;

@@ -199,6 +199,9 @@ typedef struct zc_uring {
      * datagram: ~0.3k instructions, callgrind), user_data ZU_OWNED_UD | index */
     zu_single *owned;
     int64_t owned_n, owned_cap, owned_free; /* entries used so far, allocated, free list + 1 */
+    /* a compiled send asked Python to schedule the loop iteration's submit (DG_F_SUBMIT) and
+     * that submit has not run yet: Python clears it (CRingIO.submit) */
+    int submit_asked;
 } zc_uring;
 
 zc_uring *zc_uring_new(int fd, uint32_t setup_flags, uint32_t *sq_khead, uint32_t *sq_ktail,

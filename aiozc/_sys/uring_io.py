@@ -417,7 +417,9 @@ class CRingIO:
             raise ValueError(f"at most 64 fixed buffers, got {len(ranges)}")
 
     def submit(self) -> None:
-        ret = self._lib.zc_uring_submit(self._r)
+        r = self._r
+        r.submit_asked = 0  # a compiled send asks for the next loop iteration's submit again
+        ret = self._lib.zc_uring_submit(r)
         if ret < 0:
             raise _enter_error(-ret)
 

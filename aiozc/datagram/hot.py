@@ -240,13 +240,12 @@ class _HotPathMixin(_DatagramHost):
     def _hot_more(self, flags: int) -> None:
         """What a send's result flags ask for besides its own datagram: the drain's findings,
         pause_writing."""
+        if flags & F_SUBMIT:  # the io_uring engine (_core_udpring.c); first: asked only once
+            self._engine.schedule_submit()  # until it ran, whatever the calls below raise
         if flags & (F_RESOLVED | F_MESSAGE | F_FAILED | F_UFAIL):
             self._hot_drained(flags)
-        if flags & (F_RING | F_SUBMIT):  # the io_uring engine (_core_udpring.c)
-            if flags & F_RING:
-                self._engine.reap_waiting()
-            if flags & F_SUBMIT:
-                self._engine.schedule_submit()
+        if flags & F_RING:
+            self._engine.reap_waiting()
         if flags & F_PAUSE:
             self._maybe_pause_protocol()
 
