@@ -297,21 +297,25 @@ class _FlowRecorder(asyncio.DatagramProtocol):
 
 
 async def _flow_control_of_the_window(dst: str, raise_on_pause: bool, subclass: bool,
-                                      streak: bool) -> dict[str, Any]:
+                                      streak: bool, late: bool = False) -> dict[str, Any]:
     from aiozc.datagram import create_datagram_endpoint, endpoint
 
     loop = asyncio.get_running_loop()
     errors: list[str] = []
     loop.set_exception_handler(lambda _loop, ctx: errors.append(f"{ctx['message']}: {ctx.get('exception')!r}"))
     overridden: list[str] = []
-    if subclass:  # a user's subclass that overrides a method the C path stands for
-        base = endpoint.transport_class(loop)
+    base = endpoint.transport_class(loop)
 
-        class Mine(base):  # type: ignore[misc, valid-type]
-            def _maybe_pause_protocol(self) -> None:
-                overridden.append("pause")
-                super()._maybe_pause_protocol()
+    def _maybe_pause_protocol(self: Any) -> None:
+        overridden.append("pause")
+        super(Mine, self)._maybe_pause_protocol()
 
+    class Mine(base):  # type: ignore[misc, valid-type]
+        pass
+
+    if subclass:  # a user's subclass that overrides a method the C path stands for (late:
+        if not late:  # only from the 1000th datagram on, once the C path has run with it)
+            Mine._maybe_pause_protocol = _maybe_pause_protocol  # type: ignore[method-assign]
         endpoint_class = endpoint.transport_class
         endpoint.transport_class = lambda _loop: Mine  # type: ignore[assignment]
     try:
@@ -324,7 +328,11 @@ async def _flow_control_of_the_window(dst: str, raise_on_pause: bool, subclass: 
     buf = bytearray(DATAGRAM)
     window: collections.deque[Any] = collections.deque()
     streaks_after: list[int] = []
+    pauses_before = 0
     for i in range(2000):
+        if late and i == 1000:
+            pauses_before = sum(1 for c in proto.calls if c[0] == "pause")
+            Mine._maybe_pause_protocol = _maybe_pause_protocol  # type: ignore[method-assign]
         if streak and i % 500 == 100:
             transport._policy._copied_streak = 3  # a copied range was seen: the next drain resets it
         window.append(transport.sendto_zc(buf))
@@ -341,15 +349,15 @@ async def _flow_control_of_the_window(dst: str, raise_on_pause: bool, subclass: 
         "paused": transport._protocol_paused,
         "c_paused": bool(transport._hot_d.paused) if transport._hot_d is not None else transport._protocol_paused,
         "compiled": transport._hot_d is not None, "streaks_after": streaks_after,
-        "state": transport.stats.state,
+        "state": transport.stats.state, "pauses_before": pauses_before,
     }
     transport.close()
     return result
 
 
 def flow_control_of_the_window(dst: str, loop: str, raise_on_pause: bool = False,
-                               subclass: bool = False, streak: bool = False) -> dict[str, Any]:
-    return run_on(loop, _flow_control_of_the_window(dst, raise_on_pause, subclass, streak))
+                               subclass: bool = False, streak: bool = False, late: bool = False) -> dict[str, Any]:
+    return run_on(loop, _flow_control_of_the_window(dst, raise_on_pause, subclass, streak, late))
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -386,6 +394,16 @@ def test_a_subclass_override_is_called(sink_ns: SinkNamespace, loop: str) -> Non
     res = sink_ns.call(flow_control_of_the_window, sink_ns.sink_addr, loop, subclass=True)
     pauses = sum(1 for c in res["calls"] if c[0] == "pause")
     assert pauses > 10 and res["overridden"] >= pauses
+
+
+@needs_core
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_override_made_after_the_c_path_ran_is_called(sink_ns: SinkNamespace, loop: str) -> None:
+    # the C path remembers the class it checked: a change to the class must undo that
+    res = sink_ns.call(flow_control_of_the_window, sink_ns.sink_addr, loop, subclass=True, late=True)
+    pauses = sum(1 for c in res["calls"] if c[0] == "pause")
+    assert res["pauses_before"] > 5 and pauses - res["pauses_before"] > 5, res
+    assert res["overridden"] >= pauses - res["pauses_before"], res
 
 
 @needs_core
