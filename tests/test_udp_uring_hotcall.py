@@ -204,3 +204,46 @@ def test_a_burst_asks_python_for_one_submit_per_loop_iteration(sink_ns: SinkName
     assert out["after_burst"] == [[1, 8], [2, 8], [3, 8]], out  # (JSON: lists)
     assert out["after_iteration"] == [0, 0, 0], out
     assert out["zerocopy"] == 120, out
+
+
+async def _finalizers_that_send(dst: str, engine: str) -> dict[str, Any]:
+    """Datagrams in buffers whose last reference is the transport's export, with a finalizer
+    that sends another datagram on the same transport: it runs while the compiled path ends
+    the exports of a resolved drain (and may drain again inside)."""
+    from aiozc.datagram import create_datagram_endpoint
+
+    transport, _ = await create_datagram_endpoint(asyncio.DatagramProtocol, engine=engine,
+                                                  remote_addr=(dst, 9))
+    inner: list[Any] = []
+
+    class Sending(bytearray):
+        def __del__(self) -> None:
+            inner.append(transport.sendto_zc(b"i" * DATAGRAM))
+
+    rx0 = sink_rx_packets()
+    outer = [transport.sendto_zc(memoryview(Sending(DATAGRAM))) for _ in range(300)]
+    done = await asyncio.wait_for(asyncio.gather(*outer), 20)
+    for _ in range(100):
+        if len(inner) == 300:
+            break
+        await asyncio.sleep(0.01)
+    inner_done = await asyncio.wait_for(asyncio.gather(*inner), 20)
+    out = {"compiled": transport._hot_d is not None, "outer": sum(c.zerocopy for c in done),
+           "inner": sum(c.zerocopy for c in inner_done), "pinned": transport.get_write_buffer_size(),
+           "state": transport.stats.state}
+    transport.close()
+    await asyncio.sleep(0.05)
+    out["rx"] = sink_rx_packets() - rx0
+    return out
+
+
+def finalizers_that_send(dst: str, loop: str, engine: str) -> dict[str, Any]:
+    return run_on(loop, _finalizers_that_send(dst, engine))
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("engine", ["io_uring", "msg_zerocopy"])
+def test_a_finalizer_run_by_an_export_ending_may_send(sink_ns: SinkNamespace, loop: str, engine: str) -> None:
+    out = sink_ns.call(finalizers_that_send, sink_ns.sink_addr, loop, engine, timeout=120)
+    assert out == {"compiled": _core.compiled, "outer": 300, "inner": 300, "pinned": 0,
+                   "state": "zerocopy", "rx": 600}, out

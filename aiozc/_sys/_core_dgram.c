@@ -167,18 +167,47 @@ static int hold_token(zc_dgram *d, int64_t slot, PyObject *token) {
     return 0;
 }
 
+/* End the exports of every slot the tracker has trimmed away (all resolved or abandoned). */
+static void release_trimmed(zc_dgram *d) {
+    while (d->nheld && d->hbase < d->hnext && d->hbase < d->t->base) {
+        PyObject *token = take_token(d, d->hbase); /* resolved elsewhere: never, but not kept */
+        release_slot(d, d->hbase);
+        Py_XDECREF(token);
+    }
+}
+
 /* End the exports of the writes the tracker's last call resolved (its out arrays), and of
  * every slot the tracker has trimmed away (all resolved or abandoned). Fields are read again
  * after each release: a finalizer may have sent meanwhile. */
 int64_t zc_dgram_release(zc_dgram *d) {
     int64_t k, before = d->nheld;
     for (k = 0; k < d->t->nout && d->nheld; k++) release_slot(d, d->t->out_slot[k]);
-    while (d->nheld && d->hbase < d->hnext && d->hbase < d->t->base) {
-        PyObject *token = take_token(d, d->hbase); /* resolved elsewhere: never, but not kept */
-        release_slot(d, d->hbase);
-        Py_XDECREF(token);
-    }
+    release_trimmed(d);
     return before - d->nheld;
+}
+
+/* Take what is held for each write of the tracker's out arrays, in one pass: its token
+ * (tokens[k], a new reference, or NULL: none held here) and its export (views[k], ended by
+ * the caller; obj NULL: none). Nothing of those writes is held afterwards, so a finalizer
+ * that a release runs may send (and drain) meanwhile. */
+static void take_out(zc_dgram *d, PyObject **tokens, Py_buffer *views) {
+    int64_t k, n = d->t->nout, mask = d->hcap - 1;
+    for (k = 0; k < n; k++) {
+        int64_t slot = d->t->out_slot[k];
+        zc_held *e;
+        tokens[k] = NULL;
+        views[k].obj = NULL;
+        if (slot < d->hbase || slot >= d->hnext) continue;
+        e = &d->held[slot & mask];
+        tokens[k] = e->token;
+        e->token = NULL;
+        if (e->view.obj) {
+            views[k] = e->view;
+            e->view.obj = NULL;
+            d->nheld--;
+        }
+    }
+    held_trim(d);
 }
 
 void zc_dgram_free(zc_dgram *d) {

@@ -257,23 +257,42 @@ static PyObject *hot_pop(PyObject *self, PyObject *const *args, Py_ssize_t nargs
  * the list of the other tokens (the general path's holders) for Python; sendto() keeps none. */
 static PyObject *hot_resolve(PyObject *self, PyObject *completion) {
     zc_hot *h = hot_of(self);
-    PyObject *others, **tokens, *r;
+    PyObject *others, **tokens, *r, *small_tokens[64];
+    Py_buffer *views, small_views[64];
     int64_t n, k;
     if (!h) return NULL;
     n = h->d->t->nout;
-    /* taken before any export ends: that may run a finalizer that sends, and a send drains */
-    tokens = calloc((size_t)(n ? n : 1), sizeof *tokens);
+    tokens = small_tokens;
+    views = small_views;
+    if (n > 64) {
+        tokens = malloc((size_t)n * sizeof *tokens);
+        views = malloc((size_t)n * sizeof *views);
+    }
     others = PyList_New(0);
-    if (!tokens || !others) {
-        free(tokens);
+    if (!tokens || !views || !others) {
+        if (tokens != small_tokens) free(tokens);
+        if (views != small_views) free(views);
         Py_XDECREF(others);
         return PyErr_NoMemory();
     }
+    /* taken before any export ends: that may run a finalizer that sends, and a send drains */
+    take_out(h->d, tokens, views);
     for (k = 0; k < n; k++) {
-        tokens[k] = pop_token(h, h->d->t->out_slot[k]);
-        if (!tokens[k] && PyErr_Occurred()) goto fail;
+        if (tokens[k] || !PyDict_GET_SIZE(h->tokens)) continue;
+        tokens[k] = pop_token(h, h->d->t->out_slot[k]); /* (its export could not be held) */
+        if (!tokens[k] && PyErr_Occurred()) break;
     }
-    zc_dgram_release(h->d);
+    if (PyErr_Occurred()) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb); /* (no exception set while a release may run code) */
+        for (k = 0; k < n; k++)
+            if (views[k].obj) PyBuffer_Release(&views[k]);
+        PyErr_Restore(type, value, tb);
+        goto fail;
+    }
+    for (k = 0; k < n; k++)
+        if (views[k].obj) PyBuffer_Release(&views[k]);
+    release_trimmed(h->d);
     for (k = 0; k < n; k++) {
         PyObject *token = tokens[k];
         if (!token) continue;
@@ -293,11 +312,13 @@ static PyObject *hot_resolve(PyObject *self, PyObject *completion) {
         }
     }
     for (k = 0; k < n; k++) Py_XDECREF(tokens[k]);
-    free(tokens);
+    if (tokens != small_tokens) free(tokens);
+    if (views != small_views) free(views);
     return others;
 fail:
     for (k = 0; k < n; k++) Py_XDECREF(tokens[k]);
-    free(tokens);
+    if (tokens != small_tokens) free(tokens);
+    if (views != small_views) free(views);
     Py_DECREF(others);
     return NULL;
 }
