@@ -142,7 +142,18 @@ def test_stock_rows_carry_their_aa_lines_and_the_spread_is_benchkit_stats() -> N
     assert "aa" not in by_series["plain (asyncio)"] and "paired" not in by_series["stock (asyncio)"]
     assert "paired" not in by_series["raw sendto"]
     lines = pairs.format_metrics("64000 B stock (uvloop)", by_series["stock (uvloop)"]["aa"])
-    assert len(lines) == 2 and "2 pairs" in lines[0] and "GB/s" in lines[0] and "CPU" in lines[1]
+    assert len(lines) == 3 and "2 pairs" in lines[0] and "GB/s" in lines[0] and "CPU" in lines[1]
+    assert "sys" in lines[2]  # shown, not judged
+
+
+def test_the_kernels_share_is_shown_paired_but_not_judged() -> None:
+    runs = _size_runs(stock=[1.0, 1.0, 1.0], mine=[0.9, 0.9, 0.9])
+    for record in runs["plain (asyncio)"]:
+        record["sys_s"] = 10.0  # 20x stock's: a target judging it would miss
+    rows, targets, _ = _summary(runs)
+    plain = next(r for r in rows if r["series"] == "plain (asyncio)")
+    assert plain["paired"]["sys"]["spread"]["median"] == pytest.approx(0.05)
+    assert all(_plain_targets(targets).values())
 
 
 def test_the_table_prints_the_pairs_the_aa_lines_the_machine_and_the_ranges(capsys: pytest.CaptureFixture[str]) -> None:
