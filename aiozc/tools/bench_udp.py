@@ -390,7 +390,8 @@ METHOD = (
     "  rounds, reversed on odd ones), every loop's stock again (run 2); each case in a fresh interpreter.\n"
     "Paired ratio, per round: the mean of the round's two stock runs on the same loop / the aiozc run,\n"
     "  in seconds (GB/s) and CPU seconds; the targets judge the median over rounds, the range is printed.\n"
-    "  A/A: stock's run 1 / run 2 of a round, the same code: the noise floor. No round is dropped."
+    "  A/A: stock's run 1 / run 2 of a round, the same code: the noise floor. No round is dropped.\n"
+    "Table rows: each case's median run (stock's of its two per round) and ratios of those medians."
 )
 
 
