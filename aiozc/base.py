@@ -203,9 +203,14 @@ class ZeroCopyTransportBase:
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler(
-                {"message": f"protocol.{name}() failed", "exception": exc, "transport": self}
-            )
+            self._protocol_failed(name, exc)
+
+    def _protocol_failed(self, name: str, exc: BaseException) -> None:
+        """protocol.<name>() raised ``exc`` (also called by the compiled TCP path's pause and
+        resume, _core_tcpzc.c tz_call_protocol)."""
+        self._loop.call_exception_handler(
+            {"message": f"protocol.{name}() failed", "exception": exc, "transport": self}
+        )
 
     # -- readiness -------------------------------------------------------------------------
 

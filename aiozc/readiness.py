@@ -141,6 +141,11 @@ class Multiplexer:
     def is_on_loop(self, fd: int) -> bool:
         return fd in self._on_loop
 
+    def writer_may_linger(self, fd: int) -> bool:
+        """Whether ``fd``'s owner may leave EPOLLOUT asked for with nothing to write until the
+        next writable event (see transport._writer_lingers): on uvloop, in its selector."""
+        return self._uvloop and fd in self._on_loop
+
     def modify(self, fd: int, mask: int, *, on_loop: bool = False) -> None:
         """Watch ``fd`` for ``mask`` from now on; ``on_loop`` as for :meth:`register` (a socket
         moves between the loop's selector and the private epoll as its owner says)."""

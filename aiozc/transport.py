@@ -358,6 +358,7 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
         not asked again for that segment's first send (nothing ran in between to change it)."""
         if self._zc_in_flight:
             return  # the head segment is being sent; _after_zc_result resumes
+        drained = bool(self._queue)
         try:
             while self._queue and self._send_head(head_wanted):
                 head_wanted = False
@@ -366,9 +367,11 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
         except OSError as exc:
             self._fatal_error(exc)
             return
-        self._after_flush()
+        self._after_flush(drained)
 
-    def _after_flush(self) -> None:
+    def _after_flush(self, drained: bool = False) -> None:
+        """After sends from the queue. ``drained``: the flush found data queued; if it sent it
+        all, EPOLLOUT may stay asked for (_writer_lingers)."""
         if self._sock is None:
             return
         # resume_writing() before connection_lost(), as asyncio's transports order them.
@@ -380,7 +383,24 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
             if self._closing:
                 self._start_close()
                 return
+            if drained and self._writer_lingers():
+                return
         self._update_mask()
+
+    def _writer_lingers(self) -> bool:
+        """Whether EPOLLOUT, asked for while data was queued, stays asked for now that the
+        queue is empty: on uvloop, for a socket in its selector, until the next writable event
+        (whose _flush finds nothing queued and drops it). A writer the socket's room paces
+        (pause_writing / resume_writing) writes again on resume_writing, which uvloop runs
+        before its next poll; the socket is full again by then, so no writable event comes,
+        and the remove_writer + add_writer pair it would have cost per pause is not made:
+        ~7.5k user instructions in uvloop (a new Handle, _ensure_fd_no_transport) plus ours
+        (callgrind), and 4 epoll_ctl (libuv's uv_poll_start drops the fd and adds it back),
+        against stock uvloop's ~1 per pause (strace). Only on uvloop: asyncio polls before it
+        runs the woken writer, so the lingering EPOLLOUT would be one event more per pause."""
+        mask = self._mask()
+        return (self._registered_mask == mask | EPOLLOUT and self._sock is not None
+                and self._mux.writer_may_linger(self._fd))
 
     def _shutdown_write(self) -> None:
         assert self._sock is not None
@@ -486,7 +506,10 @@ C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stat
            "get_write_buffer_size", "_queued", "_resolve", "_resolve_closed", "_sock", "_errqueue_ok",
            "on_zerocopy_range", "_on_socket_error_message", "_fatal_error",
            # and the queued copy write's and _flush's (_core_tcpq.c)
-           "_write_queued", "_zc_possible", "_drop_if_lost", "_send_copy", "_write_ready")
+           "_write_queued", "_zc_possible", "_drop_if_lost", "_send_copy", "_write_ready",
+           # and what the compiled _flush's end stands for (_core_tcpq.c tq_after_flush)
+           "_maybe_resume_protocol", "_call_protocol", "_protocol_failed", "_writer_lingers", "_mux",
+           "_low_water", "_eof", "_shutdown_write", "_start_close", "_protocol")
 # Transport attributes that live in the TcpHot with the compiled core (its field names).
 _HOT_FIELDS = {"_direct_max": "direct_max", "_plain_sent": "plain_sent", "_plain_budget": "plain_budget",
                "_zc_since_drain": "zc_since_drain", "_errqueue_quiet": "errqueue_quiet",

@@ -57,6 +57,13 @@ typedef struct {
     PyObject *zc_last; /* the Completion _resolve_range made last, of zc_last_key */
     int64_t zc_last_key[4];
     long long zc_threshold, max_pinned, drain_every;
+    /* tz_hold's state as it left it (see there): the instance dict (only compared), its version
+     * and the class's, _queued, _high_water, and whether the protocol is paused or lost */
+    PyObject *hold_dict;
+    uint64_t hold_version;
+    unsigned int hold_type_version;
+    long long hold_queued, hold_high;
+    int hold_quiet;
 } tcp_hot;
 
 /* The queued zero-copy write_zc() (_core_tcpzc.c): a future, or TCPZC_PASS (Python's). */

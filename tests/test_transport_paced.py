@@ -1,0 +1,170 @@
+"""A writer paced by the socket's room (pause_writing / resume_writing against a slow peer):
+what its flushes leave registered, how often they flip EPOLLOUT, and the protocol calls the
+compiled path makes itself (_core_tcpq.c tq_after_flush, _core_tcpzc.c tz_pause), on both
+paths (``path``) and both loops.
+
+Driven by hand as test_transport_cqueue: the peer reads a fixed amount, then the test calls
+_write_ready() as the loop would on EPOLLOUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from aiozc import readiness
+from aiozc.readiness import EPOLLOUT
+from aiozc.streamread import on_uvloop
+from test_transport_cmethods import path  # noqa: F401  (the fixture)
+from test_transport_cqueue import paced_pair, peer_read
+
+PAYLOAD = bytes(range(256)) * 256  # 64 KiB
+
+
+def write_until_paused(pair: Any) -> int:
+    writes = 0
+    while not pair.protocol.events or pair.protocol.events[-1] != "pause":
+        pair.transport.write(PAYLOAD)
+        writes += 1
+        assert writes < 64, "never paused"
+    return writes
+
+
+def drain_by_hand(pair: Any) -> None:
+    t = pair.transport
+    while t.get_write_buffer_size():
+        peer_read(pair, 1 << 20)
+        t._write_ready()
+
+
+async def test_epollout_lingers_on_uvloop_until_the_next_writable_event(path: str) -> None:
+    """uvloop, the socket in its selector: the flush that empties the queue leaves EPOLLOUT
+    asked for; the writable event that follows finds nothing queued and drops it. asyncio
+    drops it at once (it would poll before the woken writer runs: one event more per pause)."""
+    pair = await paced_pair(path)
+    t = pair.transport
+    try:
+        lingers = on_uvloop(t._loop)
+        assert t._mux.is_on_loop(t._fd)
+        writes = write_until_paused(pair)
+        assert t._registered_mask & EPOLLOUT
+        drain_by_hand(pair)
+        assert pair.protocol.events[-1] == "resume"
+        assert bool(t._registered_mask & EPOLLOUT) == lingers
+        flushes = 0
+        real = t._write_ready
+
+        def counted() -> None:
+            nonlocal flushes
+            flushes += 1
+            real()
+
+        t._write_ready = counted
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert not t._registered_mask & EPOLLOUT
+        assert flushes == (1 if lingers else 0)  # one writable event, then nothing: no spin
+        await asyncio.wait_for(pair.read_all(writes * len(PAYLOAD)), 30)
+        assert bytes(pair.received) == PAYLOAD * writes
+    finally:
+        pair.close()
+
+
+async def test_a_paced_writer_asks_for_epollout_once_on_uvloop(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Write until paused, drain, write again at resume: on uvloop EPOLLOUT is added once for
+    all the pauses (each add/remove pair cost ~7.5k user instructions and 4 epoll_ctl)."""
+    adds: list[int] = []
+    registrar = readiness._UvloopRegistrar if on_uvloop(asyncio.get_running_loop()) else readiness._SelectorRegistrar
+    real_add = registrar.add_writer
+
+    def add_writer(loop: Any, fd: int, callback: Any, *args: Any) -> None:
+        adds.append(fd)
+        real_add(loop, fd, callback, *args)
+
+    monkeypatch.setattr(registrar, "add_writer", staticmethod(add_writer))
+    pair = await paced_pair(path)
+    t = pair.transport
+    try:
+        cycles, writes = 6, 0
+        for _ in range(cycles):
+            writes += write_until_paused(pair)
+            drain_by_hand(pair)
+            assert pair.protocol.events[-1] == "resume"
+        assert pair.protocol.events.count("pause") == pair.protocol.events.count("resume") == cycles
+        assert len(adds) == (1 if on_uvloop(t._loop) else cycles)
+        await asyncio.wait_for(pair.read_all(writes * len(PAYLOAD)), 30)
+        assert bytes(pair.received) == PAYLOAD * writes
+    finally:
+        pair.close()
+
+
+async def test_a_failing_pause_or_resume_goes_to_the_loops_handler(path: str) -> None:
+    """protocol.pause_writing() / resume_writing() raising: the loop's exception handler gets
+    it, as the base's _call_protocol hands it on, and the transport goes on (both paths)."""
+    loop = asyncio.get_running_loop()
+    contexts: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    pair = await paced_pair(path)
+    t = pair.transport
+    calls: list[str] = []
+
+    def failing(name: str) -> Any:
+        def call() -> None:
+            calls.append(name)
+            raise RuntimeError(name)
+
+        return call
+
+    pair.protocol.pause_writing = failing("pause")
+    pair.protocol.resume_writing = failing("resume")
+    try:
+        writes = 0
+        while not calls:
+            t.write(PAYLOAD)
+            writes += 1
+        assert calls == ["pause"] and t._protocol_paused
+        drain_by_hand(pair)
+        assert calls == ["pause", "resume"] and not t._protocol_paused
+        assert [c["message"] for c in contexts] == ["protocol.pause_writing() failed",
+                                                    "protocol.resume_writing() failed"]
+        assert [str(c["exception"]) for c in contexts] == ["pause", "resume"]
+        assert all(c["transport"] is t for c in contexts)
+        t.write(PAYLOAD)
+        await asyncio.wait_for(pair.read_all((writes + 1) * len(PAYLOAD)), 30)
+        assert bytes(pair.received) == PAYLOAD * (writes + 1)
+    finally:
+        loop.set_exception_handler(None)
+        pair.close()
+
+
+async def test_state_stored_between_queued_writes_is_seen(path: str) -> None:
+    """The compiled queued write keeps what it read for the next one while the instance dict
+    is unchanged (tz_hold): a plain attribute store in between is seen, as by Python's _hold
+    (_update_mask, _maybe_pause_protocol) on both paths."""
+    pair = await paced_pair(path)
+    t = pair.transport
+    try:
+        t.set_write_buffer_limits(high=1 << 30)
+        writes = 0
+        while not t.get_write_buffer_size():
+            t.write(PAYLOAD)
+            writes += 1
+        for _ in range(3):
+            t.write(PAYLOAD)
+        writes += 3
+        assert "pause" not in pair.protocol.events
+        t._high_water = t.get_write_buffer_size()  # stores, no method called
+        t._reading = False
+        assert t._registered_mask & readiness.EPOLLIN
+        t.write(PAYLOAD)
+        writes += 1
+        assert pair.protocol.events[-1] == "pause"
+        assert not t._registered_mask & readiness.EPOLLIN and t._registered_mask & EPOLLOUT
+        t.resume_reading()
+        drain_by_hand(pair)
+        await asyncio.wait_for(pair.read_all(writes * len(PAYLOAD)), 30)
+        assert bytes(pair.received) == PAYLOAD * writes
+    finally:
+        pair.close()
