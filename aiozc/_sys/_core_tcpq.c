@@ -313,8 +313,10 @@ static int tq_send_head(PyObject *self, tcp_hot *h, PyObject *seg, Py_ssize_t *p
         Py_DECREF(seg);
         return TQ_STOP;
     }
-    /* (a future's completion may be made by Python: _copy_completion, a Future subclass) */
-    if ((future != Py_None && tq_sync(self, pending) < 0) || tq_held_done(self, h, seg, len) < 0) goto fail;
+    /* (a future's completion may be made by the transport's _copy_completion: a size not seen) */
+    if ((future != Py_None && !(h->last_completion && h->last_nbytes == len) && tq_sync(self, pending) < 0) ||
+        tq_held_done(self, h, seg, len) < 0)
+        goto fail;
     Py_DECREF(seg);
     return TQ_NEXT;
 fail:

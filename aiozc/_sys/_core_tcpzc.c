@@ -279,6 +279,22 @@ static int tz_int(PyObject *dict, PyObject *name, long long *out) {
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* queue.append(item), through deque.append once the queue's type is known (no method lookup
+ * per write). 0, or -1 with an exception. */
+static int tz_append(PyObject *queue, PyObject *item) {
+    static PyObject *append;
+    static PyTypeObject *deque;
+    PyObject *args[2] = {queue, item}, *r;
+    if (!deque) {
+        if (!(append = PyObject_GetAttr((PyObject *)Py_TYPE(queue), tz.append))) return -1;
+        deque = (PyTypeObject *)Py_NewRef((PyObject *)Py_TYPE(queue));
+    }
+    r = Py_TYPE(queue) == deque ? PyObject_Vectorcall(append, args, 2, NULL)
+                                : PyObject_CallMethodOneArg(queue, tz.append, item);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
 /* protocol.<name>() as ZeroCopyTransportBase._call_protocol makes it: SystemExit and
  * KeyboardInterrupt raised, any other exception to _protocol_failed(name, exc). Its two
  * Python frames and _maybe_pause_protocol's / _maybe_resume_protocol's and
@@ -324,7 +340,7 @@ static int tz_pause(PyObject *self, PyObject *dict) {
  * instructions of such a write. 1 done, 0 not this case (Python's _enqueue_held), -1 with an
  * exception. */
 static int tz_hold(PyObject *self, tcp_hot *h, PyObject *view, PyObject *future, Py_ssize_t n) {
-    PyObject *dict, *seg, *v, *r;
+    PyObject *dict, *seg, *v;
     long long queued, high, in_flight, mask;
     int reading, eof, blocked, hup, paused, lost, read, known = 0, python = 0, res = 0;
     Py_ssize_t size;
@@ -369,10 +385,9 @@ static int tz_hold(PyObject *self, tcp_hot *h, PyObject *view, PyObject *future,
     *(PyObject **)((char *)seg + tz.seg_held) = Py_NewRef(Py_True);
     *(PyObject **)((char *)seg + tz.seg_future) = Py_NewRef(future);
     *(PyObject **)((char *)seg + tz.seg_write) = Py_NewRef(Py_None);
-    r = PyObject_CallMethodOneArg(h->queue, tz.append, seg);
+    res = tz_append(h->queue, seg);
     Py_DECREF(seg);
-    if (!r) goto fail;
-    Py_DECREF(r);
+    if (res < 0) goto fail;
     queued += n;
     if (!(v = PyLong_FromLongLong(queued)) || PyDict_SetItem(dict, tz.queued, v) < 0) {
         Py_XDECREF(v);
