@@ -155,7 +155,13 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
             self._mux.modify(self._fd, mask, on_loop=self._on_loop_for(mask))
 
     def _write_ready(self) -> None:
-        self._flush()
+        if self._queue:
+            self._flush()
+        else:
+            # EPOLLOUT left asked for by the flush that emptied the queue (_writer_lingers),
+            # which did what follows a flush then (resume_writing, shutdown after write_eof):
+            # it is dropped, and nothing is done twice.
+            self._update_mask()
 
     def _open_for_direct(self) -> bool:
         return not (

@@ -168,3 +168,34 @@ async def test_state_stored_between_queued_writes_is_seen(path: str) -> None:
         assert bytes(pair.received) == PAYLOAD * writes
     finally:
         pair.close()
+
+
+async def test_write_eof_while_epollout_lingers_shuts_down_once(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_eof() after the queue drained (EPOLLOUT lingering on uvloop): the peer gets the
+    data and the EOF, the writable event that follows neither shuts down again nor fails."""
+    pair = await paced_pair(path)
+    t = pair.transport
+    shutdowns: list[int] = []
+    real = t._shutdown_write
+
+    def counted() -> None:
+        shutdowns.append(1)
+        real()
+
+    t._shutdown_write = counted
+    try:
+        writes = write_until_paused(pair)
+        drain_by_hand(pair)
+        t.write_eof()
+        assert shutdowns == [1]
+        for _ in range(10):
+            await asyncio.sleep(0.005)
+        assert shutdowns == [1] and not t._registered_mask & EPOLLOUT
+        assert not t.is_closing() and "lost" not in pair.protocol.events
+        await asyncio.wait_for(pair.read_all(writes * len(PAYLOAD)), 30)
+        pair.peer.setblocking(True)
+        pair.peer.settimeout(5)
+        assert pair.peer.recv(1) == b""
+        assert bytes(pair.received) == PAYLOAD * writes
+    finally:
+        pair.close()
