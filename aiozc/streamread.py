@@ -260,7 +260,8 @@ class _OnReadiness:
     """``StreamReading.on_readiness``: where the compiled core is in use, each transport's is
     a ``Reader`` of its own (``_core_recv.c``), made when the multiplexer first binds it (at
     registration) and kept in the instance; it reads a ``Protocol``'s readable-only events in C
-    with the checks and steps of ``_read_data_ready`` and gives every other event to
+    with the checks and steps of ``_read_data_ready``, hands a writable-only event to
+    ``_write_ready`` (what the base's ``on_readiness`` does with it) and every other event to
     ``_on_readiness``. Otherwise ``_on_readiness`` itself: without the core, with
     ``_reader_type`` set to None (as tests do), for zero-copy receive (its own read path),
     and for a class that makes one of the state attributes the Reader reads from the

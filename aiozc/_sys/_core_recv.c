@@ -44,7 +44,7 @@
 #endif
 
 static PyObject *rs_plain_reads, *rs_reading, *rs_eof_received, *rs_closing, *rs_sock, *rs_protocol, *rs_data_received, *rs_fatal_error, *rs_on_end_of_data,
-    *rs_read_ready, *rs_take_read_buffer, *rs_read_error_msg, *rs_data_received_msg;
+    *rs_read_ready, *rs_take_read_buffer, *rs_read_error_msg, *rs_data_received_msg, *rs_write_ready;
 static PyTypeObject *recv_reader_type;
 
 typedef struct {
@@ -354,6 +354,20 @@ static PyObject *reader_event(zc_reader *r, long events) {
         Py_DECREF(dict);
         if (plain < 0) return NULL;
         if (plain) Py_RETURN_NONE;
+    }
+    if (events == EPOLLOUT) {
+        /* Writable alone: what _on_readiness -> the base's on_readiness do for it, `if
+         * self._sock is not None: self._write_ready()`, without their two frames and the
+         * super() call (~2.5k user instructions per writable event, a paced writer's flush). */
+        PyObject *sock;
+        if (!(dict = PyObject_GenericGetDict(r->transport, NULL))) return NULL;
+        sock = state(dict, r->transport, rs_sock);
+        Py_DECREF(dict);
+        if (!sock) return NULL;
+        Py_DECREF(sock);
+        if (sock == Py_None) Py_RETURN_NONE;
+        if (call_transport(r, rs_write_ready, NULL, NULL) < 0) return NULL;
+        Py_RETURN_NONE;
     }
     ev = PyLong_FromLong(events);
     if (!ev) return NULL;

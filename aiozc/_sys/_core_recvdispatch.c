@@ -160,7 +160,7 @@ static int intern_names(void) {
         {&rs_sock, "_sock"}, {&rs_protocol, "_protocol"},
         {&rs_data_received, "data_received"}, {&rs_fatal_error, "_fatal_error"},
         {&rs_on_end_of_data, "_on_end_of_data"}, {&rs_read_ready, "_read_ready"},
-        {&rs_take_read_buffer, "_take_read_buffer"},
+        {&rs_take_read_buffer, "_take_read_buffer"}, {&rs_write_ready, "_write_ready"},
         {&rs_read_error_msg, "Fatal read error on socket transport"},
         {&rs_data_received_msg, "Fatal error: protocol.data_received() call failed."},
     };
