@@ -199,3 +199,43 @@ async def test_write_eof_while_epollout_lingers_shuts_down_once(path: str, monke
         assert bytes(pair.received) == PAYLOAD * writes
     finally:
         pair.close()
+
+
+@pytest.mark.parametrize("call", ["write", "write_zc"])
+async def test_the_compiled_path_paces_without_python_frames(path: str, call: str) -> None:
+    """Pause, drain, resume, for write() and write_zc(): the compiled path calls none of the
+    Python methods it stands for (a write_zc() the socket took part of: _queue_zc_rest; the
+    end of a flush: _after_flush); the pure path runs them."""
+    pair = await paced_pair(path)
+    t = pair.transport
+    names = ("_queue_rest", "_queue_zc_rest", "_write_queued", "_hold", "_send_head", "_after_flush",
+             "_enqueue_held")
+    calls: list[str] = []
+    for name in names:
+        real = getattr(t, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        setattr(t, name, counted)
+    futures: list[Any] = []
+    try:
+        writes = 0
+        for _ in range(3):
+            while not pair.protocol.events or pair.protocol.events[-1] != "pause":
+                futures.append(getattr(t, call)(PAYLOAD))
+                writes += 1
+            drain_by_hand(pair)
+            assert pair.protocol.events[-1] == "resume"
+        await asyncio.wait_for(pair.read_all(writes * len(PAYLOAD)), 30)
+        assert bytes(pair.received) == PAYLOAD * writes
+        if call == "write_zc":
+            done = await asyncio.wait_for(asyncio.gather(*futures), 30)
+            assert [c.nbytes for c in done] == [len(PAYLOAD)] * writes
+        if path == "pure":
+            assert {"_send_head", "_after_flush"} <= set(calls)
+        else:
+            assert calls == []
+    finally:
+        pair.close()

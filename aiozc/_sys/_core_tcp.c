@@ -75,6 +75,8 @@ static PyObject *tcp_drain_errqueue(PyObject *self, PyObject *const *args, Py_ss
 /* The queued copy write and the flush (_core_tcpq.c): TCPZC_PASS for _write_queued. */
 static PyObject *tcpq_write(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_t n);
 static int tcpq_queue_rest(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_t n, Py_ssize_t sent);
+static int tcpq_queue_zc_rest(PyObject *self, tcp_hot *h, PyObject *buf, Py_ssize_t n, Py_ssize_t sent,
+                              PyObject *future);
 static PyObject *tcp_flush(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames);
 
 static PyTypeObject *tcp_hot_type;
@@ -406,6 +408,8 @@ static PyObject *tcp_write_zc(PyObject *self, PyObject *const *args, Py_ssize_t 
         if (!(completion = tcp_copy_completion(self, h, n))) goto fail;
         r = tcp_set_result(h, future, completion);
         Py_DECREF(completion);
+    } else if ((done = tcpq_queue_zc_rest(self, h, buf, n, sent, future)) != 0) {
+        r = done < 0 ? NULL : Py_NewRef(Py_None);
     } else {
         call[0] = buf;
         call[1] = PyLong_FromSsize_t(n);

@@ -129,19 +129,47 @@ static PyObject *tcpq_write(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize
  * called only where they act (here the mask nearly always changes: EPOLLOUT is asked now).
  * 1 done, 0 not this case (Python's _queue_rest: a copy, or state not known here), -1 with an
  * exception. */
+static int tq_hold_rest(PyObject *self, tcp_hot *h, PyObject *view, PyObject *future, Py_ssize_t n,
+                        Py_ssize_t sent);
+
 static int tcpq_queue_rest(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_t n, Py_ssize_t sent) {
-    PyObject *dict, *seg, *view, *v, *r;
-    long long queued, high, in_flight, mask;
-    int reading, eof, blocked, hup, paused, lost, read, res = 0;
+    PyObject *view;
+    int res;
     if (!h->zc_t || !tz.segment_type || !tz.reading || h->direct_max <= 0 || n < h->zc_threshold ||
         !tq_immutable(data) || tq_init() < 0)
         return PyErr_Occurred() ? -1 : 0;
     if ((res = tq_zc_possible(self)) <= 0) return res;
     if (!(view = tz_byte_view(data, n))) return PyErr_Occurred() ? -1 : 0;
-    if (!(dict = PyObject_GenericGetDict(self, NULL))) {
-        Py_DECREF(view);
-        return -1;
-    }
+    res = tq_hold_rest(self, h, view, Py_None, n, sent);
+    Py_DECREF(view);
+    return res;
+}
+
+/* _queue_zc_rest(buf, n, sent, future) of a write_zc() the direct path sent part of: as
+ * _queue_rest's held case, with its future (a Python frame, _Segment's, _update_mask's,
+ * _maybe_pause_protocol's: ~10k user instructions once per pause of a paced write_zc()
+ * writer, callgrind). 1 done, 0 Python's (a buffer byte_view casts), -1 with an exception. */
+static int tcpq_queue_zc_rest(PyObject *self, tcp_hot *h, PyObject *buf, Py_ssize_t n, Py_ssize_t sent,
+                              PyObject *future) {
+    PyObject *view;
+    int res;
+    if (!h->zc_t || !tz.segment_type || !tz.reading || h->direct_max <= 0 || tq_init() < 0)
+        return PyErr_Occurred() ? -1 : 0;
+    if (!(view = tz_byte_view(buf, n))) return PyErr_Occurred() ? -1 : 0;
+    res = tq_hold_rest(self, h, view, future, n, sent);
+    Py_DECREF(view);
+    return res;
+}
+
+/* The rest of a held write (`view` of `n` bytes, `sent` of them gone) queued, as _hold(view,
+ * future, sent) does: 1 done, 0 a piece of state is not plain here (the caller's Python
+ * method), -1 with an exception. */
+static int tq_hold_rest(PyObject *self, tcp_hot *h, PyObject *view, PyObject *future, Py_ssize_t n,
+                        Py_ssize_t sent) {
+    PyObject *dict, *seg, *v, *r;
+    long long queued, high, in_flight, mask;
+    int reading, eof, blocked, hup, paused, lost, read, res = 0;
+    if (!(dict = PyObject_GenericGetDict(self, NULL))) return -1;
     reading = tz_truth(self, dict, tz.reading);
     eof = tz_truth(self, dict, tz.eof_received);
     blocked = tz_truth(self, dict, tz.rx_blocked);
@@ -162,7 +190,7 @@ static int tcpq_queue_rest(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_
     TQ_SLOT(seg, tz.seg_data) = Py_NewRef(view);
     TQ_SLOT(seg, tz.seg_offset) = PyLong_FromSsize_t(sent);
     TQ_SLOT(seg, tz.seg_held) = Py_NewRef(Py_True);
-    TQ_SLOT(seg, tz.seg_future) = Py_NewRef(Py_None);
+    TQ_SLOT(seg, tz.seg_future) = Py_NewRef(future);
     TQ_SLOT(seg, tz.seg_write) = Py_NewRef(Py_None);
     r = TQ_SLOT(seg, tz.seg_offset) ? PyObject_CallMethodOneArg(h->queue, tz.append, seg) : NULL;
     Py_DECREF(seg);
@@ -183,7 +211,6 @@ static int tcpq_queue_rest(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_
     res = 1;
 done:
     Py_DECREF(dict);
-    Py_DECREF(view);
     return res;
 }
 
