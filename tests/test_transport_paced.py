@@ -239,3 +239,28 @@ async def test_the_compiled_path_paces_without_python_frames(path: str, call: st
             assert calls == []
     finally:
         pair.close()
+
+
+async def test_cancelled_queued_write_zc_futures_are_flushed_alike(path: str) -> None:
+    """write_zc() futures cancelled while their writes wait in the queue: the flush still
+    sends and counts them, the cancelled stay cancelled, the others get their Completion."""
+    pair = await paced_pair(path)
+    t = pair.transport
+    try:
+        futures = []
+        while not pair.protocol.events or pair.protocol.events[-1] != "pause":
+            futures.append(t.write_zc(PAYLOAD))
+        futures.append(t.write_zc(PAYLOAD))
+        waiting = [f for f in futures if not f.done()]
+        assert len(waiting) >= 2
+        for f in waiting[::2]:
+            f.cancel()
+        before = t.stats.copy_writes
+        drain_by_hand(pair)
+        await asyncio.wait_for(pair.read_all(len(futures) * len(PAYLOAD)), 30)
+        assert bytes(pair.received) == PAYLOAD * len(futures)
+        assert t.stats.copy_writes - before == len(waiting)
+        assert all(f.cancelled() for f in waiting[::2])
+        assert all(f.result().nbytes == len(PAYLOAD) for f in waiting[1::2])
+    finally:
+        pair.close()

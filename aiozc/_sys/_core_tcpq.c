@@ -269,7 +269,18 @@ static int tq_held_done(PyObject *self, tcp_hot *h, PyObject *seg, Py_ssize_t nb
                                             : PyObject_CallMethodNoArgs(view, tq.release);
     if (!r) goto fail;
     Py_DECREF(r);
-    if (future != Py_None) {
+    if (future != Py_None && h->set_result && Py_TYPE(future) == (PyTypeObject *)h->fut.future_type &&
+        tz.invalid_state) {
+        /* one of the loop's plain futures: `if not future.done(): future.set_result(c)` is
+         * set_result with its InvalidStateError (a cancelled future) dropped, one call less */
+        h->copy_writes += 1;
+        if (!(c = tcp_copy_completion(self, h, nbytes))) goto fail;
+        r = tcp_set_result(h, future, c);
+        Py_DECREF(c);
+        if (!r && !PyErr_ExceptionMatches(tz.invalid_state)) goto fail;
+        if (r) Py_DECREF(r);
+        else PyErr_Clear();
+    } else if (future != Py_None) {
         h->copy_writes += 1;
         if (!(r = PyObject_CallMethodNoArgs(future, tq.done))) goto fail;
         done = PyObject_IsTrue(r);
