@@ -106,6 +106,14 @@ zc_dgram *zc_dgram_new(int fd, zc_tracker *t) {
 
 /* Keep `view` (an export) for zero-copy slot `slot`; -1 if out of memory (nothing kept). */
 static int hold(zc_dgram *d, int64_t slot, Py_buffer *view) {
+    if (slot == d->hnext && slot - d->hbase < d->hcap && d->hbase != d->hnext) { /* the next one */
+        zc_held *e = &d->held[slot & (d->hcap - 1)];
+        e->view = *view;
+        e->token = NULL;
+        d->hnext++;
+        d->nheld++;
+        return 0;
+    }
     if (d->hbase == d->hnext) d->hbase = d->hnext = slot; /* empty: start at this slot */
     if (slot - d->hbase >= d->hcap) {
         int64_t ncap = d->hcap ? d->hcap : 64, s;

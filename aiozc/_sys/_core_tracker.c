@@ -207,9 +207,11 @@ static void trim(zc_tracker *t) {
 /* Resolve w (slot) into the out arrays (room checked by the caller). */
 static void resolve(zc_tracker *t, int64_t slot, zc_write *w) {
     w->state = W_DONE;
-    free(w->done);
-    w->done = NULL;
-    w->ndone = w->capdone = 0;
+    if (w->done) { /* (a whole datagram's write never has one: no libc call per datagram) */
+        free(w->done);
+        w->done = NULL;
+        w->ndone = w->capdone = 0;
+    }
     t->npending--;
     t->pinned -= w->zc_bytes;
     out_push(t, slot, w);
