@@ -170,6 +170,105 @@ static int zc_futures_init(zc_futures *f, PyObject *loop, PyObject *future_type,
     return 0;
 }
 
+/* A write the socket took whole by copy is done before write_zc() returns, so its future is
+ * born done. Making one (tp_new, the loop stored, set_result) and freeing it when the caller
+ * drops it cost ~0.4k user instructions per 64 KiB write_zc() on uvloop (callgrind: alloc,
+ * finalizer, clear, dealloc, set_result, schedule_callbacks), and in a real run that code and
+ * data are cold behind every 64 KiB copy. So the last ZC_DONE_KEEP given out are kept, and one
+ * is given out again while that cannot be told from a new one: nothing else refers to it (the caller
+ * dropped it; a callback added to a done future is scheduled with a reference of its own),
+ * nothing was recorded on it (no instance dict, no weak reference, _asyncio_future_blocking
+ * false, _cancel_message None: what a holder could set on a done future), the same type, the
+ * same result, and not in debug mode (a new future then records where it was made). A done
+ * future's state and result cannot change. */
+#define ZC_DONE_KEEP 4 /* (a writer keeping the last future, `last = write_zc(buf)`, drops the one before) */
+typedef struct {
+    PyObject *future[ZC_DONE_KEEP]; /* done futures given out, or NULL */
+    PyObject *result[ZC_DONE_KEEP]; /* their results (borrowed: each future holds its own) */
+    int next; /* the slot a new one takes */
+} zc_done_keep;
+
+static PyTypeObject *zc_done_type; /* the future type whose getters are below */
+static getter zc_done_blocking, zc_done_cancel_message; /* its getset getters, or NULL: no reuse */
+
+static getter zc_done_getter(PyTypeObject *type, const char *name) {
+    PyObject *d = PyDict_GetItemString(type->tp_dict, name); /* borrowed */
+    if (!d || Py_TYPE(d) != &PyGetSetDescr_Type) return NULL;
+    return ((PyGetSetDescrObject *)d)->d_getset->get;
+}
+
+/* 1: `fut` can be given out again as a new done future (see above), 0 not. */
+static int zc_done_unshared(zc_futures *f, PyObject *fut) {
+#ifdef Py_GIL_DISABLED
+    (void)f;
+    (void)fut;
+    return 0; /* (another thread may hold a reference the count does not show yet) */
+#else
+    PyTypeObject *t = Py_TYPE(fut);
+    PyObject *v;
+    int quiet;
+    if (Py_REFCNT(fut) != 1 || t != zc_done_type || t != (PyTypeObject *)f->future_type || !zc_done_blocking ||
+        !zc_done_cancel_message || t->tp_dictoffset <= 0 || t->tp_weaklistoffset <= 0 ||
+        *(PyObject **)((char *)fut + t->tp_dictoffset) || *(PyObject **)((char *)fut + t->tp_weaklistoffset))
+        return 0;
+    if (!(v = zc_done_blocking(fut, NULL))) return -1;
+    quiet = v == Py_False;
+    Py_DECREF(v);
+    if (!quiet) return 0;
+    if (!(v = zc_done_cancel_message(fut, NULL))) return -1;
+    quiet = v == Py_None;
+    Py_DECREF(v);
+    return quiet;
+#endif
+}
+
+/* A done future of f's loop whose result is `result` (a new reference): keep->future again if
+ * it may be (see above), else a new one resolved through `set_result` (Future.set_result, the
+ * method descriptor), which is kept. NULL without an exception where f's futures are not
+ * plain (the caller makes one), NULL with one on an error. */
+static PyObject *zc_futures_done(zc_futures *f, PyObject *set_result, zc_done_keep *keep, PyObject *result) {
+    PyObject *future, *r, *args[2];
+    int debug = 1, reuse, k;
+    if (f->loop == Py_None || !f->loop || !set_result) return NULL;
+    if (zc_done_type != (PyTypeObject *)f->future_type) {
+        zc_done_type = (PyTypeObject *)f->future_type;
+        zc_done_blocking = zc_done_getter(zc_done_type, "_asyncio_future_blocking");
+        zc_done_cancel_message = zc_done_getter(zc_done_type, "_cancel_message");
+    }
+    if (f->loop_offset && (debug = zc_futures_debug(f)) < 0) return NULL;
+    for (k = 0; !debug && k < ZC_DONE_KEEP; k++) {
+        if (!keep->future[k] || keep->result[k] != result) continue;
+        if ((reuse = zc_done_unshared(f, keep->future[k])) < 0) return NULL;
+        if (reuse) return Py_NewRef(keep->future[k]);
+    }
+    if (!(future = zc_futures_new(f))) return NULL;
+    args[0] = future;
+    args[1] = result;
+    if (!(r = PyObject_Vectorcall(set_result, args, 2, NULL))) {
+        Py_DECREF(future);
+        return NULL;
+    }
+    Py_DECREF(r);
+    if (!debug) {
+        k = keep->next;
+        keep->next = (k + 1) % ZC_DONE_KEEP;
+        Py_XSETREF(keep->future[k], Py_NewRef(future));
+        keep->result[k] = result;
+    }
+    return future;
+}
+
+static int zc_done_traverse(zc_done_keep *keep, visitproc visit, void *arg) {
+    int k;
+    for (k = 0; k < ZC_DONE_KEEP; k++) Py_VISIT(keep->future[k]);
+    return 0;
+}
+
+static void zc_done_clear(zc_done_keep *keep) {
+    int k;
+    for (k = 0; k < ZC_DONE_KEEP; k++) Py_CLEAR(keep->future[k]);
+}
+
 /* Send `buf` zero-copy and file its future under the write's slot: the future (a new
  * reference for the caller) with *flags the send's result flags, or NULL with no exception
  * and *code the integer result for Python (an error, a copied datagram, flags when

@@ -43,6 +43,7 @@ typedef struct {
     PyObject *set_result;      /* Future.set_result (the descriptor) with `fut`, else NULL */
     PyObject *last_completion; /* the Completion of the last copied write_zc(), of last_nbytes */
     Py_ssize_t last_nbytes;
+    zc_done_keep done;         /* futures of the last write_zc() calls sent whole (zc_futures_done) */
     /* The queued zero-copy write_zc() (_core_tcpzc.c): its stats counters, the peer-window
      * state of streamsend._peer_window and _errqueue_quiet, shared with Python as the above. */
     long long zc_sends, zc_bytes, pinned_bytes, peak_pinned_bytes, zc_since_drain, zc_writes, zc_write_bytes,
@@ -123,6 +124,10 @@ static int tcp_hot_traverse(PyObject *self, visitproc visit, void *arg) {
     Py_VISIT(h->fut.debug);
     Py_VISIT(h->set_result);
     Py_VISIT(h->last_completion);
+    {
+        int v = zc_done_traverse(&h->done, visit, arg);
+        if (v) return v;
+    }
     Py_VISIT(h->tracker);
     Py_VISIT(h->tokens);
     Py_VISIT(h->handles);
@@ -140,6 +145,7 @@ static int tcp_hot_clear(PyObject *self) {
     zc_futures_clear(&h->fut);
     Py_CLEAR(h->set_result);
     Py_CLEAR(h->last_completion);
+    zc_done_clear(&h->done);
     h->zc_t = NULL;
     Py_CLEAR(h->tracker);
     Py_CLEAR(h->tokens);
@@ -401,13 +407,19 @@ static PyObject *tcp_write_zc(PyObject *self, PyObject *const *args, Py_ssize_t 
     /* Future(loop=...) without Future.__init__ outside debug mode (zc_futures_new: ~1.4k of
      * the 4.7k instructions of a 64 KiB write_zc on asyncio, callgrind), else from the
      * transport's factory; after the counters (Python makes it before them: nothing the
-     * counters call reads it) */
-    if (done < 0 || !(future = tcp_future(h))) goto fail;
+     * counters call reads it). Sent whole: a done future, the last one again if nobody can
+     * tell (zc_futures_done). */
+    if (done < 0) goto fail;
     if (done == TCP_SENT_WHOLE) {
         h->copy_writes += 1;
         if (!(completion = tcp_copy_completion(self, h, n))) goto fail;
-        r = tcp_set_result(h, future, completion);
+        future = zc_futures_done(&h->fut, h->set_result, &h->done, completion);
+        if (future) r = Py_NewRef(Py_None);
+        else if (PyErr_Occurred() || !(future = tcp_future(h))) r = NULL;
+        else r = tcp_set_result(h, future, completion); /* the loop's futures are not plain */
         Py_DECREF(completion);
+    } else if (!(future = tcp_future(h))) {
+        goto fail;
     } else if ((done = tcpq_queue_zc_rest(self, h, buf, n, sent, future)) != 0) {
         r = done < 0 ? NULL : Py_NewRef(Py_None);
     } else {
