@@ -114,6 +114,7 @@ METHOD = (
     "sender: this process on CPU {sender_cpu}; receiver: one process on CPU {receiver_cpu}, the same for every run\n"
     "  (recv_into a 4 MiB buffer, a new connection per run). A run: {gib:.2f} GiB in writes of one size,\n"
     "  slices of a 64 MiB random buffer, 1 MiB high-water mark, the writer awaiting resume_writing;\n"
+    "  write_zc()'s futures are dropped, as by a writer that never changes the buffer (nothing to wait for);\n"
     "  timed from the first write to the receiver's 1-byte ack; CPU = user+sys of the sender process\n"
     "  in that time (on loopback it also runs much of the kernel's receive path); gc.collect() before each.\n"
     "  busy snd/rcv: CPU time / wall time of the sender and of the receiver: the side near 100% sets the pace.\n"
