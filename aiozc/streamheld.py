@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from os import writev as _fd_writev
 from typing import TYPE_CHECKING, Any
 
 from ._sys import core as _core, kernel as _kernel
@@ -23,6 +24,7 @@ from .ctracker import CompiledTracker, _completion
 from .engines.msg_zerocopy import MsgZeroCopyEngine
 from .policy import NEVER, ZeroCopyPolicy, ZeroCopyState
 from .streamfile import _FileSegment
+from .streamsend import _GATHER_MAX
 
 # kernel.read_errqueue as imported: the compiled drain reads the error queue itself unless a
 # test replaced it (tcp_helpers.report_ranges_as shows the transport routes one host cannot give).
@@ -155,6 +157,50 @@ class StreamHeld:
             if write is not None and sent:
                 self._tracker.on_sent(write, sent, zerocopy=False)
         return self._advance_held(seg, sent)
+
+    def _send_gathered(self) -> bool | None:
+        """The head segments sent by copy whatever the policy says (our own bytearrays; held
+        writes with no tracker record below _direct_max, which _send_head would copy without
+        asking), two or more of them: one writev of them all (up to _GATHER_MAX), then each
+        advanced by what it took, as _send_head would. Queued 64 KiB writes were one write(2)
+        each, 16.5 per MiB against stock uvloop's 8.3 write + 0.6 writev (strace, a paced
+        receiver). True: all sent whole; False: the socket took part of them (BlockingIOError:
+        none); None: fewer than two such segments (_send_head's turn)."""
+        segs: list[_Segment] = []
+        direct_max = self._direct_max
+        for seg in self._queue:
+            if type(seg) is not _Segment or not (
+                (seg.held and seg.write is None and len(seg.data) < direct_max)
+                or (not seg.held and type(seg.data) is bytearray)
+            ):
+                break
+            segs.append(seg)
+            if len(segs) == _GATHER_MAX:
+                break
+        if len(segs) < 2:
+            return None
+        chunks = [seg.data[seg.offset:] if seg.offset else seg.data for seg in segs]
+        sent = _fd_writev(self._fd, chunks)  # type: ignore[attr-defined]
+        if sent:  # (_send_copy's counters, for one send)
+            stats = self.stats
+            stats.copy_sends += 1
+            stats.copy_bytes += sent
+            self._plain_sent += sent  # type: ignore[attr-defined]
+            if self._plain_sent >= self._plain_budget:  # type: ignore[attr-defined]
+                self._refresh_direct()  # type: ignore[attr-defined]
+        for seg in segs:
+            take = min(sent, len(seg.data) - seg.offset)
+            sent -= take
+            if seg.held:
+                if not self._advance_held(seg, take):
+                    return False
+                continue
+            del seg.data[:take]
+            self._queued -= take
+            if seg.data:
+                return False
+            self._queue.popleft()
+        return True
 
     def _track(self, seg: _Segment) -> WriteHandle:
         """Open the tracker's record of a held segment at its first zero-copy send."""

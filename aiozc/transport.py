@@ -366,8 +366,14 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
             return  # the head segment is being sent; _after_zc_result resumes
         drained = bool(self._queue)
         try:
-            while self._queue and self._send_head(head_wanted):
-                head_wanted = False
+            while self._queue:
+                gathered = None if head_wanted or len(self._queue) < 2 else self._send_gathered()
+                if gathered is None:
+                    if not self._send_head(head_wanted):
+                        break
+                    head_wanted = False
+                elif not gathered:
+                    break
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
@@ -491,7 +497,7 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
 
 
 # The compiled core's write(), write_zc(), writelines(), is_closing() (_core_tcp.c, the queued
-# zero-copy write in _core_tcpzc.c, the queued copy write in _core_tcpq.c), _flush() (_core_tcpq.c),
+# zero-copy write in _core_tcpzc.c, the queued copy write in _core_tcpq.c), _flush() (_core_tcpflush.c),
 # _resolve_range() and _drain_errqueue() (_core_tcpdone.c):
 # the direct path and the common case of the queued zero-copy write and its completion in C,
 # everything else through the Python methods kept here (the reference).
@@ -511,11 +517,11 @@ C_STATE = ("_direct_max", "_queue", "_fd", "_plain_sent", "_plain_budget", "stat
            "_advance_held", "_close_write", "_after_flush", "_maybe_pause_protocol",
            "get_write_buffer_size", "_queued", "_resolve", "_resolve_closed", "_sock", "_errqueue_ok",
            "on_zerocopy_range", "_on_socket_error_message", "_fatal_error",
-           # and the queued copy write's and _flush's (_core_tcpq.c)
+           # and the queued copy write's (_core_tcpq.c) and _flush's (_core_tcpflush.c)
            "_write_queued", "_zc_possible", "_drop_if_lost", "_send_copy", "_write_ready",
-           # and what the compiled _flush's end stands for (_core_tcpq.c tq_after_flush)
+           # and what the compiled _flush's end and gathered send stand for (_core_tcpflush.c)
            "_maybe_resume_protocol", "_call_protocol", "_protocol_failed", "_writer_lingers", "_mux",
-           "_low_water", "_eof", "_shutdown_write", "_start_close", "_protocol")
+           "_low_water", "_eof", "_shutdown_write", "_start_close", "_protocol", "_send_gathered")
 # Transport attributes that live in the TcpHot with the compiled core (its field names).
 _HOT_FIELDS = {"_direct_max": "direct_max", "_plain_sent": "plain_sent", "_plain_budget": "plain_budget",
                "_zc_since_drain": "zc_since_drain", "_errqueue_quiet": "errqueue_quiet",

@@ -1,6 +1,6 @@
 """A writer paced by the socket's room (pause_writing / resume_writing against a slow peer):
 what its flushes leave registered, how often they flip EPOLLOUT, and the protocol calls the
-compiled path makes itself (_core_tcpq.c tq_after_flush, _core_tcpzc.c tz_pause), on both
+compiled path makes itself (_core_tcpflush.c tq_after_flush, _core_tcpzc.c tz_pause), on both
 paths (``path``) and both loops.
 
 Driven by hand as test_transport_cqueue: the peer reads a fixed amount, then the test calls
@@ -10,6 +10,7 @@ _write_ready() as the loop would on EPOLLOUT.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -208,8 +209,8 @@ async def test_the_compiled_path_paces_without_python_frames(path: str, call: st
     end of a flush: _after_flush); the pure path runs them."""
     pair = await paced_pair(path)
     t = pair.transport
-    names = ("_queue_rest", "_queue_zc_rest", "_write_queued", "_hold", "_send_head", "_after_flush",
-             "_enqueue_held")
+    names = ("_queue_rest", "_queue_zc_rest", "_write_queued", "_hold", "_send_head", "_send_gathered",
+             "_after_flush", "_enqueue_held")
     calls: list[str] = []
     for name in names:
         real = getattr(t, name)
@@ -234,7 +235,7 @@ async def test_the_compiled_path_paces_without_python_frames(path: str, call: st
             done = await asyncio.wait_for(asyncio.gather(*futures), 30)
             assert [c.nbytes for c in done] == [len(PAYLOAD)] * writes
         if path == "pure":
-            assert {"_send_head", "_after_flush"} <= set(calls)
+            assert {"_send_gathered", "_after_flush"} <= set(calls)
         else:
             assert calls == []
     finally:
@@ -262,5 +263,32 @@ async def test_cancelled_queued_write_zc_futures_are_flushed_alike(path: str) ->
         assert t.stats.copy_writes - before == len(waiting)
         assert all(f.cancelled() for f in waiting[::2])
         assert all(f.result().nbytes == len(PAYLOAD) for f in waiting[1::2])
+    finally:
+        pair.close()
+
+
+async def test_a_flush_sends_the_queued_copies_in_one_writev(path: str) -> None:
+    """Segments waiting behind a full socket leave in one gathered send per flush (one write
+    system call per segment before), their counters and the bytes as before."""
+    pair = await paced_pair(path)
+    t = pair.transport
+    t.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    t.set_write_buffer_limits(high=4 << 20)
+    try:
+        writes = 0
+        while len(t._queue) < 6:
+            t.write(PAYLOAD)
+            writes += 1
+        queued, sends, sent_bytes = len(t._queue), t.stats.copy_sends, t.stats.copy_bytes
+        for _ in range(5):  # the peer makes room for more than two of them (the loop not run)
+            peer_read(pair, 8 << 20)
+        t._write_ready()
+        assert queued - len(t._queue) >= 2
+        assert t.stats.copy_sends - sends == 1
+        assert t.stats.copy_bytes - sent_bytes >= 2 * len(PAYLOAD)
+        drain_by_hand(pair)
+        await asyncio.wait_for(pair.read_all(writes * len(PAYLOAD)), 30)
+        assert bytes(pair.received) == PAYLOAD * writes
+        assert t.get_write_buffer_size() == 0
     finally:
         pair.close()
