@@ -24,12 +24,7 @@
  * zc_dgram.msg_* and the drain stops, so Python handles it and reads the rest in order.
  */
 
-#include <netinet/in.h>
-#include <linux/errqueue.h>
-
-#ifndef SO_EE_ORIGIN_ZEROCOPY
-#define SO_EE_ORIGIN_ZEROCOPY 5
-#endif
+/* (<linux/errqueue.h>, SO_EE_ORIGIN_ZEROCOPY: _core_errqueue.c) */
 #ifndef MSG_ZEROCOPY
 #define MSG_ZEROCOPY 0x4000000
 #endif
@@ -256,59 +251,46 @@ int zc_dgram_drain(zc_dgram *d, int limit) {
     return errqueue_read(d, limit, 0);
 }
 
+/* errqueue_read's handler (zc_errqueue_batch): a zero-copy range sent from our pages is applied
+ * here; anything else is kept in msg_* for Python, and the drain stops at it. */
+static int dgram_on_ee(void *ctx, const struct sock_extended_err *ee, const struct msghdr *msg) {
+    zc_dgram *d = ctx;
+    if (ee->ee_origin == SO_EE_ORIGIN_ZEROCOPY && ee->ee_errno == 0 && !(ee->ee_code & 1)) {
+        int64_t ids = (int64_t)(uint32_t)(ee->ee_data - ee->ee_info) + 1;
+        if (zc_on_range_append(d->t, ee->ee_info, ee->ee_data) < 0) {
+            d->msg_errno = ENOMEM;
+            return DG_F_FAILED;
+        }
+        d->notifications++;
+        d->ids_zerocopy += ids;
+        d->drained_ids += ids;
+        return 0;
+    }
+    d->msg_errno = ee->ee_errno;
+    d->msg_origin = ee->ee_origin;
+    d->msg_type = ee->ee_type;
+    d->msg_code = ee->ee_code;
+    d->msg_info = ee->ee_info;
+    d->msg_data = ee->ee_data;
+    d->msg_addrlen = msg->msg_namelen < sizeof d->msg_addr ? msg->msg_namelen : sizeof d->msg_addr;
+    memcpy(d->msg_addr, msg->msg_name, d->msg_addrlen);
+    d->messages++;
+    return DG_F_MESSAGE;
+}
+
+/* Every recvmsg counts as a read, the empty or failed last one too; an interrupted one ends the
+ * drain as an empty queue does (Python reads on at the next drain). */
 static int errqueue_read(zc_dgram *d, int limit, int flags) {
-    int i;
-    for (i = 0; i < limit; i++) {
-        char control[CMSG_SPACE(sizeof(struct sock_extended_err) + 32)];
-        struct sockaddr_in6 addr;
-        struct msghdr msg;
-        struct cmsghdr *cm;
-        ssize_t r;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_name = &addr;
-        msg.msg_namelen = sizeof addr;
-        msg.msg_control = control;
-        msg.msg_controllen = sizeof control;
-        r = recvmsg(d->fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
-        d->errqueue_reads++;
-        if (r < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-                d->msg_errno = (uint32_t)errno;
-                flags |= DG_F_FAILED;
-            }
-            break;
-        }
-        if (msg.msg_flags & MSG_CTRUNC) {
-            d->msg_errno = EMSGSIZE;
-            flags |= DG_F_FAILED;
-            break;
-        }
-        for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-            struct sock_extended_err ee;
-            if (!((cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR) ||
-                  (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR)))
-                continue;
-            if (cm->cmsg_len < CMSG_LEN(sizeof ee)) continue;
-            memcpy(&ee, CMSG_DATA(cm), sizeof ee);
-            if (ee.ee_origin == SO_EE_ORIGIN_ZEROCOPY && ee.ee_errno == 0 && !(ee.ee_code & 1)) {
-                int64_t n = zc_on_range_append(d->t, ee.ee_info, ee.ee_data);
-                if (n < 0) { d->msg_errno = ENOMEM; return drained(d, flags | DG_F_FAILED); }
-                d->notifications++;
-                d->ids_zerocopy += (int64_t)(uint32_t)(ee.ee_data - ee.ee_info) + 1;
-                d->drained_ids += (int64_t)(uint32_t)(ee.ee_data - ee.ee_info) + 1;
-                continue;
-            }
-            d->msg_errno = ee.ee_errno;
-            d->msg_origin = ee.ee_origin;
-            d->msg_type = ee.ee_type;
-            d->msg_code = ee.ee_code;
-            d->msg_info = ee.ee_info;
-            d->msg_data = ee.ee_data;
-            d->msg_addrlen = msg.msg_namelen < sizeof d->msg_addr ? msg.msg_namelen : sizeof d->msg_addr;
-            memcpy(d->msg_addr, &addr, d->msg_addrlen);
-            d->messages++;
-            return drained(d, flags | DG_F_MESSAGE);
-        }
+    int reads, r = zc_errqueue_batch(d->fd, limit, dgram_on_ee, d, &reads);
+    d->errqueue_reads += reads;
+    if (r > 0) {
+        flags |= r; /* DG_F_MESSAGE, or DG_F_FAILED (out of memory) */
+    } else if (r == ZC_EQ_TRUNCATED) {
+        d->msg_errno = EMSGSIZE;
+        flags |= DG_F_FAILED;
+    } else if (r < 0 && r != -EINTR) {
+        d->msg_errno = (uint32_t)-r;
+        flags |= DG_F_FAILED;
     }
     return drained(d, flags);
 }

@@ -12,8 +12,9 @@ import hashlib
 import pathlib
 
 HERE = pathlib.Path(__file__).resolve().parent
-C_SOURCES = ("_core_tracker.c", "_core_dgram.c", "_core_pyhot.c", "_core_pymeth.c", "_core_pins.c", "_core_coalesce.c",
-             "_core_uring.c", "_core_udpring.c", "_core_recv.c", "_core_recvdispatch.c", "_core_tcp.c", "_core_tcpzc.c", "_core_tcpq.c", "_core_tcpflush.c",
+C_SOURCES = ("_core_tracker.c", "_core_errqueue.c", "_core_dgram.c", "_core_pyhot.c", "_core_pymeth.c",
+             "_core_pins.c", "_core_coalesce.c", "_core_uring.c", "_core_udpring.c", "_core_recv.c",
+             "_core_recvdispatch.c", "_core_tcp.c", "_core_tcpzc.c", "_core_tcpq.c", "_core_tcpflush.c",
              "_core_tcpdone.c")
 BUILD_INPUTS = (*C_SOURCES, "_core_nogil.h", "_core_build.py")
 

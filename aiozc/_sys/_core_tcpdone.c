@@ -166,46 +166,39 @@ static PyObject *tcp_resolve_range(PyObject *self, PyObject *const *args, Py_ssi
 #define TZ_ERRQUEUE_BATCH 64 /* base._ERRQUEUE_BATCH */
 #define TZ_EE_PER_MSG 2 /* extended errors one recvmsg's control buffer can hold */
 
+/* tz_read_errqueue's handler (zc_errqueue_batch): every extended error kept, in order. */
+typedef struct {
+    struct sock_extended_err *out;
+    int n;
+} tz_ees;
+
+static int tz_keep(void *ctx, const struct sock_extended_err *ee, const struct msghdr *msg) {
+    tz_ees *c = ctx;
+    (void)msg;
+    c->out[c->n++] = *ee;
+    return 0;
+}
+
 /* Up to TZ_ERRQUEUE_BATCH messages from the error queue, as kernel.read_errqueue: the extended
  * errors in `out` (their count), 0 with *truncated set on MSG_CTRUNC, -1 with an exception. */
 static int tz_read_errqueue(int fd, struct sock_extended_err *out, int *truncated) {
-    int i, n = 0;
+    tz_ees c = {out, 0};
+    int left = TZ_ERRQUEUE_BATCH, reads, r;
     *truncated = 0;
-    for (i = 0; i < TZ_ERRQUEUE_BATCH; i++) {
-        char control[CMSG_SPACE(sizeof(struct sock_extended_err) + 32)]; /* kernel._CMSG_SPACE */
-        struct sockaddr_in6 addr;
-        struct msghdr msg;
-        struct cmsghdr *cm;
-        ssize_t r;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_name = &addr;
-        msg.msg_namelen = sizeof addr;
-        msg.msg_control = control;
-        msg.msg_controllen = sizeof control;
-        r = recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
-        if (r < 0) {
-            if (errno == EINTR) {
-                if (PyErr_CheckSignals() < 0) return -1;
-                i--; /* (socket.recvmsg retries, PEP 475) */
-                continue;
-            }
-            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            PyErr_SetFromErrno(PyExc_OSError);
-            return -1;
-        }
-        if (msg.msg_flags & MSG_CTRUNC) {
-            *truncated = 1;
-            return 0;
-        }
-        for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-            if (!((cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR) ||
-                  (cm->cmsg_level == SOL_IPV6 && cm->cmsg_type == IPV6_RECVERR)))
-                continue;
-            if (cm->cmsg_len < CMSG_LEN(sizeof *out)) continue;
-            memcpy(&out[n++], CMSG_DATA(cm), sizeof *out);
-        }
+    while ((r = zc_errqueue_batch(fd, left, tz_keep, &c, &reads)) == -EINTR) {
+        if (PyErr_CheckSignals() < 0) return -1;
+        left -= reads - 1; /* (socket.recvmsg retries, PEP 475: the interrupted call is not one of the batch) */
     }
-    return n;
+    if (r == ZC_EQ_TRUNCATED) {
+        *truncated = 1;
+        return 0;
+    }
+    if (r < 0) {
+        errno = -r;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return c.n;
 }
 
 /* Hand one extended error on as base._drain_errqueue does: a zero-copy range to
