@@ -253,11 +253,11 @@ int zc_dgram_drain(zc_dgram *d, int limit) {
 
 /* errqueue_read's handler (zc_errqueue_batch): a zero-copy range sent from our pages is applied
  * here; anything else is kept in msg_* for Python, and the drain stops at it. */
-static int dgram_on_ee(void *ctx, const struct sock_extended_err *ee, const struct msghdr *msg) {
+static int dgram_on_ee(void *ctx, struct sock_extended_err ee, const struct msghdr *msg) {
     zc_dgram *d = ctx;
-    if (ee->ee_origin == SO_EE_ORIGIN_ZEROCOPY && ee->ee_errno == 0 && !(ee->ee_code & 1)) {
-        int64_t ids = (int64_t)(uint32_t)(ee->ee_data - ee->ee_info) + 1;
-        if (zc_on_range_append(d->t, ee->ee_info, ee->ee_data) < 0) {
+    if (ee.ee_origin == SO_EE_ORIGIN_ZEROCOPY && ee.ee_errno == 0 && !(ee.ee_code & 1)) {
+        int64_t ids = (int64_t)(uint32_t)(ee.ee_data - ee.ee_info) + 1;
+        if (zc_on_range_append(d->t, ee.ee_info, ee.ee_data) < 0) {
             d->msg_errno = ENOMEM;
             return DG_F_FAILED;
         }
@@ -266,12 +266,12 @@ static int dgram_on_ee(void *ctx, const struct sock_extended_err *ee, const stru
         d->drained_ids += ids;
         return 0;
     }
-    d->msg_errno = ee->ee_errno;
-    d->msg_origin = ee->ee_origin;
-    d->msg_type = ee->ee_type;
-    d->msg_code = ee->ee_code;
-    d->msg_info = ee->ee_info;
-    d->msg_data = ee->ee_data;
+    d->msg_errno = ee.ee_errno;
+    d->msg_origin = ee.ee_origin;
+    d->msg_type = ee.ee_type;
+    d->msg_code = ee.ee_code;
+    d->msg_info = ee.ee_info;
+    d->msg_data = ee.ee_data;
     d->msg_addrlen = msg->msg_namelen < sizeof d->msg_addr ? msg->msg_namelen : sizeof d->msg_addr;
     memcpy(d->msg_addr, msg->msg_name, d->msg_addrlen);
     d->messages++;

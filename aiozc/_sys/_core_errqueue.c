@@ -17,10 +17,10 @@
  * recvmsg's own failures come back as -errno. */
 #define ZC_EQ_TRUNCATED (-(1 << 20))
 
-/* One extended error read: `msg` is the message it came in (msg_name: the address it names).
- * 0: read on; > 0: stop here (the rest of the queue stays for the next read), the batch's
- * result. */
-typedef int (*zc_eq_handler)(void *ctx, const struct sock_extended_err *ee, const struct msghdr *msg);
+/* One extended error read (a copy: CMSG_DATA is not aligned for it), and the message it came
+ * in (msg_name: the address it names). 0: read on; > 0: stop here (the rest of the queue stays
+ * for the next read), the batch's result. */
+typedef int (*zc_eq_handler)(void *ctx, struct sock_extended_err ee, const struct msghdr *msg);
 
 /* Read up to `limit` messages, each extended error to `handler`. *reads: the recvmsg calls
  * made (the last one included, whatever it returned). Returns 0 (the queue is empty, or
@@ -59,7 +59,7 @@ static inline __attribute__((always_inline)) int zc_errqueue_batch(int fd, int l
                 continue;
             if (cm->cmsg_len < CMSG_LEN(sizeof ee)) continue;
             memcpy(&ee, CMSG_DATA(cm), sizeof ee);
-            if ((stop = handler(ctx, &ee, &msg))) {
+            if ((stop = handler(ctx, ee, &msg))) {
                 *reads = i + 1;
                 return stop;
             }

@@ -172,10 +172,10 @@ typedef struct {
     int n;
 } tz_ees;
 
-static int tz_keep(void *ctx, const struct sock_extended_err *ee, const struct msghdr *msg) {
+static int tz_keep(void *ctx, struct sock_extended_err ee, const struct msghdr *msg) {
     tz_ees *c = ctx;
     (void)msg;
-    c->out[c->n++] = *ee;
+    c->out[c->n++] = ee;
     return 0;
 }
 
