@@ -1,19 +1,26 @@
 """The error-queue batch read the drains share (compiled: aiozc/_sys/_core_errqueue.c, called by
-the TCP transport's and the datagram path's drains; pure: kernel.read_errqueue), at the branch
-nothing else on loopback reaches: a message whose control data the kernel cut (MSG_CTRUNC).
+the TCP transport's and the datagram path's drains; pure: kernel.read_errqueue), at the ends of
+a batch nothing else on loopback reaches, on both transports, compiled or not.
 
-A transmit timestamp (SO_TIMESTAMPING) is queued on the error queue with an SCM_TIMESTAMPING
-control message ahead of its IP_RECVERR one; the readers' control buffer holds one extended
-error and its address (kernel._CMSG_SPACE), so the kernel truncates the message. That is what a
-lost zero-copy notification looks like too (a write that would never resolve): the transport
-fails with ErrQueueTruncated (EMSGSIZE), TCP and UDP alike, compiled or not.
+A truncated message (MSG_CTRUNC). A transmit timestamp (SO_TIMESTAMPING) is queued on the error
+queue with an SCM_TIMESTAMPING control message ahead of its IP_RECVERR one; the readers' control
+buffer holds one extended error and its address (kernel._CMSG_SPACE), so the kernel truncates
+the message. That is what a lost zero-copy notification looks like too (a write that would never
+resolve): the transport fails with ErrQueueTruncated (EMSGSIZE).
+
+A failed recvmsg (not EAGAIN): raised from the drain. The kernel's error-queue read fails only
+with EAGAIN on a socket, so the test puts a pipe behind the transport's descriptor (ENOTSOCK).
+
+An empty queue: one read in the transport's errqueue_reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -83,3 +90,53 @@ async def test_a_truncated_message_fails_the_datagram_transport(engine: str) -> 
     finally:
         sink.close()
 
+
+
+async def _tcp() -> tuple[Any, Callable[[], None]]:
+    pair = await connect_pair()
+    return pair.transport, pair.close
+
+
+async def _udp() -> tuple[Any, Callable[[], None]]:
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    transport, _ = await create_datagram_endpoint(_Recorder, remote_addr=sink.getsockname(), engine="msg_zerocopy")
+
+    def close() -> None:
+        transport.abort()
+        sink.close()
+
+    return transport, close
+
+
+OPEN = {"tcp": _tcp, "udp": _udp}
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+async def test_an_empty_queue_is_one_read(kind: str) -> None:
+    transport, close = await OPEN[kind]()
+    try:
+        before = transport.stats.errqueue_reads
+        assert transport._drain_errqueue() == 0
+        assert transport.stats.errqueue_reads == before + 1
+        assert not transport.is_closing()
+    finally:
+        close()
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+async def test_a_failed_read_is_raised(kind: str) -> None:
+    transport, close = await OPEN[kind]()
+    fd = transport.get_extra_info("socket").fileno()
+    saved = os.dup(fd)  # keeps the socket (and the loop's registration of it) alive
+    r, w = os.pipe()
+    try:
+        os.dup2(r, fd)
+        with pytest.raises(OSError) as failed:
+            transport._drain_errqueue()
+        assert failed.value.errno == errno.ENOTSOCK
+    finally:
+        os.dup2(saved, fd)  # the socket again, before the loop sees the descriptor
+        for extra in (saved, r, w):
+            os.close(extra)
+        close()

@@ -281,8 +281,7 @@ static int dgram_on_ee(void *ctx, struct sock_extended_err ee, const struct msgh
 /* Every recvmsg counts as a read, the empty or failed last one too; an interrupted one ends the
  * drain as an empty queue does (Python reads on at the next drain). */
 static int errqueue_read(zc_dgram *d, int limit, int flags) {
-    int reads, r = zc_errqueue_batch(d->fd, limit, dgram_on_ee, d, &reads);
-    d->errqueue_reads += reads;
+    int r = zc_errqueue_batch(d->fd, limit, dgram_on_ee, d, NULL, &d->errqueue_reads);
     if (r > 0) {
         flags |= r; /* DG_F_MESSAGE, or DG_F_FAILED (out of memory) */
     } else if (r == ZC_EQ_TRUNCATED) {

@@ -16,20 +16,23 @@
 /* MSG_CTRUNC: the kernel cut a control message (a notification lost with it). Not an errno:
  * recvmsg's own failures come back as -errno. */
 #define ZC_EQ_TRUNCATED (-(1 << 20))
+/* An interrupted recvmsg's `retry` failed (PyErr_CheckSignals: a signal handler raised). */
+#define ZC_EQ_RAISED (-(1 << 20) - 1)
 
 /* One extended error read (a copy: CMSG_DATA is not aligned for it), and the message it came
  * in (msg_name: the address it names). 0: read on; > 0: stop here (the rest of the queue stays
  * for the next read), the batch's result. */
 typedef int (*zc_eq_handler)(void *ctx, struct sock_extended_err ee, const struct msghdr *msg);
 
-/* Read up to `limit` messages, each extended error to `handler`. *reads: the recvmsg calls
- * made (the last one included, whatever it returned). Returns 0 (the queue is empty, or
- * `limit` messages were read), the handler's stop value, ZC_EQ_TRUNCATED, or -errno of a
- * failed recvmsg (-EINTR too: retrying is the caller's choice). Always inlined, so that each
- * caller's handler is a direct call the compiler may inline (the datagram drain is on the
- * sendto_zc path). */
+/* Read up to `limit` messages, each extended error to `handler`. An interrupted recvmsg is
+ * called again after `retry` (and is none of the `limit`), or with `retry` NULL ends the batch
+ * as -EINTR. *reads (if not NULL) grows by the recvmsg calls made, the last one included
+ * whatever it returned. Returns 0 (the queue is empty, or `limit` messages were read), the
+ * handler's stop value, ZC_EQ_TRUNCATED, ZC_EQ_RAISED, or -errno of a failed recvmsg. Always
+ * inlined: each caller's handler, `retry` and `reads` are then constants the compiler folds
+ * (the handler a direct call it may inline: the datagram drain is on the sendto_zc path). */
 static inline __attribute__((always_inline)) int zc_errqueue_batch(int fd, int limit, zc_eq_handler handler,
-                                                                   void *ctx, int *reads) {
+                                                                   void *ctx, int (*retry)(void), int64_t *reads) {
     int i, stop;
     for (i = 0; i < limit; i++) {
         char control[CMSG_SPACE(sizeof(struct sock_extended_err) + 32)]; /* kernel._CMSG_SPACE */
@@ -43,15 +46,16 @@ static inline __attribute__((always_inline)) int zc_errqueue_batch(int fd, int l
         msg.msg_control = control;
         msg.msg_controllen = sizeof control;
         r = recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
+        if (reads) *reads += 1;
         if (r < 0) {
-            int err = errno;
-            *reads = i + 1;
-            return err == EAGAIN || err == EWOULDBLOCK ? 0 : -err;
+            if (errno == EINTR && retry) {
+                if (retry() < 0) return ZC_EQ_RAISED;
+                i--;
+                continue;
+            }
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
         }
-        if (msg.msg_flags & MSG_CTRUNC) {
-            *reads = i + 1;
-            return ZC_EQ_TRUNCATED;
-        }
+        if (msg.msg_flags & MSG_CTRUNC) return ZC_EQ_TRUNCATED;
         for (cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
             struct sock_extended_err ee;
             if (!((cm->cmsg_level == SOL_IP && cm->cmsg_type == IP_RECVERR) ||
@@ -59,12 +63,8 @@ static inline __attribute__((always_inline)) int zc_errqueue_batch(int fd, int l
                 continue;
             if (cm->cmsg_len < CMSG_LEN(sizeof ee)) continue;
             memcpy(&ee, CMSG_DATA(cm), sizeof ee);
-            if ((stop = handler(ctx, ee, &msg))) {
-                *reads = i + 1;
-                return stop;
-            }
+            if ((stop = handler(ctx, ee, &msg))) return stop;
         }
     }
-    *reads = i;
     return 0;
 }

@@ -183,16 +183,11 @@ static int tz_keep(void *ctx, struct sock_extended_err ee, const struct msghdr *
  * errors in `out` (their count), 0 with *truncated set on MSG_CTRUNC, -1 with an exception. */
 static int tz_read_errqueue(int fd, struct sock_extended_err *out, int *truncated) {
     tz_ees c = {out, 0};
-    int left = TZ_ERRQUEUE_BATCH, reads, r;
-    *truncated = 0;
-    while ((r = zc_errqueue_batch(fd, left, tz_keep, &c, &reads)) == -EINTR) {
-        if (PyErr_CheckSignals() < 0) return -1;
-        left -= reads - 1; /* (socket.recvmsg retries, PEP 475: the interrupted call is not one of the batch) */
-    }
-    if (r == ZC_EQ_TRUNCATED) {
-        *truncated = 1;
-        return 0;
-    }
+    /* an interrupted recvmsg is retried after PyErr_CheckSignals, as socket.recvmsg (PEP 475) */
+    int r = zc_errqueue_batch(fd, TZ_ERRQUEUE_BATCH, tz_keep, &c, PyErr_CheckSignals, NULL);
+    *truncated = r == ZC_EQ_TRUNCATED;
+    if (*truncated) return 0;
+    if (r == ZC_EQ_RAISED) return -1;
     if (r < 0) {
         errno = -r;
         PyErr_SetFromErrno(PyExc_OSError);
