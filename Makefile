@@ -41,7 +41,7 @@ CORE_TESTS := tests/test_completions.py tests/test_datagram.py tests/test_datagr
 	tests/test_uring_groups.py tests/test_uring_io_diff.py tests/test_streamread_core.py \
 	tests/test_udp_uring_hotcall.py tests/test_coalescer.py tests/test_transport_cmethods.py tests/test_transport_hotpath.py tests/test_writelines_gather.py \
 	tests/test_compat_contract.py tests/test_transport_zcqueue.py tests/test_transport_zcqueue_enobufs.py \
-	tests/test_transport_paced.py tests/test_transport_cdone.py
+	tests/test_transport_paced.py tests/test_transport_cdone.py tests/test_errqueue_batch.py
 
 test: install
 	$(PY) -m pytest
