@@ -143,8 +143,10 @@ class Multiplexer:
 
     def writer_may_linger(self, fd: int) -> bool:
         """Whether ``fd``'s owner may leave EPOLLOUT asked for with nothing to write until the
-        next writable event (see transport._writer_lingers): on uvloop, in its selector."""
-        return self._uvloop and fd in self._on_loop
+        next writable event (see transport._writer_lingers): on uvloop, in its selector or in
+        the private epoll (whose fd uvloop polls after it ran the ready callbacks; a nested
+        level-triggered epoll is readable only while an fd in it still is)."""
+        return self._uvloop
 
     def modify(self, fd: int, mask: int, *, on_loop: bool = False) -> None:
         """Watch ``fd`` for ``mask`` from now on; ``on_loop`` as for :meth:`register` (a socket

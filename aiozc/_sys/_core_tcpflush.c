@@ -293,11 +293,12 @@ static int tq_mask(PyObject *self, PyObject *dict, Py_ssize_t size, long long *m
 }
 
 /* _writer_lingers() with nothing queued: its mask test and the multiplexer's
- * writer_may_linger (uvloop, the fd in its selector) read here. 1/0, -1 with an exception. */
+ * writer_may_linger (uvloop) read here. 1/0, -1 with an exception. */
 static int tq_lingers(PyObject *self, tcp_hot *h, PyObject *dict) {
-    PyObject *sock, *mux, *mdict = NULL, *uv, *on_loop, *fd, *r;
+    PyObject *sock, *mux, *mdict = NULL, *uv, *r;
     long long mask, reg;
     int res = tq_mask(self, dict, 0, &mask);
+    (void)h;
     if (res == 0) res = tz_int(dict, tz.registered_mask, &reg);
     if (res < 0) return -1;
     if (res == 0 && reg != (mask | TZ_EPOLLOUT)) return 0;
@@ -307,12 +308,7 @@ static int tq_lingers(PyObject *self, tcp_hot *h, PyObject *dict) {
     if (mux && !(mdict = PyObject_GenericGetDict(mux, NULL))) return -1;
     if (mdict) {
         uv = PyDict_GetItemWithError(mdict, tq.uvloop);
-        on_loop = uv == Py_True ? PyDict_GetItemWithError(mdict, tq.on_loop) : NULL;
-        res = uv == Py_False ? 0 : on_loop && PyDict_CheckExact(on_loop) ? 1 : -2;
-        if (res == 1) {
-            res = (fd = PyLong_FromLong(h->fd)) ? PyDict_Contains(on_loop, fd) : -1;
-            Py_XDECREF(fd);
-        }
+        res = uv == Py_False ? 0 : uv == Py_True ? 1 : -2;
         Py_DECREF(mdict);
         if (res != -2) return res;
     }

@@ -22,7 +22,7 @@
 static struct {
     PyObject *zc_in_flight, *queued, *send_head, *after_flush, *popleft, *release, *done, *policy, *state,
         *head_wanted, *low_water, *resume_writing, *maybe_resume, *eof, *closing, *shutdown_write, *start_close,
-        *writer_lingers, *mux, *uvloop, *on_loop;
+        *writer_lingers, *mux, *uvloop;
     PyObject *disabled; /* ZeroCopyState.DISABLED, or NULL: not known yet */
     PyObject *popleft_descr, *release_descr; /* deque.popleft, memoryview.release */
     PyTypeObject *deque_type;
@@ -42,7 +42,7 @@ static int tq_init(void) {
         tcp_intern(&tq.eof, "_eof") || tcp_intern(&tq.closing, "_closing") ||
         tcp_intern(&tq.shutdown_write, "_shutdown_write") || tcp_intern(&tq.start_close, "_start_close") ||
         tcp_intern(&tq.writer_lingers, "_writer_lingers") || tcp_intern(&tq.mux, "_mux") ||
-        tcp_intern(&tq.uvloop, "_uvloop") || tcp_intern(&tq.on_loop, "_on_loop"))
+        tcp_intern(&tq.uvloop, "_uvloop"))
         return -1;
     /* the unbound methods, called without a lookup per segment (~0.2k instructions each) */
     if (!(tq.release_descr = PyObject_GetAttr((PyObject *)&PyMemoryView_Type, tq.release))) return -1;
