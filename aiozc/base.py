@@ -60,6 +60,9 @@ class ZeroCopyTransportBase:
     # the kernel released the pinned buffers (the socket stays open for that meanwhile). TCP:
     # on one host those completions wait for the peer to read, which a stock close() does not.
     _lost_before_release = False
+    # Whether the socket enters no epoll until the first _update_mask (readiness.register's
+    # defer): the stream transport, whose connection_made sets its mask on the next iteration.
+    _defer_registration = False
 
     def __init__(
         self,
@@ -105,11 +108,13 @@ class ZeroCopyTransportBase:
         self._zc_since_drain = 0
         self._mux = Multiplexer.for_loop(loop)
         mask = self._mask()
-        self._mux.register(self._fd, self, mask, on_loop=self._on_loop_for(mask))
+        self._mux.register(self._fd, self, mask, on_loop=self._on_loop_for(mask), defer=self._defer_registration)
         # As asyncio: a wrapper that allows options and names but not I/O behind our back.
         self._extra.setdefault("socket", trsock.TransportSocket(sock))
-        self._extra.setdefault("sockname", _safe_name(sock.getsockname))
-        self._extra.setdefault("peername", _safe_name(sock.getpeername))
+        # A name given (a server passes the peer its accept() returned) costs no system call.
+        for name, getter in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
+            if name not in self._extra:
+                self._extra[name] = _safe_name(getter)
 
     # -- asyncio.BaseTransport -------------------------------------------------------------
 

@@ -27,6 +27,14 @@ selector cannot watch for errors alone, and an error must still be seen then).
   error, as it would have there. A socket whose sentinel fired stays private, and so does one
   that left uvloop's selector 8 times (each return costs ~6 system calls: a new poll handle).
 
+Per connection, nothing is paid twice (issue #10, connection churn: strace of an accepted
+connection that reads a request, writes a response and closes). The private epoll is opened with
+the first socket that needs it and closed with the loop (``loop.close``), not with the last
+socket: on uvloop an epoll opened and closed per connection cost epoll_create1, close, its
+``add_reader``/``remove_reader`` (6 epoll_ctl and an ioctl, libuv's poll handle). A socket given
+with ``defer=True`` enters no epoll until its owner first says what to watch (:meth:`modify`):
+a transport before ``connection_made`` watches nothing, and the loop's selector takes it then.
+
 Where the compiled core is in use, the loop's reader for the private epoll is its
 ``Dispatcher`` (``_sys/_core_recv.c``): the same poll and per-fd dispatch as ``_dispatch``, in C,
 calling a TCP transport's compiled ``Reader`` directly.
@@ -95,6 +103,11 @@ class Multiplexer:
         # for the private epoll while it is open; without the core, _dispatch is.
         self._dispatcher: Any = None
         self._dispatches = 0  # by _dispatch, and by Dispatchers of epolls closed since
+        # Registered with defer=True and not yet placed anywhere (see register).
+        self._deferred: set[int] = set()
+        # Whether loop.close() closes the private epoll (see _follow_loop_close); if the loop
+        # cannot be followed, the epoll closes when its last socket leaves, as it did before.
+        self._closes_with_loop = False
 
     @property
     def dispatches(self) -> int:
@@ -123,13 +136,25 @@ class Multiplexer:
         # EPOLLERR and EPOLLHUP are always reported; an empty mask still delivers completions.
         return (EPOLLIN if read else 0) | (EPOLLOUT if write else 0) | (EPOLLET if edge else 0)
 
-    def register(self, fd: int, handler: ReadinessHandler, mask: int, *, on_loop: bool = False) -> None:
+    def register(
+        self, fd: int, handler: ReadinessHandler, mask: int, *, on_loop: bool = False, defer: bool = False
+    ) -> None:
         """Watch ``fd`` for ``mask``; ``on_loop``: in the loop's own selector where the loop
-        allows it (see the module docstring), until :meth:`modify` says otherwise."""
+        allows it (see the module docstring), until :meth:`modify` says otherwise.
+
+        ``defer``: watch nothing until the first :meth:`modify`, which places the fd (an owner
+        that sets its real mask within the loop iteration, and has no notification pending:
+        a socket registered, then moved at once, costs an epoll ADD and DEL for nothing)."""
         if fd in self._handlers:
             raise RuntimeError(f"fd {fd} is already registered with the aiozc multiplexer")
         self._handlers[fd] = handler
         self._callbacks[fd] = handler.on_readiness
+        if defer:
+            self._deferred.add(fd)
+            return
+        self._place(fd, handler, mask, on_loop)
+
+    def _place(self, fd: int, handler: ReadinessHandler, mask: int, on_loop: bool) -> None:
         if on_loop and self._loop_allows(fd):
             self._enter_loop(fd, handler, mask, registered=False)
             return
@@ -151,6 +176,10 @@ class Multiplexer:
     def modify(self, fd: int, mask: int, *, on_loop: bool = False) -> None:
         """Watch ``fd`` for ``mask`` from now on; ``on_loop`` as for :meth:`register` (a socket
         moves between the loop's selector and the private epoll as its owner says)."""
+        if fd in self._deferred:
+            self._deferred.discard(fd)
+            self._place(fd, self._handlers[fd], mask, on_loop)
+            return
         if fd in self._on_loop:
             if on_loop:
                 self._set_loop_mask(fd, self._handlers[fd], mask)
@@ -174,14 +203,16 @@ class Multiplexer:
         del self._callbacks[fd]
         self._stay_private.discard(fd)
         self._leaves.pop(fd, None)
-        if self._on_loop.pop(fd, None) is not None:
+        if fd in self._deferred:
+            self._deferred.discard(fd)
+        elif self._on_loop.pop(fd, None) is not None:
             self._drop_from_loop(fd)
             if fd in self._sentinels:
                 self._sentinels.discard(fd)
                 self._epoll_unregister(fd)
         else:
             self._epoll_unregister(fd)
-        if not self._handlers:
+        if not self._handlers and not self._closes_with_loop:
             self._close()
 
     def _epoll_register(self, fd: int, mask: int) -> None:
@@ -190,7 +221,8 @@ class Multiplexer:
 
     def _epoll_unregister(self, fd: int) -> None:
         del self._masks[fd]
-        assert self._epoll is not None
+        if self._epoll is None:
+            return  # closed with the loop already
         try:
             self._epoll.unregister(fd)
         except (OSError, ValueError):
@@ -288,7 +320,14 @@ class Multiplexer:
                     self._epoll.fileno(), self._callbacks, self._handler_failed
                 )
             self._loop.add_reader(self._epoll.fileno(), reader)
+            if not self._closes_with_loop:
+                self._closes_with_loop = _follow_loop_close(self)
         return self._epoll
+
+    @property
+    def epoll_fd(self) -> int | None:
+        """The private epoll's fd while it is open (it stays open until the loop closes)."""
+        return None if self._epoll is None else self._epoll.fileno()
 
     def _close(self) -> None:
         # Closing when idle keeps no fd or loop reader alive after the last transport is gone.
@@ -323,6 +362,29 @@ class Multiplexer:
         self._loop.call_exception_handler(
             {"message": "aiozc readiness handler failed", "exception": exc, "handler": self._handlers.get(fd)}
         )
+
+
+def _follow_loop_close(mux: Multiplexer) -> bool:
+    """Make ``mux.loop.close()`` close the private epoll too; False if the loop cannot be followed.
+
+    Neither asyncio nor uvloop tells anyone that a loop closed, so the loop's ``close`` is
+    wrapped on the instance (once: the wrapper stays for the loop's life). The epoll closes after
+    the loop's own close, which raises, changing nothing, on a running loop."""
+    loop = mux._loop
+    close = loop.close
+    ref = weakref.ref(mux)
+
+    def close_with_private_epoll() -> None:
+        close()
+        current = ref()
+        if current is not None:
+            current._close()
+
+    try:
+        loop.close = close_with_private_epoll  # type: ignore[method-assign]
+    except (AttributeError, TypeError):
+        return False  # a loop without an instance dict (__slots__): close with the last socket
+    return True
 
 
 def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -178,7 +178,7 @@ class Server(asyncio.AbstractServer):
             if self._out_of_resources_logged:
                 self._out_of_resources_logged = False
                 logger.info("%r: accepting again", self)
-            self._accept_connection(conn)
+            self._accept_connection(conn, _addr)
 
     def _back_off(self, listener: socket.socket, exc: OSError) -> None:
         """Stop watching ``listener`` and try again later; report the first failure only."""
@@ -200,7 +200,7 @@ class Server(asyncio.AbstractServer):
         if self._serving and self._sockets is not None:
             self._loop.add_reader(listener.fileno(), self._accept_ready, listener)
 
-    def _accept_connection(self, conn: socket.socket) -> None:
+    def _accept_connection(self, conn: socket.socket, peername: Any = None) -> None:
         try:
             conn.setblocking(False)
             set_nodelay(conn)
@@ -208,7 +208,9 @@ class Server(asyncio.AbstractServer):
             if self._ssl:
                 self._accept_tls(conn, protocol)
             else:
-                ZeroCopyTransport(self._loop, conn, protocol, self._options, server=self)
+                # The peer accept() returned, as asyncio's server passes it: no getpeername.
+                extra = None if peername is None else {"peername": peername}
+                ZeroCopyTransport(self._loop, conn, protocol, self._options, extra=extra, server=self)
         except BaseException as exc:
             conn.close()
             if isinstance(exc, (SystemExit, KeyboardInterrupt)):

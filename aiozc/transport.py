@@ -41,6 +41,9 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
     # head segment like a synchronous send would (_after_zc_result).
     _async_sends = True
     _lost_before_release = True  # see base; close() never waits for the peer to read
+    # In no epoll until connection_made's _update_mask (or any earlier one): the loop's selector
+    # takes the socket then, without a stop in the private epoll (readiness).
+    _defer_registration = True
 
     def __init__(
         self,
@@ -80,7 +83,7 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
 
             self._zc_reader = ZeroCopyReader(self, self._options.zc_receive)
         self._read_once = self._read_path(protocol)
-        self._registered_mask = self._mask()  # what the base registered
+        self._registered_mask = -1  # deferred (base): the first _update_mask places the socket
         if self._options.local_peer_copy and _peer_on_this_host(sock):
             self._policy.assume_copied(
                 "peer on this host (local_peer_copy): the kernel copies every zero-copy send"
