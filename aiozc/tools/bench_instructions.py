@@ -18,6 +18,9 @@ Cases:
   BufferPool, and the C reference senders; on both loops.
 * TCP, 64 KiB and 1-byte writes over loopback to a receiver in another process (not under callgrind):
   stock ``write()``, aiozc ``write()`` and ``write_zc()``, on both loops.
+* TCP connections (``tcpconn``, :mod:`aiozc.tools.instructions_tcpconn`): a server accepting
+  short connections (an 18-byte request, a 40-byte response, close) from a peer in another
+  process, on the loop's own server and aiozc's, on both loops; per call = one connection.
 * TCP reads (``tcpread``, :mod:`aiozc.tools.instructions_tcpread`): a ``Protocol`` receiving
   11-byte ping-pong messages or a 256 KiB-block stream from a peer in another process, on the
   stock transport and aiozc's, on both loops.
@@ -62,10 +65,10 @@ _PACED_FLAG = 1 << 63  # in the 8-byte length header: the receiver paces this co
 TCP_EVERY_ZC = "tcp-aiozc-write_zc-every"
 TCP_EVERY_ZC_OPTIONS: dict[str, Any] = {"fallback_after": 1 << 62, "max_pinned_bytes": 1 << 62, "probe_first": False}
 UDP_SIZE = 64000
-DEFAULT_CALLS = {"udp": 1024, "tcp": 256, "web": 128, "tcpread": 256}
+DEFAULT_CALLS = {"udp": 1024, "tcp": 256, "web": 128, "tcpread": 256, "tcpconn": 128}
 # udp + tcp: ~3-6 minutes on this machine; web adds 1-2 minutes per case (12 cases).
 DEFAULT_FAMILIES = ("udp", "tcp")
-WARMUP_CALLS = {"udp": 256, "tcp": 64, "web": 64, "tcpread": 64}
+WARMUP_CALLS = {"udp": 256, "tcp": 64, "web": 64, "tcpread": 64, "tcpconn": 32}
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,18 @@ def _tcpread_cases() -> list[Case]:
     ]
 
 
-CASES = _udp_cases() + _tcp_cases() + _web_cases() + _tcpread_cases()
+def _tcpconn_cases() -> list[Case]:
+    from .instructions_tcpconn import SERVERS
+
+    return [
+        Case(f"TCP connection, request + response + close, {server} server ({loop})", "tcpconn",
+             f"tcpconn-{server}", loop)
+        for server in SERVERS
+        for loop in ("asyncio", "uvloop")
+    ]
+
+
+CASES = _udp_cases() + _tcp_cases() + _web_cases() + _tcpread_cases() + _tcpconn_cases()
 
 
 @dataclass
@@ -249,6 +263,10 @@ def _run_once(spec: dict[str, Any], count: int, pool: Any) -> dict[str, Any]:
         from .instructions_tcpread import measure
 
         return run_on(spec["loop"], measure(spec["port"], spec["kind"], count))
+    if spec["family"] == "tcpconn":
+        from .instructions_tcpconn import measure as measure_conn
+
+        return run_on(spec["loop"], measure_conn(spec["port"], spec["kind"], count))
     return run_on(spec["loop"], _tcp_writes(spec["port"], spec["kind"], pool, count))
 
 
@@ -422,8 +440,12 @@ def _run_tcp(cases: list[Case], calls: int) -> list[Count]:
         receiver.join(timeout=10)
 
 
-def _run_tcpread(cases: list[Case], calls: int) -> list[Count]:
-    from .instructions_tcpread import peer_main
+def _run_with_peer(cases: list[Case], calls: int, family: str = "tcpread") -> list[Count]:
+    """Cases whose peer runs in another process, outside callgrind (tcpread, tcpconn)."""
+    if family == "tcpconn":
+        from .instructions_tcpconn import peer_main
+    else:
+        from .instructions_tcpread import peer_main
 
     if not cases:
         return []
@@ -442,7 +464,8 @@ def _run_tcpread(cases: list[Case], calls: int) -> list[Count]:
 
 
 def _is_stock(c: Count) -> bool:
-    return c.kind in ("stock", "tcp-stock-write") or c.kind.startswith(("web-stock-", "tcpread-stock-", "tcp-stock-"))
+    return c.kind in ("stock", "tcp-stock-write", "tcpconn-stock") or c.kind.startswith(
+        ("web-stock-", "tcpread-stock-", "tcp-stock-"))
 
 
 def _pair(c: Count) -> tuple[str, str, str]:
@@ -483,7 +506,9 @@ def run(args: Any = None) -> dict[str, Any]:
     counts = _run_udp([c for c in cases if c.family == "udp"], opts.calls or DEFAULT_CALLS["udp"])
     counts += _run_tcp([c for c in cases if c.family == "tcp"], opts.calls or DEFAULT_CALLS["tcp"])
     counts += _run_web([c for c in cases if c.family == "web"], opts.calls or DEFAULT_CALLS["web"])
-    counts += _run_tcpread([c for c in cases if c.family == "tcpread"], opts.calls or DEFAULT_CALLS["tcpread"])
+    counts += _run_with_peer([c for c in cases if c.family == "tcpread"], opts.calls or DEFAULT_CALLS["tcpread"])
+    counts += _run_with_peer([c for c in cases if c.family == "tcpconn"], opts.calls or DEFAULT_CALLS["tcpconn"],
+                           "tcpconn")
     print_table(counts)
     rows = [{**asdict(c), "series": c.case, "instructions": c.per_call} for c in counts]
     return {"bench": "instructions", "options": vars(opts), "rows": rows,
@@ -491,8 +516,9 @@ def run(args: Any = None) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--families", nargs="+", choices=["udp", "tcp", "web", "tcpread"], default=list(DEFAULT_FAMILIES),
+    parser.add_argument("--families", nargs="+", choices=["udp", "tcp", "web", "tcpread", "tcpconn"], default=list(DEFAULT_FAMILIES),
                         help="udp: datagrams into the sink; tcp: 64 KiB writes; tcpread: Protocol reads; "
+                        "tcpconn: accepted short connections; "
                         "web: aiohttp requests "
                         "(not by default: ~1-2 minutes per case under callgrind)")
     parser.add_argument("--loops", nargs="+", choices=["asyncio", "uvloop"], default=["asyncio", "uvloop"])
