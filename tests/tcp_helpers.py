@@ -175,3 +175,12 @@ def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setattr(streamread, "_reader_type", None)
         monkeypatch.setattr(readiness, "_CompiledDispatcher", None)
     yield request.param
+
+
+def open_fd_count() -> int:
+    """This process's open fds, less the running loop's private epoll: it stays open until the
+    loop closes (readiness), so it is no connection's leak."""
+    import os
+
+    private = readiness.Multiplexer.for_loop(asyncio.get_running_loop()).epoll_fd is not None
+    return len(os.listdir("/proc/self/fd")) - private
