@@ -29,8 +29,8 @@ selector cannot watch for errors alone, and an error must still be seen then).
 
 Per connection, nothing is paid twice (issue #10, connection churn: strace of an accepted
 connection that reads a request, writes a response and closes). The private epoll is opened with
-the first socket that needs it and closed with the loop (``loop.close``), not with the last
-socket: on uvloop an epoll opened and closed per connection cost epoll_create1, close, its
+the first socket that needs it and closed with the loop (when ``loop.close`` drops its
+selector's readers), not with the last socket: on uvloop an epoll opened and closed per connection cost epoll_create1, close, its
 ``add_reader``/``remove_reader`` (6 epoll_ctl and an ioctl, libuv's poll handle). A socket given
 with ``defer=True`` enters no epoll until its owner first says what to watch (:meth:`modify`):
 a transport before ``connection_made`` watches nothing, and the loop's selector takes it then.
@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import select
+import sys
 from asyncio import selector_events
 import weakref
 from typing import Any, Callable, Protocol
@@ -105,9 +106,11 @@ class Multiplexer:
         self._dispatches = 0  # by _dispatch, and by Dispatchers of epolls closed since
         # Registered with defer=True and not yet placed anywhere (see register).
         self._deferred: set[int] = set()
-        # Whether loop.close() closes the private epoll (see _follow_loop_close); if the loop
-        # cannot be followed, the epoll closes when its last socket leaves, as it did before.
+        # Whether the loop's close closes the private epoll (see _open); where the loop cannot
+        # be followed, the epoll closes when its last socket leaves, as it did before.
         self._closes_with_loop = False
+        self._owner_ref: "weakref.ref[_EpollOwner] | None" = None
+        self._owner: _EpollOwner | None = None
 
     @property
     def dispatches(self) -> int:
@@ -313,15 +316,24 @@ class Multiplexer:
 
     def _open(self) -> select.epoll:
         if self._epoll is None:
-            self._epoll = select.epoll()
+            epoll = self._epoll = select.epoll()
             reader: Callable[[], None] = self._dispatch
             if _CompiledDispatcher is not None:
                 reader = self._dispatcher = _CompiledDispatcher(
-                    self._epoll.fileno(), self._callbacks, self._handler_failed
+                    epoll.fileno(), self._callbacks, self._handler_failed
                 )
-            self._loop.add_reader(self._epoll.fileno(), reader)
-            if not self._closes_with_loop:
-                self._closes_with_loop = _follow_loop_close(self)
+            # The loop's selector holds the only reference to the owner: when the loop closes
+            # (asyncio's selector drops its keys, uvloop its readers' file objects) the owner
+            # goes, and with it the epoll (_owner_gone). No hook on close needed.
+            owner = _EpollOwner(epoll)
+            self._loop.add_reader(owner, reader)
+            # A loop that keeps only the fd number (not asyncio's or uvloop's): held here, and
+            # the epoll closes with its last socket, as before. (2: this name, the argument.)
+            self._closes_with_loop = sys.getrefcount(owner) > 2
+            if self._closes_with_loop:
+                self._owner_ref = weakref.ref(owner, self._owner_gone)
+            else:
+                self._owner = owner
         return self._epoll
 
     @property
@@ -329,9 +341,13 @@ class Multiplexer:
         """The private epoll's fd while it is open (it stays open until the loop closes)."""
         return None if self._epoll is None else self._epoll.fileno()
 
+    def _owner_gone(self, ref: "weakref.ref[_EpollOwner]") -> None:
+        if ref is self._owner_ref:
+            self._close()
+
     def _close(self) -> None:
-        # Closing when idle keeps no fd or loop reader alive after the last transport is gone.
         epoll, self._epoll = self._epoll, None
+        self._owner_ref = self._owner = None
         dispatcher, self._dispatcher = self._dispatcher, None
         if dispatcher is not None:
             self._dispatches += dispatcher.dispatches
@@ -364,27 +380,16 @@ class Multiplexer:
         )
 
 
-def _follow_loop_close(mux: Multiplexer) -> bool:
-    """Make ``mux.loop.close()`` close the private epoll too; False if the loop cannot be followed.
+class _EpollOwner:
+    """The private epoll as the loop's selector holds it (see Multiplexer._open)."""
 
-    Neither asyncio nor uvloop tells anyone that a loop closed, so the loop's ``close`` is
-    wrapped on the instance (once: the wrapper stays for the loop's life). The epoll closes after
-    the loop's own close, which raises, changing nothing, on a running loop."""
-    loop = mux._loop
-    close = loop.close
-    ref = weakref.ref(mux)
+    __slots__ = ("epoll", "__weakref__")
 
-    def close_with_private_epoll() -> None:
-        close()
-        current = ref()
-        if current is not None:
-            current._close()
+    def __init__(self, epoll: select.epoll) -> None:
+        self.epoll = epoll
 
-    try:
-        loop.close = close_with_private_epoll  # type: ignore[method-assign]
-    except (AttributeError, TypeError):
-        return False  # a loop without an instance dict (__slots__): close with the last socket
-    return True
+    def fileno(self) -> int:
+        return self.epoll.fileno()
 
 
 def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:

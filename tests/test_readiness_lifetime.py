@@ -7,8 +7,10 @@ with ``defer=True`` is in no epoll until its first ``modify``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from typing import Any
 
 import pytest
 
@@ -104,9 +106,47 @@ def test_a_deferred_socket_is_in_no_epoll_until_its_first_modify(loop_name: str)
 
 
 async def _until(condition: object) -> None:
-    import asyncio
     import time
 
     deadline = time.monotonic() + 5
     while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
         await asyncio.sleep(0.01)
+
+
+class _FdOnlyLoop(asyncio.SelectorEventLoop):
+    """A loop whose add_reader keeps the fd number only, not the object it was given."""
+
+    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+        super().add_reader(fd if isinstance(fd, int) else fd.fileno(), callback, *args)
+
+
+def test_a_loop_that_keeps_only_fd_numbers_gets_the_epoll_closed_with_its_last_socket() -> None:
+    loop = _FdOnlyLoop()
+    before = eventpoll_fds()
+    a, b = socket.socketpair()
+    try:
+        mux = Multiplexer.for_loop(loop)
+        mux.register(a.fileno(), _Handler(), 0)
+        assert mux.epoll_fd is not None and eventpoll_fds() - before
+        mux.unregister(a.fileno())
+        assert mux.epoll_fd is None and eventpoll_fds() - before == set()
+    finally:
+        loop.close()
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_the_loop_object_is_not_patched(loop_name: str) -> None:
+    loop = new_loop(loop_name)
+    a, b = socket.socketpair()
+    try:
+        Multiplexer.for_loop(loop).register(a.fileno(), _Handler(), 0)
+        # (CPython 3.11: an instance attribute more can cost the loop its inline attributes,
+        # tests/test_web_hotpath.py)
+        assert loop.close == getattr(type(loop), "close").__get__(loop)
+        Multiplexer.for_loop(loop).unregister(a.fileno())
+    finally:
+        loop.close()
+        a.close()
+        b.close()
