@@ -100,7 +100,7 @@ zc_dgram *zc_dgram_new(int fd, zc_tracker *t) {
 }
 
 /* Keep `view` (an export) for zero-copy slot `slot`; -1 if out of memory (nothing kept). */
-static int hold(zc_dgram *d, int64_t slot, Py_buffer *view) {
+ZC_HOT static int hold(zc_dgram *d, int64_t slot, Py_buffer *view) {
     if (slot == d->hnext && slot - d->hbase < d->hcap && d->hbase != d->hnext) { /* the next one */
         zc_held *e = &d->held[slot & (d->hcap - 1)];
         e->view = *view;

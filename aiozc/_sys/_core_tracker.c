@@ -97,7 +97,7 @@ static int grow_out(zc_tracker *t, int64_t need) {
 }
 
 /* A new slot for a write that may resolve later; NULL if out of memory. */
-static zc_write *new_slot(zc_tracker *t, int64_t *slot) {
+ZC_HOT static zc_write *new_slot(zc_tracker *t, int64_t *slot) {
     zc_write *w;
     if (t->next_slot - t->base == t->cap) {
         int64_t ncap = t->cap * 2, s;
@@ -187,7 +187,7 @@ int64_t zc_on_sent_many(zc_tracker *t, int64_t slot, int64_t nbytes, int64_t ids
 
 static void out_reset(zc_tracker *t) { t->nout = 0; t->out_uniform = 1; }
 
-static void out_push(zc_tracker *t, int64_t slot, zc_write *w) {
+ZC_HOT static void out_push(zc_tracker *t, int64_t slot, zc_write *w) {
     int64_t k = t->nout++;
     int zerocopy = w->nbytes > 0 && w->zc_bytes == w->nbytes && w->copied == 0;
     t->out_slot[k] = slot;

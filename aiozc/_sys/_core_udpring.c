@@ -47,7 +47,7 @@ static int grow64(int64_t **p, int64_t *cap, int64_t need) {
     return 0;
 }
 
-static int ring_released(zc_uring *r, zc_dgram *d, int64_t ident, int copied) {
+ZC_HOT static int ring_released(zc_uring *r, zc_dgram *d, int64_t ident, int copied) {
     int64_t *last = d->npend ? &d->pend[d->npend - 3] : NULL;
     if (last && last[2] == copied && ((last[1] + 1) & 0xFFFFFFFFll) == ident) {
         last[1] = ident;

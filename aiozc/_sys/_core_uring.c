@@ -312,7 +312,7 @@ static int zu_fixed_index(const zc_uring *r, uint64_t addr, uint64_t size) {
     return -1;
 }
 
-static void zu_fill(zc_uring *r, int fd, uint32_t flags, const char *buf, int64_t len,
+ZC_HOT static void zu_fill(zc_uring *r, int fd, uint32_t flags, const char *buf, int64_t len,
                     const char *dest, uint32_t dest_len, uint64_t ud) {
     struct zu_sqe *sqe = &r->sqes[r->sq_tail & r->sq_mask];
     int fixed = r->nfixed ? zu_fixed_index(r, (uint64_t)(uintptr_t)buf, (uint64_t)len) : -1;
