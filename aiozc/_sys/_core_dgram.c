@@ -320,7 +320,7 @@ static int64_t dgram_send(zc_dgram *d, const char *buf, int64_t n, int allow_zc,
         d->copy_bytes += n;
         return ((int64_t)DG_F_COPY << DG_SLOT_SHIFT) | n;
     }
-    slot = zc_sent_whole(d->t, n, 1);
+    slot = n > 0 ? sent_whole_zc(d->t, n) : ZC_ERR_NBYTES; /* (zc_sent_whole, inlined) */
     if (slot < 0) return slot; /* out of memory: the id was used, the transport fails */
     if (view && hold(d, slot, view) < 0) PyBuffer_Release(view); /* out of memory: not held */
     d->zc_sends++;

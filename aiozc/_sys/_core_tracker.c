@@ -235,9 +235,8 @@ static void compact(zc_tracker *t) {
 /* sent_whole: returns the write's slot (>= 0) if it is zero-copy and resolves later, -100 if
  * it resolved now (copied: out arrays hold it, slot -1), or an error. */
 #define ZC_RESOLVED_NOW (-100)
+ZC_HOT static int64_t sent_whole_zc(zc_tracker *t, int64_t nbytes);
 int64_t zc_sent_whole(zc_tracker *t, int64_t nbytes, int zerocopy) {
-    int64_t slot, ident;
-    zc_write *w;
     if (nbytes <= 0) return ZC_ERR_NBYTES;
     if (!zerocopy) {
         zc_write tmp;
@@ -248,6 +247,13 @@ int64_t zc_sent_whole(zc_tracker *t, int64_t nbytes, int zerocopy) {
         out_push(t, -1, &tmp);
         return ZC_RESOLVED_NOW;
     }
+    return sent_whole_zc(t, nbytes);
+}
+
+/* sent_whole(zerocopy=True), nbytes > 0: inlined into the compiled send paths. */
+ZC_HOT static int64_t sent_whole_zc(zc_tracker *t, int64_t nbytes) {
+    int64_t slot, ident;
+    zc_write *w;
     if (t->nidx == t->capidx) {
         int64_t c = t->capidx;
         if (grow((void **)&t->idx, &c, t->nidx + 1, sizeof(int64_t))) return ZC_ERR_NOMEM;

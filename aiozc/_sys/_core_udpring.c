@@ -196,7 +196,7 @@ static int64_t dgram_ring_send(zc_dgram *d, const char *buf, int64_t n, Py_buffe
     if (ret < 0) return ret; /* -EAGAIN: the SQ is full even after a submit, Python queues it */
     if ((index = owned_new(r)) < 0) return -ENOMEM;
     ident = d->t->next & 0xFFFFFFFFll;
-    slot = zc_sent_whole(d->t, n, 1);
+    slot = n > 0 ? sent_whole_zc(d->t, n) : ZC_ERR_NBYTES; /* (zc_sent_whole, inlined) */
     if (slot < 0) {
         owned_free(r, index);
         return -ENOMEM; /* nothing was filled: the general path sends it */
