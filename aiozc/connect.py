@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import uvloop
 
 from . import tls
+from ._sys import kernel as _kernel
 from .base import TransportOptions, made
 from .streamread import on_uvloop
 from .transport import ZeroCopyTransport
@@ -26,15 +27,17 @@ from .transport import ZeroCopyTransport
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 AddrInfo = tuple[Any, ...]
 
+_INET = frozenset((int(socket.AF_INET), int(socket.AF_INET6)))
+
 
 def set_nodelay(sock: socket.socket) -> None:
     # asyncio sets TCP_NODELAY on its TCP transports; match it so latency is comparable.
-    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+    if _kernel.raw_family(sock) in _INET and _kernel.raw_type(sock) == socket.SOCK_STREAM:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def check_stream_socket(sock: socket.socket) -> None:
-    if sock.type != socket.SOCK_STREAM:
+    if _kernel.raw_type(sock) != socket.SOCK_STREAM:
         raise ValueError(f"A Stream Socket was expected, got {sock!r}")
 
 

@@ -58,6 +58,8 @@ import errno
 import socket
 from typing import Protocol
 
+from .._sys.kernel import raw_type
+
 Address = object
 
 ENGINE_NAMES = ("auto", "msg_zerocopy", "io_uring", "copy")
@@ -114,9 +116,6 @@ def get_engine(
     per-call path sends (a connected UDP socket, the compiled core): through the general
     Python path one SEND_ZC per call runs slower than stock (see the docstring).
     """
-    from .copy import CopyEngine
-    from .msg_zerocopy import MsgZeroCopyEngine
-
     if name == "msg_zerocopy":
         return MsgZeroCopyEngine()
     if name == "copy":
@@ -150,7 +149,7 @@ def _auto_picks_io_uring(
 ) -> bool:
     if not async_capable or loop is None or sock is None:
         return False
-    if sock.type not in AUTO_IO_URING_TYPES:
+    if raw_type(sock) not in AUTO_IO_URING_TYPES:
         return False
     from .._sys import core as _core
     from .io_uring import LoopRing, uring_unavailable_reason
@@ -176,3 +175,9 @@ def _per_call_path_serves(sock: socket.socket) -> bool:
     except OSError:
         return False  # unconnected: every datagram takes the general path
     return True
+
+
+# Imported here, not in get_engine: a function-level import runs the import machinery on every
+# call (get_engine runs once per accepted connection), and these need nothing from above.
+from .copy import CopyEngine  # noqa: E402
+from .msg_zerocopy import MsgZeroCopyEngine  # noqa: E402
