@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from . import tls
+from ._sys.kernel import raw_family, raw_type
 from .base import TransportOptions, logger
 from .connect import (
     check_stream_socket,
@@ -161,9 +162,14 @@ class Server(asyncio.AbstractServer):
     # -- accepting ---------------------------------------------------------------------------
 
     def _accept_ready(self, listener: socket.socket) -> None:
+        # socket.accept() without its Python frame and its two IntEnum conversions of the
+        # listener's family and type (per connection; same socket made: the listener is
+        # non-blocking, so accept()'s setblocking(True) branch never runs).
+        accept, family, kind, proto = listener._accept, raw_family(listener), raw_type(listener), listener.proto
         for _ in range(self._backlog):
             try:
-                conn, _addr = listener.accept()
+                fd, _addr = accept()
+                conn = socket.socket(family, kind, proto, fileno=fd)
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:

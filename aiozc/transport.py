@@ -93,6 +93,16 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
             server._attach(self)
         loop.call_soon(self._connection_made, waiter)
 
+    def _init_sending(self) -> None:
+        hot = self._hot
+        if hot is None:
+            super()._init_sending()
+            return
+        # StreamSending's values, set in the TcpHot without a Python property setter each
+        # (a new TcpHot's other fields are 0 already).
+        hot.peer_window_at = hot.peer_window_peak_at = float("-inf")
+        hot.plain_budget = NEVER
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # The C methods read their state from the TcpHot: a subclass that redefines any of
