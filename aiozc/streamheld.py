@@ -195,7 +195,7 @@ class StreamHeld:
                 if not self._advance_held(seg, take):
                     return False
                 continue
-            del seg.data[:take]
+            del seg.data[:take]  # type: ignore[union-attr]  # not held: the segment owns a bytearray
             self._queued -= take
             if seg.data:
                 return False

@@ -21,13 +21,13 @@ RESPONSE = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
 SERVERS = ("stock", "aiozc")
 
 
-def peer_main(control: socket.socket) -> None:
-    """Per control connection: an 8-byte port and 8-byte count, the connections, then b"k"."""
+def peer_main(listener: socket.socket) -> None:
+    """Per connection to the control listener: an 8-byte port and 8-byte count, the connections, then b"k"."""
     from .benchkit import pin_to_cpu
 
     pin_to_cpu(1)
     while True:
-        conn, _ = control.accept()
+        conn, _ = listener.accept()
         with conn:
             header = _recv_exactly(conn, 16)
             port, count = int.from_bytes(header[:8], "big"), int.from_bytes(header[8:], "big")
@@ -110,7 +110,8 @@ def wall_pairs(control_port: int, loop_name: str, count: int, rounds: int) -> di
     from .benchkit import run_on
     from .benchkit_stats import spread
 
-    ratios, per = [], {name: [] for name in SERVERS}  # type: dict[str, list[float]]
+    ratios: list[float] = []
+    per: dict[str, list[float]] = {name: [] for name in SERVERS}
     for i in range(rounds):
         order = SERVERS if i % 2 == 0 else SERVERS[::-1]
         times = {name: run_on(loop_name, measure(control_port, f"tcpconn-{name}", count))["seconds"] / count
