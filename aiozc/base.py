@@ -320,7 +320,8 @@ class ZeroCopyTransportBase:
         self.stats.pinned_bytes = self._tracker.pinned_bytes
 
     def _sync_state(self) -> None:
-        self.stats.state = self._policy.state.value
+        # (_value_: Enum's value property is a Python-level descriptor; same value)
+        self.stats.state = self._policy.state._value_
         self.stats.reason = self._policy.reason
 
     # -- sending ---------------------------------------------------------------------------
@@ -558,9 +559,16 @@ def _future_factory(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Fut
 def _plain_futures(loop: Any) -> bool:
     """Does ``loop.create_future()`` make a plain asyncio.Future of ``loop``? (Then the compiled
     core makes them: _core_pyhot.c zc_futures_new.)"""
-    import uvloop
+    create = type(loop).create_future
+    plain = _PLAIN_FUTURES.get(create)
+    if plain is None:  # (once per method: the function-level import cost every accepted connection)
+        import uvloop
 
-    return type(loop).create_future in (asyncio.BaseEventLoop.create_future, uvloop.Loop.create_future)
+        plain = _PLAIN_FUTURES[create] = create in (asyncio.BaseEventLoop.create_future, uvloop.Loop.create_future)
+    return plain
+
+
+_PLAIN_FUTURES: dict[Any, bool] = {}
 
 
 def _debug_source(loop: Any) -> Any:

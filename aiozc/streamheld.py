@@ -31,6 +31,9 @@ from .streamsend import _GATHER_MAX
 _READ_ERRQUEUE = _kernel.read_errqueue
 
 
+# Whether _Segment was given to the compiled core (_core_tcpzc.c zc_tcp_zc_segment).
+_SEGMENT_TOLD: list[bool] = []
+
 class _Segment:
     """One queue entry: the caller's buffer (``held``: a view kept alive until sent, and until
     the kernel released it if it went zero-copy), or a bytearray of our own that we may extend.
@@ -287,7 +290,10 @@ class StreamHeld:
         asyncio_time = type(loop).time is asyncio.BaseEventLoop.time and "time" not in vars(loop)
         loop_time = None if asyncio_time else loop.time
         options = self._options  # type: ignore[attr-defined]
-        _core.lib.zc_tcp_zc_segment(id(_Segment))  # (-1: _hold stays Python's)
+        if not _SEGMENT_TOLD:  # (its result, -1: _hold stays Python's, never changes after)
+            # once per process: the C side looks up the 5 slot offsets before it sees it knows them
+            _core.lib.zc_tcp_zc_segment(id(_Segment))
+            _SEGMENT_TOLD.append(True)
         _core.lib.zc_tcp_zc_bind(
             id(hot), id(tracker), id(tracker._tokens), id(tracker._handles), tracker._t, id(loop_time),
             id(_Held), id(ZeroCopyPolicy), id(ZeroCopyState.ZEROCOPY), id(_completion),
