@@ -165,7 +165,8 @@ class Server(asyncio.AbstractServer):
         # socket.accept() without its Python frame and its two IntEnum conversions of the
         # listener's family and type (per connection; same socket made: the listener is
         # non-blocking, so accept()'s setblocking(True) branch never runs).
-        accept, family, kind, proto = listener._accept, raw_family(listener), raw_type(listener), listener.proto
+        accept = listener._accept  # type: ignore[attr-defined]  # (socket.accept is this plus what follows)
+        family, kind, proto = raw_family(listener), raw_type(listener), listener.proto
         for _ in range(self._backlog):
             try:
                 fd, _addr = accept()
