@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import gc
 import json
-import multiprocessing as mp
 import os
 import re
 import shutil
@@ -424,20 +423,12 @@ def _run_udp(cases: list[Case], calls: int) -> list[Count]:
 
 
 def _run_tcp(cases: list[Case], calls: int) -> list[Count]:
+    from .benchkit import loopback_peer
+
     if not cases:
         return []
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    receiver = mp.get_context("fork").Process(target=_tcp_receiver, args=(listener,), daemon=True)
-    receiver.start()
-    port = listener.getsockname()[1]
-    listener.close()
-    try:
+    with loopback_peer(_tcp_receiver) as port:
         return [_measure(c, calls, [], {"port": port}) for c in cases]
-    finally:
-        receiver.kill()
-        receiver.join(timeout=10)
 
 
 def _run_with_peer(cases: list[Case], calls: int, family: str = "tcpread") -> list[Count]:
@@ -447,20 +438,12 @@ def _run_with_peer(cases: list[Case], calls: int, family: str = "tcpread") -> li
     else:
         from .instructions_tcpread import peer_main
 
+    from .benchkit import loopback_peer
+
     if not cases:
         return []
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    peer = mp.get_context("fork").Process(target=peer_main, args=(listener,), daemon=True)
-    peer.start()
-    port = listener.getsockname()[1]
-    listener.close()
-    try:
+    with loopback_peer(peer_main) as port:
         return [_measure(c, calls, [], {"port": port}) for c in cases]
-    finally:
-        peer.kill()
-        peer.join(timeout=10)
 
 
 def _is_stock(c: Count) -> bool:

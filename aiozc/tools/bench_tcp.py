@@ -455,11 +455,7 @@ def print_table(result: dict[str, Any]) -> None:
     if "aiozc_core" in result:
         print(f"aiozc core: {result['aiozc_core']}")
     if "machine" in result:
-        m = result["machine"]
-        print(
-            f"machine: {m['cpus']} CPUs, load average {m['load_average_at_start']:.2f} at start; while measuring, "
-            f"other processes used {m['other_pct']:.1f}% of all CPU time and the host stole {m['steal_pct']:.1f}%"
-        )
+        print(benchkit_machine.describe(result["machine"]))
     if "where" in result:
         print("SOFTWARE EMULATION (QEMU TCG): guest CPU s/GB, memcpy emulated; compare rows, not hardware")
     print(f"{'write':>8}  {'transport':<28} {'GB/s':>6} {'CPU s/GB':>9} {'of it sys':>9} {'busy snd/rcv':>12} "

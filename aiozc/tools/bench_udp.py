@@ -307,12 +307,7 @@ def print_table(result: dict[str, Any]) -> None:
     if "aiozc_core" in result:
         print(f"aiozc core: {result['aiozc_core']}")
     if "machine" in result:
-        m = result["machine"]
-        print(
-            f"machine: {m['cpus']} CPUs, load average {m['load_average_at_start']:.2f} at start, "
-            f"{m['load_average_at_end']:.2f} at the end; while measuring, other processes used "
-            f"{m['other_pct']:.1f}% of all CPU time and the host stole {m['steal_pct']:.1f}%"
-        )
+        print(benchkit_machine.describe(result["machine"]))
     header = (
         f"{'size':>7}  {'series':<58}{'GB/s':>7}{'CPU s/GB':>10}{'us/dgram':>10}{'of it sys':>10}{'vs stock':>10}"
         f"{'CPU vs':>8}{'vs C ceil':>10}{'vs MSG_ZC':>11}{'zc sends':>10}{'errq/zc':>9}"

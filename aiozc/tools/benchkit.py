@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Coroutine, Iterator
+import socket
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvloop
@@ -81,6 +82,39 @@ class FlowControlledSender(asyncio.Protocol):
         self.can_write.set()  # never leave a writer waiting on a dead connection
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+def recv_exactly(conn: socket.socket, n: int) -> bytes:
+    """``n`` bytes from ``conn``, or fewer if the peer closes first."""
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+@contextlib.contextmanager
+def loopback_peer(serve: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A forked process running ``serve(listener)`` on a loopback listener; yields the port.
+
+    Forked, so the peer stays outside whatever measures this process (callgrind, rusage).
+    """
+    import multiprocessing as mp
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    peer = mp.get_context("fork").Process(target=serve, args=(listener,), daemon=True)
+    peer.start()
+    port = listener.getsockname()[1]
+    listener.close()
+    try:
+        yield port
+    finally:
+        peer.kill()
+        peer.join(timeout=10)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _PROC = Path("/proc")
 
@@ -55,3 +56,12 @@ def load_between(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
 
 def load_average() -> float:
     return os.getloadavg()[0]
+
+
+def describe(m: dict[str, Any]) -> str:
+    """The bench header's machine line: CPUs, load average, and what others took while measuring."""
+    end = f", {m['load_average_at_end']:.2f} at the end" if "load_average_at_end" in m else ""
+    return (
+        f"machine: {m['cpus']} CPUs, load average {m['load_average_at_start']:.2f} at start{end}; while measuring, "
+        f"other processes used {m['other_pct']:.1f}% of all CPU time and the host stole {m['steal_pct']:.1f}%"
+    )

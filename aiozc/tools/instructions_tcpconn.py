@@ -23,13 +23,13 @@ SERVERS = ("stock", "aiozc")
 
 def peer_main(listener: socket.socket) -> None:
     """Per connection to the control listener: an 8-byte port and 8-byte count, the connections, then b"k"."""
-    from .benchkit import pin_to_cpu
+    from .benchkit import pin_to_cpu, recv_exactly
 
     pin_to_cpu(1)
     while True:
         conn, _ = listener.accept()
         with conn:
-            header = _recv_exactly(conn, 16)
+            header = recv_exactly(conn, 16)
             port, count = int.from_bytes(header[:8], "big"), int.from_bytes(header[8:], "big")
             ok = all(_one_connection(port) for _ in range(count))
             conn.sendall(b"k" if ok else b"!")
@@ -42,16 +42,6 @@ def _one_connection(port: int) -> bool:
         while chunk := s.recv(4096):
             data += chunk
     return data == RESPONSE
-
-
-def _recv_exactly(conn: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 class _Respond(asyncio.Protocol):
@@ -125,8 +115,8 @@ def wall_pairs(control_port: int, loop_name: str, count: int, rounds: int) -> di
 
 def main() -> None:
     import argparse
-    import multiprocessing as mp
 
+    from .benchkit import loopback_peer
     from .benchkit_stats import format_spread
 
     parser = argparse.ArgumentParser(prog="python -m aiozc.tools.instructions_tcpconn")
@@ -134,23 +124,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--loops", nargs="+", default=["asyncio", "uvloop"])
     opts = parser.parse_args()
-    control = socket.socket()
-    control.bind(("127.0.0.1", 0))
-    control.listen(8)
-    peer = mp.get_context("fork").Process(target=peer_main, args=(control,), daemon=True)
-    peer.start()
-    port = control.getsockname()[1]
-    control.close()
-    try:
+    with loopback_peer(peer_main) as port:
         for loop_name in opts.loops:
             r = wall_pairs(port, loop_name, opts.count, opts.rounds)
             us = r["us_per_conn"]
             print(f"{loop_name:8} stock {us['stock']:7.1f} us/conn  aiozc {us['aiozc']:7.1f} us/conn  "
                   f"aiozc/stock time {format_spread(r['ratio'])} of {opts.count} connections")
-    finally:
-        peer.kill()
-        peer.join(timeout=10)
-
 
 if __name__ == "__main__":
     main()

@@ -28,36 +28,26 @@ OS_WRITE_REPLY = {"11B_oswrite"}
 
 def peer_main(listener: socket.socket) -> None:
     """Per connection: an 8-byte count and 8-byte size, then the messages or the stream."""
-    from .benchkit import pin_to_cpu
+    from .benchkit import pin_to_cpu, recv_exactly
 
     pin_to_cpu(1)
     while True:
         conn, _ = listener.accept()
         with conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            header = _recv_exactly(conn, 16)
+            header = recv_exactly(conn, 16)
             count, size = int.from_bytes(header[:8], "big"), int.from_bytes(header[8:], "big")
             if size < 1024:
                 message = b"m" * size
                 for _ in range(count):
                     conn.sendall(message)
-                    if not _recv_exactly(conn, 1):
+                    if not recv_exactly(conn, 1):
                         break
             else:
                 block = memoryview(bytes(size))
                 for _ in range(count):
                     conn.sendall(block)
-                _recv_exactly(conn, 1)
-
-
-def _recv_exactly(conn: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
+                recv_exactly(conn, 1)
 
 
 class _Reader(asyncio.Protocol):
