@@ -125,13 +125,10 @@ static PyObject *tcpq_write(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize
 
 /* _queue_rest(data, n, sent) of an immutable write the direct path sent part of (`sent` bytes
  * of its `n`): _Segment(view, True) at offset `sent` appended, _queued grown by what is left,
- * then _update_mask and _maybe_pause_protocol, computed as tz_hold does and the Python methods
+ * then _update_mask and _maybe_pause_protocol, computed by tz_hold_at and the Python methods
  * called only where they act (here the mask nearly always changes: EPOLLOUT is asked now).
  * 1 done, 0 not this case (Python's _queue_rest: a copy, or state not known here), -1 with an
  * exception. */
-static int tq_hold_rest(PyObject *self, tcp_hot *h, PyObject *view, PyObject *future, Py_ssize_t n,
-                        Py_ssize_t sent);
-
 static int tcpq_queue_rest(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_t n, Py_ssize_t sent) {
     PyObject *view;
     int res;
@@ -140,7 +137,7 @@ static int tcpq_queue_rest(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_
         return PyErr_Occurred() ? -1 : 0;
     if ((res = tq_zc_possible(self)) <= 0) return res;
     if (!(view = tz_byte_view(data, n))) return PyErr_Occurred() ? -1 : 0;
-    res = tq_hold_rest(self, h, view, Py_None, n, sent);
+    res = tz_hold_at(self, h, view, Py_None, n, sent);
     Py_DECREF(view);
     return res;
 }
@@ -156,60 +153,7 @@ static int tcpq_queue_zc_rest(PyObject *self, tcp_hot *h, PyObject *buf, Py_ssiz
     if (!h->zc_t || !tz.segment_type || !tz.reading || h->direct_max <= 0 || tq_init() < 0)
         return PyErr_Occurred() ? -1 : 0;
     if (!(view = tz_byte_view(buf, n))) return PyErr_Occurred() ? -1 : 0;
-    res = tq_hold_rest(self, h, view, future, n, sent);
+    res = tz_hold_at(self, h, view, future, n, sent);
     Py_DECREF(view);
-    return res;
-}
-
-/* The rest of a held write (`view` of `n` bytes, `sent` of them gone) queued, as _hold(view,
- * future, sent) does: 1 done, 0 a piece of state is not plain here (the caller's Python
- * method), -1 with an exception. */
-static int tq_hold_rest(PyObject *self, tcp_hot *h, PyObject *view, PyObject *future, Py_ssize_t n,
-                        Py_ssize_t sent) {
-    PyObject *dict, *seg, *v, *r;
-    long long queued, high, in_flight, mask;
-    int reading, eof, blocked, hup, paused, lost, read, res = 0;
-    if (!(dict = PyObject_GenericGetDict(self, NULL))) return -1;
-    reading = tz_truth(self, dict, tz.reading);
-    eof = tz_truth(self, dict, tz.eof_received);
-    blocked = tz_truth(self, dict, tz.rx_blocked);
-    hup = tz_truth(self, dict, tz.hup);
-    paused = tz_truth(self, dict, tz.paused);
-    lost = tz_truth(self, dict, tz.conn_lost);
-    res = -1;
-    if (reading == -1 || eof == -1 || blocked == -1 || hup == -1 || paused == -1 || lost == -1) goto done;
-    res = 0;
-    if (reading < 0 || eof < 0 || blocked < 0 || hup < 0 || paused < 0 || lost < 0) goto done;
-    if ((res = tz_int(dict, tz.queued, &queued)) || (res = tz_int(dict, tz.high_water, &high)) ||
-        (res = tz_int(dict, tz.zc_in_flight, &in_flight)) || (res = tz_int(dict, tz.registered_mask, &mask))) {
-        res = res < 0 ? -1 : 0;
-        goto done;
-    }
-    res = -1;
-    if (!(seg = tz.segment_type->tp_alloc(tz.segment_type, 0))) goto done;
-    TQ_SLOT(seg, tz.seg_data) = Py_NewRef(view);
-    TQ_SLOT(seg, tz.seg_offset) = PyLong_FromSsize_t(sent);
-    TQ_SLOT(seg, tz.seg_held) = Py_NewRef(Py_True);
-    TQ_SLOT(seg, tz.seg_future) = Py_NewRef(future);
-    TQ_SLOT(seg, tz.seg_write) = Py_NewRef(Py_None);
-    r = TQ_SLOT(seg, tz.seg_offset) ? PyObject_CallMethodOneArg(h->queue, tz.append, seg) : NULL;
-    Py_DECREF(seg);
-    if (!r) goto done;
-    Py_DECREF(r);
-    queued += n - sent;
-    if (!(v = PyLong_FromLongLong(queued))) goto done;
-    r = PyDict_SetItem(dict, tz.queued, v) < 0 ? NULL : Py_None;
-    Py_DECREF(v);
-    if (!r) goto done;
-    /* _mask() with something queued, not closing (direct_max > 0) */
-    read = reading && !eof && !blocked;
-    if (((read ? TZ_EPOLLIN : 0) | (in_flight ? 0 : TZ_EPOLLOUT) | (hup && !read ? TZ_EPOLLET : 0)) != mask &&
-        tz_call(self, tz.update_mask, NULL, 0) < 0)
-        goto done;
-    /* _maybe_pause_protocol(): get_write_buffer_size() is _queued */
-    if (!paused && !lost && queued > high && tz_pause(self, dict) < 0) goto done;
-    res = 1;
-done:
-    Py_DECREF(dict);
     return res;
 }

@@ -333,19 +333,17 @@ static int tz_pause(PyObject *self, PyObject *dict) {
     return tz_call_protocol(self, dict, tz.pause_writing);
 }
 
-/* _enqueue_held(view, future) with something queued ahead: _hold(view, future, 0), that is
- * _Segment(view, True, future) appended, _queued grown, then _update_mask and
+/* _hold(view, future, sent): _Segment(view, True, future) at offset `sent` (of the write's `n`
+ * bytes) appended, _queued grown by what is left, then _update_mask and
  * _maybe_pause_protocol, both computed here and the Python methods called only where they
  * would act (a mask to change, a pause due). Its ~7 Python frames were ~9k of the ~12k user
- * instructions of such a write. 1 done, 0 not this case (Python's _enqueue_held), -1 with an
- * exception. */
-static int tz_hold(PyObject *self, tcp_hot *h, PyObject *view, PyObject *future, Py_ssize_t n) {
+ * instructions of such a write. 1 done, 0 a piece of state is not plain here (the caller's
+ * Python method), -1 with an exception. */
+static int tz_hold_at(PyObject *self, tcp_hot *h, PyObject *view, PyObject *future, Py_ssize_t n,
+                      Py_ssize_t sent) {
     PyObject *dict, *seg, *v;
     long long queued, high, in_flight, mask;
     int reading, eof, blocked, hup, paused, lost, read, known = 0, python = 0, res = 0;
-    Py_ssize_t size;
-    if (!tz.segment_type) return 0;
-    if ((size = PyObject_Size(h->queue)) <= 0) return size < 0 ? -1 : 0;
     if (!(dict = PyObject_GenericGetDict(self, NULL))) return -1;
     /* A burst of writes behind a full socket: nothing changed the instance dict (nor the class,
      * whose _rx_blocked is a default) since the last of them left it, whose mask was right
@@ -381,14 +379,14 @@ static int tz_hold(PyObject *self, tcp_hot *h, PyObject *view, PyObject *future,
     }
     if (!(seg = tz.segment_type->tp_alloc(tz.segment_type, 0))) goto fail;
     *(PyObject **)((char *)seg + tz.seg_data) = Py_NewRef(view);
-    *(PyObject **)((char *)seg + tz.seg_offset) = PyLong_FromLong(0);
+    *(PyObject **)((char *)seg + tz.seg_offset) = PyLong_FromSsize_t(sent);
     *(PyObject **)((char *)seg + tz.seg_held) = Py_NewRef(Py_True);
     *(PyObject **)((char *)seg + tz.seg_future) = Py_NewRef(future);
     *(PyObject **)((char *)seg + tz.seg_write) = Py_NewRef(Py_None);
-    res = tz_append(h->queue, seg);
+    res = *(PyObject **)((char *)seg + tz.seg_offset) ? tz_append(h->queue, seg) : -1;
     Py_DECREF(seg);
     if (res < 0) goto fail;
-    queued += n;
+    queued += n - sent;
     if (!(v = PyLong_FromLongLong(queued)) || PyDict_SetItem(dict, tz.queued, v) < 0) {
         Py_XDECREF(v);
         goto fail;
@@ -415,6 +413,15 @@ done:
 fail:
     Py_DECREF(dict);
     return -1;
+}
+
+/* _enqueue_held(view, future) with something queued ahead: _hold(view, future, 0). 1 done, 0
+ * not this case (Python's _enqueue_held), -1 with an exception. */
+static int tz_hold(PyObject *self, tcp_hot *h, PyObject *view, PyObject *future, Py_ssize_t n) {
+    Py_ssize_t size;
+    if (!tz.segment_type) return 0;
+    if ((size = PyObject_Size(h->queue)) <= 0) return size < 0 ? -1 : 0;
+    return tz_hold_at(self, h, view, future, n, 0);
 }
 
 static PyObject *tz_enqueue(PyObject *self, tcp_hot *h, PyObject *buf, Py_ssize_t n) {
