@@ -3,29 +3,18 @@ every connection gets the response (both loops, both servers)."""
 
 from __future__ import annotations
 
-import multiprocessing
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from aiozc.tools import bench_instructions, instructions_tcpconn
+from aiozc.tools.benchkit import loopback_peer
 
 
 @pytest.fixture(scope="module")
 def peer_port() -> Iterator[int]:
-    control = socket.socket()
-    control.bind(("127.0.0.1", 0))
-    control.listen(8)
-    peer = multiprocessing.get_context("fork").Process(
-        target=instructions_tcpconn.peer_main, args=(control,), daemon=True
-    )
-    peer.start()
-    port = control.getsockname()[1]
-    control.close()
-    yield port
-    peer.kill()
-    peer.join(timeout=10)
+    with loopback_peer(instructions_tcpconn.peer_main) as port:
+        yield port
 
 
 def test_the_connection_cases_are_registered_for_both_loops_and_servers() -> None:

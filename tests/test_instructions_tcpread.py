@@ -3,29 +3,18 @@ every case receives exactly what the peer sent (both loops, both transports)."""
 
 from __future__ import annotations
 
-import multiprocessing
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from aiozc.tools import bench_instructions, instructions_tcpread
+from aiozc.tools.benchkit import loopback_peer
 
 
 @pytest.fixture(scope="module")
 def peer_port() -> Iterator[int]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    peer = multiprocessing.get_context("fork").Process(
-        target=instructions_tcpread.peer_main, args=(listener,), daemon=True
-    )
-    peer.start()
-    port = listener.getsockname()[1]
-    listener.close()
-    yield port
-    peer.kill()
-    peer.join(timeout=10)
+    with loopback_peer(instructions_tcpread.peer_main) as port:
+        yield port
 
 
 def test_the_read_cases_are_registered_for_both_loops_and_transports() -> None:
