@@ -90,6 +90,44 @@ def test_paired_ratio_is_the_mean_of_the_two_stock_runs_over_the_aiozc_run_of_th
     assert bench_tcp._aa_ratios(samples) == {"64 KiB asyncio stock run 2 / run 1 (A/A)": [1.0 / 3.0, 1.0]}
 
 
+def test_each_run_also_reports_the_receivers_cpu_and_both_sides_sum(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On loopback the kernel's receive path (and the data an ACK lets out) runs in whichever
+    # process is on the CPU: the sender's CPU alone moves with its pace, so the sum is reported.
+    import multiprocessing as mp
+
+    monkeypatch.setattr(bench_tcp, "run_on", lambda loop, coro: coro.close() or {"seconds": 1.0, "cpu": 0.25})
+    reader, writer = mp.Pipe(duplex=False)
+    writer.send((0.5, 7))
+    result = bench_tcp._run_variant(bench_tcp.VARIANTS[0], bench_tcp.Target(("127.0.0.1", 1), receiver_cpu=reader),
+                                    memoryview(b"x" * 64), 64, 64)
+    assert (result["receiver_cpu"], result["receiver_sleeps"], result["both_cpu"]) == (0.5, 7, 0.75)
+
+
+def test_the_summary_pairs_both_sides_cpu_per_byte_where_the_receiver_reported_it() -> None:
+    size = 1 << 20
+    total = 1 << 30
+
+    def run(round_: int, cpu: float, rcv: float, run: int = 1) -> dict[str, Any]:
+        return {**_result(round_, 1.0, cpu, run), "receiver_cpu": rcv, "both_cpu": cpu + rcv, "state": "-",
+                "zc_bytes": 0, "receiver_sleeps": 1024, "pauses": 3}
+
+    samples = {(size, name): [run(0, 0.25, 0.25, 1), run(0, 0.25, 0.25, 2)] for name in ("asyncio stock", "uvloop stock")}
+    # the sender spends more than stock's (0.3 > 0.25), the receiver much less: cheaper in all
+    samples[(size, "aiozc write (uvloop)")] = [run(0, 0.3, 0.1)]
+    result = bench_tcp._summarize(samples, total)
+    key = "1 MiB aiozc write (uvloop) / uvloop stock"
+    assert result["paired_cpu"][key] == [pytest.approx(0.25 / 0.3)]
+    assert result["paired_both_cpu"][key] == [pytest.approx(0.5 / 0.4)]
+    row = next(r for r in result["rows"] if r["series"] == "aiozc write (uvloop)")
+    assert row["both_cpu_s_per_gb"] == pytest.approx(0.4 / (total / 1e9))
+    assert (row["pauses"], row["receiver_sleeps_per_mib"]) == (3, 1.0)
+    # the guest rig's peer reports no CPU: no pair of sums, rather than one of sender CPU alone
+    for results in samples.values():
+        for r in results:
+            del r["both_cpu"]
+    assert bench_tcp._summarize(samples, total)["paired_both_cpu"] == {}
+
+
 def test_spread_reports_median_quartiles_and_range() -> None:
     s = benchkit_stats.spread([1.0, 5.0, 2.0, 4.0, 3.0])
     assert (s["median"], s["q1"], s["q3"], s["min"], s["max"], s["n"]) == (3.0, 2.0, 4.0, 1.0, 5.0, 5.0)
@@ -124,12 +162,14 @@ def test_a_short_real_run_reports_every_arm_its_pairs_and_the_method(capsys: pyt
         (size, v.name) for size in (64 << 10, 1 << 20) for v in bench_tcp.VARIANTS
     }
     assert all(r["gbps"] > 0 and r["cpu_s_per_gb"] >= 0 and r["receiver_busy"] > 0 for r in result["rows"])
-    assert len(result["paired"]) == len(result["paired_cpu"]) == 8
+    assert len(result["paired"]) == len(result["paired_cpu"]) == len(result["paired_both_cpu"]) == 8
+    assert all(r["both_cpu_s_per_gb"] > r["cpu_s_per_gb"] for r in result["rows"])
     assert all(len(v) == 2 for v in result["paired"].values())
     assert len(result["aa"]) == 4 and len(result["targets"]) == 8
     assert {"other_pct", "steal_pct", "load_average_at_start"} <= set(result["machine"])
     out = capsys.readouterr().out
     assert "Paired ratio, per round" in out and "A/A" in out and "while measuring" in out
+    assert "sender + receiver" in out
     assert f"aiozc core: {core.path_in_use()}" in out  # compiled or pure, and why
     assert os.sched_getaffinity(0) == allowed  # pinned while measuring, given back after
 

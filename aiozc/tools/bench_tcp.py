@@ -52,7 +52,8 @@ _SENDER_CPU, _RECEIVER_CPU = 0, 1  # indexes into this process's allowed CPUs
 
 def _receiver(listener: socket.socket, rounds: int, report: Connection | None = None) -> None:
     """Accept one connection per measurement; count bytes; answer one byte at the end; send
-    the CPU seconds (user+sys) it spent on that connection to ``report``."""
+    the CPU seconds (user+sys) it spent on that connection and the times it slept (voluntary
+    context switches) to ``report``."""
     pin_to_cpu(_RECEIVER_CPU)
     buf = bytearray(_RECV_BUFFER)
     view = memoryview(buf)
@@ -70,7 +71,8 @@ def _receiver(listener: socket.socket, rounds: int, report: Connection | None = 
             conn.sendall(b"k" if got == expected else b"!")
         if report is not None:
             cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-            report.send((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime))
+            cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+            report.send((cpu, cpu1.ru_nvcsw - cpu0.ru_nvcsw))
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -118,6 +120,11 @@ METHOD = (
     "  timed from the first write to the receiver's 1-byte ack; CPU = user+sys of the sender process\n"
     "  in that time (on loopback it also runs much of the kernel's receive path); gc.collect() before each.\n"
     "  busy snd/rcv: CPU time / wall time of the sender and of the receiver: the side near 100% sets the pace.\n"
+    "  snd+rcv: CPU s/GB of both processes. On loopback the kernel handles a packet in the context of\n"
+    "  whichever process is on the CPU when it arrives: a sender that is always inside send() handles\n"
+    "  its own ACKs and the data they let out, receive path included; a sender that waits leaves them\n"
+    "  to the receiver. So the sender's CPU moves with its pace; the sum counts that work once, wherever it ran.\n"
+    "  pauses: pause_writing calls per run; rcv sleeps: the receiver's voluntary context switches per MiB.\n"
     "Each of {rounds} rounds, per size: per loop [stock, aiozc write_zc, aiozc write, stock again]\n"
     "  (the aiozc pair's order and the loops' order alternate by round), then naive; one discarded\n"
     "  warm-up run of every variant first.\n"
@@ -147,14 +154,24 @@ def round_schedule(index: int) -> list[Slot]:
     return slots
 
 
-async def _connect(variant: Variant, address: tuple[str, int]) -> tuple[Any, FlowControlledSender]:
+class _CountingSender(FlowControlledSender):
+    """Counts the transport's pause_writing calls: how often the writer had to wait."""
+
+    pauses = 0
+
+    def pause_writing(self) -> None:
+        self.pauses += 1
+        super().pause_writing()
+
+
+async def _connect(variant: Variant, address: tuple[str, int]) -> tuple[Any, _CountingSender]:
     if variant.kind == "stock":
         loop = asyncio.get_running_loop()
-        return await loop.create_connection(FlowControlledSender, *address)
+        return await loop.create_connection(_CountingSender, *address)
     options: dict[str, Any] = {}
     if variant.kind == "naive":
         options = {"fallback_after": 1 << 62, "max_pinned_bytes": 1 << 62, "probe_first": False}
-    return await aiozc.create_connection(FlowControlledSender, *address, **options)
+    return await aiozc.create_connection(_CountingSender, *address, **options)
 
 
 @dataclass(frozen=True)
@@ -209,6 +226,7 @@ async def _send_once(variant: Variant, target: Target, pool: memoryview, size: i
         "cpu": user + system,
         "user": user,
         "sys": system,
+        "pauses": proto.pauses,
         "state": getattr(stats, "state", "-"),
         "zc_bytes": getattr(stats, "zc_bytes", 0),
         "ids_zerocopy": getattr(stats, "ids_zerocopy", 0),
@@ -222,7 +240,8 @@ def _run_variant(variant: Variant, target: Target, pool: memoryview, size: int, 
     gc.collect()
     result = run_on(variant.loop, _send_once(variant, target, pool, size, total))
     if target.receiver_cpu is not None:
-        result["receiver_cpu"] = target.receiver_cpu.recv()
+        result["receiver_cpu"], result["receiver_sleeps"] = target.receiver_cpu.recv()
+        result["both_cpu"] = result["cpu"] + result["receiver_cpu"]
     return result
 
 
@@ -358,6 +377,10 @@ def _summarize(samples: Samples, total: int) -> dict[str, Any]:
                 # share of the wall time each side was on a CPU: the one near 100% sets the pace
                 "sender_busy": statistics.median(r["cpu"] / r["seconds"] for r in results),
                 "receiver_busy": statistics.median(r.get("receiver_cpu", 0.0) / r["seconds"] for r in results),
+                "both_cpu_s_per_gb": statistics.median(r.get("both_cpu", 0.0) for r in results) / (total / 1e9),
+                "pauses": statistics.median(r.get("pauses", 0) for r in results),
+                "receiver_sleeps_per_mib": statistics.median(r.get("receiver_sleeps", 0) for r in results)
+                / (total / (1 << 20)),
                 "state": results[-1]["state"],
                 "zc_bytes": results[-1]["zc_bytes"],
                 "ids_zerocopy": results[-1].get("ids_zerocopy", 0),
@@ -366,15 +389,18 @@ def _summarize(samples: Samples, total: int) -> dict[str, Any]:
         )
     _add_ratios(rows)
     paired, paired_cpu = _paired_ratios(samples, "seconds"), _paired_ratios(samples, "cpu")
+    paired_both = _paired_ratios(samples, "both_cpu")
     return {
         "bench": "tcp",
         "bytes_per_run": total,
         "rows": rows,
         "paired": paired,
         "paired_cpu": paired_cpu,
+        "paired_both_cpu": paired_both,
         "aa": _aa_ratios(samples),
         "spread": {name: spread(r) for name, r in paired.items()},
         "spread_cpu": {name: spread(r) for name, r in paired_cpu.items()},
+        "spread_both_cpu": {name: spread(r) for name, r in paired_both.items()},
         "targets": _targets(paired),
     }
 
@@ -403,9 +429,10 @@ def _paired_ratios(samples: Samples, key: str) -> dict[str, list[float]]:
         ratios = []
         for index, (result,) in sorted(_by_round(results).items()):
             around = stock_rounds.get(index)
-            if around and result[key] > 0:
+            if around and result.get(key, 0) > 0 and all(key in s for s in around):
                 ratios.append(statistics.fmean(s[key] for s in around) / result[key])
-        paired[f"{_label(size)} {name} / {_PAIRS[name]}"] = ratios
+        if ratios:
+            paired[f"{_label(size)} {name} / {_PAIRS[name]}"] = ratios
     return paired
 
 
@@ -458,17 +485,22 @@ def print_table(result: dict[str, Any]) -> None:
         print(benchkit_machine.describe(result["machine"]))
     if "where" in result:
         print("SOFTWARE EMULATION (QEMU TCG): guest CPU s/GB, memcpy emulated; compare rows, not hardware")
-    print(f"{'write':>8}  {'transport':<28} {'GB/s':>6} {'CPU s/GB':>9} {'of it sys':>9} {'busy snd/rcv':>12} "
+    print(f"{'write':>8}  {'transport':<28} {'GB/s':>6} {'CPU s/GB':>9} {'of it sys':>9} {'snd+rcv':>8} "
+          f"{'busy snd/rcv':>12} {'pauses':>6} {'rcv sleeps':>10} "
           f"{'vs asyncio':>10} {'vs uvloop':>9}  state (kernel ids zc/copied)")
     for row in result["rows"]:
         busy = f"{100 * row.get('sender_busy', 0):.0f}/{100 * row.get('receiver_busy', 0):.0f}%"
         print(
             f"{_label(row['size']):>8}  {row['series']:<28} {row['gbps']:6.2f} {row['cpu_s_per_gb']:9.3f} "
-            f"{row.get('sys_s_per_gb', 0.0):9.3f} {busy:>12} {row['vs_asyncio']:9.2f}x {row['vs_uvloop']:8.2f}x  "
+            f"{row.get('sys_s_per_gb', 0.0):9.3f} {row.get('both_cpu_s_per_gb', 0.0):8.3f} {busy:>12} "
+            f"{row.get('pauses', 0):6.0f} {row.get('receiver_sleeps_per_mib', 0.0):10.2f} "
+            f"{row['vs_asyncio']:9.2f}x {row['vs_uvloop']:8.2f}x  "
             f"{row['state']} ({row.get('ids_zerocopy', 0)}/{row.get('ids_copied', 0)})"
         )
     _print_ratios("paired GB/s ratios (>1: aiozc faster)", result.get("paired", {}))
-    _print_ratios("paired CPU s/GB ratios (>1: aiozc cheaper per byte)", result.get("paired_cpu", {}))
+    _print_ratios("paired CPU s/GB ratios, sender (>1: aiozc cheaper per byte)", result.get("paired_cpu", {}))
+    _print_ratios("paired CPU s/GB ratios, sender + receiver (>1: aiozc cheaper per byte)",
+                  result.get("paired_both_cpu", {}))
     _print_ratios("A/A, stock against itself: how far the same code moves by chance", result.get("aa", {}))
     for name, ok in result.get("targets", {}).items():
         print(f"target {name}: {'met' if ok else 'MISSED'}")
