@@ -286,8 +286,12 @@ class StreamHeld:
                 or self._submit_zc_fn is not None or not self._errqueue_ok):  # type: ignore[attr-defined]
             return
         loop = self._loop  # type: ignore[attr-defined]
-        # asyncio's own time() is time.monotonic(), which the C side reads without a frame
-        asyncio_time = type(loop).time is asyncio.BaseEventLoop.time and "time" not in vars(loop)
+        # asyncio's own time() is time.monotonic(), which the C side reads without a frame.
+        # Asked through the bound method, never vars(loop): on CPython 3.11 that turns the
+        # loop's inline attribute values into a dict for good (see web.install_sendfile).
+        bound = loop.time
+        asyncio_time = (getattr(bound, "__func__", None) is asyncio.BaseEventLoop.time
+                        and getattr(bound, "__self__", None) is loop)
         loop_time = None if asyncio_time else loop.time
         options = self._options  # type: ignore[attr-defined]
         if not _SEGMENT_TOLD:  # (its result, -1: _hold stays Python's, never changes after)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 
 import pytest
@@ -59,3 +60,35 @@ async def test_write_zc_future_belongs_to_the_loop_in_every_state() -> None:
         assert data[:400] == b"".join(bytes([i]) * 100 for i in range(4))
     finally:
         pair.close()
+
+
+
+def _attribute_dict_made(obj: object, attribute: str) -> bool:
+    """True once ``obj``'s attributes live in a dict of their own (as in test_web_hotpath)."""
+    return any(type(ref) is dict and attribute in ref for ref in gc.get_referents(obj))
+
+
+async def _write_zc_and_look(loop: asyncio.AbstractEventLoop) -> None:
+    assert not _attribute_dict_made(loop, "_ready")
+    pair = await connect_pair(local_peer_copy=False)
+    try:
+        await pair.transport.write_zc(b"z" * 65536)  # type: ignore[attr-defined]
+        assert not _attribute_dict_made(loop, "_ready")
+    finally:
+        pair.close()
+
+
+def test_a_zero_copy_connection_leaves_the_loops_attributes_inline() -> None:
+    """Binding the compiled write_zc asks whether the loop's time() is asyncio's own. Asked
+    with ``vars(loop)`` it turned an asyncio loop's inline attribute values into a dict for
+    good on the first MSG_ZEROCOPY connection (CPython 3.11), and every method lookup on the
+    loop lost its specialisation from then on. (uvloop's loop sets no attributes of its own.)
+    A loop class of its own, as in test_web_hotpath: the session's other loops cannot have
+    used up its inline attribute names."""
+    loop = type("FreshSelectorEventLoop", (asyncio.SelectorEventLoop,), {})()
+    try:
+        if _attribute_dict_made(loop, "_ready"):
+            pytest.skip("this interpreter keeps no inline attribute values to lose here")
+        loop.run_until_complete(_write_zc_and_look(loop))
+    finally:
+        loop.close()
