@@ -245,24 +245,36 @@ async def test_after_a_full_read_the_next_event_reads_into_a_new_bytes() -> None
         pair.close()
 
 
+# (read size, [(a read's size, whether the next event's read goes into a new bytes)]):
+# "large" is a quarter of the read size, at most 16 KiB (_core_recv.c large_read_at).
+LARGE_READS = {
+    4096: [(3000, True), (1024, True), (1023, False), (4096, True)],
+    256 * 1024: [(20000, True), (16384, True), (16383, False), (100000, True), (11, False)],
+}
+
+
 @pytest.mark.skipif(not core.compiled, reason=f"no compiled core: {core.why_pure}")
-async def test_after_a_large_partial_read_the_next_event_reads_into_a_new_bytes() -> None:
+@pytest.mark.parametrize("read_size", sorted(LARGE_READS))
+async def test_after_a_large_partial_read_the_next_event_reads_into_a_new_bytes(read_size: int) -> None:
     # A stream whose receiver keeps up reads less than the read size per event (180-250 KiB
-    # of 256 KiB over loopback): those reads count as a stream's too, or each event's read
-    # goes through the thread's buffer and a copy. A quarter of the read size is "large".
-    pair = await connect_pair(read_size=4096)
+    # of 256 KiB over loopback, and 16-64 KiB when it wakes per segment or two): those reads
+    # count as a stream's too, or each event's read goes through the thread's buffer and a
+    # copy (copied_bytes: what that copy moved).
+    pair = await connect_pair(read_size=read_size)
     try:
         reader = pair.transport.on_readiness
-        for size, fresh_next in ((3000, True), (1024, True), (1023, False), (4096, True)):
+        for size, fresh_next in LARGE_READS[read_size]:
             pair.transport.pause_reading()
             pair.peer.sendall(b"p" * size)
             await queued(pair, size)
             start = len(pair.protocol.received)
             pair.transport.resume_reading()
             await wait_for(lambda: len(pair.protocol.received) == start + size, "the partial read")
-            fresh = reader.fresh_reads + reader.slow_starts
+            fresh, read_into, copied = reader.fresh_reads + reader.slow_starts, reader.fresh_reads, reader.copied_bytes
             await ping(pair, b"n", 1)  # the event after that read
             assert reader.fresh_reads + reader.slow_starts == fresh + fresh_next, size
-        assert bytes(pair.protocol.received) == b"".join(b"p" * n + b"n" for n in (3000, 1024, 1023, 4096))
+            # the byte was copied unless it was read into its bytes (not at a slow offset)
+            assert reader.copied_bytes == copied + (reader.fresh_reads == read_into), size
+        assert bytes(pair.protocol.received) == b"".join(b"p" * n + b"n" for n, _ in LARGE_READS[read_size])
     finally:
         pair.close()

@@ -27,6 +27,7 @@
 #define RECV_MAX_EVENTS 256   /* as readiness._MAX_EVENTS */
 #define RECV_READS_PER_EVENT 16 /* as streamread._READS_PER_EVENT */
 #define RECV_LARGE_READ_DIVISOR 4 /* a read of read_size / 4 or more predicts a large one (read_once) */
+#define RECV_LARGE_READ_BYTES (16 * 1024) /* ... and so does one of 16 KiB, for larger read sizes */
 
 /* PEP 509's dict version (CPython 3.6-3.11; deprecated from 3.12): where it exists, a Reader
  * remembers the version of the transport's instance dict at which it last saw a Protocol
@@ -55,11 +56,13 @@ typedef struct {
     PyObject *protocol, *data_received; /* the protocol last delivered to, and its method */
     int fd;
     int has_buf;
-    int last_large; /* the last read brought a quarter of the read size or more (a stream) */
+    int last_large; /* the last read brought large_at bytes or more (a stream) */
+    Py_ssize_t large_at; /* large_read_at(the read size), set with the buffer */
     Py_buffer buf; /* the thread's read buffer (transport._take_read_buffer()), once taken */
     long long fast_reads; /* reads made here (tests and stats tell the paths apart by it) */
     long long fresh_reads; /* of which straight into a new bytes object */
     long long slow_starts; /* new bytes objects not read into: their data began at a slow offset */
+    long long copied_bytes; /* bytes copied out of the thread's buffer into a new bytes */
     PyObject *seen_dict; /* the instance dict the state was last read from (only compared) */
     uint64_t seen_version; /* its version then (RECV_DICT_VERSION), valid while seen_dict */
     long long state_reuses; /* events that reused the remembered state */
@@ -186,6 +189,39 @@ static int reads_again(zc_reader *r, PyObject *dict) {
     return 1;
 }
 
+/* What read size makes the next read go straight into a new bytes (read_once): a quarter of
+ * the read size, at most 16 KiB. Copying what came out of the thread's buffer costs per byte;
+ * a new bytes of the read size, cut to what came, costs the same whatever came (a malloc and a
+ * realloc that shrinks it in place), so above a few KiB the copy is the dearer. With a
+ * quarter of 256 KiB, the reads that followed a 16-64 KiB one (a receiver keeping up with its
+ * sender, waking per 1-4 segments) went through the buffer: 17-28% of a 1 GiB loopback
+ * stream's bytes copied in user space on asyncio (copied_bytes), where stock asyncio's recv
+ * copies none. */
+static Py_ssize_t large_read_at(Py_ssize_t read_size) {
+    Py_ssize_t quarter = read_size / RECV_LARGE_READ_DIVISOR;
+    return quarter < RECV_LARGE_READ_BYTES ? quarter : RECV_LARGE_READ_BYTES;
+}
+
+/* glibc serves a malloc of 128 KiB or more from mmap until a chunk larger than that was freed
+ * (its dynamic threshold then rises to that chunk's size): until then each new bytes of the
+ * read size costs mmap, a page fault, mremap (cut to what came) and munmap, as every
+ * sock.recv(262144) does in a process that only imported asyncio (strace). A process whose
+ * reads never fill the read size never frees such a chunk. Freeing one block of the read size
+ * once sets the threshold where the first full read's bytes would have; where it stands
+ * higher already (or was set by mallopt/MALLOC_MMAP_THRESHOLD_) this changes nothing. */
+static void raise_mmap_threshold(size_t read_size) {
+#ifdef __GLIBC__
+    static size_t raised; /* under the GIL */
+    void *volatile block; /* (volatile: a malloc freed unused may be optimised away) */
+    if (read_size <= raised) return;
+    block = malloc(read_size + 4096); /* a page more than a bytes of the read size */
+    free(block);
+    raised = read_size;
+#else
+    (void)read_size;
+#endif
+}
+
 static int take_buffer(zc_reader *r) {
     PyObject *args[1] = {r->transport};
     PyObject *buf = PyObject_VectorcallMethod(rs_take_read_buffer, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
@@ -200,6 +236,8 @@ static int take_buffer(zc_reader *r) {
         return -1;
     }
     r->has_buf = 1;
+    r->large_at = large_read_at(r->buf.len);
+    raise_mmap_threshold((size_t)r->buf.len);
     return 0;
 }
 
@@ -264,12 +302,12 @@ static int slow_start(const char *p) {
 /* One recv. `fresh`: the last read was large (in this event or the one before), so this one
  * likely is too: it goes straight into a new bytes object of the read size (cut to what
  * came), which data_received gets as it is; otherwise into the thread's buffer, copied into a
- * bytes of what came (a small read costs a small copy, never a large block). "Large" is a
- * quarter of the read size, not all of it: a receiver that keeps up with its sender reads
- * less than 256 KiB per event (139 of 279 reads of a 50 MiB loopback stream were 180-250
- * KiB), and with "full" each such event's read went through the buffer and a copy in user
- * space (__memmove_avx_unaligned_erms 6-10% of the receiver's perf samples, bench recv).
- * Stock asyncio reads every recv into a new 256 KiB bytes. Returns what recv did (-1: errno)
+ * bytes of what came (a small read costs a small copy, never a large block). "Large" is
+ * large_read_at (16 KiB of a 256 KiB read size), not a full read: a receiver that keeps up
+ * with its sender reads less than 256 KiB per event (139 of 279 reads of a 50 MiB loopback
+ * stream were 180-250 KiB), and with "full" each such event's read went through the buffer
+ * and a copy in user space (__memmove_avx_unaligned_erms 6-10% of the receiver's perf
+ * samples, bench recv). Stock asyncio reads every recv into a new 256 KiB bytes. Returns what recv did (-1: errno)
  * with *data set when it read something, or -2 with a Python exception. */
 static Py_ssize_t read_once(zc_reader *r, int fresh, PyObject **data) {
     PyObject *obj = NULL;
@@ -294,12 +332,14 @@ static Py_ssize_t read_once(zc_reader *r, int fresh, PyObject **data) {
         return n;
     }
     r->fast_reads++;
-    r->last_large = n >= r->buf.len / RECV_LARGE_READ_DIVISOR;
+    r->last_large = n >= r->large_at;
     if (obj) {
         r->fresh_reads++;
         if (n < r->buf.len && _PyBytes_Resize(&obj, n) < 0) return -2;
     } else if (!(obj = PyBytes_FromStringAndSize(r->buf.buf, n))) {
         return -2;
+    } else {
+        r->copied_bytes += n;
     }
     *data = obj;
     return n;
@@ -466,6 +506,10 @@ static PyObject *reader_get_slow_starts(PyObject *self, void *closure) {
     return PyLong_FromLongLong(((zc_reader *)self)->slow_starts);
 }
 
+static PyObject *reader_get_copied_bytes(PyObject *self, void *closure) {
+    return PyLong_FromLongLong(((zc_reader *)self)->copied_bytes);
+}
+
 static PyObject *reader_get_state_reuses(PyObject *self, void *closure) {
     return PyLong_FromLongLong(((zc_reader *)self)->state_reuses);
 }
@@ -474,6 +518,7 @@ static PyGetSetDef reader_getset[] = {
     {"fast_reads", reader_get_fast_reads, NULL, "recv calls made by the compiled path", NULL},
     {"fresh_reads", reader_get_fresh_reads, NULL, "of which straight into a new bytes", NULL},
     {"slow_starts", reader_get_slow_starts, NULL, "new bytes at a slow page offset (not read into)", NULL},
+    {"copied_bytes", reader_get_copied_bytes, NULL, "bytes copied out of the thread's read buffer", NULL},
     {"state_reuses", reader_get_state_reuses, NULL, "events that reused the remembered transport state", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
