@@ -57,6 +57,24 @@ def test_every_row_runs_and_only_zerocopy_receive_maps() -> None:
     assert result["target"]["receiver"].startswith("target: aiozc/stock <= 1.0x CPU per GB on both loops, both senders")
 
 
+def test_the_paired_rows_run_their_own_rounds() -> None:
+    # --pair-rounds: the compared Protocol rows run more rounds than the others, and each
+    # round gives the paired median one more ratio.
+    require_netns()
+    stock, ours = "Protocol, stock transport (asyncio)", "Protocol, aiozc transport (asyncio)"
+    args = argparse.Namespace(gib=1 / 64, warmup_mib=4, rounds=1, pair_rounds=3, chunk=256 * 1024,
+                              senders=["plain"], receivers=["recv_into aligned", stock, ours])
+    try:
+        result = bench_recv.run(args)
+    finally:
+        bench_recv.WARMUP = 64 << 20
+    runs = {r["receiver"]: len(r["runs_cpu_ms_per_gb"]) for r in result["rows"]}
+    assert runs == {"recv_into aligned": 1, stock: 3, ours: 3}
+    assert result["options"]["pair_rounds"] == 3
+    (receiver,) = [p for p in result["paired"] if p["metric"] == "receiver"]
+    assert len(receiver["ratios"]) == 3 and receiver["ci_low"] <= receiver["median"] <= receiver["ci_high"]
+
+
 def test_a_stream_shorter_than_the_warmup_is_an_error() -> None:
     require_netns()
     with bench_recv._network() as (new_socket, _):

@@ -64,6 +64,7 @@ DEFAULT_CHUNK = 256 * 1024  # the TCP transport's default read_size
 WARMUP = 64 << 20
 ERRQUEUE_EVERY = 32  # MSG_ZEROCOPY sends between error-queue drains
 SENDERS = ("plain", "MSG_ZEROCOPY")
+PAIR_ROUNDS = 15  # the Protocol rows' rounds: a 95% CI of the paired median from its 4th to 12th ratio
 
 
 @dataclass
@@ -460,6 +461,7 @@ def run(args: Any = None) -> dict[str, Any]:
     global WARMUP
     WARMUP = int(getattr(args, "warmup_mib", WARMUP >> 20) * (1 << 20))  # forked children see it
     rounds = getattr(args, "rounds", 5)
+    pair_rounds = max(rounds, getattr(args, "pair_rounds", rounds))
     senders = getattr(args, "senders", None) or list(SENDERS)
     receivers = getattr(args, "receivers", None) or list(RECEIVERS)
     if zsys.zerocopy_receive_unavailable() is not None and "zero-copy receive" in receivers:
@@ -470,8 +472,10 @@ def run(args: Any = None) -> dict[str, Any]:
     with _network() as (new_socket, where):
         # Interleaved rounds: load from anything else on the machine spreads over every row;
         # the stock and aiozc arms of a pair run back to back (bench_recv_pairs).
-        for index in range(rounds):
-            for sender, receiver in pairs.schedule(senders, receivers, index):
+        # Past `rounds`, the compared Protocol rows alone, to pair_rounds (bench_recv_pairs).
+        for index in range(pair_rounds):
+            chosen = receivers if index < rounds else pairs.paired_rows(receivers)
+            for sender, receiver in pairs.schedule(senders, chosen, index):
                 samples[sender, receiver].append(run_once(new_socket, sender, receiver, chunk, total))
     rows = [_row(s, r, v) for (s, r), v in samples.items()]
     paired = (pairs.paired_ratios(pairs.by_round(samples, lambda s: s.cpu_ms_per_gb), senders, "receiver")
@@ -482,7 +486,8 @@ def run(args: Any = None) -> dict[str, Any]:
     print("zero-copy receive maps only a MSG_ZEROCOPY sender's pages; on this project's 2-core VM it "
           "did not cost less receiver CPU than recv_into an aligned buffer (see the rows above).")
     return {
-        "options": {"chunk": chunk, "bytes": total, "warmup": WARMUP, "rounds": rounds, "network": where,
+        "options": {"chunk": chunk, "bytes": total, "warmup": WARMUP, "rounds": rounds,
+                    "pair_rounds": pair_rounds, "network": where,
                     "cpus": {"receiver": 0, "sender": 1, "available": sorted(os.sched_getaffinity(0))}},
         "load_average": {"before": load_before, "after": load},
         "rows": [asdict(r) for r in rows],
@@ -495,6 +500,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gib", type=float, default=1.0, help="GiB measured per row and round (after 64 MiB warm-up)")
     parser.add_argument("--warmup-mib", type=float, default=WARMUP >> 20, help="MiB received before measuring")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="bytes per recv / region size")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians and paired ratios)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every row (medians)")
+    parser.add_argument("--pair-rounds", type=int, default=PAIR_ROUNDS,
+                        help="rounds of the paired Protocol rows (more than --rounds: see bench_recv_pairs)")
     parser.add_argument("--senders", nargs="+", choices=list(SENDERS), help="default: both")
     parser.add_argument("--receivers", nargs="+", choices=list(RECEIVERS), help="default: all")
