@@ -19,7 +19,7 @@ from typing import Any
 
 from ._sys import core as _core
 from .base import (
-    TransportOptions, ZeroCopyTransportBase, _debug_source, _future_loop_offset, _plain_futures, byte_view, logger,
+    LazyTracker, TransportOptions, ZeroCopyTransportBase, _debug_source, _future_loop_offset, _plain_futures, byte_view, logger,
 )
 from .completions import Completion
 from .policy import NEVER, ZeroCopyState
@@ -43,6 +43,10 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
     # In no epoll until connection_made's _update_mask (or any earlier one): the loop's selector
     # takes the socket then, without a stop in the private epoll (readiness).
     _defer_registration = True
+    # Made at the first zero-copy write (or anything else that asks for it), then bound to the
+    # compiled write_zc: until then the compiled paths, seeing no tracker, take Python's.
+    _lazy_tracker = True
+    _tracker = LazyTracker()  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -122,8 +126,14 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
         if _plain_futures(loop):  # write_zc()'s futures made in C (_core_pyhot.c zc_futures_new)
             debug = _debug_source(loop)  # (held while C takes its reference: uvloop's is a bound method)
             _core.lib.zc_tcp_futures(id(hot), id(loop), id(asyncio.Future), id(debug), _future_loop_offset())
-        self._bind_zc(hot)
         self.stats = _HotStats.moved_from(self.stats, hot)
+
+    def _tracker_made(self) -> Any:
+        return self.__dict__.get("_tracker")
+
+    def _tracker_bound(self, tracker: Any) -> None:
+        if self._hot is not None:
+            self._bind_zc(self._hot)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         # The stock transports differ once the fd is closed: asyncio gives the closed socket,

@@ -54,6 +54,7 @@ typedef struct {
     /* set by zc_tcp_zc_bind (else zc_t NULL: Python's queued path) */
     zc_tracker *zc_t;
     PyObject *tracker, *tokens, *handles; /* the CompiledTracker (owns zc_t), its _tokens and _handles */
+    char zc_asked; /* tcp_zc_tracker asked the transport for its (lazy) tracker once */
     PyObject *loop_time; /* loop.time, or NULL: asyncio's own (time.monotonic(), read here) */
     PyObject *zc_last; /* the Completion _resolve_range made last, of zc_last_key */
     int64_t zc_last_key[4];
@@ -85,7 +86,7 @@ static Py_ssize_t tcp_hot_offset = -1; /* of the transport's `_hot` slot */
 static PyObject *tcp_pure[TCP_NMETHODS]; /* the class's Python methods */
 static PyObject *tn_refresh_direct, *tn_queue_rest, *tn_write_queued, *tn_fatal_error,
     *tn_copy_completion, *tn_set_result, *tn_failed_future, *tn_queue_zc_rest, *tn_write_zc_queued,
-    *tn_writelines_items, *tn_writelines_from, *tn_closing;
+    *tn_writelines_items, *tn_writelines_from, *tn_closing, *tn_tracker;
 
 static PyMemberDef tcp_hot_members[] = {
     {"fd", T_INT, offsetof(tcp_hot, fd), 0, NULL},
@@ -380,6 +381,19 @@ static PyObject *tcp_future(tcp_hot *h) {
     return PyObject_CallNoArgs(h->make_future); /* the loop's futures are not plain */
 }
 
+/* h->zc_t, the tracker the queued paths need, asked for once where the transport makes it at
+ * its first use (transport._tracker, a base.LazyTracker: getting it makes it and binds it here
+ * through zc_tcp_zc_bind). NULL: none bound (Python's path), with an exception if making it
+ * failed. A short connection that only write()s below the threshold never gets here. */
+static zc_tracker *tcp_zc_tracker(PyObject *self, tcp_hot *h) {
+    PyObject *tracker;
+    if (h->zc_t || h->zc_asked) return h->zc_t;
+    h->zc_asked = 1;
+    tracker = PyObject_GetAttr(self, tn_tracker);
+    Py_XDECREF(tracker);
+    return h->zc_t;
+}
+
 /* transport.write_zc(buf) */
 static PyObject *tcp_write_zc(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     PyObject *buf, *future = NULL, *call[4], *completion, *r;
@@ -393,7 +407,8 @@ static PyObject *tcp_write_zc(PyObject *self, PyObject *const *args, Py_ssize_t 
     buf = args[0];
     if (n <= 0 || !tcp_direct(h, n) || !h->make_future) {
         if (PyErr_Occurred()) return NULL;
-        if (n > 0 && h->zc_t && (r = tcpzc_write(self, h, buf, p, n)) != TCPZC_PASS) return r;
+        if (n > 0 && tcp_zc_tracker(self, h) && (r = tcpzc_write(self, h, buf, p, n)) != TCPZC_PASS) return r;
+        if (PyErr_Occurred()) return NULL;
         return tcp_call_method(self, tn_write_zc_queued, &buf, 1);
     }
     Py_INCREF(h);
@@ -558,7 +573,8 @@ int zc_tcp_methods(intptr_t type, intptr_t pures, intptr_t into) {
         tcp_intern(&tn_failed_future, "_failed_future") || tcp_intern(&tn_queue_zc_rest, "_queue_zc_rest") ||
         tcp_intern(&tn_write_zc_queued, "_write_zc_queued") ||
         tcp_intern(&tn_writelines_items, "_writelines_items") ||
-        tcp_intern(&tn_writelines_from, "_writelines_from") || tcp_intern(&tn_closing, "_closing")) {
+        tcp_intern(&tn_writelines_from, "_writelines_from") || tcp_intern(&tn_closing, "_closing") ||
+        tcp_intern(&tn_tracker, "_tracker")) {
         PyErr_Clear();
         return -1;
     }

@@ -105,7 +105,7 @@ static int tcpq_queue_rest(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_
 static PyObject *tcpq_write(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_t n) {
     PyObject *view, *args[2];
     int r;
-    if (!h->zc_t || !tz.segment_type || !tz.reading || h->direct_max <= 0 || n < h->zc_threshold ||
+    if (!tcp_zc_tracker(self, h) || !tz.segment_type || !tz.reading || h->direct_max <= 0 || n < h->zc_threshold ||
         !tq_immutable(data) || tq_init() < 0)
         return PyErr_Occurred() ? NULL : TCPZC_PASS;
     if ((r = tq_zc_possible(self)) <= 0) return r < 0 ? NULL : TCPZC_PASS;
@@ -132,7 +132,7 @@ static PyObject *tcpq_write(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize
 static int tcpq_queue_rest(PyObject *self, tcp_hot *h, PyObject *data, Py_ssize_t n, Py_ssize_t sent) {
     PyObject *view;
     int res;
-    if (!h->zc_t || !tz.segment_type || !tz.reading || h->direct_max <= 0 || n < h->zc_threshold ||
+    if (!tcp_zc_tracker(self, h) || !tz.segment_type || !tz.reading || h->direct_max <= 0 || n < h->zc_threshold ||
         !tq_immutable(data) || tq_init() < 0)
         return PyErr_Occurred() ? -1 : 0;
     if ((res = tq_zc_possible(self)) <= 0) return res;
@@ -150,7 +150,7 @@ static int tcpq_queue_zc_rest(PyObject *self, tcp_hot *h, PyObject *buf, Py_ssiz
                               PyObject *future) {
     PyObject *view;
     int res;
-    if (!h->zc_t || !tz.segment_type || !tz.reading || h->direct_max <= 0 || tq_init() < 0)
+    if (!tcp_zc_tracker(self, h) || !tz.segment_type || !tz.reading || h->direct_max <= 0 || tq_init() < 0)
         return PyErr_Occurred() ? -1 : 0;
     if (!(view = tz_byte_view(buf, n))) return PyErr_Occurred() ? -1 : 0;
     res = tz_hold_at(self, h, view, future, n, sent);
