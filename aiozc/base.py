@@ -98,7 +98,7 @@ class ZeroCopyTransportBase:
         self._policy = ZeroCopyPolicy(options.policy_options())
         if not self._lazy_tracker:
             self._tracker: CompletionTracker[_Held] = self._new_tracker()
-        self.stats = TransportStats(engine=self._engine.name)
+        self.stats = self._new_stats(self._engine.name)
         # MSG_ERRQUEUE on AF_UNIX returns application data: only read it where it means errors.
         self._errqueue_ok = _kernel.is_zerocopy_capable(sock) is None
         reason = self._engine.prepare(sock)
@@ -403,6 +403,9 @@ class ZeroCopyTransportBase:
         """No completion owed: no id outstanding, no asynchronous send awaiting its result."""
         tracker = self._tracker_made()
         return (tracker is None or tracker.outstanding_ids == 0) and not self._zc_in_flight
+
+    def _new_stats(self, engine: str) -> TransportStats:
+        return TransportStats(engine=engine)
 
     def _new_tracker(self) -> CompletionTracker[_Held]:
         # The compiled tracker where the compiled core is in use (same results, less CPU).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import operator
 import socket
 import struct
@@ -18,6 +19,7 @@ from os import write as _fd_write
 from typing import Any
 
 from ._sys import core as _core
+from ._sys.core import path_in_use
 from .base import (
     LazyTracker, TransportOptions, ZeroCopyTransportBase, _debug_source, _future_loop_offset, _plain_futures, byte_view, logger,
 )
@@ -126,7 +128,14 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
         if _plain_futures(loop):  # write_zc()'s futures made in C (_core_pyhot.c zc_futures_new)
             debug = _debug_source(loop)  # (held while C takes its reference: uvloop's is a bound method)
             _core.lib.zc_tcp_futures(id(hot), id(loop), id(asyncio.Future), id(debug), _future_loop_offset())
-        self.stats = _HotStats.moved_from(self.stats, hot)
+        if type(self.stats) is not _HotStats:  # (a subclass's own _new_stats)
+            self.stats = _HotStats.moved_from(self.stats, hot)
+
+    def _new_stats(self, engine: str) -> TransportStats:
+        hot = self._hot
+        if hot is None:
+            return super()._new_stats(engine)
+        return _HotStats.fresh(hot, engine)
 
     def _tracker_made(self) -> Any:
         return self.__dict__.get("_tracker")
@@ -579,6 +588,19 @@ class _HotStats(TransportStats):
         super().__init__(**fields)
 
     @classmethod
+    def fresh(cls, hot: Any, engine: str) -> _HotStats:
+        """A new transport's stats (TransportStats(engine=engine)'s values), its counters those
+        of the new TcpHot ``hot`` (all 0): no dataclass __init__ per connection, nothing moved."""
+        new = cls.__new__(cls)
+        values = new.__dict__
+        values.update(_FRESH_STATS)
+        values["_hot"] = hot
+        values["engine"] = engine
+        values["core"] = path_in_use()
+        values["extra"] = {}
+        return new
+
+    @classmethod
     def moved_from(cls, stats: TransportStats, hot: Any) -> _HotStats:
         """``stats``'s values, its counters moved into ``hot``. Per connection: the dataclass
         __init__ through 11 property setters and ``dataclasses.fields`` cost ~1/10 of an
@@ -594,6 +616,10 @@ class _HotStats(TransportStats):
         return new
 
 
+# TransportStats' plain defaults other than the counters in the TcpHot (core and extra are
+# made per instance, as their default factories do).
+_FRESH_STATS = {f.name: f.default for f in dataclasses.fields(TransportStats)
+                if f.default is not dataclasses.MISSING and f.name not in _HOT_COUNTERS}
 COMPILED_METHODS = _compiled_methods(ZeroCopyTransport)
 _TcpHot: Any = COMPILED_METHODS.pop("TcpHot", None)
 for _name, _method in COMPILED_METHODS.items():
