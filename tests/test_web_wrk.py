@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import shutil
 from pathlib import Path
 
@@ -63,3 +66,22 @@ def test_wrk_rounds_pair_up_in_a_real_run(tmp_path: Path) -> None:
     aiozc = next(c for c in result["cases"] if c["server"] == "aiozc")
     assert len(aiozc["paired"]) == 2 and all(r > 0 for r in aiozc["paired"])
     assert result["ratios"]["wrk body-11B/asyncio"] == pytest.approx(sorted(aiozc["paired"])[0] / 2 + sorted(aiozc["paired"])[1] / 2)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_wrk_is_pinned_off_the_servers_core_even_after_the_server_pinned_itself() -> None:
+    """bench aiohttp pins itself (the server) to one core, then starts wrk with
+    ``preexec_fn=lambda: pin_to_cpu(1)``. That child inherits the one-CPU mask, so choosing
+    from its own affinity left wrk on the server's core (seen: mask 1 during a run)."""
+    script = (
+        "import os, subprocess, sys\n"
+        "from aiozc.tools.benchkit import pin_to_cpu\n"
+        "server = pin_to_cpu(0)\n"
+        "out = subprocess.run([sys.executable, '-c', 'import os; print(sorted(os.sched_getaffinity(0)))'],"
+        " preexec_fn=lambda: pin_to_cpu(1), capture_output=True, text=True, check=True).stdout\n"
+        "print(server, out.strip())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    server, child = out.stdout.split(" ", 1)
+    assert eval(child) != [int(server)]
+    assert len(eval(child)) == 1

@@ -37,13 +37,21 @@ def run_on(name: str, coro: Coroutine[Any, Any, T]) -> T:
         loop.close()
 
 
+# The CPUs this process could use before any pin_to_cpu narrowed them. A child forked after
+# its parent pinned itself inherits the parent's one CPU; choosing from that would put, e.g.,
+# bench aiohttp's wrk (pin_to_cpu(1) in a preexec_fn) on the server's core (it did: its
+# affinity mask was 1 during runs). Children inherit this list from the parent's memory.
+_ALLOWED_CPUS = sorted(os.sched_getaffinity(0))
+
+
 def pin_to_cpu(index: int) -> int | None:
     """Put this process on a core of its own, when there are two or more; returns that CPU.
 
     Sender and receiver of one benchmark on separate cores: the scheduler moving them around
-    was the largest source of run-to-run spread on the 2-core machine (measured).
+    was the largest source of run-to-run spread on the 2-core machine (measured). ``index``
+    counts in the CPUs allowed before any pinning, also in a child of a pinned process.
     """
-    cpus = sorted(os.sched_getaffinity(0))
+    cpus = _ALLOWED_CPUS
     if len(cpus) < 2:
         return None
     cpu = cpus[index % len(cpus)]
