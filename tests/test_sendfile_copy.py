@@ -5,6 +5,7 @@ bytes asked for, in order with writes, and end the same way on short files and c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import mmap
 import os
 import socket
@@ -273,3 +274,78 @@ async def test_file_response_large_and_ranged(way: str, data_file: Path, data: b
         await runner.cleanup()
     total_copied = sum({id(t): copied(t) for t in transports}.values())
     assert total_copied == (SIZE + 6 * MiB if way == "copy" else 0)
+
+
+def count_dups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The descriptors os.dup is asked to duplicate, from here on."""
+    asked: list[int] = []
+    real = os.dup
+
+    def dup(fd: int) -> int:
+        asked.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(os, "dup", dup)
+    return asked
+
+
+async def test_a_file_the_socket_takes_whole_needs_no_dup(
+    monkeypatch: pytest.MonkeyPatch, data_file: Path, data: bytes
+) -> None:
+    """Nothing queued and room in the socket (a FileResponse's usual case): one os.sendfile
+    from the caller's descriptor, no queue entry, so no dup + close of the descriptor."""
+    dups = count_dups(monkeypatch)
+    fds: list[int] = []
+    results: list[int] = []
+
+    async def run(transport: Any) -> None:
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 * MiB)
+        with open(data_file, "rb") as f:
+            fds.append(f.fileno())
+            for offset in (0, 70_000):
+                results.append(await transport.sendfile(f, offset, 64 * 1024))
+                transport.write(b"|")
+            assert sent_by_file(transport) == 2 * 64 * 1024
+        transport.close()
+
+    async with raw_server(run) as port:
+        got = await read_all(port, delay=0.05)
+    assert results == [64 * 1024, 64 * 1024]
+    assert got == data[: 64 * 1024] + b"|" + data[70_000 : 70_000 + 64 * 1024] + b"|"
+    assert fds[0] not in dups
+
+
+async def test_the_rest_of_a_partly_sent_file_is_queued_with_a_dup(
+    monkeypatch: pytest.MonkeyPatch, data_file: Path, data: bytes
+) -> None:
+    """The socket takes part of the file at once: the rest waits in the queue, which must not
+    depend on the caller's descriptor (the caller may close its file if it is cancelled), so
+    that entry holds a dup; it is closed when the file is sent."""
+    monkeypatch.setattr(streamfile, "COPY_TO_LOCAL_PEERS", False)
+    dups = count_dups(monkeypatch)
+    fds: list[int] = []
+    sent: list[int] = []
+    open_on_file: list[list[int]] = []
+
+    def fds_on(path: Path) -> list[int]:
+        found = []
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{name}") == str(path):
+                    found.append(int(name))
+        return found
+
+    async def run(transport: Any) -> None:
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        with open(data_file, "rb") as f:
+            fds.append(f.fileno())
+            sent.append(await transport.sendfile(f, 5, 3 * MiB))
+            open_on_file.append(fds_on(data_file))
+        transport.close()
+
+    async with raw_server(run) as port:
+        got = await read_all(port, delay=0.1, rcvbuf=32 * 1024)
+    assert sent == [3 * MiB]
+    assert got == data[5 : 5 + 3 * MiB]
+    assert dups == fds
+    assert open_on_file == [fds]  # the dup is closed once the file is sent
