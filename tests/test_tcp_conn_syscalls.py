@@ -127,3 +127,19 @@ def test_a_short_connection_on_asyncio_costs_the_stock_epoll_ctl() -> None:
     stock, aiozc = per_connection("stock", "asyncio"), per_connection("aiozc", "asyncio")
     # Registered once connection_made ran, as asyncio's own transports: ADD and DEL.
     assert aiozc["epoll_ctl"] == stock["epoll_ctl"] == 2
+
+
+def test_a_short_connection_on_asyncio_costs_no_more_system_calls_than_stock() -> None:
+    stock, aiozc = per_connection("stock", "asyncio"), per_connection("aiozc", "asyncio")
+    for name in WATCHED:
+        # SO_ZEROCOPY is the one option stock does not set (TCP_NODELAY both do).
+        extra = 1 if name == "setsockopt" else 0
+        assert aiozc[name] <= stock[name] + extra, (name, aiozc, stock)
+
+
+def test_a_short_connection_on_uvloop_costs_at_most_its_poll_handle() -> None:
+    aiozc = per_connection("aiozc", "uvloop")
+    # libuv's poll handle (pollability check ADD+DEL, its DELs at stop and close) and the
+    # sentinel's ADD/DEL in the private epoll; nothing for a writer never registered.
+    assert aiozc["epoll_ctl"] <= 8
+    assert aiozc["setsockopt"] <= 2 and aiozc["getsockname"] <= 2
