@@ -128,6 +128,16 @@ class ZeroCopyPolicy:
         return 0
 
     @property
+    def confirming(self) -> bool:
+        """Zero-copy sends now are probes on a socket the kernel already answered "copied"
+        for (probing after a copied answer, or a re-probe in copy-fallback): they confirm an
+        answer, so they need not pin a whole write (see streamheld._PROBE_BYTES)."""
+        state = self.state
+        return state is ZeroCopyState.COPY_FALLBACK or (
+            state is ZeroCopyState.PROBING and self._copied_streak > 0
+        )
+
+    @property
     def probe_in_flight(self) -> bool:
         """A probe (or re-probe) was sent and its answer has not come: until it does, no
         byte count changes :meth:`wants_zerocopy`'s answer, only a notification does."""

@@ -31,6 +31,15 @@ from .streamsend import _GATHER_MAX
 _READ_ERRQUEUE = _kernel.read_errqueue
 
 
+# A probe after the kernel answered "copied" once (the policy's `confirming`: the next probes,
+# re-probes in copy-fallback) pins at most this much of its write, and the rest of that write
+# is copied. On one host the kernel answers "copied" for any size and copies the whole probe
+# once more on delivery (skb_copy_ubufs): at 1 MiB writes the 6 probes of a 256 MiB connection
+# (4, then re-probes at 64 and 192 MiB) were 6 MiB pinned and copied twice, 6-8 ms/GB of CPU
+# (perf cpu-clock, bench tcp's 1 MiB aiozc write arm; ~2% of the sender's). A route that sends
+# from our pages answers so for 64 KiB as for 1 MiB. 64 KiB: one loopback GSO packet.
+_PROBE_BYTES = 64 * 1024
+
 # Whether _Segment was given to the compiled core (_core_tcpzc.c zc_tcp_zc_segment).
 _SEGMENT_TOLD: list[bool] = []
 
@@ -66,6 +75,7 @@ class StreamHeld:
     _direct_max: int
     _zc_in_flight: int
     _copy_completions: dict[int, Completion]
+    _policy: ZeroCopyPolicy
     stats: Any
 
     if TYPE_CHECKING:  # defined by the transport, its mixins and its base (for mypy only)
@@ -146,15 +156,24 @@ class StreamHeld:
         write = seg.write
         # The threshold applies to the whole write, not to what is left of it: a partial
         # zero-copy send's small tail still goes zero-copy, so a large write is reported
-        # zero-copy whole (Completion.zerocopy) where the kernel allows it.
-        continuing = write is not None and write.zc_sends > 0
+        # zero-copy whole (Completion.zerocopy) where the kernel allows it. Not once the
+        # kernel answered "copied" and probes only confirm it: a probe's send is then cut at
+        # _PROBE_BYTES and the rest of its write asks the policy again (probe in flight: copy).
+        continuing = write is not None and write.zc_sends > 0 and not self._policy.confirming
         # Below _direct_max the policy would copy it anyway: no need to ask.
         if (continuing or len(data) >= self._direct_max) and (wanted or self._wants_zerocopy(
             len(data), continuing=continuing
         )):
             # A view of its own even at offset 0: io_uring holds an export on it until the
             # kernel's release, and the held view itself is released when the write resolves.
-            sent = self._send_zc(write or self._track(seg), data[seg.offset :])  # type: ignore[arg-type]
+            policy = self._policy
+            end = seg.offset + max(_PROBE_BYTES, policy.options.threshold) if policy.confirming else len(data)
+            sent = self._send_zc(write or self._track(seg), data[seg.offset : end])  # type: ignore[arg-type]
+            if end < len(data) and seg.offset + sent == end:
+                # A cut probe taken whole: the socket has room, the rest of its write goes
+                # now (False here would wait for EPOLLOUT first).
+                self._advance_held(seg, sent)
+                return self._send_head()
         else:
             sent = self._send_copy(data[seg.offset :] if seg.offset else data)
             if write is not None and sent:
