@@ -89,9 +89,10 @@ pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="needs st
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_a_partial_read_maps_no_memory(loop: str, size: int) -> None:
     calls = per_message("aiozc", loop, size)
-    assert sum(calls.get(name, 0) for name in MAPPING) < 0.05, calls
+    # (the fault was 3 per read; the interpreter's own arenas may map a few in 2N messages)
+    assert sum(calls.get(name, 0) for name in MAPPING) < 0.2, {n: calls.get(n) for n in MAPPING + READS}
     # one read per message (the sender's one send lands before the reader wakes, mostly)
-    assert 0.95 <= sum(calls.get(name, 0) for name in READS) <= 1.5, calls
+    assert 0.95 <= sum(calls.get(name, 0) for name in READS) <= 1.5, {n: calls.get(n) for n in MAPPING + READS}
 
 
 def test_a_read_on_asyncio_waits_once_in_the_loop_selector() -> None:
