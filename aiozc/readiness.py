@@ -81,7 +81,9 @@ class Multiplexer:
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weakly: _by_loop's value must not keep its key alive (a strong reference here kept
+        # every loop that ever used aiozc, and with it a uvloop Loop's 256 KiB read buffer).
+        self._loop_ref = weakref.ref(loop)
         self._epoll: select.epoll | None = None
         self._handlers: dict[int, ReadinessHandler] = {}
         # handler.on_readiness per fd, bound once: the dispatch loop runs it per event.
@@ -122,8 +124,17 @@ class Multiplexer:
     def for_loop(cls, loop: asyncio.AbstractEventLoop) -> Multiplexer:
         mux = cls._by_loop.get(loop)
         if mux is None:
+            cls._forget_closed()
             mux = cls._by_loop[loop] = cls(loop)
         return mux
+
+    @classmethod
+    def _forget_closed(cls) -> None:
+        # A transport its program left open on a closed loop is held through its handler here,
+        # and holds the loop: let them go (stock asyncio frees both with the loop, the socket
+        # with a ResourceWarning). At a new loop's first use, so a close needs no hook.
+        for loop in [loop for loop in cls._by_loop.keys() if loop.is_closed()]:
+            cls._by_loop.pop(loop, None)
 
     @classmethod
     def handler_for(cls, loop: asyncio.AbstractEventLoop, fd: int) -> ReadinessHandler | None:
@@ -155,7 +166,11 @@ class Multiplexer:
         if defer:
             self._deferred.add(fd)
             return
-        self._place(fd, handler, mask, on_loop)
+        try:
+            self._place(fd, handler, mask, on_loop)
+        except BaseException:  # (the private epoll could not open: out of fds) as if never made
+            del self._handlers[fd], self._callbacks[fd]
+            raise
 
     def _place(self, fd: int, handler: ReadinessHandler, mask: int, on_loop: bool) -> None:
         if on_loop and self._loop_allows(fd):
@@ -180,8 +195,8 @@ class Multiplexer:
         """Watch ``fd`` for ``mask`` from now on; ``on_loop`` as for :meth:`register` (a socket
         moves between the loop's selector and the private epoll as its owner says)."""
         if fd in self._deferred:
+            self._place(fd, self._handlers[fd], mask, on_loop)  # (may raise: still deferred then)
             self._deferred.discard(fd)
-            self._place(fd, self._handlers[fd], mask, on_loop)
             return
         if fd in self._on_loop:
             if on_loop:
@@ -253,6 +268,8 @@ class Multiplexer:
 
     def _leave_loop(self, fd: int, mask: int) -> None:
         """From the loop's selector into the private epoll, watching ``mask``."""
+        if fd not in self._sentinels:
+            self._open()  # first: if it cannot open (out of fds), the fd stays where it is
         self._drop_from_loop(fd, self._on_loop.pop(fd))
         if fd in self._sentinels:
             self._sentinels.discard(fd)
@@ -290,7 +307,7 @@ class Multiplexer:
         if mask == old:
             return
         self._on_loop[fd] = mask
-        loop, base = self._loop, self._base
+        loop, base = self._loop_ref(), self._base
         # The callback gets the event it stands for, as from the private epoll.
         if (mask ^ old) & EPOLLIN:
             if mask & EPOLLIN:
@@ -310,8 +327,8 @@ class Multiplexer:
     def _drop_from_loop(self, fd: int, mask: int) -> None:
         # Only what _set_loop_mask registered: uvloop's remove_writer of an fd with no writer
         # still costs ~2.8k instructions (callgrind, an accepted connection's close).
-        loop, base = self._loop, self._base
-        if not loop.is_closed():
+        loop, base = self._loop_ref(), self._base
+        if loop is not None and not loop.is_closed():
             if mask & EPOLLIN:
                 base.remove_reader(loop, fd)
             if mask & EPOLLOUT:
@@ -329,7 +346,7 @@ class Multiplexer:
             # (asyncio's selector drops its keys, uvloop its readers' file objects) the owner
             # goes, and with it the epoll (_owner_gone). No hook on close needed.
             owner = _EpollOwner(epoll)
-            self._loop.add_reader(owner, reader)
+            self._loop_ref().add_reader(owner, reader)  # type: ignore[union-attr]
             # A loop that keeps only the fd number (not asyncio's or uvloop's): held here, and
             # the epoll closes with its last socket, as before. (2: this name, the argument.)
             self._closes_with_loop = sys.getrefcount(owner) > 2
@@ -356,8 +373,9 @@ class Multiplexer:
             self._dispatches += dispatcher.dispatches
             dispatcher.close()  # the epoll's fd number may be reused
         if epoll is not None:
-            if not self._loop.is_closed():
-                self._loop.remove_reader(epoll.fileno())
+            loop = self._loop_ref()
+            if loop is not None and not loop.is_closed():
+                loop.remove_reader(epoll.fileno())
             epoll.close()
 
     def _dispatch(self) -> None:
@@ -378,7 +396,7 @@ class Multiplexer:
                 self._handler_failed(fd, exc)
 
     def _handler_failed(self, fd: int, exc: BaseException) -> None:
-        self._loop.call_exception_handler(
+        self._loop_ref().call_exception_handler(  # type: ignore[union-attr]
             {"message": "aiozc readiness handler failed", "exception": exc, "handler": self._handlers.get(fd)}
         )
 

@@ -231,8 +231,18 @@ class StreamSending:
         if self._errqueue_quiet:
             # Its notifications will raise EPOLLERR: into the private epoll first (readiness).
             self._errqueue_quiet = False
-            mask = self._registered_mask = self._mask()
-            self._mux.modify(self._fd, mask)
+            old, mask = self._registered_mask, self._mask()
+            self._registered_mask = mask
+            try:
+                self._mux.modify(self._fd, mask)
+            except OSError:
+                # It could not open (out of fds): no notification could be read, so this
+                # chunk goes by copy and the socket stays where it is.
+                self._errqueue_quiet = True
+                self._registered_mask = old
+                copied: int = self._engine.send(self._sock, chunk, zerocopy=False)
+                self._account_send(write, copied, False)
+                return copied
         if self._submit_zc_fn is not None:
             self._submit_zc(write, chunk)  # raises SendPending
         try:

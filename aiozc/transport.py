@@ -182,7 +182,23 @@ class ZeroCopyTransport(StreamReading, StreamHeld, StreamSending, StreamFiles, Z
         mask = self._mask()
         if mask != self._registered_mask and self._sock is not None:
             self._registered_mask = mask
-            self._mux.modify(self._fd, mask, on_loop=self._on_loop_for(mask))
+            try:
+                self._mux.modify(self._fd, mask, on_loop=self._on_loop_for(mask))
+            except OSError as exc:
+                self._private_epoll_failed(mask, exc)
+
+    def _private_epoll_failed(self, mask: int, exc: OSError) -> None:
+        """The private epoll, opened with the first socket that needs it, could not open (out
+        of fds: EMFILE). A socket with no notification due that stops reading stays in the
+        loop's selector, as a stock transport's (a reset is then seen at its next read or
+        write); one that cannot (uvloop's sentinel needs the epoll) fails, as a socket error."""
+        if self._errqueue_quiet and self._sock is not None:
+            try:
+                self._mux.modify(self._fd, mask, on_loop=True)
+                return
+            except OSError as again:
+                exc = again
+        self._fatal_error(exc)
 
     def _write_ready(self) -> None:
         if self._queue:

@@ -100,7 +100,9 @@ class LoopRing(RingEvents):
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weakly: _by_loop's value must not keep its key alive (every loop that ever used a
+        # ring was kept, with a uvloop Loop's 256 KiB read buffer).
+        self._loop_ref = weakref.ref(loop)
         self._ring: _uring.Ring | None = None
         self._io: PyRingIO | CRingIO | None = None
         self._users = 0
@@ -185,7 +187,7 @@ class LoopRing(RingEvents):
                 self._register_fixed(ring)
                 io = ring_io(ring)
                 io.set_fixed([(lo, hi) for lo, hi, _ in self._fixed_ranges])
-                self._loop.add_reader(efd, self._on_eventfd)
+                self._loop_ref().add_reader(efd, self._on_eventfd)  # type: ignore[union-attr]
             except BaseException:
                 ring.close()
                 raise
@@ -206,8 +208,9 @@ class LoopRing(RingEvents):
         counted[1] += io.submitted
         counted[2] += io.fixed_sends
         io.release()
-        if not self._loop.is_closed():
-            self._loop.remove_reader(ring.eventfd)
+        loop = self._loop_ref()
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(ring.eventfd)
         ring.close()
 
     # -- fixed buffers ---------------------------------------------------------------------
@@ -229,7 +232,9 @@ class LoopRing(RingEvents):
         self._pools.remove(pool)
         self._reregister()
         if self._ring is None and not self._pools and self._users == 0:
-            self._by_loop.pop(self._loop, None)
+            loop = self._loop_ref()
+            if loop is not None:
+                self._by_loop.pop(loop, None)
 
     def _reregister(self) -> None:
         self._update_fixed_ranges()
@@ -272,7 +277,7 @@ class LoopRing(RingEvents):
         """Submit this loop iteration's SQEs at its end (a compiled send filled the first)."""
         if not self._submit_scheduled:
             self._submit_scheduled = True
-            self._loop.call_soon(self._submit_batch)
+            self._loop_ref().call_soon(self._submit_batch)  # type: ignore[union-attr]
 
     def reap_waiting(self) -> None:
         """Dispatch the events a compiled send's reap left in the ring's buffer (and any
@@ -307,7 +312,7 @@ class LoopRing(RingEvents):
         self._requests[ud] = [keep, on_result, ctx, on_released, ident]
         if not self._submit_scheduled:
             self._submit_scheduled = True
-            self._loop.call_soon(self._submit_batch)
+            self._loop_ref().call_soon(self._submit_batch)  # type: ignore[union-attr]
 
     def send_zc_many(self, fd: int, pins: Any, sizes: list[int], flags: int,
                      on_result: OnResult, on_released: OnReleased, ctx: Any,
@@ -343,7 +348,7 @@ class LoopRing(RingEvents):
                                  on_done if stop >= total else None]
             if not self._submit_scheduled:
                 self._submit_scheduled = True
-                self._loop.call_soon(self._submit_batch)
+                self._loop_ref().call_soon(self._submit_batch)  # type: ignore[union-attr]
             if error is not None:
                 raise error
 
