@@ -19,7 +19,6 @@ from os import write as _fd_write
 from typing import Any
 
 from ._sys import core as _core
-from ._sys.core import path_in_use
 from .base import (
     LazyTracker, TransportOptions, ZeroCopyTransportBase, _debug_source, _future_loop_offset, _plain_futures, byte_view, logger,
 )
@@ -610,10 +609,10 @@ class _HotStats(TransportStats):
         new = cls.__new__(cls)
         values = new.__dict__
         values.update(_FRESH_STATS)
+        for name, make in _FRESH_FACTORIES:
+            values[name] = make()
         values["_hot"] = hot
         values["engine"] = engine
-        values["core"] = path_in_use()
-        values["extra"] = {}
         return new
 
     @classmethod
@@ -632,10 +631,12 @@ class _HotStats(TransportStats):
         return new
 
 
-# TransportStats' plain defaults other than the counters in the TcpHot (core and extra are
-# made per instance, as their default factories do).
+# TransportStats' plain defaults other than the counters in the TcpHot, and its default
+# factories, called per instance as the dataclass __init__ calls them (core, extra).
 _FRESH_STATS = {f.name: f.default for f in dataclasses.fields(TransportStats)
                 if f.default is not dataclasses.MISSING and f.name not in _HOT_COUNTERS}
+_FRESH_FACTORIES = [(f.name, f.default_factory) for f in dataclasses.fields(TransportStats)
+                    if f.default_factory is not dataclasses.MISSING]
 COMPILED_METHODS = _compiled_methods(ZeroCopyTransport)
 _TcpHot: Any = COMPILED_METHODS.pop("TcpHot", None)
 for _name, _method in COMPILED_METHODS.items():

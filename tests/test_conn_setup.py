@@ -109,3 +109,27 @@ async def test_abort_with_no_tracker_reports_connection_lost() -> None:
         assert not made_tracker(pair.transport)
     finally:
         pair.peer.close()
+
+
+async def test_a_new_transports_stats_are_transport_stats_defaults() -> None:
+    # _HotStats.fresh fills a new transport's stats without the dataclass __init__: every
+    # field must hold TransportStats' default (factories called per instance), but for what
+    # the transport itself sets at construction (engine, and the policy's state and reason).
+    import dataclasses
+
+    from aiozc.stats import TransportStats
+
+    pair = await connect_pair()
+    try:
+        stats = pair.transport.stats
+        expected = TransportStats(engine=stats.engine, state=stats.state, reason=stats.reason)
+        assert dataclasses.asdict(stats) == dataclasses.asdict(expected)
+        other = await connect_pair()
+        try:
+            assert other.transport.stats.extra is not stats.extra  # a dict of its own each
+        finally:
+            other.transport.close()
+            other.peer.close()
+    finally:
+        pair.transport.close()
+        pair.peer.close()
